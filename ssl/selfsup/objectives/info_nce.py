@@ -1,0 +1,42 @@
+"""InfoNCE / NT-Xent (SimCLR, Chen et al. 2020, arXiv:2002.05709).
+
+Formula and the two negative sets: see :mod:`selfsup_kernels.info_nce_ref`, the one reference implementation
+(it matches google-research/simclr ``tf2/objective.py::add_contrastive_loss`` for ``"all"``, and the cross-view
+loss of facebookresearch/moco-v3 ``moco/builder.py::contrastive_loss`` without its 2τ factor for ``"cross"``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import distributed
+from selfsup_kernels.info_nce_ref import NEGATIVES, info_nce_ref
+
+
+class InfoNCELoss(nn.Module):
+    """NT-Xent over the global batch.
+
+    Args:
+        temperature: τ > 0 dividing the cosine similarities.
+        negatives: ``"all"`` — 2N anchors, each against the 2N-2 other samples of both views plus its positive;
+            ``"cross"`` — symmetric cross-view cross-entropy ``0.5 * (CE(S_ab) + CE(S_ba))``.
+    """
+
+    def __init__(self, temperature: float = 0.5, negatives: str = "all"):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"objective.temperature={temperature}: expected a value > 0")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"objective.negatives={negatives!r}: expected one of {NEGATIVES}")
+        self.temperature = temperature
+        self.negatives = negatives
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)  # (N, D)
+        keys_a, keys_b = distributed.gather_with_grad(a), distributed.gather_with_grad(b)  # (M, D), M = world * N
+        return info_nce_ref(a, b, keys_a, keys_b, distributed.rank() * a.shape[0], self.temperature, self.negatives)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, negatives={self.negatives!r}"
