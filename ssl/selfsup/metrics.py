@@ -1,0 +1,325 @@
+"""Label-free and labelled quality measures of frozen representations — pure torch.
+
+- :func:`rankme` — effective rank of an embedding matrix (Garrido et al. 2023, arXiv:2210.02885).
+- :func:`knn_top1` — weighted k-NN vote on cosine similarities (Wu et al. 2018 InstDisc, arXiv:1805.01978;
+  the protocol of facebookresearch/dino ``eval_knn.py::knn_classifier``).
+- :func:`linear_probe` — multinomial logistic regression on cached features, full batch with L-BFGS and an L2 sweep
+  chosen on a stratified validation split carved from train (the "fast" protocol).
+- :func:`linear_probe_sgd` — the same classifier trained the standard way (mini-batch SGD, momentum, cosine schedule),
+  for comparison with it and with papers' protocol on cached features.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Largest similarity block (test rows × bank rows) materialised at once by knn_top1: 2^24 floats = 64 MiB.
+_KNN_BLOCK_ELEMENTS = 1 << 24
+
+
+def _check_matrix(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: got {shape}, expected a 2-D tensor (N, D)")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: got shape {tuple(x.shape)}, expected N >= 1 rows and D >= 1 columns")
+
+
+def _check_labels(name: str, y, n: int) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: got shape {tuple(y.shape)}, expected ({n},) to match the features")
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{name}: got dtype {y.dtype}, expected integer class indices")
+    y = y.long()
+    if n and int(y.min()) < 0:
+        raise ValueError(f"{name}: got label {int(y.min())}, expected class indices >= 0 (unlabeled data has no accuracy)")
+    return y
+
+
+def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """RankMe: ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / ‖σ‖₁ + eps``, σ the singular values of the raw (N, D) matrix.
+
+    No centring, as in the paper (Garrido et al. 2023, arXiv:2210.02885, Eq. 1). The singular values are the square
+    roots of the eigenvalues of the Gram matrix of the smaller side, computed in float64 (eigenvalues below zero from
+    round-off are clamped to 0), so a float32 input with a huge condition number stays finite. Ranges over
+    [1, min(N, D)] up to the eps terms; an all-zero matrix gives ≈ 1.
+
+    Args:
+        z: (N, D) embeddings, any float dtype and device.
+        eps: added to every p_k so that log(0) never occurs (the paper's ε).
+
+    Returns:
+        0-dim float64 tensor on z's device.
+    """
+    _check_matrix("rankme z", z)
+    z = z.detach().to(torch.float64)
+    if not torch.isfinite(z).all():
+        raise ValueError("rankme z: contains NaN or Inf, expected finite embeddings")
+    gram = z.T @ z if z.shape[0] >= z.shape[1] else z @ z.T  # (min(N, D), min(N, D))
+    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()  # singular values of z
+    p = sigma / sigma.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+@torch.no_grad()
+def knn_top1(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.07,
+) -> float:
+    """Weighted k-NN top-1 accuracy (InstDisc, arXiv:1805.01978; DINO ``eval_knn.py::knn_classifier``).
+
+    Features are L2-normalised; each test row takes its k most cosine-similar train rows and class c scores
+    ``Σ_{neighbours of class c} exp(sim / temperature)``; the prediction is the highest score. Test rows are processed
+    in chunks so that only a (chunk, N_train) similarity block exists at once (50k × 10k fits in ~64 MiB).
+
+    Args:
+        train_feats: (N, D) bank features. train_labels: (N,) class indices >= 0.
+        test_feats: (M, D) query features. test_labels: (M,) class indices >= 0.
+        k: neighbours per query; clipped to N.
+        temperature: τ > 0 of the exp(sim/τ) vote weight.
+
+    Returns:
+        top-1 accuracy in [0, 1].
+    """
+    _check_matrix("knn_top1 train_feats", train_feats)
+    _check_matrix("knn_top1 test_feats", test_feats)
+    if train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(
+            f"knn_top1 test_feats: got dim {test_feats.shape[1]}, expected train_feats' dim {train_feats.shape[1]}"
+        )
+    if not k >= 1:
+        raise ValueError(f"knn_top1 k={k}: expected an integer >= 1")
+    if not temperature > 0:
+        raise ValueError(f"knn_top1 temperature={temperature}: expected a value > 0")
+    device = train_feats.device
+    train_labels = _check_labels("knn_top1 train_labels", train_labels, train_feats.shape[0]).to(device)
+    test_labels = _check_labels("knn_top1 test_labels", test_labels, test_feats.shape[0]).to(device)
+    dtype = torch.float64 if train_feats.dtype == torch.float64 else torch.float32
+    bank = F.normalize(train_feats.to(dtype), dim=1)  # (N, D)
+    n_bank, k = bank.shape[0], min(int(k), bank.shape[0])
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    chunk = max(1, _KNN_BLOCK_ELEMENTS // n_bank)
+    correct = 0
+    for start in range(0, test_feats.shape[0], chunk):
+        q = F.normalize(test_feats[start : start + chunk].to(device=device, dtype=dtype), dim=1)  # (B, D)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (B, k)
+        votes = torch.zeros(q.shape[0], num_classes, dtype=dtype, device=device)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())  # (B, C)
+        correct += int((votes.argmax(dim=1) == test_labels[start : start + chunk]).sum())
+    return correct / test_feats.shape[0]
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split of row indices: (keep, held_out), held_out ≈ fraction of every class.
+
+    A class with a single sample stays entirely in ``keep``; any class with more keeps at least one sample there.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"val_fraction={fraction}: expected 0 <= value < 1")
+    labels = torch.as_tensor(labels).cpu()
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().squeeze(1)
+        rows = rows[torch.randperm(rows.numel(), generator=g)]
+        n_held = min(round(fraction * rows.numel()), rows.numel() - 1)
+        held.append(rows[:n_held])
+        keep.append(rows[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _fit_logreg(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int, tol: float, init=None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Minimise mean CE(x W + b, y) + l2/2 ‖W‖² (bias unpenalised) with full-batch L-BFGS; returns W, b, iterations."""
+    w = torch.zeros(x.shape[1], num_classes, dtype=x.dtype) if init is None else init[0].clone()
+    b = torch.zeros(num_classes, dtype=x.dtype) if init is None else init[1].clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=tol, tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(torch.addmm(b, x, w), y) + 0.5 * l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach(), opt.state[w]["n_iter"]
+
+
+def _accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
+    return float((torch.addmm(b, x, w).argmax(dim=1) == y).double().mean()) if y.numel() else float("nan")
+
+
+def _prepare_probe_inputs(name, train_feats, train_labels, test_feats, test_labels):
+    _check_matrix(f"{name} train_feats", train_feats)
+    _check_matrix(f"{name} test_feats", test_feats)
+    if train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(
+            f"{name} test_feats: got dim {test_feats.shape[1]}, expected train_feats' dim {train_feats.shape[1]}"
+        )
+    y_train = _check_labels(f"{name} train_labels", train_labels, train_feats.shape[0]).cpu()
+    y_test = _check_labels(f"{name} test_labels", test_labels, test_feats.shape[0]).cpu()
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    return y_train, y_test, num_classes
+
+
+@torch.no_grad()
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    l2_grid: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    val_fraction: float = 0.1,
+    standardize: bool = True,
+    max_iter: int = 300,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> dict:
+    """Fast linear probe: full-batch multinomial logistic regression on frozen features with L-BFGS.
+
+    Objective: ``mean_i CE(W x_i + b, y_i) + l2/2 ‖W‖²_F`` (bias unpenalised) — scikit-learn's
+    ``LogisticRegression(C)`` with ``l2 = 1 / (C · N)``. Features are standardised with the fitting rows' mean and
+    std. Every l2 in ``l2_grid`` is fitted on train minus a stratified, seeded validation split (largest l2 first,
+    each warm-starting the next); the l2 with the best validation accuracy (ties → the larger l2) is refitted on all
+    train rows and scored on test. Runs in float32 on the CPU.
+
+    Args:
+        train_feats, train_labels: (N, D) features and (N,) class indices >= 0.
+        test_feats, test_labels: (M, D) features and (M,) class indices >= 0.
+        l2_grid: L2 strengths to try; with a single value and val_fraction=0 no validation split is carved.
+        val_fraction: share of every train class held out to choose l2.
+        standardize: z-score features with the fitting rows' statistics.
+        max_iter: L-BFGS iterations per fit.
+        tol: L-BFGS first-order optimality tolerance (max |grad|).
+        seed: seed of the validation split.
+
+    Returns:
+        ``{"top1", "val_top1", "l2", "val_top1_by_l2", "train_top1", "iterations", "seconds"}``; accuracies in [0, 1]
+        (``val_top1`` is NaN when no validation split was carved).
+    """
+    t0 = time.perf_counter()
+    y_train, y_test, num_classes = _prepare_probe_inputs(
+        "linear_probe", train_feats, train_labels, test_feats, test_labels
+    )
+    grid = sorted({float(v) for v in l2_grid}, reverse=True)
+    if not grid or any(not (v >= 0 and math.isfinite(v)) for v in grid):
+        raise ValueError(f"linear_probe l2_grid={list(l2_grid)}: expected a non-empty list of finite values >= 0")
+    if len(grid) > 1 and val_fraction <= 0:
+        raise ValueError(f"linear_probe val_fraction={val_fraction}: expected > 0 to choose among l2_grid={grid}")
+    if not max_iter >= 1:
+        raise ValueError(f"linear_probe max_iter={max_iter}: expected an integer >= 1")
+    x_train = train_feats.detach().to("cpu", torch.float32)
+    x_test = test_feats.detach().to("cpu", torch.float32)
+
+    def standardise(fit_rows: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+        if not standardize:
+            return [fit_rows, *others]
+        mean, std = fit_rows.mean(0), fit_rows.std(0, correction=0)
+        std = torch.where(std > 1e-8 * std.max().clamp_min(1e-30), std, torch.ones_like(std))  # constant columns
+        return [(t - mean) / std for t in (fit_rows, *others)]
+
+    val_by_l2: dict[float, float] = {}
+    iterations = 0
+    best = grid[0]
+    fit_idx, val_idx = stratified_split(y_train, val_fraction, seed)
+    if val_idx.numel():
+        x_fit, x_val = standardise(x_train[fit_idx], x_train[val_idx])
+        init = None
+        with torch.enable_grad():
+            for l2 in grid:
+                w, b, n_iter = _fit_logreg(x_fit, y_train[fit_idx], num_classes, l2, max_iter, tol, init)
+                init, iterations = (w, b), iterations + n_iter
+                val_by_l2[l2] = _accuracy(x_val, y_train[val_idx], w, b)
+        best = max(grid, key=lambda v: val_by_l2[v])  # max() keeps the first, i.e. the largest l2 on ties
+    x_all, x_te = standardise(x_train, x_test)
+    with torch.enable_grad():
+        w, b, n_iter = _fit_logreg(x_all, y_train, num_classes, best, max_iter, tol)
+    return {
+        "top1": _accuracy(x_te, y_test, w, b),
+        "val_top1": val_by_l2.get(best, float("nan")),
+        "l2": best,
+        "val_top1_by_l2": {f"{v:g}": acc for v, acc in val_by_l2.items()},
+        "train_top1": _accuracy(x_all, y_train, w, b),
+        "iterations": iterations + n_iter,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def linear_probe_sgd(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    standardize: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Standard-protocol linear probe on frozen features: mini-batch SGD with momentum and a cosine schedule.
+
+    The schedule of the usual SSL linear evaluation (e.g. facebookresearch/barlowtwins ``evaluate.py``: SGD, momentum
+    0.9, cosine decay, 100 epochs) without augmentation, since the features are cached. Features are L2-normalised
+    (or standardised with ``standardize=True``); the linear layer starts from zero.
+
+    Args:
+        train_feats, train_labels, test_feats, test_labels: as in :func:`linear_probe`.
+        epochs, batch_size, lr, momentum, weight_decay: SGD settings (lr scaled by batch_size / 256).
+        standardize: z-score with train statistics instead of L2-normalising.
+        seed: shuffling seed.
+
+    Returns:
+        ``{"top1", "train_top1", "seconds"}``.
+    """
+    t0 = time.perf_counter()
+    y_train, y_test, num_classes = _prepare_probe_inputs(
+        "linear_probe_sgd", train_feats, train_labels, test_feats, test_labels
+    )
+    if not epochs >= 1 or not batch_size >= 1:
+        raise ValueError(f"linear_probe_sgd epochs={epochs}, batch_size={batch_size}: expected integers >= 1")
+    x_train = train_feats.detach().to("cpu", torch.float32)
+    x_test = test_feats.detach().to("cpu", torch.float32)
+    if standardize:
+        mean, std = x_train.mean(0), x_train.std(0, correction=0).clamp_min(1e-8)
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    else:
+        x_train, x_test = F.normalize(x_train, dim=1), F.normalize(x_test, dim=1)
+    head = torch.nn.Linear(x_train.shape[1], num_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr * batch_size / 256, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for rows in torch.randperm(x_train.shape[0], generator=g).split(batch_size):
+            loss = F.cross_entropy(head(x_train[rows]), y_train[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        w, b = head.weight.T, head.bias
+        return {
+            "top1": _accuracy(x_test, y_test, w, b),
+            "train_top1": _accuracy(x_train, y_train, w, b),
+            "seconds": time.perf_counter() - t0,
+        }
