@@ -126,7 +126,8 @@ def test_knn_chunking_does_not_change_the_result(monkeypatch):
 
 def test_knn_float32_float64_agree_and_scale_invariant():
     g = torch.Generator().manual_seed(2)
-    xtr, xte = torch.randn(100, 6, generator=g, dtype=torch.float64), torch.randn(40, 6, generator=g, dtype=torch.float64)
+    xtr = torch.randn(100, 6, generator=g, dtype=torch.float64)
+    xte = torch.randn(40, 6, generator=g, dtype=torch.float64)
     ytr, yte = torch.randint(0, 3, (100,), generator=g), torch.randint(0, 3, (40,), generator=g)
     ref = knn_top1(xtr, ytr, xte, yte, k=7)
     assert knn_top1(5 * xtr.float(), ytr, 0.1 * xte.float(), yte, k=7) == ref

@@ -38,12 +38,14 @@ def _check_labels(name: str, y, n: int) -> torch.Tensor:
         raise ValueError(f"{name}: got dtype {y.dtype}, expected integer class indices")
     y = y.long()
     if n and int(y.min()) < 0:
-        raise ValueError(f"{name}: got label {int(y.min())}, expected class indices >= 0 (unlabeled data has no accuracy)")
+        raise ValueError(
+            f"{name}: got label {int(y.min())}, expected class indices >= 0 (unlabeled data has no accuracy)"
+        )
     return y
 
 
 def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """RankMe: ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / ‖σ‖₁ + eps``, σ the singular values of the raw (N, D) matrix.
+    """RankMe: ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / ‖σ‖₁ + eps``, σ the singular values of the raw (N, D) z.
 
     No centring, as in the paper (Garrido et al. 2023, arXiv:2210.02885, Eq. 1). The singular values are the square
     roots of the eigenvalues of the Gram matrix of the smaller side, computed in float64 (eigenvalues below zero from
@@ -57,14 +59,20 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     Returns:
         0-dim float64 tensor on z's device.
     """
-    _check_matrix("rankme z", z)
-    z = z.detach().to(torch.float64)
-    if not torch.isfinite(z).all():
-        raise ValueError("rankme z: contains NaN or Inf, expected finite embeddings")
-    gram = z.T @ z if z.shape[0] >= z.shape[1] else z @ z.T  # (min(N, D), min(N, D))
-    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()  # singular values of z
+    sigma = singular_values(z, "rankme z")  # (min(N, D),)
     p = sigma / sigma.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
     return torch.exp(-(p * p.log()).sum())
+
+
+def singular_values(z: torch.Tensor, name: str = "z") -> torch.Tensor:
+    """Singular values of the raw (N, D) matrix z, descending, float64: sqrt of the eigenvalues of the Gram matrix
+    of the smaller side (round-off negatives clamped to 0)."""
+    _check_matrix(name, z)
+    z = z.detach().to(torch.float64)
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name}: contains NaN or Inf, expected finite embeddings")
+    gram = z.T @ z if z.shape[0] >= z.shape[1] else z @ z.T  # (min(N, D), min(N, D))
+    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
 
 
 @torch.no_grad()
@@ -141,7 +149,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
 def _fit_logreg(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int, tol: float, init=None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Minimise mean CE(x W + b, y) + l2/2 ‖W‖² (bias unpenalised) with full-batch L-BFGS; returns W, b, iterations."""
+    """Minimise mean CE(x W + b, y) + l2/2 ‖W‖² (bias unpenalised), full-batch L-BFGS; returns W, b, iterations."""
     w = torch.zeros(x.shape[1], num_classes, dtype=x.dtype) if init is None else init[0].clone()
     b = torch.zeros(num_classes, dtype=x.dtype) if init is None else init[1].clone()
     w.requires_grad_(True)
