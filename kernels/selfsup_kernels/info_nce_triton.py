@@ -1,0 +1,347 @@
+"""Fused Triton InfoNCE / NT-Xent: forward and backward without the (2N, 2M) logit matrix in device memory.
+
+Same signature, value and gradients as :func:`selfsup_kernels.info_nce_ref.info_nce_ref` (THE reference: formula,
+papers and official code are cited there). With rows ``Q = [a; b]`` (2N, D), keys ``K = [keys_a; keys_b]`` (2M, D)
+and ``l_ij = q_i·k_j / τ``, both negative sets are a mean over 2N row losses::
+
+    loss = 1/(2N) Σ_i [ LSE_{j ∈ J(i)} l_ij − l_i,pos(i) ]
+    "all":   J(i) = all 2M keys except the anchor's own column (SimCLR NT-Xent, arXiv:2002.05709)
+    "cross": J(i) = the M keys of the other view (0.5·(CE(S_ab) + CE(S_ba)), MoCo v3 arXiv:2104.02057 / CLIP)
+
+Kernels (FlashAttention-2 tiling, arXiv:2307.08691, with V = K and an O(1) output per row):
+
+- forward: one program per BLOCK_M rows; loops over BLOCK_N key tiles (and over D in BLOCK_D chunks inside each
+  tile, so any D works), keeps an online log-sum-exp in base 2 (running max ``m``, sum ``l``) plus the positive logit.
+  Saves only ``LSE`` per row (fp32, 2N values) and writes the 2N row losses; the mean is taken in torch.
+- backward: ``dl_ij = (p_ij − y_ij)/(2N)`` with ``p_ij = exp(l_ij − LSE_i)`` recomputed tile by tile.
+  ``dQ_i = Σ_j dl_ij k_j / τ`` comes from row tiles and ``dK_j = Σ_i dl_ij q_i / τ`` from key tiles (no atomics,
+  deterministic). The D axis of the output is a grid axis in BLOCK_DO chunks so the fp32 accumulator stays
+  (BLOCK, BLOCK_DO) for D up to 2048 and beyond; for D > BLOCK_DO the logits of a tile are recomputed once per
+  chunk (a D/BLOCK_DO FLOP factor on the backward, the price of not storing them).
+- single process (``keys_a is a and keys_b is b``): K = Q and l is symmetric, so one kernel produces the whole
+  gradient ``g_x = Σ_j (dl_xj + dl_jx) q_j / τ`` with ``dl_jx = (exp(l_xj − LSE_j) − y_jx)/(2N)``: the backward
+  computes each logit tile once, not twice (4·(2N)²·D backward FLOPs instead of 8·(2N)²·D).
+
+Memory: inputs, O(N·D) for the concatenated rows/keys and gradients, 2 fp32 values per row — nothing O(N²).
+Precision: fp32/fp16/bf16 inputs; dot products accumulate in fp32 (fp32 inputs use IEEE fp32 dots, not TF32);
+``p − y`` is cast to the input dtype for the gradient matmul (as FlashAttention does). Tests: fp32 within 1e-5
+(loss, relative) and 1e-4 (gradients) of the float64 reference; fp16 within 2e-3 / 5e-3; bf16 (GPU) 1e-2 / 3e-2.
+The interpreter (``TRITON_INTERPRET=1``) computes bf16 ``tl.dot`` wrongly, so there bf16 tiles are upcast first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from selfsup_kernels.info_nce_ref import NEGATIVES
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LOG2E = 1.0 / math.log(2.0)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _row_layout(r, h, N, M, offset, CROSS: tl.constexpr):
+    """For local row indices ``r`` of row range ``h``: global row in Q, validity, positive and self key columns."""
+    if CROSS:  # rows h*N + r (view h) against keys (1-h)*M ... (other view only)
+        row = h * N + r
+        ok = r < N
+        pos_col = (1 - h) * M + offset + r
+        self_col = tl.full(r.shape, -1, tl.int32)
+    else:  # rows [a; b] against keys [keys_a; keys_b], minus each anchor's own column
+        row = r
+        ok = r < 2 * N
+        second = (r >= N).to(tl.int32)
+        loc = r - second * N
+        self_col = second * M + offset + loc
+        pos_col = (1 - second) * M + offset + loc
+    return row, ok, pos_col, self_col
+
+
+@triton.jit
+def _dot(x, y, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    if UPCAST:
+        x = x.to(tl.float32)
+        y = y.to(tl.float32)
+    return tl.dot(x, y, input_precision=PREC)
+
+
+@triton.jit
+def _scores(A, B, ia, a_ok, ib, b_ok, stride_a, stride_b, D: tl.constexpr, BLOCK_D: tl.constexpr,
+            UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """(len(ia), len(ib)) fp32 tile of A[ia] · B[ib]ᵀ, reduced over D in BLOCK_D chunks."""
+    acc = tl.zeros((ia.shape[0], ib.shape[0]), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        x = tl.load(A + ia[:, None] * stride_a + dd[None, :], mask=a_ok[:, None] & (dd[None, :] < D), other=0.0)
+        yt = tl.load(B + ib[None, :] * stride_b + dd[:, None], mask=b_ok[None, :] & (dd[:, None] < D), other=0.0)
+        acc += _dot(x, yt, UPCAST, PREC)
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(Q, K, LSE, LOSS, N, M, offset, scale, stride_q, stride_k,
+                D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row, row_ok, pos_col, self_col = _row_layout(r, h, N, M, offset, CROSS)
+    row = row.to(tl.int64)
+    if CROSS:
+        col_start = (1 - h) * M
+        n_cols = M
+    else:
+        col_start = 0
+        n_cols = 2 * M
+    # log2-domain online LSE; a finite initial max keeps fully masked tiles NaN-free (alpha = 1, l += 0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    s_pos = tl.zeros([BLOCK_M], tl.float32)
+    dd = tl.arange(0, BLOCK_D)
+    if D <= BLOCK_D:  # whole rows fit: keep the Q tile in registers across key tiles
+        q = tl.load(Q + row[:, None] * stride_q + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
+    for n0 in range(0, n_cols, BLOCK_N):
+        j = n0 + tl.arange(0, BLOCK_N)
+        col_ok = j < n_cols
+        col = col_start + j
+        if D <= BLOCK_D:
+            kt = tl.load(K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
+                         mask=col_ok[None, :] & (dd[:, None] < D), other=0.0)
+            s = _dot(q, kt, UPCAST, PREC)
+        else:
+            s = _scores(Q, K, row, row_ok, col.to(tl.int64), col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        s = s * scale  # (BLOCK_M, BLOCK_N) logits in log2 units
+        s_pos += tl.sum(tl.where(col[None, :] == pos_col[:, None], s, 0.0), axis=1)
+        s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
+        m_i = m_new
+    lse = m_i + tl.log2(l_i)
+    tl.store(LSE + row, lse, mask=row_ok)
+    tl.store(LOSS + row, (lse - s_pos) * 0.6931471805599453, mask=row_ok)
+
+
+@triton.jit
+def _dq_kernel(Q, K, LSE, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dq,
+               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+               UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """dQ[rows, chunk] = Σ_j dl_ij K[j, chunk] / τ (+ the transposed term dl_ji when SYMMETRIC, K = Q)."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row, row_ok, pos_col, self_col = _row_layout(r, h, N, M, offset, CROSS)
+    row = row.to(tl.int64)
+    if CROSS:
+        col_start = (1 - h) * M
+        n_cols = M
+    else:
+        col_start = 0
+        n_cols = 2 * M
+    lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
+    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    do_ok = do < D
+    acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
+    if D <= BLOCK_D:  # one chunk (BLOCK_DO == BLOCK_D): Q tile resident, each K tile loaded once
+        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+    for n0 in range(0, n_cols, BLOCK_N):
+        j = n0 + tl.arange(0, BLOCK_N)
+        col_ok = j < n_cols
+        col = col_start + j
+        col64 = col.to(tl.int64)
+        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+        if D <= BLOCK_D:
+            s = _dot(q, tl.trans(k), UPCAST, PREC)
+        else:
+            s = _scores(Q, K, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s * scale, float("-inf"))
+        y = (col[None, :] == pos_col[:, None]).to(tl.float32)
+        ds = tl.exp2(s - lse_r[:, None]) - y  # (BLOCK_M, BLOCK_N) = 2N·dL/dl
+        if SYMMETRIC:
+            lse_c = tl.load(LSE + col64, mask=col_ok, other=0.0)
+            ds += tl.exp2(s - lse_c[None, :]) - y  # l_jx = l_xj, y_jx = y_xj (pos is an involution)
+        acc += _dot(ds.to(k.dtype), k, UPCAST, PREC)
+    g = tl.load(GRAD).to(tl.float32) * grad_scale
+    tl.store(DQ + row[:, None] * stride_dq + do[None, :], (acc * g).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & do_ok[None, :])
+
+
+@triton.jit
+def _dk_kernel(Q, K, LSE, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dk,
+               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+               UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """dK[cols, chunk] = Σ_i dl_ij Q[i, chunk] / τ, one program per BLOCK_N keys (no atomics)."""
+    pid_n = tl.program_id(0)
+    hc = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    if CROSS:  # key half hc is seen by the rows of the other view
+        col_start = hc * M
+        n_cols = M
+        n_rows = N
+    else:
+        col_start = 0
+        n_cols = 2 * M
+        n_rows = 2 * N
+    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = j < n_cols
+    col = col_start + j
+    col64 = col.to(tl.int64)
+    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    do_ok = do < D
+    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    if D <= BLOCK_D:
+        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+    for m0 in range(0, n_rows, BLOCK_M):
+        r = m0 + tl.arange(0, BLOCK_M)
+        row, row_ok, pos_col, self_col = _row_layout(r, 1 - hc, N, M, offset, CROSS)
+        row = row.to(tl.int64)
+        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+        if D <= BLOCK_D:
+            st = _dot(k, tl.trans(q), UPCAST, PREC)
+        else:
+            st = _scores(K, Q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
+        # (BLOCK_N, BLOCK_M) transposed logits; masked rows contribute nothing
+        st = tl.where(row_ok[None, :] & (col[:, None] != self_col[None, :]), st * scale, float("-inf"))
+        lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
+        y = (row_ok[None, :] & (col[:, None] == pos_col[None, :])).to(tl.float32)
+        dst = tl.exp2(st - lse_r[None, :]) - y
+        acc += _dot(dst.to(q.dtype), q, UPCAST, PREC)
+    g = tl.load(GRAD).to(tl.float32) * grad_scale
+    tl.store(DK + col64[:, None] * stride_dk + do[None, :], (acc * g).to(DK.dtype.element_ty),
+             mask=col_ok[:, None] & do_ok[None, :])
+
+
+def _tuned(kernel, configs):
+    return triton.autotune(configs=configs, key=["N", "M", "D", "CROSS", "SYMMETRIC"])(kernel)
+
+
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2)]
+]
+_BWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
+]
+_fwd_tuned = _tuned(_fwd_kernel, _FWD_CONFIGS)
+_dq_tuned = _tuned(_dq_kernel, _BWD_CONFIGS)
+_dk_tuned = _tuned(_dk_kernel, _BWD_CONFIGS)
+
+# Interpreter tiles: small so tests cover several tiles, ragged edges and the D-chunk loop at N, D ≤ 64.
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32}
+
+
+def _blocks(d: int) -> tuple[dict, bool]:
+    """(tile sizes not tuned, whether to autotune the rest): D chunking for the reduction and the gradient output."""
+    if _interpreting():
+        bd = INTERPRETER_BLOCKS["BLOCK_D"]
+        return dict(INTERPRETER_BLOCKS, BLOCK_DO=bd), False
+    p2 = max(16, triton.next_power_of_2(d))
+    # one chunk up to D = 128 (Q/K tiles resident); above, 64-wide reduction steps and 256-wide gradient chunks
+    if p2 <= 128:
+        return {"BLOCK_D": p2, "BLOCK_DO": p2}, True
+    return {"BLOCK_D": 64, "BLOCK_DO": min(p2, 256)}, True
+
+
+def _launch(kernel, tuned, grid_rows, n_halves, n_dchunks, autotune, blocks, args, consts):
+    if autotune:
+        grid = lambda meta: (triton.cdiv(grid_rows, meta["BLOCK_M" if kernel is not _dk_kernel else "BLOCK_N"]),
+                             n_halves, n_dchunks)
+        tuned[grid](*args, **consts, **{k: v for k, v in blocks.items() if k in ("BLOCK_D", "BLOCK_DO")})
+    else:
+        tile = blocks["BLOCK_M" if kernel is not _dk_kernel else "BLOCK_N"]
+        kernel[(triton.cdiv(grid_rows, tile), n_halves, n_dchunks)](*args, **consts, **blocks)
+
+
+class InfoNCEFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves Q, K and the per-row LSE; backward recomputes logit tiles."""
+
+    @staticmethod
+    def forward(ctx, a, b, keys_a, keys_b, offset: int, temperature: float, negatives: str, symmetric: bool):
+        n, d = a.shape
+        m = keys_a.shape[0]
+        q = torch.cat([a, b]).contiguous()  # (2N, D) rows
+        k = q if symmetric else torch.cat([keys_a, keys_b]).contiguous()  # (2M, D) keys
+        lse = torch.empty(2 * n, device=a.device, dtype=torch.float32)  # base-2 LSE per row
+        row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
+        cross = negatives == "cross"
+        blocks, autotune = _blocks(d)
+        consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, UPCAST=_interpreting() and a.dtype == torch.bfloat16,
+                      PREC="ieee" if a.dtype == torch.float32 else "tf32")
+        halves = 2 if cross else 1
+        rows = n if cross else 2 * n
+        fwd_blocks = {key: v for key, v in blocks.items() if key != "BLOCK_DO"}
+        args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
+        _launch(_fwd_kernel, _fwd_tuned, rows, halves, 1, autotune, fwd_blocks, args, consts)
+        ctx.save_for_backward(q, k, lse)
+        ctx.setup = (n, m, d, offset, temperature, cross, symmetric, consts, blocks, autotune)
+        return (row_loss.sum() / (2 * n)).to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, lse = ctx.saved_tensors
+        n, m, d, offset, temperature, cross, symmetric, consts, blocks, autotune = ctx.setup
+        grad = grad.contiguous()
+        halves = 2 if cross else 1
+        n_dchunks = triton.cdiv(d, blocks["BLOCK_DO"])
+        common = (n, m, offset, LOG2E / temperature, 1.0 / (2 * n * temperature), q.stride(0), k.stride(0))
+        dq = torch.empty_like(q)
+        _launch(_dq_kernel, _dq_tuned, n if cross else 2 * n, halves, n_dchunks, autotune, blocks,
+                (q, k, lse, grad, dq, *common, dq.stride(0)), consts)
+        if symmetric:  # the whole gradient landed in dq (keys are the rows)
+            return dq[:n], dq[n:], None, None, None, None, None, None
+        dk = torch.empty_like(k)
+        _launch(_dk_kernel, _dk_tuned, m if cross else 2 * m, halves, n_dchunks, autotune, blocks,
+                (q, k, lse, grad, dk, *common, dk.stride(0)), consts)
+        return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None
+
+
+def info_nce_triton(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    keys_a: torch.Tensor | None = None,
+    keys_b: torch.Tensor | None = None,
+    offset: int = 0,
+    temperature: float = 0.5,
+    negatives: str = "all",
+) -> torch.Tensor:
+    """Fused-kernel twin of :func:`info_nce_ref`: mean InfoNCE of anchors ``a, b`` (N, D) vs ``keys_a, keys_b`` (M, D).
+
+    Inputs must be L2-normalised, of one float dtype in {fp32, fp16, bf16}, on CUDA (or on the CPU under
+    ``TRITON_INTERPRET=1``). Gradients flow to all four tensors; when the keys are the rows themselves (one
+    process: ``keys_a is a``) autograd accumulates them into ``a, b``.
+    """
+    symmetric = (keys_a is None or keys_a is a) and (keys_b is None or keys_b is b) and offset == 0
+    keys_a = a if keys_a is None else keys_a
+    keys_b = b if keys_b is None else keys_b
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: expected a value > 0")
+    if a.dim() != 2 or b.shape != a.shape:
+        raise ValueError(f"a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}: expected two equal (N, D) shapes")
+    if keys_a.shape != keys_b.shape or keys_a.dim() != 2 or keys_a.shape[1] != a.shape[1]:
+        raise ValueError(f"keys_a.shape={tuple(keys_a.shape)}, keys_b.shape={tuple(keys_b.shape)}: expected two "
+                         f"equal (M, {a.shape[1]}) shapes")
+    if not 0 <= offset <= keys_a.shape[0] - a.shape[0]:
+        raise ValueError(f"offset={offset}: expected 0 <= offset <= M - N = {keys_a.shape[0] - a.shape[0]}")
+    dtypes = {t.dtype for t in (a, b, keys_a, keys_b)}
+    if len(dtypes) != 1 or a.dtype not in DTYPES:
+        raise ValueError(f"dtypes={sorted(map(str, dtypes))}: expected one dtype among {[str(t) for t in DTYPES]}")
+    if not (a.is_cuda or _interpreting()):
+        raise ValueError(f"device={a.device}: expected CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    if a.shape[0] == 0:
+        raise ValueError("a.shape[0]=0: expected at least one anchor pair")
+    return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, symmetric)
