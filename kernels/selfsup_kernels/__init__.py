@@ -1,4 +1,8 @@
-"""Fused loss ops. Each op has one PyTorch reference (``<op>_ref.py``) and, where written, a Triton kernel."""
+"""Fused loss ops. Each op has one PyTorch reference (``<op>_ref.py``) and, where written, a Triton kernel.
+
+Dispatch (``impl``): ``"torch"`` the reference, ``"triton"`` the fused kernel (CUDA, or the CPU under
+``TRITON_INTERPRET=1``), ``"auto"`` the kernel for CUDA tensors of a dtype it supports, else the reference.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch.nn.functional as F
 from selfsup_kernels.info_nce_ref import info_nce_ref
 
 IMPLS = ("auto", "torch", "triton")
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check_impl(impl: str) -> str:
@@ -16,13 +21,36 @@ def _check_impl(impl: str) -> str:
     return impl
 
 
+def _use_triton(impl: str, x: torch.Tensor) -> bool:
+    if _check_impl(impl) == "auto":
+        return x.is_cuda and x.dtype in _TRITON_DTYPES
+    return impl == "triton"
+
+
+def info_nce_rows(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    keys_a: torch.Tensor | None = None,
+    keys_b: torch.Tensor | None = None,
+    offset: int = 0,
+    temperature: float = 0.5,
+    negatives: str = "all",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Mean InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`."""
+    if _use_triton(impl, a):
+        from selfsup_kernels.info_nce_triton import info_nce_triton  # imports triton only when asked for
+
+        return info_nce_triton(a, b, keys_a, keys_b, offset, temperature, negatives)
+    return info_nce_ref(a, b, keys_a, keys_b, offset, temperature, negatives)
+
+
 def info_nce(
     z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, negatives: str = "all", impl: str = "auto"
 ) -> torch.Tensor:
     """Single-process InfoNCE of raw projector outputs (N, D); same value and gradients as ``InfoNCELoss``."""
-    if _check_impl(impl) == "triton":
-        raise NotImplementedError("the Triton InfoNCE kernel has not landed yet; use impl='torch' or 'auto'")
-    return info_nce_ref(F.normalize(z_a, dim=1), F.normalize(z_b, dim=1), temperature=temperature, negatives=negatives)
+    a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
+    return info_nce_rows(a, b, None, None, 0, temperature, negatives, impl)
 
 
-__all__ = ["info_nce", "info_nce_ref"]
+__all__ = ["IMPLS", "info_nce", "info_nce_ref", "info_nce_rows"]
