@@ -205,5 +205,5 @@ def test_linear_probe_rejects_bad_options(digits):
 
 def test_linear_probe_sgd_on_digits(digits):
     xtr, xte, ytr, yte = (torch.tensor(a) for a in digits)
-    out = linear_probe_sgd(xtr, ytr, xte, yte, epochs=10, lr=1.0, standardize=True)
+    out = linear_probe_sgd(xtr, ytr, xte, yte, epochs=10)
     assert out["top1"] > 0.9

@@ -279,19 +279,20 @@ def linear_probe_sgd(
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    standardize: bool = False,
+    standardize: bool = True,
     seed: int = 0,
 ) -> dict:
     """Standard-protocol linear probe on frozen features: mini-batch SGD with momentum and a cosine schedule.
 
     The schedule of the usual SSL linear evaluation (e.g. facebookresearch/barlowtwins ``evaluate.py``: SGD, momentum
-    0.9, cosine decay, 100 epochs) without augmentation, since the features are cached. Features are L2-normalised
-    (or standardised with ``standardize=True``); the linear layer starts from zero.
+    0.9, cosine decay, 100 epochs) without augmentation, since the features are cached. Features are standardised with
+    train statistics (SimCLR's BatchNorm without affine before the linear layer) or, with ``standardize=False``,
+    L2-normalised; the linear layer starts from zero.
 
     Args:
         train_feats, train_labels, test_feats, test_labels: as in :func:`linear_probe`.
         epochs, batch_size, lr, momentum, weight_decay: SGD settings (lr scaled by batch_size / 256).
-        standardize: z-score with train statistics instead of L2-normalising.
+        standardize: z-score with train statistics (else L2-normalise).
         seed: shuffling seed.
 
     Returns:

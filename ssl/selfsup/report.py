@@ -1,0 +1,280 @@
+"""Evaluation reports: ``report.md`` + self-contained ``report.html`` (PNG plots embedded as base64).
+
+A run report shows the metrics, the singular-value spectrum of the embeddings and backbone features, and a 2-D PCA
+map of test embeddings coloured by label. A sweep report ranks runs by RankMe next to their overridden
+hyper-parameters and probe accuracies, with the Spearman / Kendall rank correlations between RankMe and accuracy
+(the label-free model selection of Garrido et al. 2023, arXiv:2210.02885).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Metric columns of run and sweep tables, in display order: key → header.
+METRIC_COLUMNS = {
+    "rankme": "RankMe (emb.)",
+    "rankme_backbone": "RankMe (backbone)",
+    "knn_top1": "kNN top-1 (k=200)",
+    "knn_top1_k20": "kNN top-1 (k=20)",
+    "linear_top1": "linear top-1",
+}
+ACCURACY_KEYS = ("knn_top1", "knn_top1_k20", "linear_top1")
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    if isinstance(x, torch.Tensor | np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+# -- plots ---------------------------------------------------------------------------------------------------------
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def spectrum_png(spectra: Mapping[str, torch.Tensor]) -> bytes:
+    """Normalised singular values σ_k / σ_1 on a log scale, one line per feature set (name → descending σ)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    for name, sigma in spectra.items():
+        s = torch.as_tensor(sigma, dtype=torch.float64).cpu().numpy()
+        s = s / s[0] if s.size and s[0] > 0 else s
+        ax.semilogy(np.arange(1, s.size + 1), np.maximum(s, 1e-16), label=f"{name} (D={s.size})")
+    ax.set_xlabel("index k")
+    ax.set_ylabel("σ_k / σ_1")
+    ax.set_title("Singular-value spectrum")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def pca_2d(z: torch.Tensor) -> np.ndarray:
+    """(N, 2) projection of the centred rows of z on their two leading principal directions (float64)."""
+    z = z.detach().to(torch.float64).cpu()
+    z = z - z.mean(0)
+    _, _, vh = torch.linalg.svd(z, full_matrices=False)
+    out = z @ vh[:2].T
+    return torch.nn.functional.pad(out, (0, 2 - out.shape[1])).numpy()  # D = 1 → second coordinate 0
+
+
+def embedding_map_png(
+    z: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] | None = None, max_points: int = 5000, seed: int = 0
+) -> bytes:
+    """Scatter of a 2-D PCA map of (at most ``max_points``, seeded sample of) the rows of z, coloured by label."""
+    from matplotlib.figure import Figure
+
+    labels = torch.as_tensor(labels).cpu()
+    if z.shape[0] > max_points:
+        rows = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        z, labels = z[rows], labels[rows]
+    xy = pca_2d(z)
+    fig = Figure(figsize=(5.5, 4.6))
+    ax = fig.add_subplot()
+    labels = labels.numpy()
+    uniq = np.unique(labels)
+    cmap = "tab10" if len(uniq) <= 10 else "tab20" if len(uniq) <= 20 else "viridis"
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=cmap, s=4, alpha=0.7, linewidths=0)
+    if len(uniq) <= 20:
+        names = [classes[c] if classes is not None and 0 <= c < len(classes) else str(c) for c in uniq]
+        handles = [
+            ax.scatter([], [], color=sc.cmap(sc.norm(c)), s=12, label=name) for c, name in zip(uniq, names, strict=True)
+        ]
+        ax.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best", framealpha=0.6)
+    ax.set_title(f"Test embeddings, PCA (n={len(labels)})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png(fig)
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    esc = lambda s: _fmt(s).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+    "th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}"
+)
+
+
+def _html_page(title: str, parts: Sequence[str]) -> str:
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+# -- run report ----------------------------------------------------------------------------------------------------
+
+
+def write_run_report(
+    out_dir: str | os.PathLike,
+    title: str,
+    metrics: Mapping,
+    spectrum: bytes | None = None,
+    embedding_map: bytes | None = None,
+    details: Mapping | None = None,
+) -> tuple[Path, Path]:
+    """``report.md`` (plots as ``report_*.png`` beside it) and self-contained ``report.html`` in out_dir."""
+    out_dir = Path(out_dir)
+    rows = [(METRIC_COLUMNS[k], metrics[k]) for k in METRIC_COLUMNS if k in metrics]
+    rows += [(k, v) for k, v in metrics.items() if k not in METRIC_COLUMNS and isinstance(v, int | float | str)]
+    md = [f"# {title}", "", _md_table(("metric", "value"), rows), ""]
+    hp = [f"<h2>Metrics</h2>{_html_table(('metric', 'value'), rows)}"]
+    for name, png, alt in (("spectrum", spectrum, "singular-value spectrum"), ("map", embedding_map, "PCA map")):
+        if png is None:
+            continue
+        atomic_write(out_dir / f"report_{name}.png", png)
+        md += [f"![{alt}](report_{name}.png)", ""]
+        hp.append(f"<h2>{html.escape(alt.capitalize())}</h2>{_img(png, alt)}")
+    if details:
+        block = json.dumps(details, indent=2, default=_json_default)
+        md += ["## Details", "", "```json", block, "```", ""]
+        hp.append(f"<h2>Details</h2><pre>{html.escape(block)}</pre>")
+    atomic_write(out_dir / "report.md", "\n".join(md))
+    atomic_write(out_dir / "report.html", _html_page(title, hp))
+    return out_dir / "report.md", out_dir / "report.html"
+
+
+# -- sweep report --------------------------------------------------------------------------------------------------
+
+
+def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Spearman ρ and Kendall τ between x and y over the pairs where both are finite (NaN with < 3 pairs or a
+    constant side)."""
+    from scipy import stats
+
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    nan = {"spearman": float("nan"), "kendall": float("nan"), "n": len(pairs)}
+    if len(pairs) < 3:
+        return nan
+    a, b = map(np.asarray, zip(*pairs, strict=True))
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return nan
+    return {"spearman": float(stats.spearmanr(a, b)[0]), "kendall": float(stats.kendalltau(a, b)[0]), "n": len(pairs)}
+
+
+def sweep_summary(runs: Sequence[Mapping]) -> dict:
+    """Ranking of runs by RankMe and its rank correlations with each accuracy.
+
+    Args:
+        runs: one mapping per run with ``"name"``, ``"overrides"`` (list of ``key=value``) and metric keys.
+
+    Returns:
+        ``{"runs": runs sorted by RankMe (descending), "correlations": {accuracy key: {"rankme": {...},
+        "rankme_backbone": {...}}}, "selection": {accuracy key: {"by_rankme", "best", "regret"}}}``.
+    """
+    get = lambda r, k: float(r.get(k, float("nan")))
+    ranked = sorted(runs, key=lambda r: -get(r, "rankme") if math.isfinite(get(r, "rankme")) else math.inf)
+    correlations, selection = {}, {}
+    for acc in ACCURACY_KEYS:
+        if not any(math.isfinite(get(r, acc)) for r in runs):
+            continue
+        correlations[acc] = {
+            rk: rank_correlations([get(r, rk) for r in runs], [get(r, acc) for r in runs])
+            for rk in ("rankme", "rankme_backbone")
+            if any(math.isfinite(get(r, rk)) for r in runs)
+        }
+        scored = [r for r in ranked if math.isfinite(get(r, acc))]
+        if scored and math.isfinite(get(ranked[0], "rankme")):
+            best = max(get(r, acc) for r in scored)
+            chosen = get(ranked[0], acc)
+            selection[acc] = {"by_rankme": chosen, "best": best, "regret": best - chosen, "run": ranked[0]["name"]}
+    return {"runs": list(ranked), "correlations": correlations, "selection": selection}
+
+
+def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping) -> tuple[Path, Path]:
+    """Ranking table (runs, overridden hyper-parameters, metrics) + correlations as report.md / report.html."""
+    runs = summary["runs"]
+    hp_keys: list[str] = []
+    for r in runs:
+        for o in r.get("overrides", []):
+            key = o.split("=", 1)[0]
+            if key not in hp_keys:
+                hp_keys.append(key)
+    metric_keys = [k for k in METRIC_COLUMNS if any(k in r for r in runs)]
+    header = ["#", "run", *hp_keys, *(METRIC_COLUMNS[k] for k in metric_keys)]
+    rows = []
+    for i, r in enumerate(runs, 1):
+        hps = dict(o.split("=", 1) if "=" in o else (o, "") for o in r.get("overrides", []))
+        rows.append([i, r["name"], *(hps.get(k, "") for k in hp_keys), *(r.get(k, float("nan")) for k in metric_keys)])
+    corr_rows = [
+        [acc, rk, c["spearman"], c["kendall"], c["n"]]
+        for acc, by in summary["correlations"].items()
+        for rk, c in by.items()
+    ]
+    corr_header = ("accuracy", "label-free score", "Spearman ρ", "Kendall τ", "runs")
+    sel_rows = [[acc, s["run"], s["by_rankme"], s["best"], s["regret"]] for acc, s in summary["selection"].items()]
+    sel_header = ("accuracy", "run chosen by RankMe", "its accuracy", "best accuracy", "regret")
+    intro = f"{len(runs)} runs ranked by RankMe of the embeddings (higher first)."
+    md = [f"# {title}", "", intro, "", _md_table(header, rows), "", "## Rank correlation with accuracy", ""]
+    md += [_md_table(corr_header, corr_rows), "", "## Selecting a run without labels", "", _md_table(sel_header, sel_rows)]
+    hp = [
+        f"<p>{html.escape(intro)}</p>{_html_table(header, rows)}",
+        f"<h2>Rank correlation with accuracy</h2>{_html_table(corr_header, corr_rows)}",
+        f"<h2>Selecting a run without labels</h2>{_html_table(sel_header, sel_rows)}",
+    ]
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / "report.md", "\n".join(md) + "\n")
+    atomic_write(out_dir / "report.html", _html_page(title, hp))
+    return out_dir / "report.md", out_dir / "report.html"
