@@ -224,45 +224,60 @@ def _dk_kernel(Q, K, LSE, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, s
 
 
 def _tuned(kernel, configs):
-    return triton.autotune(configs=configs, key=["N", "M", "D", "CROSS", "SYMMETRIC"])(kernel)
+    return triton.autotune(configs=configs, key=["N", "D", "CROSS", "SYMMETRIC"])(kernel)
 
 
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2)]
+    for bm, bn, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
 ]
-_fwd_tuned = _tuned(_fwd_kernel, _FWD_CONFIGS)
-_dq_tuned = _tuned(_dq_kernel, _BWD_CONFIGS)
-_dk_tuned = _tuned(_dk_kernel, _BWD_CONFIGS)
+_TUNED = {
+    _fwd_kernel: _tuned(_fwd_kernel, _FWD_CONFIGS),
+    _dq_kernel: _tuned(_dq_kernel, _BWD_CONFIGS),
+    _dk_kernel: _tuned(_dk_kernel, _BWD_CONFIGS),
+}
 
 # Interpreter tiles: small so tests cover several tiles, ragged edges and the D-chunk loop at N, D ≤ 64.
-INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32}
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 32}
+AUTOTUNE_ENV = "SELFSUP_KERNELS_AUTOTUNE"  # =1: autotune BLOCK_M/BLOCK_N/warps/stages (the benchmark sets it)
 
 
-def _blocks(d: int) -> tuple[dict, bool]:
-    """(tile sizes not tuned, whether to autotune the rest): D chunking for the reduction and the gradient output."""
+def _config(kernel, d: int) -> tuple[dict, bool]:
+    """(launch meta-parameters, autotune the tile sizes?) for one kernel at feature dimension ``d``."""
     if _interpreting():
-        bd = INTERPRETER_BLOCKS["BLOCK_D"]
-        return dict(INTERPRETER_BLOCKS, BLOCK_DO=bd), False
+        cfg = dict(INTERPRETER_BLOCKS)
+        if kernel is _fwd_kernel:
+            del cfg["BLOCK_DO"]
+        return cfg, False
     p2 = max(16, triton.next_power_of_2(d))
-    # one chunk up to D = 128 (Q/K tiles resident); above, 64-wide reduction steps and 256-wide gradient chunks
-    if p2 <= 128:
-        return {"BLOCK_D": p2, "BLOCK_DO": p2}, True
-    return {"BLOCK_D": 64, "BLOCK_DO": min(p2, 256)}, True
+    # one D chunk up to 128 (Q/K tiles stay in registers); above, 64-wide reduction steps and 256-wide gradient
+    # chunks, so the fp32 accumulator stays (64, 256) whatever D is
+    chunks = {"BLOCK_D": p2, "BLOCK_DO": p2} if p2 <= 128 else {"BLOCK_D": 64, "BLOCK_DO": min(p2, 256)}
+    if kernel is _fwd_kernel:
+        del chunks["BLOCK_DO"]
+    if os.environ.get(AUTOTUNE_ENV, "0") == "1":
+        return chunks, True
+    if kernel is _fwd_kernel:  # untuned defaults (FlashAttention-2-like); the benchmark reports the tuned ones
+        return dict(chunks, BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3 if p2 <= 128 else 2), False
+    return dict(chunks, BLOCK_M=64, BLOCK_N=64, num_warps=4 if p2 <= 64 else 8, num_stages=2), False
 
 
-def _launch(kernel, tuned, grid_rows, n_halves, n_dchunks, autotune, blocks, args, consts):
-    if autotune:
-        grid = lambda meta: (triton.cdiv(grid_rows, meta["BLOCK_M" if kernel is not _dk_kernel else "BLOCK_N"]),
-                             n_halves, n_dchunks)
-        tuned[grid](*args, **consts, **{k: v for k, v in blocks.items() if k in ("BLOCK_D", "BLOCK_DO")})
-    else:
-        tile = blocks["BLOCK_M" if kernel is not _dk_kernel else "BLOCK_N"]
-        kernel[(triton.cdiv(grid_rows, tile), n_halves, n_dchunks)](*args, **consts, **blocks)
+def _launch(kernel, n_tiled: int, n_halves: int, d: int, args: tuple, consts: dict) -> None:
+    """Grid (tiles over ``n_tiled`` rows or keys, halves, gradient D chunks)."""
+    cfg, autotune = _config(kernel, d)
+    tile = "BLOCK_N" if kernel is _dk_kernel else "BLOCK_M"
+    n_dchunks = triton.cdiv(d, cfg["BLOCK_DO"]) if "BLOCK_DO" in cfg else 1
+    grid = lambda meta: (triton.cdiv(n_tiled, meta[tile]), n_halves, n_dchunks)
+    (_TUNED[kernel] if autotune else kernel)[grid](*args, **consts, **cfg)
+
+
+def best_configs() -> dict:
+    """Tile sizes the autotuner picked so far (``SELFSUP_KERNELS_AUTOTUNE=1``), for the benchmark report."""
+    return {k.fn.__name__: {str(key): str(cfg) for key, cfg in k.cache.items()} for k in _TUNED.values()}
 
 
 class InfoNCEFunction(torch.autograd.Function):
@@ -277,34 +292,27 @@ class InfoNCEFunction(torch.autograd.Function):
         lse = torch.empty(2 * n, device=a.device, dtype=torch.float32)  # base-2 LSE per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
         cross = negatives == "cross"
-        blocks, autotune = _blocks(d)
         consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, UPCAST=_interpreting() and a.dtype == torch.bfloat16,
                       PREC="ieee" if a.dtype == torch.float32 else "tf32")
-        halves = 2 if cross else 1
-        rows = n if cross else 2 * n
-        fwd_blocks = {key: v for key, v in blocks.items() if key != "BLOCK_DO"}
         args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
-        _launch(_fwd_kernel, _fwd_tuned, rows, halves, 1, autotune, fwd_blocks, args, consts)
+        _launch(_fwd_kernel, n if cross else 2 * n, 2 if cross else 1, d, args, consts)
         ctx.save_for_backward(q, k, lse)
-        ctx.setup = (n, m, d, offset, temperature, cross, symmetric, consts, blocks, autotune)
+        ctx.setup = (n, m, d, offset, temperature, cross, symmetric, consts)
         return (row_loss.sum() / (2 * n)).to(a.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         q, k, lse = ctx.saved_tensors
-        n, m, d, offset, temperature, cross, symmetric, consts, blocks, autotune = ctx.setup
+        n, m, d, offset, temperature, cross, symmetric, consts = ctx.setup
         grad = grad.contiguous()
         halves = 2 if cross else 1
-        n_dchunks = triton.cdiv(d, blocks["BLOCK_DO"])
         common = (n, m, offset, LOG2E / temperature, 1.0 / (2 * n * temperature), q.stride(0), k.stride(0))
         dq = torch.empty_like(q)
-        _launch(_dq_kernel, _dq_tuned, n if cross else 2 * n, halves, n_dchunks, autotune, blocks,
-                (q, k, lse, grad, dq, *common, dq.stride(0)), consts)
+        _launch(_dq_kernel, n if cross else 2 * n, halves, d, (q, k, lse, grad, dq, *common, dq.stride(0)), consts)
         if symmetric:  # the whole gradient landed in dq (keys are the rows)
             return dq[:n], dq[n:], None, None, None, None, None, None
         dk = torch.empty_like(k)
-        _launch(_dk_kernel, _dk_tuned, m if cross else 2 * m, halves, n_dchunks, autotune, blocks,
-                (q, k, lse, grad, dk, *common, dk.stride(0)), consts)
+        _launch(_dk_kernel, m if cross else 2 * m, halves, d, (q, k, lse, grad, dk, *common, dk.stride(0)), consts)
         return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None
 
 

@@ -40,7 +40,7 @@ def assert_matches(out, ref, got_grads, ref_grads, dtype):
     assert out.dtype == dtype
     assert torch.isfinite(out)
     assert abs(out.item() - ref.item()) <= loss_tol * max(abs(ref.item()), 1e-3)
-    for got, want in zip(got_grads, ref_grads):
+    for got, want in zip(got_grads, ref_grads, strict=True):
         assert got is not None and got.dtype == dtype
         err = (got.double() - want).abs().max().item()
         assert err <= grad_tol * max(want.abs().max().item(), 1e-6), f"gradient error {err:.2e}"
@@ -112,7 +112,7 @@ def test_public_api_and_loss_module(negatives):
         module_loss.backward()
         torch.testing.assert_close(module_loss.detach(), grads[impl][0], rtol=1e-6, atol=0)
         torch.testing.assert_close(za.grad, grads[impl][1], rtol=1e-6, atol=1e-9)
-    for got, want in zip(grads["triton"], grads["torch"]):
+    for got, want in zip(grads["triton"], grads["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
