@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 NEGATIVES = ("all", "cross")
+REDUCTIONS = ("mean", "none")
 
 
 def info_nce_ref(
@@ -32,15 +33,22 @@ def info_nce_ref(
     offset: int = 0,
     temperature: float = 0.5,
     negatives: str = "all",
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean InfoNCE over the local anchors ``a, b`` (N, D) against keys ``keys_a, keys_b`` (M, D)."""
+    """Mean InfoNCE over the local anchors ``a, b`` (N, D) against keys ``keys_a, keys_b`` (M, D).
+
+    ``reduction="none"`` returns the per-anchor losses instead: (2N,) ordered ``[a rows, b rows]`` for ``"all"``,
+    (N,) ``0.5 * (l_ab + l_ba)`` per pair for ``"cross"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
     keys_a = a if keys_a is None else keys_a
     keys_b = b if keys_b is None else keys_b
     n, m = a.shape[0], keys_a.shape[0]
     pos = torch.arange(n, device=a.device) + offset  # (N,) index of each row's positive among M keys
     if negatives == "cross":
-        loss_ab = F.cross_entropy(a @ keys_b.T / temperature, pos)  # (N, M)
-        loss_ba = F.cross_entropy(b @ keys_a.T / temperature, pos)
+        loss_ab = F.cross_entropy(a @ keys_b.T / temperature, pos, reduction=reduction)  # (N, M) logits
+        loss_ba = F.cross_entropy(b @ keys_a.T / temperature, pos, reduction=reduction)
         return 0.5 * (loss_ab + loss_ba)
     if negatives != "all":
         raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
@@ -50,4 +58,4 @@ def info_nce_ref(
     self_idx = torch.cat([pos, pos + m])  # each anchor's own column
     pos_idx = torch.cat([pos + m, pos])  # the other view of the same image
     logits = logits.masked_fill(F.one_hot(self_idx, 2 * m).bool(), float("-inf"))
-    return F.cross_entropy(logits, pos_idx)
+    return F.cross_entropy(logits, pos_idx, reduction=reduction)
