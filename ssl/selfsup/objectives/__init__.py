@@ -1,5 +1,24 @@
 """Objectives: one ``nn.Module`` per file, ``forward(z_a, z_b, **extras) -> 0-dim Tensor`` (CONTRACT.md)."""
 
+from selfsup.objectives.barlow_twins import BarlowTwinsLoss
+from selfsup.objectives.care import CAREEquivarianceLoss
+from selfsup.objectives.composite import CompositeObjective, call_objective
+from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
 from selfsup.objectives.info_nce import InfoNCELoss
+from selfsup.objectives.intl import INTLLoss
+from selfsup.objectives.ldreg import LDRegLoss
+from selfsup.objectives.sie import SIELoss
+from selfsup.objectives.vicreg import VICRegLoss
 
-__all__ = ["InfoNCELoss"]
+__all__ = [
+    "BarlowTwinsLoss",
+    "CAREEquivarianceLoss",
+    "CompositeObjective",
+    "DebiasedInfoNCELoss",
+    "INTLLoss",
+    "InfoNCELoss",
+    "LDRegLoss",
+    "SIELoss",
+    "VICRegLoss",
+    "call_objective",
+]
