@@ -36,13 +36,14 @@ def info_nce_rows(
     temperature: float = 0.5,
     negatives: str = "all",
     impl: str = "auto",
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`."""
+    """InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`."""
     if _use_triton(impl, a):
         from selfsup_kernels.info_nce_triton import info_nce_triton  # imports triton only when asked for
 
-        return info_nce_triton(a, b, keys_a, keys_b, offset, temperature, negatives)
-    return info_nce_ref(a, b, keys_a, keys_b, offset, temperature, negatives)
+        return info_nce_triton(a, b, keys_a, keys_b, offset, temperature, negatives, reduction)
+    return info_nce_ref(a, b, keys_a, keys_b, offset, temperature, negatives, reduction)
 
 
 def info_nce(

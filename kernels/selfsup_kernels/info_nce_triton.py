@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from selfsup_kernels.info_nce_ref import NEGATIVES
+from selfsup_kernels.info_nce_ref import NEGATIVES, REDUCTIONS
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.0 / math.log(2.0)
@@ -132,11 +132,14 @@ def _fwd_kernel(Q, K, LSE, LOSS, N, M, offset, scale, stride_q, stride_k,
 
 
 @triton.jit
-def _dq_kernel(Q, K, LSE, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dq,
-               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
+def _dq_kernel(Q, K, LSE, W, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dq,
+               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr, ROW_WEIGHTS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
                UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """dQ[rows, chunk] = Σ_j dl_ij K[j, chunk] / τ (+ the transposed term dl_ji when SYMMETRIC, K = Q)."""
+    """dQ[rows, chunk] = Σ_j dl_ij K[j, chunk] / τ (+ the transposed term dl_ji when SYMMETRIC, K = Q).
+
+    dl_ij = GRAD · grad_scale · W_i · (p_ij − y_ij); W (per-row weights, max |W| = 1) only when ROW_WEIGHTS.
+    """
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     pid_d = tl.program_id(2)
@@ -150,6 +153,8 @@ def _dq_kernel(Q, K, LSE, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, s
         col_start = 0
         n_cols = 2 * M
     lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
+    if ROW_WEIGHTS:
+        w_r = tl.load(W + row, mask=row_ok, other=0.0)
     do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
     do_ok = do < D
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
@@ -167,19 +172,24 @@ def _dq_kernel(Q, K, LSE, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, s
             s = _scores(Q, K, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
         s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s * scale, float("-inf"))
         y = (col[None, :] == pos_col[:, None]).to(tl.float32)
-        ds = tl.exp2(s - lse_r[:, None]) - y  # (BLOCK_M, BLOCK_N) = 2N·dL/dl
-        if SYMMETRIC:
+        ds = tl.exp2(s - lse_r[:, None]) - y  # (BLOCK_M, BLOCK_N) = dL/dl up to the weights
+        if ROW_WEIGHTS:
+            ds = ds * w_r[:, None]
+        if SYMMETRIC:  # l_jx = l_xj, y_jx = y_xj (pos is an involution)
             lse_c = tl.load(LSE + col64, mask=col_ok, other=0.0)
-            ds += tl.exp2(s - lse_c[None, :]) - y  # l_jx = l_xj, y_jx = y_xj (pos is an involution)
+            ds_t = tl.exp2(s - lse_c[None, :]) - y
+            if ROW_WEIGHTS:
+                ds_t = ds_t * tl.load(W + col64, mask=col_ok, other=0.0)[None, :]
+            ds += ds_t
         acc += _dot(ds.to(k.dtype), k, UPCAST, PREC)
-    g = tl.load(GRAD).to(tl.float32) * grad_scale
+    g = tl.load(GRAD) * grad_scale
     tl.store(DQ + row[:, None] * stride_dq + do[None, :], (acc * g).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & do_ok[None, :])
 
 
 @triton.jit
-def _dk_kernel(Q, K, LSE, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dk,
-               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
+def _dk_kernel(Q, K, LSE, W, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dk,
+               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr, ROW_WEIGHTS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
                UPCAST: tl.constexpr, PREC: tl.constexpr):
     """dK[cols, chunk] = Σ_i dl_ij Q[i, chunk] / τ, one program per BLOCK_N keys (no atomics)."""
@@ -217,8 +227,10 @@ def _dk_kernel(Q, K, LSE, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, s
         lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
         y = (row_ok[None, :] & (col[:, None] == pos_col[None, :])).to(tl.float32)
         dst = tl.exp2(st - lse_r[None, :]) - y
+        if ROW_WEIGHTS:
+            dst = dst * tl.load(W + row, mask=row_ok, other=0.0)[None, :]
         acc += _dot(dst.to(q.dtype), q, UPCAST, PREC)
-    g = tl.load(GRAD).to(tl.float32) * grad_scale
+    g = tl.load(GRAD) * grad_scale
     tl.store(DK + col64[:, None] * stride_dk + do[None, :], (acc * g).to(DK.dtype.element_ty),
              mask=col_ok[:, None] & do_ok[None, :])
 
@@ -284,7 +296,8 @@ class InfoNCEFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves Q, K and the per-row LSE; backward recomputes logit tiles."""
 
     @staticmethod
-    def forward(ctx, a, b, keys_a, keys_b, offset: int, temperature: float, negatives: str, symmetric: bool):
+    def forward(ctx, a, b, keys_a, keys_b, offset: int, temperature: float, negatives: str, reduction: str,
+                symmetric: bool):
         n, d = a.shape
         m = keys_a.shape[0]
         q = torch.cat([a, b]).contiguous()  # (2N, D) rows
@@ -297,23 +310,36 @@ class InfoNCEFunction(torch.autograd.Function):
         args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
         _launch(_fwd_kernel, n if cross else 2 * n, 2 if cross else 1, d, args, consts)
         ctx.save_for_backward(q, k, lse)
-        ctx.setup = (n, m, d, offset, temperature, cross, symmetric, consts)
-        return (row_loss.sum() / (2 * n)).to(a.dtype)
+        ctx.setup = (n, m, d, offset, temperature, cross, reduction, symmetric, consts)
+        if reduction == "mean":
+            return (row_loss.sum() / (2 * n)).to(a.dtype)
+        if cross:  # (N,) 0.5·(l_ab + l_ba) per pair
+            return (0.5 * (row_loss[:n] + row_loss[n:])).to(a.dtype)
+        return row_loss.to(a.dtype)  # (2N,) [a rows, b rows]
 
     @staticmethod
     def backward(ctx, grad):
         q, k, lse = ctx.saved_tensors
-        n, m, d, offset, temperature, cross, symmetric, consts = ctx.setup
-        grad = grad.contiguous()
+        n, m, d, offset, temperature, cross, reduction, symmetric, consts = ctx.setup
+        if reduction == "mean":  # uniform rows: one scalar, no per-row weights
+            weights, scale, row_weights = lse, grad.float().reshape(1) / (2 * n), False
+        else:  # per-row upstream gradients, max-normalised so 16-bit p·w products keep their precision
+            g = grad.float()
+            g = torch.cat([0.5 * g, 0.5 * g]) if cross else g  # (2N,)
+            scale = g.abs().amax().clamp_min(torch.finfo(torch.float32).tiny).reshape(1)
+            weights, row_weights = (g / scale).contiguous(), True
         halves = 2 if cross else 1
-        common = (n, m, offset, LOG2E / temperature, 1.0 / (2 * n * temperature), q.stride(0), k.stride(0))
+        consts = dict(consts, ROW_WEIGHTS=row_weights)
+        common = (n, m, offset, LOG2E / temperature, 1.0 / temperature, q.stride(0), k.stride(0))
         dq = torch.empty_like(q)
-        _launch(_dq_kernel, n if cross else 2 * n, halves, d, (q, k, lse, grad, dq, *common, dq.stride(0)), consts)
+        _launch(_dq_kernel, n if cross else 2 * n, halves, d,
+                (q, k, lse, weights, scale, dq, *common, dq.stride(0)), consts)
         if symmetric:  # the whole gradient landed in dq (keys are the rows)
-            return dq[:n], dq[n:], None, None, None, None, None, None
+            return dq[:n], dq[n:], None, None, None, None, None, None, None
         dk = torch.empty_like(k)
-        _launch(_dk_kernel, m if cross else 2 * m, halves, d, (q, k, lse, grad, dk, *common, dk.stride(0)), consts)
-        return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None
+        _launch(_dk_kernel, m if cross else 2 * m, halves, d,
+                (q, k, lse, weights, scale, dk, *common, dk.stride(0)), consts)
+        return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None, None
 
 
 def info_nce_triton(
@@ -324,8 +350,12 @@ def info_nce_triton(
     offset: int = 0,
     temperature: float = 0.5,
     negatives: str = "all",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Fused-kernel twin of :func:`info_nce_ref`: mean InfoNCE of anchors ``a, b`` (N, D) vs ``keys_a, keys_b`` (M, D).
+
+    ``reduction="none"``: the per-anchor losses as the reference orders them ((2N,) for ``"all"``, (N,) pair means for
+    ``"cross"``); the forward kernel produces them anyway and the backward takes per-row gradient weights.
 
     Inputs must be L2-normalised, of one float dtype in {fp32, fp16, bf16}, on CUDA (or on the CPU under
     ``TRITON_INTERPRET=1``). Gradients flow to all four tensors; when the keys are the rows themselves (one
@@ -336,6 +366,8 @@ def info_nce_triton(
     keys_b = b if keys_b is None else keys_b
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature}: expected a value > 0")
     if a.dim() != 2 or b.shape != a.shape:
@@ -352,4 +384,5 @@ def info_nce_triton(
         raise ValueError(f"device={a.device}: expected CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
     if a.shape[0] == 0:
         raise ValueError("a.shape[0]=0: expected at least one anchor pair")
-    return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, symmetric)
+    return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, reduction,
+                                 symmetric)

@@ -87,6 +87,27 @@ def test_keys_none_is_single_process():
 
 
 @pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("n,m,offset,keys", [(20, 50, 17, True), (37, 37, 0, False)])
+def test_reduction_none_with_per_row_gradients(n, m, offset, keys, negatives):
+    tensors = make_inputs(n, m, 33, offset, torch.float32)
+    if not keys:
+        tensors[2:] = tensors[:2]
+    g = torch.Generator().manual_seed(5)
+    weights = torch.rand(2 * n if negatives == "all" else n, generator=g, dtype=torch.float64)  # upstream grads
+    results = []
+    for fn, dtype in ((info_nce_triton, torch.float32), (info_nce_ref, torch.float64)):
+        ins = leaves(tensors[:2], dtype)
+        ins += leaves(tensors[2:], dtype) if keys else ins
+        out = fn(*ins, offset, 0.2, negatives, "none")
+        (out * weights.to(dtype)).sum().backward()
+        results.append((out, [t.grad for t in (ins if keys else ins[:2])]))
+    (out, grads), (ref, ref_grads) = results
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    assert_matches(out.sum(), ref.sum(), grads, ref_grads, torch.float32)
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
 def test_fp16(negatives):
     check_keys(20, 50, 33, 17, negatives, torch.float16, temperature=0.1)
     check_self(37, 33, negatives, torch.float16, temperature=0.1)
