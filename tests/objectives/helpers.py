@@ -21,6 +21,6 @@ def assert_matches(fn, ref, *inputs, rtol=1e-10, atol=1e-12, grad_inputs=None):
     torch.testing.assert_close(out, expected.to(out.dtype), rtol=rtol, atol=atol)
     grads = torch.autograd.grad(out, [xs[i] for i in grad_inputs])
     grads_ref = torch.autograd.grad(expected, [ys[i] for i in grad_inputs])
-    for i, g, g_ref in zip(grad_inputs, grads, grads_ref):
+    for i, g, g_ref in zip(grad_inputs, grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
     return out

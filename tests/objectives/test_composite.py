@@ -44,7 +44,7 @@ def test_gradients_flow_to_each_view_with_its_weight():
     objective.forward_views(z).backward()
     ref = [x.detach().clone().requires_grad_() for x in z]
     (0.5 * VICRegLoss()(ref[0], ref[1]) + VICRegLoss()(ref[1], ref[2])).backward()
-    for x, r in zip(z, ref):
+    for x, r in zip(z, ref, strict=True):
         torch.testing.assert_close(x.grad, r.grad)
 
 
@@ -64,10 +64,12 @@ def test_extras_are_routed_per_term():
         calls.append((i, j))
         return params[j] - params[i]
 
-    total = objective.forward_views(z, feats, transform_fn)
+    total = objective.forward_views(z, feats, transform_fn=transform_fn)
     expected = sie(z[0], z[2], params[2] - params[0]) + 2.0 * ldreg(z[1], z[0], feats[1], feats[0])
     torch.testing.assert_close(total, expected)
     assert calls == [(0, 2)]  # only the term whose forward takes a transform
+    # the module passes the recorded params of every view: transform = params[j] − params[i]
+    torch.testing.assert_close(objective.forward_views(z, feats, params), expected)
 
 
 def test_two_view_forward():

@@ -23,7 +23,7 @@ def dcl_loop(z_a, z_b, t, tau_plus, beta):
             weighted = sum(negs)
         else:
             imp = [neg**beta for neg in negs]
-            weighted = sum(w * neg for w, neg in zip(imp, negs)) / (sum(imp) / n_neg)
+            weighted = sum(w * neg for w, neg in zip(imp, negs, strict=True)) / (sum(imp) / n_neg)
         ng = (weighted - tau_plus * n_neg * pos) / (1 - tau_plus)
         ng = torch.clamp(ng, min=n_neg * math.exp(-1 / t))
         total = total - torch.log(pos / (pos + ng))

@@ -57,10 +57,11 @@ def call_objective(
 class CompositeObjective(nn.Module):
     """Weighted terms, each an objective applied to one pair of views.
 
-    Call ``forward_views(z, feats, transform_fn)`` with the embeddings of ALL views (``z[i]`` (N, D) of view i),
-    optionally their backbone features ``feats[i]`` and ``transform_fn(i, j) -> Tensor (N, P)`` giving the
-    transform parameters relating view i to view j (only called for terms whose objective takes ``transform``).
-    ``forward(z_a, z_b, ...)`` is the two-view form: views 0 and 1, allowed only when every term uses them.
+    Call ``forward_views(z, feats, params)`` with the embeddings of ALL views (``z[i]`` (N, D) of view i),
+    optionally their backbone features ``feats[i]`` (N, F) and recorded augmentation parameters ``params[i]``
+    (N, P). A term on views (i, j) whose objective takes ``transform`` gets ``params[j] − params[i]``, or
+    ``transform_fn(i, j)`` when that callable is given. ``forward(z_a, z_b, ...)`` is the two-view form: views 0
+    and 1, allowed only when every term uses them.
 
     Args:
         terms: name → ``{"loss": objective, "weight": float ≥ 0 (default 1.0), "views": [i, j] (default [0, 1])}``.
@@ -106,10 +107,13 @@ class CompositeObjective(nn.Module):
         self,
         z: Sequence[torch.Tensor],
         feats: Sequence[torch.Tensor] | None = None,
+        params: Sequence[torch.Tensor] | None = None,
         transform_fn: Callable[[int, int], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if len(z) < self.num_views:
             raise ValueError(f"CompositeObjective: the terms use {self.num_views} views, got {len(z)}")
+        if transform_fn is None and params is not None:
+            transform_fn = lambda i, j: params[j] - params[i]  # noqa: E731
         total, last = None, {}
         for name, loss in self.losses.items():
             i, j = self.views[name]
@@ -146,7 +150,7 @@ class CompositeObjective(nn.Module):
                 raise ValueError(f"CompositeObjective: a transform was given for views (0, 1), a term uses ({i}, {j})")
             return transform
 
-        return self.forward_views([z_a, z_b], feats, None if transform is None else transform_fn)
+        return self.forward_views([z_a, z_b], feats, transform_fn=None if transform is None else transform_fn)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}: weight={self.weights[name]}, views={list(self.views[name])}" for name in self.losses)

@@ -70,7 +70,11 @@ class SIELoss(nn.Module):
         if not eps > 0:
             raise ValueError(f"objective.eps={eps}: expected a value > 0")
         self.sim_coeff, self.equi_factor, self.std_coeff, self.cov_coeff, self.eps = (
-            sim_coeff, equi_factor, std_coeff, cov_coeff, eps
+            sim_coeff,
+            equi_factor,
+            std_coeff,
+            cov_coeff,
+            eps,
         )
         self.route = check_route(route)
         self.hypernet = nn.Linear(transform_dim, equi_dim**2, bias=False)  # Θ: (equi_dim², transform_dim)

@@ -1,0 +1,118 @@
+"""All objectives under a 2-process gloo group (one spawn for the whole matrix): the mean of the per-rank losses is
+the single-process loss of the concatenated batch, each rank's inputs get ``world_size × dL/dz_r``, and parameter
+gradients (SIE's hypernetwork) average over ranks — what DDP does — to the single-process gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.objectives import (
+    BarlowTwinsLoss,
+    CAREEquivarianceLoss,
+    CompositeObjective,
+    DebiasedInfoNCELoss,
+    InfoNCELoss,
+    INTLLoss,
+    LDRegLoss,
+    SIELoss,
+    VICRegLoss,
+)
+from tests.distributed_utils import run_distributed
+
+N, D, F, P, WORLD = 12, 6, 5, 3, 2  # global pairs, embedding, feature and transform-parameter sizes
+
+
+def make_objectives() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)  # same hypernetwork weights in every process
+    return {
+        "info_nce_all": InfoNCELoss(0.3, "all"),
+        "info_nce_cross": InfoNCELoss(0.3, "cross"),
+        "dcl": DebiasedInfoNCELoss(0.5, 0.1, 0.0),
+        "dcl_clamped": DebiasedInfoNCELoss(0.5, 0.6, 0.0),
+        "hcl": DebiasedInfoNCELoss(0.5, 0.1, 1.0),
+        "barlow_gram": BarlowTwinsLoss(0.0051, "gram"),
+        "barlow_feature": BarlowTwinsLoss(0.0051, "feature"),
+        "vicreg_gram": VICRegLoss(route="gram"),
+        "vicreg_feature": VICRegLoss(route="feature"),
+        "care_aligned": CAREEquivarianceLoss(4),  # chunks of 3 rows, inside each rank
+        "care_across": CAREEquivarianceLoss(3),  # chunks of 4 rows, one spans both ranks
+        "care_leftover": CAREEquivarianceLoss(5),  # chunks of 2 rows, 2 leftover rows on rank 1
+        "sie": SIELoss(4, 2, P).double(),
+        "intl": INTLLoss(4, 0.05),
+        "ldreg_mom": LDRegLoss(0.2, 0.5, 64, "mom"),  # k clipped to 2N − 2 of the GLOBAL batch
+        "ldreg_mle": LDRegLoss(0.2, 0.5, 7, "mle"),
+        "composite": CompositeObjective(
+            {
+                "info_nce": {"loss": InfoNCELoss(0.5), "weight": 1.0, "views": [0, 1]},
+                "care": {"loss": CAREEquivarianceLoss(3), "weight": 0.03, "views": [2, 3]},
+                "sie": {"loss": SIELoss(4, 2, P).double(), "weight": 0.5, "views": [1, 3]},
+            }
+        ),
+    }
+
+
+def make_inputs():
+    g = torch.Generator().manual_seed(123)
+    z = [torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(4)]
+    z[1][:6] = z[0][:6] + 0.01 * torch.randn(6, D, generator=g, dtype=torch.float64)  # binds the DCL clamp
+    feats = [torch.randn(N, F, generator=g, dtype=torch.float64) for _ in range(4)]
+    params = [torch.randn(N, P, generator=g, dtype=torch.float64) for _ in range(4)]
+    return z, feats, params
+
+
+def evaluate(objectives, z, feats, params):
+    """{name: (loss, input grads, parameter grads)} — z, feats, params are this process's rows."""
+    out = {}
+    for name, objective in objectives.items():
+        zs = [x.clone().requires_grad_() for x in z]
+        fs = [x.clone().requires_grad_() for x in feats]
+        ts = [x.clone().requires_grad_() for x in params]
+        objective.zero_grad()
+        if isinstance(objective, CompositeObjective):
+            loss = objective.forward_views(zs, fs, ts)
+            inputs = zs + ts
+        elif isinstance(objective, SIELoss):
+            loss = objective(zs[0], zs[1], ts[1] - ts[0])
+            inputs = zs[:2] + ts[:2]
+        elif isinstance(objective, LDRegLoss):
+            loss = objective(zs[0], zs[1], fs[0], fs[1])
+            inputs = zs[:2] + fs[:2]
+        else:
+            loss = objective(zs[0], zs[1])
+            inputs = zs[:2]
+        loss.backward()
+        grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in inputs]
+        param_grads = {k: p.grad.clone() for k, p in objective.named_parameters() if p.grad is not None}
+        out[name] = (loss.detach(), grads, param_grads)
+    return out
+
+
+def _rank_fn(rank, world, z, feats, params):
+    n = z[0].shape[0] // world
+    rows = slice(rank * n, (rank + 1) * n)
+    return evaluate(make_objectives(), [x[rows] for x in z], [x[rows] for x in feats], [x[rows] for x in params])
+
+
+@pytest.fixture(scope="module")
+def results():
+    z, feats, params = make_inputs()
+    single = evaluate(make_objectives(), z, feats, params)
+    ranks = run_distributed(_rank_fn, WORLD, z, feats, params)
+    return single, ranks
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("name", list(make_objectives()))
+def test_two_processes_equal_one(results, name):
+    single, ranks = results
+    loss, grads, param_grads = single[name]
+    per_rank = [r[name] for r in ranks]
+    torch.testing.assert_close(torch.stack([r[0] for r in per_rank]).mean(), loss, rtol=0, atol=1e-9)
+    for i, g in enumerate(grads):
+        got = torch.cat([r[1][i] for r in per_rank])
+        torch.testing.assert_close(got, WORLD * g, rtol=0, atol=1e-9, msg=lambda m, i=i: f"input {i}: {m}")
+    assert set(param_grads) == set(per_rank[0][2])
+    for key, g in param_grads.items():  # DDP averages parameter gradients over ranks
+        mean = torch.stack([r[2][key] for r in per_rank]).mean(0)
+        torch.testing.assert_close(mean, g, rtol=0, atol=1e-9, msg=lambda m, key=key: f"{key}: {m}")
