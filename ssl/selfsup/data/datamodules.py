@@ -1,0 +1,318 @@
+"""LightningDataModules: digits (offline default), CIFAR-10/100, STL-10 and any ImageFolder.
+
+Each yields CONTRACT.md training batches ``{"views", "params", "label", "index"}`` and, for validation, two
+loaders of un-augmented images: the kNN bank (training split) and the queries (held-out split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from selfsup.data.datasets import (
+    EvalDataset,
+    GlobalBatchSampler,
+    MultiViewDataset,
+    ResumableLoader,
+    default_num_workers,
+)
+from selfsup.data.sources import FileImages, Subset, TensorImages, stratified_first
+from selfsup.data.views import MultiViewTransform
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank::world_size``, padded by repeats to equal length (the module drops duplicates by index)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        per_rank = -(-n // world_size)
+        self.indices = [min(i, n - 1) for i in range(rank, per_rank * world_size, world_size)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Shared logic; subclasses implement :meth:`load_splits`.
+
+    Args:
+        root: dataset directory (meaning per subclass).
+        batch_size: per-process training batch (the global batch is batch_size x processes).
+        image_size: side length of training views and evaluation images.
+        mean, std: normalisation statistics.
+        num_workers: loader processes per training process (null: cores - 1, at most 8).
+        subset: use only the first K training images, stratified by class.
+        eval_train_subset, eval_test_subset: cap the kNN bank / query sets used in validation (stratified).
+        download: let torchvision download the dataset if it is missing.
+        views: the multi-view transform of training samples (null for evaluation-only use).
+        seed: seeds shuffling and every augmentation draw.
+    """
+
+    crop_fraction = 1.0  # evaluation: resize the short side to image_size / crop_fraction, then centre-crop
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 256,
+        image_size: int = 32,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        num_workers: int | None = None,
+        subset: int | None = None,
+        eval_train_subset: int | None = None,
+        eval_test_subset: int | None = None,
+        download: bool = False,
+        views: MultiViewTransform | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: expected a positive integer")
+        for key, value in dict(subset=subset, eval_train_subset=eval_train_subset,
+                               eval_test_subset=eval_test_subset).items():  # fmt: skip
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key}={value}: expected a positive number of images or null")
+        self.root = root
+        self.batch_size, self.image_size = batch_size, image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.subset, self.eval_train_subset, self.eval_test_subset = subset, eval_train_subset, eval_test_subset
+        self.download, self.views, self.seed = download, views, seed
+        self._splits, self._eval_train = None, None
+
+    # -- sources ------------------------------------------------------------------------------------------------
+    def load_splits(self):
+        """(train, held-out[, labelled train for evaluation]) sources (selfsup.data.sources)."""
+        raise NotImplementedError
+
+    @property
+    def splits(self):
+        if self._splits is None:
+            train, test, *eval_train = self.load_splits()
+            self._eval_train = eval_train[0] if eval_train else None
+            if self.subset is not None:
+                if self.subset > len(train):
+                    raise ValueError(f"data.subset={self.subset}: the training split has only {len(train)} images")
+                train = Subset(train, stratified_first(train.labels, self.subset))
+            self._splits = train, test
+        return self._splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits[0].classes)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    # -- loaders ------------------------------------------------------------------------------------------------
+    def check_batch_size(self, world_size: int) -> None:
+        n = len(self.splits[0])
+        if self.batch_size * world_size > n:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} x {world_size} process(es) is larger than the training set "
+                f"({n} images): lower data.batch_size or raise data.subset"
+            )
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        return len(self.splits[0]) // (self.batch_size * world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.views is None:
+            raise ValueError("data.views is not set: training needs a views config (e.g. views=simclr)")
+        world_size, rank = self._world()
+        self.check_batch_size(world_size)
+        sampler = GlobalBatchSampler(
+            len(self.splits[0]), self.batch_size, world_size, rank, self.seed, True, self.views.shared_chunks
+        )
+        trainer = self.trainer
+
+        def position() -> tuple[int, int]:
+            if trainer is None:
+                return 0, 0
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+        dataset = MultiViewDataset(self.splits[0], self.views, self.seed)
+        return ResumableLoader(dataset, sampler, position, self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def eval_datasets(self) -> tuple[EvalDataset, EvalDataset]:
+        """Un-augmented (train, held-out) datasets yielding (image, label), capped by eval_*_subset."""
+        train, test = self.splits
+        out = []
+        for source, cap in zip((train if self._eval_train is None else self._eval_train, test), (self.eval_train_subset, self.eval_test_subset)):
+            if cap is not None and cap < len(source):
+                source = Subset(source, stratified_first(source.labels, cap))
+            out.append(EvalDataset(source, self.image_size, self.mean, self.std, self.crop_fraction))
+        return out[0], out[1]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        world_size, rank = self._world()
+        return [
+            DataLoader(
+                _Indexed(ds), batch_size=min(self.batch_size, 512), sampler=ShardSampler(len(ds), rank, world_size),
+                num_workers=self.num_workers,
+            )  # fmt: skip
+            for ds in self.eval_datasets()
+        ]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(image, label, index) so that sharded evaluation can drop padding duplicates after gathering."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        x, y = self.ds[i]
+        return x, y, i
+
+
+class DigitsDataModule(SSLDataModule):
+    """scikit-learn's bundled 8x8 digits (1,797 images, offline): a fixed stratified 80/20 split, 3-channel.
+
+    ``root`` is ignored (the data ship with scikit-learn).
+    """
+
+    def load_splits(self):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))  # (N, 8, 8)
+        images = images[:, None].expand(-1, 3, -1, -1).contiguous()
+        labels = torch.from_numpy(digits.target)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(labels)), test_size=0.2, stratify=digits.target, random_state=0
+        )
+        classes = [str(c) for c in range(10)]
+        return tuple(TensorImages(images[np.sort(i)], labels[np.sort(i)], classes) for i in (train_idx, test_idx))
+
+
+def _imagefolder_splits(root: Path, train_dir: str, val_dir: str):
+    missing = [d for d in (train_dir, val_dir) if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.root={root}: missing split folder(s) {missing}; expected {root}/{train_dir}/<class>/<image> "
+            f"and {root}/{val_dir}/<class>/<image>"
+        )
+    return FileImages(root / train_dir, f"data.root/{train_dir}"), FileImages(root / val_dir, f"data.root/{val_dir}")
+
+
+class TorchvisionDataModule(SSLDataModule):
+    """CIFAR-10, CIFAR-100 or STL-10 via torchvision (``download`` passed through), or the same data laid out as
+    an ImageFolder tree ``root/train/<class>/*`` + ``root/test/<class>/*`` (e.g. ../shared/data/cifar10).
+
+    Args:
+        dataset: ``cifar10``, ``cifar100`` or ``stl10``. STL-10 trains on train+unlabeled (labels -1 on the
+            unlabeled part) and evaluates on its labelled train/test splits.
+    """
+
+    DATASETS = ("cifar10", "cifar100", "stl10")
+
+    def __init__(
+        self,
+        dataset: str = "cifar10",
+        root: str | None = None,
+        batch_size: int = 256,
+        image_size: int = 32,
+        mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465),
+        std: tuple[float, ...] = (0.2470, 0.2435, 0.2616),
+        num_workers: int | None = None,
+        subset: int | None = None,
+        eval_train_subset: int | None = None,
+        eval_test_subset: int | None = None,
+        download: bool = False,
+        views: MultiViewTransform | None = None,
+        seed: int = 0,
+    ):
+        if dataset not in self.DATASETS:
+            raise ValueError(f"data.dataset={dataset!r}: expected one of {self.DATASETS}")
+        if root is None:
+            raise ValueError(f"data.root is not set: expected the directory that holds (or will hold) {dataset}")
+        super().__init__(
+            root, batch_size, image_size, mean, std, num_workers, subset, eval_train_subset, eval_test_subset,
+            download, views, seed,
+        )  # fmt: skip
+        self.dataset = dataset
+
+    def load_splits(self):
+        root = Path(self.root)
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return _imagefolder_splits(root, "train", "test")
+        if not root.is_dir() and not self.download:
+            raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")
+        import torchvision.datasets as tvd
+
+        try:
+            if self.dataset == "stl10":
+                train, test, labelled = (
+                    tvd.STL10(str(root), split=s, download=self.download) for s in ("train+unlabeled", "test", "train")
+                )
+                return tuple(self._tensor(d.data, d.labels, d.classes) for d in (train, test, labelled))
+            cls = tvd.CIFAR10 if self.dataset == "cifar10" else tvd.CIFAR100
+            train, test = (cls(str(root), train=t, download=self.download) for t in (True, False))
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+            raise FileNotFoundError(
+                f"data.root={root}: no {self.dataset} found ({e}); expected torchvision's files or an ImageFolder "
+                "tree train/<class>/, test/<class>/ — pass data.download=true to fetch it"
+            ) from None
+        to_chw = lambda d: torch.from_numpy(d).permute(0, 3, 1, 2)  # noqa: E731 (N, H, W, C) -> (N, C, H, W)
+        return (self._tensor(to_chw(train.data), train.targets, train.classes),
+                self._tensor(to_chw(test.data), test.targets, test.classes))  # fmt: skip
+
+    @staticmethod
+    def _tensor(images, labels, classes) -> TensorImages:
+        images = torch.as_tensor(images).contiguous()
+        return TensorImages(images, torch.as_tensor(np.asarray(labels), dtype=torch.long), list(classes))
+
+
+class ImageFolderDataModule(SSLDataModule):
+    """Any ImageFolder tree ``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``.
+
+    Args:
+        train_dir, val_dir: split folder names under ``root``.
+    """
+
+    crop_fraction = 0.875
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 256,
+        image_size: int = 224,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        num_workers: int | None = None,
+        subset: int | None = None,
+        eval_train_subset: int | None = None,
+        eval_test_subset: int | None = None,
+        download: bool = False,
+        views: MultiViewTransform | None = None,
+        seed: int = 0,
+        train_dir: str = "train",
+        val_dir: str = "val",
+    ):
+        if root is None:
+            raise ValueError("data.root is not set: expected a directory with train/<class>/ and val/<class>/")
+        if download:
+            raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
+        super().__init__(
+            root, batch_size, image_size, mean, std, num_workers, subset, eval_train_subset, eval_test_subset,
+            download, views, seed,
+        )  # fmt: skip
+        self.train_dir, self.val_dir = train_dir, val_dir
+
+    def load_splits(self):
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root={root}: directory does not exist")
+        return _imagefolder_splits(root, self.train_dir, self.val_dir)

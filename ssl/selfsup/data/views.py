@@ -1,0 +1,241 @@
+"""Multi-view augmentation that records what it sampled.
+
+Every view of every sample is drawn from its own ``torch.Generator`` seeded by (seed, epoch, sample index, view),
+so a run's views do not depend on the number of processes, workers or restarts. A view marked ``shared`` is seeded
+by (seed, epoch, chunk id, view) instead: all rows of a contiguous chunk of the global batch then share one draw
+(``shared_chunks``, what CARE needs).
+
+The parameters of view i form ``params[i]``, a float tensor of ``NUM_PARAMS`` entries (identity values when an
+augmentation was not applied):
+
+=====  ==============  ====================================================================
+index  name            meaning
+=====  ==============  ====================================================================
+0-3    crop_x0..crop_h  random-resized-crop box as fractions of the source image: x0, y0, w, h
+4      flip            1 if flipped horizontally
+5      brightness      colour-jitter factor (1 = unchanged)
+6      contrast        colour-jitter factor (1 = unchanged)
+7      saturation      colour-jitter factor (1 = unchanged)
+8      hue             hue shift in [-0.5, 0.5] (0 = unchanged)
+9      jitter_order    index into ``JITTER_ORDERS`` of the order the four jitter ops ran in
+10     grayscale       1 if converted to grayscale
+11     blur_sigma      Gaussian-blur sigma in pixels of the output (0 = no blur)
+12     solarize        1 if solarised (threshold 128 of 255)
+13     rotation        rotation angle in degrees (0 when unused)
+=====  ==============  ====================================================================
+
+The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation) on uint8 images
+with ``torchvision.transforms.v2.functional``, then are scaled to [0, 1] and normalised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+PARAM_NAMES = (
+    "crop_x0", "crop_y0", "crop_w", "crop_h", "flip", "brightness", "contrast", "saturation", "hue",
+    "jitter_order", "grayscale", "blur_sigma", "solarize", "rotation",
+)  # fmt: skip
+NUM_PARAMS = len(PARAM_NAMES)
+JITTER_ORDERS = tuple(itertools.permutations(range(4)))  # 0 brightness, 1 contrast, 2 saturation, 3 hue
+
+
+def generator_for(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of non-negative ints (order matters, collisions are negligible)."""
+    seed = int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=g).item()
+
+
+def _coin(g: torch.Generator, p: float) -> bool:
+    return p > 0 and torch.rand((), generator=g).item() < p
+
+
+class ViewAugment:
+    """One view's augmentation distribution (defaults: SimCLR's CIFAR-10 pipeline without blur).
+
+    Args:
+        size: output side length in pixels.
+        scale: random-resized-crop area range as fractions of the source image.
+        ratio: random-resized-crop aspect-ratio range.
+        flip_p: probability of a horizontal flip.
+        jitter_p: probability of applying colour jitter.
+        brightness, contrast, saturation: jitter strength s, factors drawn from [max(0, 1 - s), 1 + s].
+        hue: jitter strength h, shift drawn from [-h, h] (h ≤ 0.5).
+        grayscale_p: probability of converting to grayscale.
+        blur_p: probability of a Gaussian blur (kernel ≈ 10% of ``size``, odd).
+        blur_sigma: sigma range of the blur.
+        solarize_p: probability of solarisation.
+        rotation: maximal absolute rotation in degrees (0 = no rotation).
+        mean, std: per-channel normalisation applied last.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        jitter_p: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.0,
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+        solarize_p: float = 0.0,
+        rotation: float = 0.0,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ):
+        if size < 1:
+            raise ValueError(f"views.size={size}: expected a positive number of pixels")
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"views.scale={list(scale)}: expected 0 < min <= max <= 1")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"views.ratio={list(ratio)}: expected 0 < min <= max")
+        for key, p in dict(flip_p=flip_p, jitter_p=jitter_p, grayscale_p=grayscale_p, blur_p=blur_p,
+                           solarize_p=solarize_p).items():  # fmt: skip
+            if not 0 <= p <= 1:
+                raise ValueError(f"views.{key}={p}: expected a probability in [0, 1]")
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"views.hue={hue}: expected a value in [0, 0.5]")
+        if len(mean) != len(std):
+            raise ValueError(f"views.mean/std: expected equal lengths, got {len(mean)} and {len(std)}")
+        self.size = int(size)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.blur_p, self.blur_sigma, self.solarize_p, self.rotation = blur_p, tuple(blur_sigma), solarize_p, rotation
+        self.mean, self.std = list(mean), list(std)
+        self.blur_kernel = max(3, int(0.1 * self.size) // 2 * 2 + 1)
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+    def _crop(self, g: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.get_params, drawn from ``g``: (top, left, h, w) in pixels."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * _uniform(g, *self.scale)
+            aspect = math.exp(_uniform(g, *log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (), generator=g))
+                left = int(torch.randint(0, width - w + 1, (), generator=g))
+                return top, left, h, w
+        in_ratio = width / height  # fallback: central crop with the ratio clamped into range
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def sample(self, g: torch.Generator, height: int, width: int) -> torch.Tensor:
+        """Draw one parameter vector (``NUM_PARAMS``,) for a source image of ``height`` x ``width``."""
+        p = torch.zeros(NUM_PARAMS)
+        top, left, h, w = self._crop(g, height, width)
+        p[0:4] = torch.tensor([left / width, top / height, w / width, h / height])
+        p[4] = float(_coin(g, self.flip_p))
+        p[5:9] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        if _coin(g, self.jitter_p):
+            p[5] = _uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
+            p[6] = _uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
+            p[7] = _uniform(g, max(0.0, 1 - self.saturation), 1 + self.saturation)
+            p[8] = _uniform(g, -self.hue, self.hue)
+            p[9] = float(torch.randint(0, len(JITTER_ORDERS), (), generator=g))
+        p[10] = float(_coin(g, self.grayscale_p))
+        if _coin(g, self.blur_p):
+            p[11] = _uniform(g, *self.blur_sigma)
+        p[12] = float(_coin(g, self.solarize_p))
+        if self.rotation > 0:
+            p[13] = _uniform(g, -self.rotation, self.rotation)
+        return p
+
+    # -- application ------------------------------------------------------------------------------------------
+    def apply(self, img: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Apply parameters ``p`` to a uint8 image (3, H, W); returns a normalised float image (3, size, size)."""
+        _, height, width = img.shape
+        left, top = round(float(p[0]) * width), round(float(p[1]) * height)
+        w, h = round(float(p[2]) * width), round(float(p[3]) * height)
+        x = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
+        if p[4] > 0:
+            x = TF.horizontal_flip(x)
+        ops = (
+            lambda t: TF.adjust_brightness(t, float(p[5])),
+            lambda t: TF.adjust_contrast(t, float(p[6])),
+            lambda t: TF.adjust_saturation(t, float(p[7])),
+            lambda t: TF.adjust_hue(t, float(p[8])),
+        )
+        if not torch.equal(p[5:9], torch.tensor([1.0, 1.0, 1.0, 0.0])):
+            for i in JITTER_ORDERS[int(p[9])]:
+                x = ops[i](x)
+        if p[10] > 0:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if p[11] > 0:
+            x = TF.gaussian_blur(x, [self.blur_kernel, self.blur_kernel], [float(p[11])] * 2)
+        if p[12] > 0:
+            x = TF.solarize(x, threshold=128)
+        if p[13] != 0:
+            x = TF.rotate(x, float(p[13]))
+        return TF.normalize(x.float().div_(255), self.mean, self.std)
+
+    def __call__(self, img: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.sample(g, img.shape[-2], img.shape[-1])
+        return self.apply(img, p), p
+
+
+class MultiViewTransform:
+    """Several views of one image, each drawn from its own seeded generator.
+
+    Args:
+        views: name → :class:`ViewAugment`, in view order (a mapping so that recipes can override one view's
+            keys, e.g. ``views.views.v1.blur_p``; a list works too and names its views v1, v2, ...).
+        shared: names of the views that share one draw across each chunk of the global batch (CARE).
+        shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
+    """
+
+    def __init__(
+        self,
+        views: Mapping[str, ViewAugment] | Sequence[ViewAugment],
+        shared: Sequence[str] | None = None,
+        shared_chunks: int | None = None,
+    ):
+        if not isinstance(views, Mapping):
+            views = {f"v{i + 1}": v for i, v in enumerate(views)}
+        if len(views) < 1:
+            raise ValueError("views.views: expected at least one view")
+        unknown = sorted(set(shared or ()) - set(views))
+        if unknown:
+            raise ValueError(f"views.shared={list(shared)}: {unknown} are not view names {list(views)}")
+        if shared and not (shared_chunks and shared_chunks >= 1):
+            raise ValueError(f"views.shared_chunks={shared_chunks}: shared views need a chunk count >= 1")
+        self.names = list(views)
+        self.views = list(views.values())
+        self.shared = [name in (shared or ()) for name in self.names]
+        self.shared_chunks = shared_chunks if shared else None
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __call__(self, img: torch.Tensor, seed: int, epoch: int, index: int, chunk: int = -1):
+        out, params = [], []
+        for v, (view, shared) in enumerate(zip(self.views, self.shared)):
+            # 0/1 tag keeps per-sample and per-chunk streams apart even where index == chunk id.
+            key = (seed, epoch, 1, chunk, v) if shared and chunk >= 0 else (seed, epoch, 0, index, v)
+            x, p = view(img, generator_for(*key))
+            out.append(x)
+            params.append(p)
+        return out, params

@@ -1,0 +1,52 @@
+"""``metrics.csv`` in the run directory that survives a resume (Lightning's CSVLogger deletes it)."""
+
+from __future__ import annotations
+
+import csv
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _ResumingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, keep_before_step: int | None):
+        self.keep_before_step = keep_before_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        if self.keep_before_step is None:  # a fresh run: start a new file, as Lightning does
+            self._fs.rm_file(self.metrics_file_path)
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            # rows logged after the checkpoint are logged again by the resumed run
+            rows = [r for r in reader if r.get("step") and int(float(r["step"])) < self.keep_before_step]
+        with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(keys)
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing ``<save_dir>/metrics.csv``; on resume (``keep_before_step`` = the checkpoint's global
+    step, set by ``selfsup.train``) it keeps the earlier rows instead of deleting the file.
+
+    Args:
+        save_dir: the run directory.
+        flush_logs_every_n_steps: how often rows are written.
+    """
+
+    def __init__(self, save_dir: str, flush_logs_every_n_steps: int = 100):
+        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
+        self.keep_before_step: int | None = None
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(self.log_dir, self.keep_before_step)
+        return self._experiment
