@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup_kernels.debiased_info_nce_ref import debiased_info_nce_ref
 from selfsup_kernels.info_nce_ref import info_nce_ref
 
 IMPLS = ("auto", "torch", "triton")
@@ -54,4 +55,23 @@ def info_nce(
     return info_nce_rows(a, b, None, None, 0, temperature, negatives, impl)
 
 
-__all__ = ["IMPLS", "info_nce", "info_nce_ref", "info_nce_rows"]
+def debiased_info_nce_rows(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    keys_a: torch.Tensor | None = None,
+    keys_b: torch.Tensor | None = None,
+    offset: int = 0,
+    temperature: float = 0.5,
+    tau_plus: float = 0.1,
+    beta: float = 0.0,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Debiased / hard-negative InfoNCE of local anchors vs keys; see :func:`debiased_info_nce_ref`."""
+    if _use_triton(impl, a):
+        from selfsup_kernels.debiased_info_nce_triton import debiased_info_nce_triton
+
+        return debiased_info_nce_triton(a, b, keys_a, keys_b, offset, temperature, tau_plus, beta)
+    return debiased_info_nce_ref(a, b, keys_a, keys_b, offset, temperature, tau_plus, beta)
+
+
+__all__ = ["IMPLS", "debiased_info_nce_ref", "debiased_info_nce_rows", "info_nce", "info_nce_ref", "info_nce_rows"]
