@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from selfsup_kernels import info_nce_triton as base
 from selfsup_kernels.info_nce_triton import DTYPES, LOG2E, _config, _dot, _interpreting, _row_layout, _scores
 
 LN2 = 0.6931471805599453
@@ -189,12 +190,10 @@ def _dk_kernel(Q, K, STATS, GRAD, DK, N, M, offset, scale, grad_scale, beta, str
 
 
 def _launch(kernel, n_tiled: int, d: int, args: tuple, consts: dict) -> None:
-    # tile sizes: the InfoNCE heuristics (keyed by the InfoNCE kernel of the same role); no autotuning here yet
-    role = {_fwd_kernel: "fwd", _dq_kernel: "dq", _dk_kernel: "dk"}[kernel]
-    from selfsup_kernels import info_nce_triton as base
-
-    cfg, _ = _config({"fwd": base._fwd_kernel, "dq": base._dq_kernel, "dk": base._dk_kernel}[role], d)
-    if "BLOCK_M" not in cfg:  # autotune requested for InfoNCE: use its untuned defaults here
+    # tile sizes: the heuristics of the InfoNCE kernel in the same role (no autotuning for this op yet)
+    twin = {_fwd_kernel: base._fwd_kernel, _dq_kernel: base._dq_kernel, _dk_kernel: base._dk_kernel}[kernel]
+    cfg, _ = _config(twin, d)
+    if "BLOCK_M" not in cfg:  # SELFSUP_KERNELS_AUTOTUNE=1 tunes InfoNCE only: take the backward defaults here
         cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64, num_warps=4 if d <= 64 else 8, num_stages=2)
     tile = cfg["BLOCK_N"] if kernel is _dk_kernel else cfg["BLOCK_M"]
     n_dchunks = triton.cdiv(d, cfg["BLOCK_DO"]) if "BLOCK_DO" in cfg else 1
