@@ -66,7 +66,8 @@ def main() -> None:
     if args.sgd_epochs > 0:
         t = time.perf_counter()
         sgd = linear_probe_sgd(xtr, ytr, xte, yte, epochs=args.sgd_epochs)
-        rows.append((f"SGD protocol: {args.sgd_epochs} epochs, bs 256, cosine", time.perf_counter() - t, sgd["top1"], "0"))
+        name = f"SGD protocol: {args.sgd_epochs} epochs, bs 256, cosine"
+        rows.append((name, time.perf_counter() - t, sgd["top1"], "0"))
     t = time.perf_counter()
     knn = knn_top1(xtr, ytr, xte, yte, k=200)
     rows.append(("kNN k=200 T=0.07 (reference)", time.perf_counter() - t, knn, "—"))

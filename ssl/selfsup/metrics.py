@@ -45,7 +45,7 @@ def _check_labels(name: str, y, n: int) -> torch.Tensor:
 
 
 def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """RankMe: ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / ‖σ‖₁ + eps``, σ the singular values of the raw (N, D) z.
+    """RankMe: ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / ‖σ‖₁ + eps``, σ the singular values of raw (N, D) z.
 
     No centring, as in the paper (Garrido et al. 2023, arXiv:2210.02885, Eq. 1). The singular values are the square
     roots of the eigenvalues of the Gram matrix of the smaller side, computed in float64 (eigenvalues below zero from
@@ -155,7 +155,12 @@ def _fit_logreg(
     w.requires_grad_(True)
     b.requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=tol, tolerance_change=1e-12,
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=tol,
+        tolerance_change=1e-12,
         line_search_fn="strong_wolfe",
     )
 

@@ -268,7 +268,8 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
     sel_header = ("accuracy", "run chosen by RankMe", "its accuracy", "best accuracy", "regret")
     intro = f"{len(runs)} runs ranked by RankMe of the embeddings (higher first)."
     md = [f"# {title}", "", intro, "", _md_table(header, rows), "", "## Rank correlation with accuracy", ""]
-    md += [_md_table(corr_header, corr_rows), "", "## Selecting a run without labels", "", _md_table(sel_header, sel_rows)]
+    md += [_md_table(corr_header, corr_rows), "", "## Selecting a run without labels", ""]
+    md += [_md_table(sel_header, sel_rows)]
     hp = [
         f"<p>{html.escape(intro)}</p>{_html_table(header, rows)}",
         f"<h2>Rank correlation with accuracy</h2>{_html_table(corr_header, corr_rows)}",

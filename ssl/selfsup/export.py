@@ -1,0 +1,132 @@
+"""``selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>``: the trained encoder for timm.
+
+Writes the backbone's weights under timm's own key names (our backbones *are* timm models built with
+``num_classes=0``), so that ::
+
+    timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"), num_classes=0)
+
+rebuilds the encoder. The safetensors metadata records ``timm_name``, ``in_chans``, ``cifar_stem`` and
+``num_features``. A backbone trained with ``cifar_stem=true`` has a 3x3 first conv that plain timm does not build:
+use :func:`load_encoder`, which swaps the stem before loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import selfsup
+from selfsup import checkpoint as ckpt_io
+from selfsup.models.backbones import TORCHVISION_PREFIX
+
+log = logging.getLogger("selfsup.export")
+
+USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>"
+
+
+def timm_name(backbone_cfg: dict, key: str = "checkpoint") -> str:
+    """The timm model name of a saved backbone config; ValueError for backbones timm cannot build."""
+    import timm
+
+    target, name = backbone_cfg.get("_target_", ""), backbone_cfg.get("name")
+    if not str(target).endswith("build_backbone") or not isinstance(name, str):
+        raise ValueError(f"{key}: backbone {target or backbone_cfg} is not built by selfsup.models.build_backbone")
+    if name.startswith(TORCHVISION_PREFIX) or not timm.is_model(name):
+        raise ValueError(
+            f"{key}: backbone.name={name} is not a timm model; selfsup-export writes timm weights "
+            "(train with a timm backbone, e.g. backbone=resnet18)"
+        )
+    return name
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the backbone of ``checkpoint`` to ``out`` (safetensors, timm key names); returns the output path."""
+    ckpt = ckpt_io.load(checkpoint, "checkpoint")
+    config = ckpt["selfsup"].get("config") or {}
+    backbone_cfg = config.get("backbone") or {}
+    name = timm_name(backbone_cfg, f"checkpoint={checkpoint}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"out={out}: expected a file name ending in .safetensors")
+    backbone = ckpt_io.backbone_from(ckpt)  # strict load: the state dict is exactly the backbone's
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "timm_name": name,
+        "in_chans": str(backbone_cfg.get("in_chans", 3)),
+        "cifar_stem": str(bool(backbone_cfg.get("cifar_stem", False))).lower(),
+        "num_features": str(backbone.num_features),
+        "selfsup_version": selfsup.__version__,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if metadata["cifar_stem"] == "true":
+        log.warning("%s has a CIFAR stem (3x3 conv1, no max-pool): load it with selfsup.export.load_encoder", out)
+    return out
+
+
+def load_encoder(path: str | os.PathLike) -> nn.Module:
+    """Rebuild an exported encoder with timm (CIFAR stem restored when the metadata says so), in eval mode."""
+    import timm
+
+    from selfsup.models.backbones import _cifar_stem
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path={path}: no such file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "timm_name" not in meta:
+        raise ValueError(f"path={path}: no 'timm_name' in the safetensors metadata (not written by selfsup-export)")
+    in_chans = int(meta.get("in_chans", 3))
+    model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans)
+    if meta.get("cifar_stem") == "true":
+        _cifar_stem(model, meta["timm_name"], in_chans)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``key=value`` arguments (the Hydra-style command line of the other tools); only checkpoint and out."""
+    args = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("checkpoint", "out"):
+            raise ValueError(f"argument {arg!r}: expected checkpoint=<path> or out=<file.safetensors>")
+        args[key] = value
+    missing = [k for k in ("checkpoint", "out") if not args.get(k)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not set: {USAGE}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse_args(argv)
+        out = export(args["checkpoint"], args["out"])
+    except (ValueError, FileNotFoundError) as e:
+        print(f"selfsup-export: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

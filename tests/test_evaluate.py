@@ -1,0 +1,252 @@
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import selfsup
+from selfsup import evaluate as ev
+from selfsup import report
+from selfsup.config import CONF_DIR
+from selfsup.metrics import knn_top1, linear_probe, rankme
+
+DIGITS = {
+    "_target_": "selfsup.data.DigitsDataModule", "root": None, "batch_size": 64, "image_size": 16,
+    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_workers": 0, "subset": None, "eval_train_subset": None,
+    "eval_test_subset": None, "download": False,
+}  # fmt: skip
+FAST = ["eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50", "eval.plots=false"]
+
+
+def make_run(run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem: bool = False, overrides=()) -> Path:
+    """A run dir with a selfsup checkpoint of a tiny timm encoder + MLP projector (random weights, digits config)."""
+    config = {
+        "backbone": {"_target_": "selfsup.models.build_backbone", "name": name, "cifar_stem": cifar_stem,
+                     "pretrained": False, "in_chans": 3},
+        "projector": {"_target_": "selfsup.models.mlp", "_partial_": True, "hidden_dim": 32, "out_dim": 8,
+                      "num_layers": 2, "batch_norm": True, "last_batch_norm": False},
+        "data": DIGITS,
+        "views": {"_target_": "selfsup.data.MultiViewTransform"},
+        "objective": {"_target_": "selfsup.objectives.InfoNCELoss", "temperature": 0.5},
+    }  # fmt: skip
+    torch.manual_seed(seed)
+    backbone = instantiate(config["backbone"])
+    projector = instantiate(config["projector"])(in_dim=backbone.num_features)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"projector.{k}": v for k, v in projector.state_dict().items()})
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"selfsup": {"version": selfsup.__version__, "config": config}, "state_dict": state, "epoch": 1},
+        run_dir / "checkpoints" / "last.ckpt",
+    )
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
+    return run_dir
+
+
+def eval_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+def test_run_dir_writes_metrics_matching_the_metric_functions(run):
+    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50"))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for key in ("rankme", "rankme_backbone", "knn_top1", "knn_top1_k20", "linear_top1"):
+        assert isinstance(on_disk[key], float)
+    for key in ("knn_top1", "knn_top1_k20", "linear_top1"):
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["num_train"] == 1437 and on_disk["num_test"] == 360 and on_disk["embedding_dim"] == 8
+
+    (cache,) = (run / "eval_cache").glob("*.pt")
+    feats = torch.load(cache, weights_only=True)
+    tr, te = feats["train"], feats["test"]
+    # 1437 < 25600: all rows (in a shuffled order, hence not bit-identical)
+    assert on_disk["rankme"] == pytest.approx(rankme(tr["embedding"]).item(), rel=1e-8)
+    assert on_disk["rankme_backbone"] == pytest.approx(rankme(tr["backbone"]).item(), rel=1e-8)
+    assert on_disk["knn_top1"] == knn_top1(tr["backbone"], tr["labels"], te["backbone"], te["labels"], k=200)
+    assert on_disk["knn_top1_k20"] == knn_top1(tr["backbone"], tr["labels"], te["backbone"], te["labels"], k=20)
+    probe = linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"], l2_grid=[1e-4, 1e-2], max_iter=50)
+    assert on_disk["linear_top1"] == probe["top1"]
+
+    md, html = (run / "report.md").read_text(), (run / "report.html").read_text()
+    assert "RankMe (emb.)" in md and "report_spectrum.png" in md and "report_map.png" in md
+    assert html.count("data:image/png;base64,") == 2 and 'src="report_' not in html
+    assert (run / "report_spectrum.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_features_are_cached_and_invalidated_by_a_new_checkpoint(run, monkeypatch):
+    cfg = eval_cfg(f"checkpoint={run}", "eval.knn_k=[5]", "eval.linear=false", "eval.plots=false")
+    first = ev.evaluate(cfg)
+    calls = []
+    real_extract = ev.extract
+    monkeypatch.setattr(ev, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
+    assert ev.evaluate(cfg)["knn_top1"] == first["knn_top1"] and calls == []
+    make_run(run, seed=1)  # new weights, new mtime
+    os.utime(run / "checkpoints" / "last.ckpt", ns=(1, 1))
+    second = ev.evaluate(cfg)
+    assert calls == [1, 1] and second["rankme"] != first["rankme"]
+
+
+def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
+    sweep = tmp_path / "multirun"
+    for i, t in enumerate([0.1, 0.2, 0.5, 1.0]):
+        make_run(sweep / str(i), seed=i, overrides=[f"objective.temperature={t}", "seed=0"])
+    (sweep / "multirun.yaml").write_text("x: 1\n")
+    summary = ev.evaluate(eval_cfg(f"checkpoint={sweep}", *FAST))
+    names = [r["name"] for r in summary["runs"]]
+    assert sorted(names) == ["0", "1", "2", "3"]
+    rankmes = [r["rankme"] for r in summary["runs"]]
+    assert rankmes == sorted(rankmes, reverse=True)
+    for i in range(4):
+        assert set(json.loads((sweep / str(i) / "metrics.json").read_text())) >= {"rankme", "knn_top1", "linear_top1"}
+    saved = json.loads((sweep / "sweep.json").read_text())
+    corr = saved["correlations"]["linear_top1"]["rankme"]
+    assert corr["n"] == 4 and -1 <= corr["spearman"] <= 1 and -1 <= corr["kendall"] <= 1
+    md = (sweep / "report.md").read_text()
+    assert "objective.temperature" in md and "Spearman" in md and "Kendall" in md
+    assert all(f"| {t} |" in md for t in ("0.1", "0.2", "0.5", "1.0"))
+
+
+def test_random_encoder_baseline(tmp_path):
+    out = tmp_path / "random"
+    cfg = eval_cfg("checkpoint=random", "backbone.name=test_resnet", "data=digits", f"out={out}", *FAST)
+    metrics = ev.evaluate(cfg)
+    assert metrics["checkpoint"] == "random" and metrics["rankme"] == metrics["rankme_backbone"]
+    assert json.loads((out / "metrics.json").read_text())["knn_top1"] == metrics["knn_top1"]
+
+
+def test_sgd_protocol_on_cached_features(run, tmp_path):
+    cfg = eval_cfg(f"checkpoint={run}", "eval.protocol=sgd", "eval.sgd.augment=false", "eval.sgd.epochs=2",
+                   "eval.knn=false", "eval.plots=false", f"out={tmp_path / 'o'}")  # fmt: skip
+    assert 0.0 <= ev.evaluate(cfg)["linear_top1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_sgd_protocol_with_augmentation(run, tmp_path):
+    cfg = eval_cfg(f"checkpoint={run}", "eval.protocol=sgd", "eval.sgd.epochs=1", "eval.knn=false",
+                   "eval.plots=false", f"out={tmp_path / 'o'}")  # fmt: skip
+    assert 0.0 <= ev.evaluate(cfg)["linear_top1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_transfer_to_a_few_cifar10_images(run, cifar10_root, tmp_path):
+    out = tmp_path / "cifar"
+    cfg = eval_cfg(f"checkpoint={run}", "data=cifar10", f"data.root={cifar10_root}", "data.eval_train_subset=300",
+                   "data.eval_test_subset=100", f"out={out}", *FAST)  # fmt: skip
+    metrics = ev.evaluate(cfg)
+    assert metrics["num_train"] == 300 and metrics["num_test"] == 100
+    assert (out / "metrics.json").is_file() and not (run / "metrics.json").exists()
+
+
+# -- bad input: one-line errors and no metrics.json ----------------------------------------------------------------
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint=.*nope"):
+        ev.evaluate(eval_cfg(f"checkpoint={tmp_path / 'nope'}"))
+    with pytest.raises(FileNotFoundError, match="sweep dir"):
+        ev.evaluate(eval_cfg(f"checkpoint={tmp_path}"))
+    with pytest.raises(ValueError, match="checkpoint is not set"):
+        ev.evaluate(eval_cfg())
+
+
+def test_checkpoint_of_another_framework(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="not a selfsup checkpoint"):
+        ev.evaluate(eval_cfg(f"checkpoint={tmp_path}"))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="cannot be read"):
+        ev.evaluate(eval_cfg(f"checkpoint={tmp_path / 'junk.ckpt'}"))
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_data_root_without_the_needed_split(run, tmp_path):
+    (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"missing split folder\(s\) \['val'\]"):
+        ev.evaluate(eval_cfg(f"checkpoint={run}", "data=imagefolder", f"data.root={tmp_path / 'data'}"))
+    with pytest.raises(FileNotFoundError, match="data.root=.*no cifar10 found"):
+        ev.evaluate(eval_cfg(f"checkpoint={run}", "data=cifar10", f"data.root={tmp_path / 'data'}"))
+    with pytest.raises(ValueError, match="data.root"):
+        ev.evaluate(eval_cfg(f"checkpoint={run}", "data=imagefolder"))
+    assert not (run / "metrics.json").exists()
+
+
+def test_labels_needed_on_an_unlabeled_set(run, monkeypatch):
+    from selfsup.data import DigitsDataModule
+
+    real = DigitsDataModule.load_splits
+
+    def unlabeled(self):
+        train, test = real(self)
+        train.labels = torch.full_like(train.labels, -1)
+        return train, test
+
+    monkeypatch.setattr(DigitsDataModule, "load_splits", unlabeled)
+    with pytest.raises(ValueError, match="unlabeled images; kNN and linear probes need labels"):
+        ev.evaluate(eval_cfg(f"checkpoint={run}"))
+    assert not (run / "metrics.json").exists()
+    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.knn=false", "eval.linear=false", "eval.plots=false"))
+    assert "knn_top1" not in metrics and metrics["rankme"] > 1
+
+
+def test_bad_eval_options(run):
+    with pytest.raises(ValueError, match="eval.protocol='adam'"):
+        ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocol=adam"))
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_prints_one_line_error_and_exits_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfsup.evaluate", f"checkpoint={tmp_path / 'missing'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"selfsup-eval: error: checkpoint={tmp_path / 'missing'}: "
+                                                "no such file or directory"]  # fmt: skip
+
+
+# -- config and report pieces --------------------------------------------------------------------------------------
+
+
+def test_eval_yaml_probe_defaults_match_linear_probe():
+    probe = OmegaConf.to_container(eval_cfg("checkpoint=random").eval.probe)
+    defaults = {k: p.default for k, p in inspect.signature(linear_probe).parameters.items() if k in probe}
+    assert set(defaults) == set(probe)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == probe
+
+
+def test_rank_correlations_and_selection():
+    assert report.rank_correlations([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]) == {"spearman": 1.0, "kendall": 1.0, "n": 4}
+    anti = report.rank_correlations([1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1])
+    assert anti["spearman"] == pytest.approx(-1) and anti["kendall"] == pytest.approx(-1)
+    assert report.rank_correlations([1, 2], [1, 2])["n"] == 2  # too few: NaN
+    runs = [{"name": n, "rankme": r, "linear_top1": a} for n, r, a in (("a", 5.0, 0.5), ("b", 9.0, 0.4), ("c", 7, 0.6))]
+    summary = report.sweep_summary(runs)
+    assert [r["name"] for r in summary["runs"]] == ["b", "c", "a"]
+    assert summary["selection"]["linear_top1"] == {"by_rankme": 0.4, "best": 0.6, "regret": pytest.approx(0.2),
+                                                   "run": "b"}  # fmt: skip
+
+
+def test_pca_map_and_spectrum_pngs():
+    z = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    xy = report.pca_2d(z)
+    assert xy.shape == (300, 2) and abs(xy.mean()) < 1e-9
+    assert report.embedding_map_png(z, torch.randint(0, 3, (300,)), ["a", "b", "c"], max_points=100)[:4] == b"\x89PNG"
+    assert report.spectrum_png({"z": torch.tensor([3.0, 1.0, 0.0])})[:4] == b"\x89PNG"

@@ -1,0 +1,65 @@
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from selfsup import checkpoint as ckpt_io
+from selfsup.export import export, load_encoder, main
+from tests.test_evaluate import make_run
+
+
+def trained_backbone(run):
+    return ckpt_io.backbone_from(ckpt_io.load(run))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_timm_loads_the_export_with_no_missing_keys_and_same_features(tmp_path, name):
+    run = make_run(tmp_path / "run", name=name)
+    out = export(run, tmp_path / "encoder.safetensors")
+    reference = timm.create_model(name, num_classes=0)
+    assert set(load_file(str(out))) == set(reference.state_dict())  # exactly timm's key names
+    assert reference.load_state_dict(load_file(str(out)), strict=True) is not None
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)), num_classes=0)
+    size = model.pretrained_cfg.get("input_size", (3, 32, 32))[-1] if name == "test_vit" else 24
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), trained_backbone(run)(x))
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["timm_name"] == name and meta["cifar_stem"] == "false"
+
+
+def test_cifar_stem_export_reloads_with_load_encoder(tmp_path):
+    run = make_run(tmp_path / "run", name="resnet18", cifar_stem=True)
+    out = export(run / "checkpoints" / "last.ckpt", tmp_path / "enc.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_encoder(out)(x), trained_backbone(run)(x))
+
+
+def test_export_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint="):
+        export(tmp_path / "missing", tmp_path / "e.safetensors")
+    (tmp_path / "foreign").mkdir()
+    torch.save({"model": {}}, tmp_path / "foreign" / "x.ckpt")
+    with pytest.raises(ValueError, match="not a selfsup checkpoint"):
+        export(tmp_path / "foreign" / "x.ckpt", tmp_path / "e.safetensors")
+    run = make_run(tmp_path / "run", name="small_cnn")
+    with pytest.raises(ValueError, match="backbone.name=small_cnn is not a timm model"):
+        export(run, tmp_path / "e.safetensors")
+    with pytest.raises(ValueError, match="out=.*safetensors"):
+        export(make_run(tmp_path / "ok"), tmp_path / "e.pt")
+    assert not list(tmp_path.glob("*.safetensors")) and not (tmp_path / "e.pt").exists()
+
+
+def test_cli(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    main([f"checkpoint={run}", f"out={tmp_path / 'cli.safetensors'}"])
+    assert (tmp_path / "cli.safetensors").is_file()
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={run}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["selfsup-export: error: out not set: usage: selfsup-export checkpoint=<file.ckpt | run dir> "
+                   "out=<encoder.safetensors>"]  # fmt: skip
