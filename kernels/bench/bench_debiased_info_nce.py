@@ -33,9 +33,9 @@ def main(argv=None) -> None:
 
     t = args.temperature
 
+    ref = torch.compile(debiased_info_nce_ref, dynamic=True)
+
     def compiled(n, d):
-        torch._dynamo.reset()
-        ref = torch.compile(debiased_info_nce_ref)
         return fwd_bwd(lambda a, b: ref(a, b, None, None, 0, t, tau_plus, beta))
 
     impls = {

@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 FULL_NS = (1024, 4096, 16384, 65536, 262144)
 FULL_DS = (128, 2048)
@@ -123,7 +124,7 @@ def run_table(title: str, impls: dict, make_inputs, args, flops) -> None:
             eager = cells.get("eager")
             for name, cell in cells.items():
                 if isinstance(cell, str):
-                    print(f"{name:<16} {n:>7} {d:>5} {cell:>11}", flush=True)
+                    print(f"{name:<16} {n:>7} {d:>5}  {cell}", flush=True)
                     continue
                 ms, peak = cell
                 tflops = flops(n, d) / (ms / 1e3) / 1e12
@@ -137,8 +138,8 @@ def _cell(name, make_step, last, n, d, dtype, device, make_inputs, args):
     import torch
 
     prev = last.get((name, d))
-    if prev == "OOM":
-        return "skip (OOM below)"
+    if isinstance(prev, str):
+        return f"skip ({prev} below)"
     if prev is not None and prev[1] * (n / prev[0]) ** 2 > args.cell_budget_s:
         return f"skip (~{prev[1] * (n / prev[0]) ** 2:.0f} s/step)"
     inputs = None
@@ -146,10 +147,12 @@ def _cell(name, make_step, last, n, d, dtype, device, make_inputs, args):
         inputs = make_inputs(n, d, dtype, device)
         ms, peak, _ = measure(make_step(n, d), inputs, args.reps, args.cell_budget_s, device)
     except Exception as err:  # noqa: BLE001 — one failing cell must not end the table
-        if not _is_oom(err):
-            raise
-        last[(name, d)] = "OOM"
-        return "OOM"
+        if _is_oom(err):
+            last[(name, d)] = "OOM"
+            return "OOM"
+        traceback.print_exc()
+        last[(name, d)] = "ERR"
+        return f"ERR {type(err).__name__}: {str(err)[:60]}"
     finally:
         del inputs
         if device.type == "cuda":
@@ -194,9 +197,9 @@ def main(argv=None) -> None:
 
     t, neg = args.temperature, args.negatives
 
+    ref = torch.compile(info_nce_ref, dynamic=True)  # one symbolic-shape graph for every cell: one compile
+
     def compiled(n, d):
-        torch._dynamo.reset()  # a fresh graph per shape; no silent fallback at the recompile limit
-        ref = torch.compile(info_nce_ref)
         return fwd_bwd(lambda a, b: ref(a, b, None, None, 0, t, neg))
 
     impls = {

@@ -166,11 +166,12 @@ def test_bad_inputs_refused(call, match):
 # ---------------------------------------------------------------- GPU: real bf16 dots, large shapes, memory
 
 
+# kept small: every (D, mode, dtype) compiles three kernels, and the GPU check runs in one short device call
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("negatives", NEGATIVES)
-@pytest.mark.parametrize("n,m,d,offset", [(1, 1, 3, 0), (300, 1000, 129, 555), (1000, 1000, 2048, 0)])
+@pytest.mark.parametrize("n,m,d,offset", [(300, 1000, 129, 555), (1000, 1000, 2048, 0)])
 def test_gpu_keys_match_reference(n, m, d, offset, negatives, dtype):
     check_keys(n, m, d, offset, negatives, dtype, temperature=0.1, device="cuda")
 
@@ -179,7 +180,7 @@ def test_gpu_keys_match_reference(n, m, d, offset, negatives, dtype):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("negatives", NEGATIVES)
-@pytest.mark.parametrize("n,d", [(777, 128), (4096, 128), (513, 2048)])
+@pytest.mark.parametrize("n,d", [(777, 128), (513, 2048)])
 def test_gpu_single_process_matches_reference(n, d, negatives, dtype):
     check_self(n, d, negatives, dtype, temperature=0.1, device="cuda")
 
