@@ -9,7 +9,6 @@ here once.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from torch import nn
 
 import selfsup
 from selfsup.metrics import knn_top1, rankme
+from selfsup.objectives import call_objective
 from selfsup.optim import OptimizerSpec
 
 
@@ -89,7 +89,6 @@ class SSLModule(L.LightningModule):
             self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.run_config = run_config
-        self._objective_args = set(inspect.signature(objective.forward).parameters)
         self._val_outputs: dict[int, list] = {}
 
     # -- training -----------------------------------------------------------------------------------------------
@@ -104,13 +103,8 @@ class SSLModule(L.LightningModule):
         return [zi.detach() for zi in z] if self.predictor is not None else z
 
     def _score(self, a, b, feats_a, feats_b, params_a, params_b) -> torch.Tensor:
-        """Call the objective with the extras its forward asks for (backbone features, transformation)."""
-        extras = {}
-        if "feats_a" in self._objective_args:
-            extras.update(feats_a=feats_a, feats_b=feats_b)
-        if "transform" in self._objective_args:
-            extras["transform"] = params_b - params_a  # (B, P): difference of the recorded augmentation params
-        return self.objective(a, b, **extras)
+        # transform (B, P): the difference of the two views' recorded augmentation parameters (SIE)
+        return call_objective(self.objective, a, b, feats_a, feats_b, transform=params_b - params_a)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         views, params = batch["views"], batch["params"]

@@ -28,11 +28,16 @@ log = logging.getLogger("selfsup.train")
 
 def build(cfg: DictConfig):
     """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate."""
-    datamodule = instantiate(cfg.data, views=instantiate(cfg.views), seed=cfg.seed)
+    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
+    needed = getattr(objective, "num_views", 2)
+    if needed > len(views):
+        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
+                         f"config with {needed} (e.g. views=care for objective=care)")
+    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)
     module = SSLModule(
         backbone=instantiate(cfg.backbone),
         projector=instantiate(cfg.projector),
-        objective=instantiate(cfg.objective),
+        objective=objective,
         optim=instantiate(cfg.optim),
         num_classes=datamodule.num_classes if cfg.online_probe else 0,
         predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,

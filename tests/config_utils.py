@@ -1,0 +1,27 @@
+"""Compose training configs the way ``selfsup-train`` does, for tests."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+
+from selfsup.config import CONF_DIR
+
+
+def compose_train(overrides: list[str], run_dir) -> "DictConfig":  # noqa: F821
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
+
+
+def tiny_imagefolder(root, splits=("train", "val"), classes=("a", "b"), per_class=4, size=40):
+    """A small ImageFolder tree of random JPEGs: root/<split>/<class>/<i>.jpg."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    return root
