@@ -31,7 +31,7 @@ import triton.language as tl
 from selfsup_kernels import info_nce_triton as base
 from selfsup_kernels.info_nce_triton import DTYPES, LOG2E, _config, _dot, _interpreting, _row_layout, _scores
 
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit

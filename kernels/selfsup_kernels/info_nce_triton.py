@@ -274,7 +274,10 @@ def _config(kernel, d: int) -> tuple[dict, bool]:
     if os.environ.get(AUTOTUNE_ENV, "0") == "1":
         return chunks, True
     if kernel is _fwd_kernel:  # untuned defaults (FlashAttention-2-like); the benchmark reports the tuned ones
-        return dict(chunks, BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3 if p2 <= 128 else 2), False
+        if p2 <= 128:
+            return dict(chunks, BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3), False
+        # d > 128: the only sm_90 choice found without register spills when compiled ahead of time (ptxas)
+        return dict(BLOCK_D=128, BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2), False
     return dict(chunks, BLOCK_M=64, BLOCK_N=64, num_warps=4 if p2 <= 64 else 8, num_stages=2), False
 
 
