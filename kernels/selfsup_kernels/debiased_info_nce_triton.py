@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from selfsup_kernels import info_nce_triton as base
-from selfsup_kernels.info_nce_triton import DTYPES, LOG2E, _config, _dot, _interpreting, _row_layout, _scores
+from selfsup_kernels.info_nce_triton import DTYPES, LOG2E, _dot, _interpreting, _row_layout, _scores
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -192,9 +192,7 @@ def _dk_kernel(Q, K, STATS, GRAD, DK, N, M, offset, scale, grad_scale, beta, str
 def _launch(kernel, n_tiled: int, d: int, args: tuple, consts: dict) -> None:
     # tile sizes: the heuristics of the InfoNCE kernel in the same role (no autotuning for this op yet)
     twin = {_fwd_kernel: base._fwd_kernel, _dq_kernel: base._dq_kernel, _dk_kernel: base._dk_kernel}[kernel]
-    cfg, _ = _config(twin, d)
-    if "BLOCK_M" not in cfg:  # SELFSUP_KERNELS_AUTOTUNE=1 tunes InfoNCE only: take the backward defaults here
-        cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64, num_warps=4 if d <= 64 else 8, num_stages=2)
+    cfg = base.heuristic_config(twin, d)
     tile = cfg["BLOCK_N"] if kernel is _dk_kernel else cfg["BLOCK_M"]
     n_dchunks = triton.cdiv(d, cfg["BLOCK_DO"]) if "BLOCK_DO" in cfg else 1
     kernel[(triton.cdiv(n_tiled, tile), 1, n_dchunks)](*args, **consts, **cfg)

@@ -38,7 +38,7 @@ def compile_all() -> None:
     for mod, name, flags in VARIANTS:
         kernel = getattr(modules[mod], name)
         for d in DS:
-            cfg, _ = nce._config(getattr(nce, name), d)  # the untuned config a plain GPU run launches with
+            cfg = nce.heuristic_config(getattr(nce, name), d)  # what a plain (untuned) GPU run launches
             signature = {}
             for param in kernel.params:
                 p = param.name
