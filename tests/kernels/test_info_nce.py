@@ -202,3 +202,29 @@ def test_gpu_auto_backend_and_no_quadratic_memory():
     extra = torch.cuda.max_memory_allocated() - base
     assert torch.isfinite(loss) and torch.isfinite(z_a.grad).all()
     assert extra < 0.25 * 2**30, f"{extra / 2**30:.3f} GiB extra: the kernel must not build (2N)² logits"
+
+
+def _ddp_triton_loss_and_grad(rank, world, z_a, z_b, negatives):
+    n = z_a.shape[0] // world
+    a = z_a[rank * n : (rank + 1) * n].clone().requires_grad_()
+    b = z_b[rank * n : (rank + 1) * n].clone().requires_grad_()
+    loss = InfoNCELoss(0.3, negatives, backend="triton")(a, b)  # gathered keys, offset = rank·n: the dK kernel
+    loss.backward()
+    return loss.detach(), a.grad, b.grad
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_two_processes_equal_one(negatives):
+    from tests.distributed_utils import run_distributed
+
+    g = torch.Generator().manual_seed(1)
+    z_a, z_b = torch.randn(2, 22, 9, generator=g)  # 11 rows per rank: ragged tiles on every rank
+    ref_a, ref_b = leaves([z_a, z_b], torch.float64)
+    ref = InfoNCELoss(0.3, negatives, backend="torch")(ref_a, ref_b)
+    ref.backward()
+    out = run_distributed(_ddp_triton_loss_and_grad, 2, z_a, z_b, negatives)
+    assert torch.stack([o[0] for o in out]).double().mean().item() == pytest.approx(ref.item(), rel=1e-5)
+    for i, want in ((1, ref_a.grad), (2, ref_b.grad)):
+        got = torch.cat([o[i] for o in out]).double()
+        torch.testing.assert_close(got, 2 * want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
