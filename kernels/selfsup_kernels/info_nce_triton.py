@@ -22,6 +22,13 @@ Kernels (FlashAttention-2 tiling, arXiv:2307.08691, with V = K and an O(1) outpu
   gradient ``g_x = Σ_j (dl_xj + dl_jx) q_j / τ`` with ``dl_jx = (exp(l_xj − LSE_j) − y_jx)/(2N)``: the backward
   computes each logit tile once, not twice (4·(2N)²·D backward FLOPs instead of 8·(2N)²·D).
 
+- ``reduction="none"`` (as the reference): the row losses are returned instead of their mean and the backward
+  takes per-row weights ``w_i`` (upstream gradients, max-normalised) in ``dl_ij = w_i (p_ij − y_ij)``.
+
+Launch: tile sizes from a heuristic (``heuristic_config``; d ≤ 128 keeps whole rows in registers, larger d uses
+128-wide forward chunks and (64, 256) backward accumulators, checked spill-free for sm_90 by compiling ahead of
+time); ``SELFSUP_KERNELS_AUTOTUNE=1`` autotunes BLOCK_M/BLOCK_N/warps/stages instead (the benchmark does).
+
 Memory: inputs, O(N·D) for the concatenated rows/keys and gradients, 2 fp32 values per row — nothing O(N²).
 Precision: fp32/fp16/bf16 inputs; dot products accumulate in fp32 (fp32 inputs use IEEE fp32 dots, not TF32);
 ``p − y`` is cast to the input dtype for the gradient matmul (as FlashAttention does). Tests: fp32 within 1e-5
