@@ -243,30 +243,46 @@ def sweep_summary(runs: Sequence[Mapping]) -> dict:
     return {"runs": list(ranked), "correlations": correlations, "selection": selection}
 
 
+def _short(name: str, width: int = 32) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
 def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping) -> tuple[Path, Path]:
     """Ranking table (runs, overridden hyper-parameters, metrics) + correlations as report.md / report.html."""
     runs = summary["runs"]
+    hps = [dict(o.split("=", 1) if "=" in o else (o, "") for o in r.get("overrides", [])) for r in runs]
     hp_keys: list[str] = []
-    for r in runs:
-        for o in r.get("overrides", []):
-            key = o.split("=", 1)[0]
-            if key not in hp_keys:
-                hp_keys.append(key)
+    for h in hps:
+        hp_keys += [k for k in h if k not in hp_keys]
+    varying = [k for k in hp_keys if len({h.get(k) for h in hps}) > 1]
+    common = [f"{k}={hps[0][k]}" for k in hp_keys if k not in varying and k in hps[0]]
+    labels = {
+        r["name"]: ", ".join(f"{k}={h[k]}" for k in varying if k in h) or r["name"]
+        for r, h in zip(runs, hps, strict=True)
+    }
+    # Hydra's override_dirname run names repeat the hyper-parameter columns: leave them out then.
+    show_name = not varying or not all("=" in r["name"] for r in runs)
     metric_keys = [k for k in METRIC_COLUMNS if any(k in r for r in runs)]
-    header = ["#", "run", *hp_keys, *(METRIC_COLUMNS[k] for k in metric_keys)]
-    rows = []
-    for i, r in enumerate(runs, 1):
-        hps = dict(o.split("=", 1) if "=" in o else (o, "") for o in r.get("overrides", []))
-        rows.append([i, r["name"], *(hps.get(k, "") for k in hp_keys), *(r.get(k, float("nan")) for k in metric_keys)])
+    header = ["#", *(["run"] if show_name else []), *varying, *(METRIC_COLUMNS[k] for k in metric_keys)]
+    rows = [
+        [i, *([_short(r["name"])] if show_name else []), *(h.get(k, "") for k in varying)]
+        + [r.get(k, float("nan")) for k in metric_keys]
+        for i, (r, h) in enumerate(zip(runs, hps, strict=True), 1)
+    ]
     corr_rows = [
         [acc, rk, c["spearman"], c["kendall"], c["n"]]
         for acc, by in summary["correlations"].items()
         for rk, c in by.items()
     ]
     corr_header = ("accuracy", "label-free score", "Spearman ρ", "Kendall τ", "runs")
-    sel_rows = [[acc, s["run"], s["by_rankme"], s["best"], s["regret"]] for acc, s in summary["selection"].items()]
+    sel_rows = [
+        [acc, labels.get(s["run"], s["run"]), s["by_rankme"], s["best"], s["regret"]]
+        for acc, s in summary["selection"].items()
+    ]
     sel_header = ("accuracy", "run chosen by RankMe", "its accuracy", "best accuracy", "regret")
     intro = f"{len(runs)} runs ranked by RankMe of the embeddings (higher first)."
+    if common:
+        intro += f" Overrides shared by all runs: {' '.join(common)}."
     md = [f"# {title}", "", intro, "", _md_table(header, rows), "", "## Rank correlation with accuracy", ""]
     md += [_md_table(corr_header, corr_rows), "", "## Selecting a run without labels", ""]
     md += [_md_table(sel_header, sel_rows)]
