@@ -7,7 +7,8 @@ One cell = forward + backward of the op on L2-normalised leaves a, b (N, d) in o
 ``negatives="all"`` unless ``--negatives cross``). Columns: median ms of fwd+bwd, peak memory above the inputs
 (GiB, CUDA only), achieved TFLOP/s against a floor of 4·(2N)²·d FLOPs (the logits once forward and the two
 gradient products once backward; recomputation is not credited), speed-up over eager. A cell that runs out of memory
-prints ``OOM``; a cell predicted (from the previous N, O(N²)) to exceed ``--cell-budget-s`` prints ``skip``.
+prints ``OOM``; a cell whose step is predicted (from the previous N, O(N²)) to exceed ``--max-step-s`` prints
+``skip``. On CUDA the kernel's tile sizes are autotuned once per d at ``--tune-n`` before the sweep.
 
 Targets (H100/H200, bf16, d = 128, fwd+bwd): N = 16384 pairs ≤ 2.5 ms with ≤ 0.1 GiB extra memory; N = 65536 ≤ 40 ms.
 Eager PyTorch measured on an H200 (MACHINE-NOTES.md): 20.9 ms and 12.3 GiB at N = 16384, OOM at 65536.
@@ -39,12 +40,17 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--reps", type=int, default=20, help="timed repetitions at most (fewer when slow)")
     p.add_argument("--cell-budget-s", type=float, default=3.0, help="time allowed for the timed reps of one cell")
+    p.add_argument("--max-step-s", type=float, default=None,
+                   help="skip a cell whose step is predicted (O(N²) from the previous N) to take longer; default "
+                        "10 s, no skipping with --quick")
+    p.add_argument("--tune-n", type=int, default=16384, help="N at which autotuning happens before the sweep")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
     p.add_argument("--no-autotune", action="store_true", help="use the kernel's heuristic tile sizes")
     args = p.parse_args(argv)
     args.ns = args.ns or (QUICK_NS if args.quick else FULL_NS)
     args.ds = args.ds or (QUICK_DS if args.quick else FULL_DS)
     args.dtype = args.dtype or ("fp32" if args.quick else "bf16")
+    args.max_step_s = args.max_step_s or (float("inf") if args.quick else 10.0)
     return args
 
 
@@ -118,6 +124,10 @@ def run_table(title: str, impls: dict, make_inputs, args, flops) -> None:
     print("-" * len(header))
     last = {}  # (impl, d) -> (N, seconds per step) or "OOM"
     for d in args.ds:
+        if "triton" in impls and device.type == "cuda" and os.environ.get("SELFSUP_KERNELS_AUTOTUNE") == "1":
+            print(f"(autotuning at N={args.tune_n}, d={d})", flush=True)
+            impls["triton"](args.tune_n, d)(*make_inputs(args.tune_n, d, dtype, device))
+            torch.cuda.synchronize()
         for n in args.ns:
             cells = {name: _cell(name, make_step, last, n, d, dtype, device, make_inputs, args)
                      for name, make_step in impls.items()}
@@ -140,7 +150,7 @@ def _cell(name, make_step, last, n, d, dtype, device, make_inputs, args):
     prev = last.get((name, d))
     if isinstance(prev, str):
         return f"skip ({prev} below)"
-    if prev is not None and prev[1] * (n / prev[0]) ** 2 > args.cell_budget_s:
+    if prev is not None and prev[1] * (n / prev[0]) ** 2 > args.max_step_s:
         return f"skip (~{prev[1] * (n / prev[0]) ** 2:.0f} s/step)"
     inputs = None
     try:
