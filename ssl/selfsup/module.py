@@ -141,7 +141,7 @@ class SSLModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.momentum is None:
             return
-        tau = self.momentum.at(self.global_step, self.trainer.estimated_stepping_batches)
+        tau = self.momentum.at(self.global_step, self._steps()[1])
         with torch.no_grad():
             for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
                 for p_o, p_t in zip(online.parameters(), target.parameters()):
@@ -181,16 +181,25 @@ class SSLModule(L.LightningModule):
         self.log_dict(metrics, prog_bar=True)
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
+    def _steps(self) -> tuple[int, int]:
+        """(optimiser steps per epoch, in the whole run) from the datamodule — not from
+        ``trainer.estimated_stepping_batches``, which would build the train loader before a resumed run's
+        loader state is restored."""
+        trainer = self.trainer
+        batches = trainer.datamodule.steps_per_epoch(trainer.world_size)
+        limit = trainer.limit_train_batches
+        batches = int(batches * limit) if isinstance(limit, float) else min(batches, int(limit))
+        per_epoch = max(1, batches // trainer.accumulate_grad_batches)
+        total = trainer.max_steps if trainer.max_steps > 0 else per_epoch * max(1, trainer.max_epochs or 1)
+        return per_epoch, total
+
     def configure_optimizers(self):
         trainer, dm = self.trainer, self.trainer.datamodule
-        accumulate = trainer.accumulate_grad_batches
-        steps_per_epoch = max(1, dm.steps_per_epoch(trainer.world_size) // accumulate)
+        per_epoch, total = self._steps()
         online = [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target_"))]
         probe = list(self.probe.parameters()) if self.probe is not None else []
-        opt, sched = self.optim.build(
-            online, probe, dm.batch_size * trainer.world_size * accumulate, trainer.estimated_stepping_batches,
-            steps_per_epoch,
-        )  # fmt: skip
+        global_batch = dm.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        opt, sched = self.optim.build(online, probe, global_batch, total, per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -129,6 +129,8 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "—"
+        if v != 0 and abs(v) < 1e-3:
+            return f"{v:.3g}"
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
 

@@ -136,7 +136,7 @@ class SSLDataModule(L.LightningDataModule):
         def position() -> tuple[int, int]:
             if trainer is None:
                 return 0, 0
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
         dataset = MultiViewDataset(self.splits[0], self.views, self.seed)
         return ResumableLoader(dataset, sampler, position, self.num_workers, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,138 @@
+"""End-to-end training: run directory, exact resume, 2 processes == 1 process, bad input."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from selfsup.config import ROOT
+from selfsup.train import build, run
+from tests.config_utils import compose_train, tiny_imagefolder
+
+# digits, a BatchNorm-free CNN and projector, 32 pairs a step: ~0.1 s a step on the CPU
+TINY = [
+    "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0",
+    "+backbone.width=8", "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.progress=null",
+    "report_baseline=false", "trainer.max_epochs=2", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
+]  # fmt: skip
+
+
+class InterruptAt(L.Callback):
+    """Simulate a preempted job: fail at the start of optimiser step ``step`` (after step-1 was checkpointed)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"interrupted at step {self.step}")
+
+
+def losses(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def weights(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if not k.startswith("probe.")}
+
+
+def test_run_writes_run_directory(tmp_path):
+    run(compose_train(TINY + ["trainer.max_epochs=1"], tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    assert sorted(losses(tmp_path)) == list(range(10))  # 320 // 32 steps
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["selfsup"]["config"]["backbone"]["name"] == "small_cnn"
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """Stop at step 13 (epoch 1, batch 3) with checkpoints every 4 steps; resume=true finishes bit for bit."""
+    every4 = ["callbacks.last.every_n_train_steps=4", "callbacks.last.every_n_epochs=null"]
+    run(compose_train(TINY + every4, tmp_path / "a"))
+    with pytest.raises(RuntimeError, match="interrupted at step 13"):
+        run(compose_train(TINY + every4 + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+                                           "+callbacks.stop.step=13"], tmp_path / "b"))  # fmt: skip
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
+    run(compose_train(TINY + every4 + ["resume=true"], tmp_path / "b"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # same data order, LR schedule and steps
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+    """ddp_spawn with 2 x 16 pairs follows the 1 x 32 loss curve (BatchNorm-free encoder and projector)."""
+    steps = ["trainer.max_steps=6", "trainer.max_epochs=-1"]
+    run(compose_train(TINY + steps, tmp_path / "one"))
+    run(compose_train(TINY + steps + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(6))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_views_do_not_depend_on_workers(tmp_path):
+    cfg = compose_train(TINY, tmp_path)
+    batches = []
+    for workers in (0, 2):
+        cfg.data.num_workers = workers
+        datamodule, _, _ = build(cfg)
+        batches.append(next(iter(datamodule.train_dataloader())))
+    for a, b in zip(batches[0]["views"] + batches[0]["params"], batches[1]["views"] + batches[1]["params"]):
+        assert torch.equal(a, b)
+    assert torch.equal(batches[0]["index"], batches[1]["index"])
+
+
+def test_bad_input_is_refused_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*does not exist"):
+        build(compose_train(["recipes=cifar10/simclr", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "r1"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="expected class folders"):
+        build(compose_train(["data=imagefolder", f"data.root={tmp_path}", "data.train_dir=empty",
+                             "data.val_dir=empty"], tmp_path / "r2"))[0].splits  # fmt: skip
+    with pytest.raises(ValueError, match="data.batch_size=2000 .* larger than the training set"):
+        run(compose_train(TINY + ["data.batch_size=2000"], tmp_path / "r3"))
+    run(compose_train(TINY + ["trainer.max_steps=1"], tmp_path / "r4"))
+    with pytest.raises(ValueError, match="already holds a run"):
+        run(compose_train(TINY + ["trainer.max_steps=1"], tmp_path / "r4"))
+    with pytest.raises(ValueError, match="checkpoint of another architecture"):
+        run(compose_train(TINY + ["trainer.max_steps=1", "resume=true", "backbone.width=16"], tmp_path / "r4"))
+
+
+def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
+    root = tiny_imagefolder(tmp_path / "data", per_class=3)
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=2", "data.image_size=32"],
+                        tmp_path / "run")  # fmt: skip
+    datamodule, _, _ = build(cfg)
+    with caplog.at_level("WARNING"):
+        assert len(datamodule.splits[0]) == 6
+    assert "skipped 1 non-image files" in caplog.text
+
+
+def test_cli_prints_one_line_errors(tmp_path):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfsup.train", "recipes=cifar10/simclr", f"data.root={tmp_path / 'missing'}",
+         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: data.root=")
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfsup.train", "recipes=cifar10/nope", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Could not find 'recipes/cifar10/nope'" in proc.stderr
+    assert "Available options in 'recipes'" in proc.stderr
