@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from selfsup.config import CONF_DIR
 
 
-def compose_train(overrides: list[str], run_dir) -> "DictConfig":  # noqa: F821
+def compose_train(overrides: list[str], run_dir) -> DictConfig:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
 

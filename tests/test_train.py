@@ -100,8 +100,9 @@ def test_bad_input_is_refused_before_training(tmp_path):
         build(compose_train(["recipes=cifar10/simclr", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "r1"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="expected class folders"):
-        build(compose_train(["data=imagefolder", f"data.root={tmp_path}", "data.train_dir=empty",
-                             "data.val_dir=empty"], tmp_path / "r2"))[0].splits  # fmt: skip
+        datamodule, _, _ = build(compose_train(["data=imagefolder", f"data.root={tmp_path}", "data.train_dir=empty",
+                                                "data.val_dir=empty"], tmp_path / "r2"))  # fmt: skip
+        datamodule.setup("fit")
     with pytest.raises(ValueError, match="data.batch_size=2000 .* larger than the training set"):
         run(compose_train(TINY + ["data.batch_size=2000"], tmp_path / "r3"))
     run(compose_train(TINY + ["trainer.max_steps=1"], tmp_path / "r4"))

@@ -103,6 +103,10 @@ class SSLDataModule(L.LightningDataModule):
             self._splits = train, test
         return self._splits
 
+    def setup(self, stage: str | None = None) -> None:
+        """Load and validate the splits (missing folders, empty classes, subset size) before anything runs."""
+        self.check_batch_size(self.trainer.world_size if self.trainer is not None else 1)
+
     @property
     def num_classes(self) -> int:
         return len(self.splits[0].classes)
@@ -144,8 +148,9 @@ class SSLDataModule(L.LightningDataModule):
     def eval_datasets(self) -> tuple[EvalDataset, EvalDataset]:
         """Un-augmented (train, held-out) datasets yielding (image, label), capped by eval_*_subset."""
         train, test = self.splits
+        train = train if self._eval_train is None else self._eval_train
         out = []
-        for source, cap in zip((train if self._eval_train is None else self._eval_train, test), (self.eval_train_subset, self.eval_test_subset)):
+        for source, cap in zip((train, test), (self.eval_train_subset, self.eval_test_subset)):
             if cap is not None and cap < len(source):
                 source = Subset(source, stratified_first(source.labels, cap))
             out.append(EvalDataset(source, self.image_size, self.mean, self.std, self.crop_fraction))

@@ -173,15 +173,14 @@ class ViewAugment:
         x = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
         if p[4] > 0:
             x = TF.horizontal_flip(x)
-        ops = (
-            lambda t: TF.adjust_brightness(t, float(p[5])),
-            lambda t: TF.adjust_contrast(t, float(p[6])),
-            lambda t: TF.adjust_saturation(t, float(p[7])),
-            lambda t: TF.adjust_hue(t, float(p[8])),
+        ops = (  # an op at its identity value (1, 1, 1, 0) is skipped
+            lambda t: TF.adjust_brightness(t, float(p[5])) if p[5] != 1 else t,
+            lambda t: TF.adjust_contrast(t, float(p[6])) if p[6] != 1 else t,
+            lambda t: TF.adjust_saturation(t, float(p[7])) if p[7] != 1 else t,
+            lambda t: TF.adjust_hue(t, float(p[8])) if p[8] != 0 else t,
         )
-        if not torch.equal(p[5:9], torch.tensor([1.0, 1.0, 1.0, 0.0])):
-            for i in JITTER_ORDERS[int(p[9])]:
-                x = ops[i](x)
+        for i in JITTER_ORDERS[int(p[9])]:
+            x = ops[i](x)
         if p[10] > 0:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if p[11] > 0:
