@@ -42,7 +42,10 @@ def one_step(cfg):
 
 def compose_with_data(overrides, tmp_path, roots):
     cfg = compose_train(overrides, tmp_path / "run")
-    extra = data_overrides(cfg.data._target_, roots) + [
+    extra = data_overrides(cfg.data._target_, roots)
+    if cfg.views.shared_chunks:  # chunk-shared views need >= 2 rows per chunk
+        extra += [f"data.batch_size={2 * cfg.views.shared_chunks}", f"data.subset={4 * cfg.views.shared_chunks}"]
+    extra += [
         "data.num_workers=0", "trainer.max_steps=2", "trainer.limit_val_batches=0", "callbacks.progress=null",
         "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
     ]

@@ -137,3 +137,9 @@ def test_cli_prints_one_line_errors(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0 and "Could not find 'recipes/cifar10/nope'" in proc.stderr
     assert "Available options in 'recipes'" in proc.stderr
+
+
+def test_batch_too_small_for_shared_chunks_is_refused(tmp_path):
+    cfg = compose_train(TINY + ["views=care", "objective=care", "data.batch_size=16"], tmp_path)
+    with pytest.raises(ValueError, match=r"too small for views.shared_chunks=16: expected at least 2 rows per chunk"):
+        run(cfg)

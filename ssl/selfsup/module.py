@@ -110,18 +110,18 @@ class SSLModule(L.LightningModule):
         views, params = batch["views"], batch["params"]
         feats = [self.backbone(v) for v in views]  # V x (B, F)
         z = [self.projector(f) for f in feats]  # V x (B, D)
-        if hasattr(self.objective, "forward_views"):  # composite objectives use any views they name
-            loss = self.objective.forward_views(z, feats, params)
-            for name, value in self.objective.last_terms.items():
-                self.log(f"train/{name}", value, sync_dist=True)
-        elif self.predictor is None and self.momentum is None:
-            loss = self._score(z[0], z[1], feats[0], feats[1], params[0], params[1])
-        else:
+        if self.predictor is not None or self.momentum is not None:  # BYOL, SimSiam, MoCo v3
             q = [self.predictor(zi) if self.predictor is not None else zi for zi in z[:2]]
             k = self._targets(views[:2], z[:2])
             loss = self._score(q[0], k[1], feats[0], feats[1], params[0], params[1])
             if self.symmetric:
                 loss = 0.5 * (loss + self._score(q[1], k[0], feats[1], feats[0], params[1], params[0]))
+        elif hasattr(self.objective, "forward_views"):  # composite objectives use any views they name
+            loss = self.objective.forward_views(z, feats, params)
+        else:
+            loss = self._score(z[0], z[1], feats[0], feats[1], params[0], params[1])
+        for name, value in getattr(self.objective, "last_terms", {}).items():
+            self.log(f"train/{name}", value, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.probe is not None:

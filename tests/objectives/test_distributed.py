@@ -15,6 +15,7 @@ from selfsup.objectives import (
     InfoNCELoss,
     INTLLoss,
     LDRegLoss,
+    NegativeCosineLoss,
     SIELoss,
     VICRegLoss,
 )
@@ -42,6 +43,7 @@ def make_objectives() -> dict[str, torch.nn.Module]:
         "intl": INTLLoss(4, 0.05),
         "ldreg_mom": LDRegLoss(0.2, 0.5, 64, "mom"),  # k clipped to 2N − 2 of the GLOBAL batch
         "ldreg_mle": LDRegLoss(0.2, 0.5, 7, "mle"),
+        "negative_cosine": NegativeCosineLoss(2.0, 2.0),
         "composite": CompositeObjective(
             {
                 "info_nce": {"loss": InfoNCELoss(0.5), "weight": 1.0, "views": [0, 1]},

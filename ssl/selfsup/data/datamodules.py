@@ -117,11 +117,17 @@ class SSLDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------------
     def check_batch_size(self, world_size: int) -> None:
-        n = len(self.splits[0])
-        if self.batch_size * world_size > n:
+        n, global_batch = len(self.splits[0]), self.batch_size * world_size
+        if global_batch > n:
             raise ValueError(
                 f"data.batch_size={self.batch_size} x {world_size} process(es) is larger than the training set "
                 f"({n} images): lower data.batch_size or raise data.subset"
+            )
+        chunks = self.views.shared_chunks if self.views is not None else None
+        if chunks and global_batch // chunks < 2:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} x {world_size} process(es) = {global_batch} rows is too small for "
+                f"views.shared_chunks={chunks}: expected at least 2 rows per chunk ({2 * chunks} in all)"
             )
 
     def steps_per_epoch(self, world_size: int) -> int:

@@ -7,6 +7,7 @@ from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
 from selfsup.objectives.info_nce import InfoNCELoss
 from selfsup.objectives.intl import INTLLoss
 from selfsup.objectives.ldreg import LDRegLoss
+from selfsup.objectives.negative_cosine import NegativeCosineLoss
 from selfsup.objectives.sie import SIELoss
 from selfsup.objectives.vicreg import VICRegLoss
 
@@ -18,6 +19,7 @@ __all__ = [
     "INTLLoss",
     "InfoNCELoss",
     "LDRegLoss",
+    "NegativeCosineLoss",
     "SIELoss",
     "VICRegLoss",
     "call_objective",
