@@ -1,0 +1,463 @@
+"""Batched multi-view augmentation on device tensors, recording the same parameters as ``selfsup.data.views``.
+
+:class:`GpuViewAugment` takes exactly :class:`~selfsup.data.views.ViewAugment`'s arguments (so ``conf/views/gpu_*``
+reuse the same keys) and applies a whole batch at once, each row with its own parameters, on whatever device the
+images live on:
+
+- random resized crop + horizontal flip: ONE batched separable resampling ``Wy @ x @ Wxᵀ`` with per-row weight
+  matrices (B, S, H) and (B, S, W) holding torchvision's antialiased bilinear filter (triangle of width
+  max(1, scale), what ``resize(antialias=True)`` uses) restricted to the crop box; a flip reverses Wx's rows.
+  Exact for up- and down-scaling and for mixed source sizes (rows padded to the largest image).
+- colour jitter: brightness, contrast, saturation, hue in each row's own order ``JITTER_ORDERS[p[9]]`` (four
+  steps; at step k every row runs the op its order names, identity factors elsewhere; hue via batched RGB↔HSV).
+- grayscale, Gaussian blur (per-row sigma, batched separable grouped conv, reflect padding), solarise (128/255),
+  rotation (nearest, zero fill), then ``(x / 255 - mean) / std``.
+
+Arithmetic follows torchvision's dtype semantics: for uint8 input every op rounds/truncates like the uint8 kernels
+(values stay integers in float32: truncating blends, floored grey, rounded resize and blur), for float input in
+[0, 1] nothing is quantised. A fixed parameter vector therefore gives ``ViewAugment.apply``'s image up to the
+float rounding of the weights: uint8 results agree to within a few levels of 255 at a few pixels, most pixels
+exactly (tests/data/test_gpu_views.py states the tolerances).
+
+Parameters come from one of two samplers with ``ViewAugment.sample``'s distributions:
+
+- ``"exact"``: ``ViewAugment.sample`` itself, one seeded CPU generator per (sample, view) — the identical draws
+  of the CPU pipeline (a Python loop: ~50 µs per view, fine for tests and small batches).
+- ``"counter"`` (default): a counter-based hash of (seed, epoch, 0/1 tag, index or chunk, view, draw) computed
+  batched on the device: still a pure function of the sample key (independent of processes, workers and
+  restarts; ``shared`` views key on the chunk), but not the same numbers as the CPU generators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, MultiViewTransform, ViewAugment, generator_for
+
+SAMPLERS = ("counter", "exact")
+_MASK32 = 0xFFFFFFFF
+_ORDERS = torch.tensor(JITTER_ORDERS, dtype=torch.long)  # (24, 4)
+_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
+
+
+# -- counter-based uniforms -------------------------------------------------------------------------------------
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in [0, 2^32).
+
+    Multipliers are < 2^31 so every product stays below 2^63: no signed overflow on any device.
+    """
+    for mult, shift in ((0x5BD1E995, 15), (0x27D4EB2D, 16), (0x165667B1, 15)):
+        x = x ^ (x >> 17)
+        x = (x * mult) & _MASK32
+        x = x ^ (x >> shift)
+    return x
+
+
+def counter_uniforms(seed: int, epoch: torch.Tensor, tag: torch.Tensor, ident: torch.Tensor, view: int, n: int):
+    """(B, n) float64 uniforms in (0, 1), a pure function of (seed, epoch, tag, ident, view, draw j)."""
+    h = _mix32(torch.full_like(ident, int(seed) & _MASK32))
+    for part in (epoch, tag, ident & _MASK32, torch.full_like(ident, view)):
+        h = _mix32(h ^ (part & _MASK32))
+    j = torch.arange(n, device=ident.device, dtype=torch.long)
+    u = _mix32(_mix32(h[:, None] ^ ((j * 0x61C88647 + 0x2545F491) & _MASK32)[None]))  # (B, n)
+    return (u.double() + 0.5) / 2.0**32
+
+
+class GpuViewAugment(ViewAugment):
+    """:class:`~selfsup.data.views.ViewAugment` with batched sampling and application on device tensors.
+
+    Takes exactly ViewAugment's arguments (see there); ``apply`` on one image runs the batched path with B = 1.
+    """
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+    NUM_DRAWS = 2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1  # crop, flip, jitter(coin, 4, order), gray, blur, sol, rot
+
+    def sample_batch(self, u: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+        """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, NUM_DRAWS), for sources of the given sizes (B,).
+
+        Same distributions as :meth:`ViewAugment.sample` (10 crop attempts then torchvision's central fallback,
+        Python's round-half-even for the box sides).
+        """
+        B, dev = u.shape[0], u.device
+        H, W = heights.to(dev, torch.float64), widths.to(dev, torch.float64)
+        area = (H * W)[:, None]
+        a = 2 * _CROP_ATTEMPTS
+        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0:a:2])  # (B, 10)
+        lr = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(lr[0] + (lr[1] - lr[0]) * u[:, 1:a:2])
+        w = torch.round(torch.sqrt(target * aspect))
+        h = torch.round(torch.sqrt(target / aspect))
+        ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
+        first = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)  # first valid attempt
+        any_ok = ok.any(dim=1)
+        w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+        top = torch.floor(u[:, a] * (H - h + 1)).clamp(max=H - h)
+        left = torch.floor(u[:, a + 1] * (W - w + 1)).clamp(max=W - w)
+        # fallback: central crop with the aspect ratio clamped into range
+        in_ratio = W / H
+        fw = torch.where(in_ratio < self.ratio[0], W, torch.where(in_ratio > self.ratio[1], torch.round(H * self.ratio[1]), W))
+        fh = torch.where(in_ratio < self.ratio[0], torch.round(W / self.ratio[0]), H)
+        w, h = torch.where(any_ok, w, fw), torch.where(any_ok, h, fh)
+        top = torch.where(any_ok, top, torch.div(H - h, 2, rounding_mode="floor"))
+        left = torch.where(any_ok, left, torch.div(W - w, 2, rounding_mode="floor"))
+
+        p = torch.zeros(B, NUM_PARAMS, dtype=torch.float64, device=dev)
+        p[:, 0], p[:, 1], p[:, 2], p[:, 3] = left / W, top / H, w / W, h / H
+        k = a + 2
+        p[:, 4] = (u[:, k] < self.flip_p).double()
+        jitter = u[:, k + 1] < self.jitter_p
+        lo = lambda s: max(0.0, 1 - s)  # noqa: E731
+        factors = (
+            (lo(self.brightness), 1 + self.brightness), (lo(self.contrast), 1 + self.contrast),
+            (lo(self.saturation), 1 + self.saturation), (-self.hue, self.hue),
+        )  # fmt: skip
+        for i, (f_lo, f_hi) in enumerate(factors):
+            p[:, 5 + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], 1.0 if i < 3 else 0.0)
+        p[:, 9] = torch.where(jitter, torch.floor(u[:, k + 6] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0)
+        p[:, 10] = (u[:, k + 7] < self.grayscale_p).double()
+        blur = u[:, k + 8] < self.blur_p
+        p[:, 11] = torch.where(blur, self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, k + 9], 0.0)
+        p[:, 12] = (u[:, k + 10] < self.solarize_p).double()
+        if self.rotation > 0:
+            p[:, 13] = -self.rotation + 2 * self.rotation * u[:, k + 11]
+        return p.float()  # the CPU path stores float32 too
+
+    # -- application ------------------------------------------------------------------------------------------
+    def apply(self, img: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """One image (3, H, W) → normalised view (3, size, size), through the batched path."""
+        return self.apply_batch(img[None], p[None])[0]
+
+    def apply_batch(self, images, params: torch.Tensor) -> torch.Tensor:
+        """Apply per-row parameters ``params`` (B, NUM_PARAMS) to a batch; returns (B, 3, size, size) float32.
+
+        Args:
+            images: uint8 or float (in [0, 1]) tensor (B, 3, H, W), or a list of (3, H_i, W_i) tensors of one
+                dtype (mixed sizes are padded; each row's crop box is a fraction of its own size).
+            params: parameter rows in ``selfsup.data.views``' layout, e.g. from :meth:`sample_batch`.
+        """
+        x, sizes, quant = as_batch(images)  # (B, 3, Hmax, Wmax) float32, (B, 2) long, uint8 semantics
+        B, dev = x.shape[0], x.device
+        if params.shape != (B, NUM_PARAMS):
+            raise ValueError(f"params: expected shape ({B}, {NUM_PARAMS}), got {tuple(params.shape)}")
+        p = params.to(dev, torch.float32)
+        bound = 255.0 if quant else 1.0
+        floor = torch.floor if quant else (lambda t: t)
+
+        x = self._resized_crop(x, sizes, p, quant)  # (B, 3, S, S)
+        # colour jitter: four steps, each row runs the op its own order names at that step
+        order = _ORDERS.to(dev)[p[:, 9].long()]  # (B, 4)
+        ident = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev)
+        for step in range(4):
+            op = order[:, step]
+            for o in range(3):
+                f = torch.where(op == o, p[:, 5 + o], ident[o]).view(B, 1, 1, 1)
+                if bool((f != 1).any()):
+                    x = _BLENDS[o](x, f, bound, floor)
+            rows = torch.nonzero((op == 3) & (p[:, 8] != 0))[:, 0]
+            if rows.numel():
+                x = x.index_copy(0, rows, _adjust_hue(x[rows], p[rows, 8], bound, quant))
+        gray = p[:, 10] > 0
+        if bool(gray.any()):
+            x = torch.where(gray.view(B, 1, 1, 1), floor(_gray(x)).expand_as(x), x)
+        rows = torch.nonzero(p[:, 11] > 0)[:, 0]
+        if rows.numel():
+            blurred = _gaussian_blur(x[rows], p[rows, 11], self.blur_kernel)
+            x = x.index_copy(0, rows, torch.round(blurred) if quant else blurred)
+        sol = (p[:, 12] > 0).view(B, 1, 1, 1)
+        x = torch.where(sol & (x >= (128.0 if quant else 128.0 / 255.0)), bound - x, x)
+        rows = torch.nonzero(p[:, 13] != 0)[:, 0]
+        if rows.numel():
+            x = x.index_copy(0, rows, _rotate(x[rows], p[rows, 13]))
+        mean = torch.tensor(self.mean, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
+        if mean.shape[1] not in (1, 3):
+            raise ValueError(f"views.mean={self.mean}: expected 1 or 3 channel statistics")
+        return (x / bound - mean) / std
+
+    def _resized_crop(self, x: torch.Tensor, sizes: torch.Tensor, p: torch.Tensor, quant: bool) -> torch.Tensor:
+        """Crop box → size x size with antialiased bilinear weights, flipping via Wx; (B, 3, S, S)."""
+        H, W = sizes[:, 0].double(), sizes[:, 1].double()
+        # integer box exactly as ViewAugment.apply rounds it (Python round = half-even = torch.round)
+        left, top = torch.round(p[:, 0].double() * W), torch.round(p[:, 1].double() * H)
+        w, h = torch.round(p[:, 2].double() * W), torch.round(p[:, 3].double() * H)
+        if bool(((w < 1) | (h < 1) | (left + w > W) | (top + h > H)).any()):
+            raise ValueError("params[:, 0:4]: crop box outside the image or empty (expected fractions in [0, 1])")
+        wy = _aa_weights(top, h, self.size, x.shape[2])  # (B, S, Hmax)
+        wx = _aa_weights(left, w, self.size, x.shape[3])  # (B, S, Wmax)
+        wx = torch.where((p[:, 4] > 0).view(-1, 1, 1), wx.flip(1), wx)
+        if quant:  # ATen's uint8 kernel: int16 fixed-point weights, horizontal pass rounded, then vertical
+            wx, wy = _fixed_point(wx), _fixed_point(wy)
+        x = torch.matmul(x, wx.float().transpose(1, 2).unsqueeze(1))  # (B, 3, Hmax, S)
+        if quant:  # floor(. + 0.5) = ATen's (acc + 2^(p-1)) >> p; an identity pass (no resize) stays exact
+            x = torch.floor(x + 0.5).clamp_(0, 255)
+        x = torch.matmul(wy.float().unsqueeze(1), x)  # (B, 3, S, S)
+        return torch.floor(x + 0.5).clamp_(0, 255) if quant else x.clamp_(0, 1)
+
+
+def _fixed_point(w: torch.Tensor) -> torch.Tensor:
+    """Weights (B, S, N) rounded as ATen's uint8 resampling does: to int16 / 2^p, p the largest precision (< 22)
+    keeping the table's largest weight below 2^15 (``compute_index_ranges_int16_weights``); values exact in fp32."""
+    wmax = w.amax(dim=(1, 2))  # (B,)
+    prec = torch.arange(22, device=w.device, dtype=torch.float64)
+    stop = torch.floor(0.5 + wmax[:, None] * torch.exp2(prec + 1)) >= 2**15  # (B, 22)
+    p = torch.where(stop.any(1), torch.argmax(stop.to(torch.uint8), 1).double(), 22.0).view(-1, 1, 1)
+    return torch.floor(w * torch.exp2(p) + 0.5) / torch.exp2(p)
+
+
+def _aa_weights(start: torch.Tensor, length: torch.Tensor, out: int, full: int) -> torch.Tensor:
+    """(B, out, full) float64 resampling rows: ATen's antialiased bilinear (``_compute_indices_weights_aa``)
+    from the source interval [start, start + length) to ``out`` samples, zero outside the interval."""
+    scale = (length / out)[:, None, None]  # (B, 1, 1)
+    support = torch.clamp(scale, min=1.0)  # triangle half-width in source pixels
+    center = scale * (torch.arange(out, device=start.device, dtype=torch.float64)[None, :, None] + 0.5)
+    j = torch.arange(full, device=start.device, dtype=torch.float64)[None, None, :] - start[:, None, None]
+    inside = (j >= 0) & (j < length[:, None, None])
+    # ATen's window: [trunc(center - support + 0.5), trunc(center + support + 0.5)) — implied by the filter
+    wgt = torch.clamp(1 - torch.abs((j - center + 0.5) * (1.0 / support)), min=0) * inside
+    xmin = torch.clamp(torch.floor(center - support + 0.5), min=0)
+    xmax = torch.minimum(torch.floor(center + support + 0.5), length[:, None, None])
+    wgt = wgt * ((j >= xmin) & (j < xmax))
+    return wgt / wgt.sum(dim=2, keepdim=True)
+
+
+def as_batch(images) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(float32 (B, 3, Hmax, Wmax) in [0, 255] for uint8 or [0, 1] for float input, sizes (B, 2), is_uint8).
+
+    Refuses (ValueError) anything but 3-channel uint8/float images; a list of differently sized images is padded.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images: expected a (B, 3, H, W) tensor or a list of (3, H, W), got {tuple(images.shape)}")
+        rows = [images]
+    elif isinstance(images, Sequence) and len(images) > 0 and all(isinstance(t, torch.Tensor) for t in images):
+        if any(t.ndim != 3 for t in images):
+            raise ValueError(f"images: expected (3, H, W) list entries, got shapes {[tuple(t.shape) for t in images][:4]}")
+        rows = list(images)
+    else:
+        raise ValueError(f"images: expected a tensor (B, 3, H, W) or a non-empty list of (3, H, W) tensors, got {type(images)}")
+    dtypes = {t.dtype for t in rows}
+    if len(dtypes) != 1:
+        raise ValueError(f"images: mixed dtypes {sorted(map(str, dtypes))} in one batch; expected one")
+    dtype = dtypes.pop()
+    if dtype != torch.uint8 and not dtype.is_floating_point:
+        raise ValueError(f"images.dtype={dtype}: expected uint8 (0..255) or float (0..1)")
+    channels = {t.shape[-3] for t in rows}
+    if channels != {3}:
+        raise ValueError(
+            f"images: {sorted(channels)} channels; the view pipeline expects RGB (3 channels) — convert grayscale "
+            "with x.expand(..., 3, H, W) (as the digits datamodule does) before augmenting"
+        )
+    if any(t.shape[-1] < 1 or t.shape[-2] < 1 for t in rows):
+        raise ValueError("images: an image with zero height or width")
+    quant = dtype == torch.uint8
+    if isinstance(images, torch.Tensor):
+        B, _, H, W = images.shape
+        sizes = torch.tensor([[H, W]], device=images.device).expand(B, 2)
+        return images.float(), sizes, quant
+    Hm, Wm = max(t.shape[-2] for t in rows), max(t.shape[-1] for t in rows)
+    x = rows[0].new_zeros((len(rows), 3, Hm, Wm), dtype=torch.float32)
+    for i, t in enumerate(rows):  # only for mixed-size lists (ImageFolder batches)
+        x[i, :, : t.shape[-2], : t.shape[-1]] = t
+    sizes = torch.tensor([t.shape[-2:] for t in rows], device=x.device)
+    return x, sizes, quant
+
+
+# -- colour ops on float images in [0, bound]; ``floor`` is the uint8 truncation (identity for float input) ------
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1)  # (B, 1, H, W), torchvision's weights and order
+
+
+def _brightness(x, f, bound, floor):
+    return floor((x * f).clamp_(0, bound))
+
+
+def _contrast(x, f, bound, floor):
+    mean = floor(_gray(x)).mean(dim=(1, 2, 3), keepdim=True)
+    return floor((x * f + mean * (1 - f)).clamp_(0, bound))
+
+
+def _saturation(x, f, bound, floor):
+    return floor((x * f + floor(_gray(x)) * (1 - f)).clamp_(0, bound))
+
+
+_BLENDS = (_brightness, _contrast, _saturation)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] → HSV in [0, 1] (Pillow's formulas, as torchvision)."""
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eqc = maxc == minc
+    crange = maxc - minc
+    s = crange / torch.where(eqc, torch.ones_like(maxc), maxc)
+    div = torch.where(eqc, torch.ones_like(crange), crange)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.fmod(h * (1.0 / 6.0) + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) HSV in [0, 1] → RGB in [0, 1]."""
+    h, s, v = x.unbind(dim=1)
+    h6 = h * 6
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long().remainder(6)
+    sxf, one_minus_s = s * f, 1.0 - s  # torchvision's operation order, for identical float rounding
+    q = ((1.0 - sxf) * v).clamp(0, 1)
+    t = ((sxf + one_minus_s) * v).clamp(0, 1)
+    p = (one_minus_s * v).clamp(0, 1)
+    vpqt = torch.stack((v, p, q, t), dim=1)  # (B, 4, H, W)
+    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    return vpqt.gather(1, select[:, i].permute(1, 0, 2, 3))  # (B, 3, H, W)
+
+
+def _adjust_hue(x: torch.Tensor, hue: torch.Tensor, bound: float, quant: bool) -> torch.Tensor:
+    hsv = rgb_to_hsv(x * (1.0 / 255) if quant else x)
+    h = torch.remainder(hsv[:, 0] + hue.view(-1, 1, 1), 1.0)
+    rgb = hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+    return torch.floor(rgb * (255 + 1.0 - 1e-3)) if quant else rgb  # torchvision's float → uint8 conversion
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-row sigma, kernel k (odd), reflect padding: separable grouped convs over (1, n*3, H, W)."""
+    n, c, H, W = x.shape
+    lim = (k - 1) / (2.0 * math.sqrt(2.0))
+    t = torch.linspace(-lim, lim, steps=k, device=x.device, dtype=torch.float32)
+    kern = torch.softmax(-(t[None] / sigma.view(-1, 1).float()).pow(2), dim=1)  # (n, k), torchvision's kernel
+    kern = kern.repeat_interleave(c, dim=0)  # (n*3, k)
+    y = F.pad(x.reshape(1, n * c, H, W), [k // 2] * 4, mode="reflect")
+    y = F.conv2d(y, kern.view(n * c, 1, 1, k), groups=n * c)
+    y = F.conv2d(y, kern.view(n * c, 1, k, 1), groups=n * c)
+    return y.view(n, c, H, W)
+
+
+def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """torchvision's rotate (nearest, zero fill, about the centre, no expand) for square images, per row."""
+    a = torch.deg2rad(degrees.float())
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    theta = torch.stack((torch.stack((cos, -sin, zero), 1), torch.stack((sin, cos, zero), 1)), 1)  # (n, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+# -- multi-view ---------------------------------------------------------------------------------------------------
+class GpuMultiViewTransform(MultiViewTransform):
+    """:class:`~selfsup.data.views.MultiViewTransform` that augments whole batches on the images' device.
+
+    Args:
+        views: name → :class:`GpuViewAugment` (or plain ViewAugment, converted), in view order; views may have
+            different sizes (multi-crop: 2 global + k local views).
+        shared: names of the views that share one draw across each chunk of the global batch (CARE).
+        shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
+        sampler: ``"counter"`` (batched, on the device) or ``"exact"`` (``ViewAugment.sample``'s CPU generators:
+            the CPU pipeline's very parameters).
+        on_device: ask the datamodule to ship raw uint8 images and augment after the batch transfer (the
+            per-sample ``__call__`` still works for loaders that augment in workers).
+    """
+
+    def __init__(
+        self,
+        views: Mapping[str, ViewAugment] | Sequence[ViewAugment],
+        shared: Sequence[str] | None = None,
+        shared_chunks: int | None = None,
+        sampler: str = "counter",
+        on_device: bool = True,
+    ):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"views.sampler={sampler!r}: expected one of {SAMPLERS}")
+        if not isinstance(views, Mapping):
+            views = {f"v{i + 1}": v for i, v in enumerate(views)}
+        super().__init__({k: as_gpu_view(v) for k, v in views.items()}, shared, shared_chunks)
+        self.sampler, self.on_device = sampler, on_device
+
+    @classmethod
+    def from_transform(cls, t: MultiViewTransform, sampler: str = "counter") -> GpuMultiViewTransform:
+        """The GPU version of a CPU views config (same views, sharing and chunks)."""
+        if isinstance(t, GpuMultiViewTransform):
+            return t
+        shared = [n for n, s in zip(t.names, t.shared) if s]
+        return cls(dict(zip(t.names, t.views)), shared or None, t.shared_chunks, sampler)
+
+    def sample(self, seed: int, keys: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
+        """Parameters of every view: V x (B, NUM_PARAMS) for sample keys (B, 3) = (epoch, index, chunk) and source
+        sizes (B, 2), on ``keys``' device."""
+        if keys.ndim != 2 or keys.shape[1] != 3:
+            raise ValueError(f"keys: expected (B, 3) rows (epoch, index, chunk), got {tuple(keys.shape)}")
+        keys = keys.long()
+        epoch, index, chunk = keys.unbind(1)
+        out = []
+        for v, (view, shared) in enumerate(zip(self.views, self.shared)):
+            by_chunk = (chunk >= 0) if shared else torch.zeros_like(chunk, dtype=torch.bool)
+            if self.sampler == "exact":
+                rows = []
+                for e, i, c, s, (hh, ww) in zip(epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(),
+                                               sizes.tolist()):  # fmt: skip
+                    key = (seed, e, 1, c, v) if s else (seed, e, 0, i, v)  # = MultiViewTransform's keys
+                    rows.append(ViewAugment.sample(view, generator_for(*key), hh, ww))
+                out.append(torch.stack(rows).to(keys.device))
+            else:
+                u = counter_uniforms(seed, epoch, by_chunk.long(), torch.where(by_chunk, chunk, index), v,
+                                     view.NUM_DRAWS)  # fmt: skip
+                out.append(view.sample_batch(u, sizes[:, 0], sizes[:, 1]))
+        return out
+
+    def batch(self, images, seed: int, keys: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(views V x (B, 3, size_v, size_v), params V x (B, NUM_PARAMS)) for a batch of raw images.
+
+        Args:
+            images: uint8/float (B, 3, H, W) or a list of (3, H_i, W_i) (see :meth:`GpuViewAugment.apply_batch`).
+            seed: the run's seed.
+            keys: (B, 3) long rows (epoch, index, chunk) from ``GlobalBatchSampler``.
+        """
+        x, sizes, _ = as_batch(images)
+        if keys.shape[0] != x.shape[0]:
+            raise ValueError(f"keys: {keys.shape[0]} rows for {x.shape[0]} images")
+        params = self.sample(seed, keys.to(x.device), sizes)
+        if not isinstance(images, torch.Tensor):
+            images = list(images)
+        return [view.apply_batch(images, p) for view, p in zip(self.views, params)], params
+
+    def __call__(self, img: torch.Tensor, seed: int, epoch: int, index: int, chunk: int = -1):
+        views, params = self.batch(img[None], seed, torch.tensor([[epoch, index, chunk]]))
+        return [v[0] for v in views], [p[0].cpu() for p in params]
+
+
+def as_gpu_view(view: ViewAugment) -> GpuViewAugment:
+    """The same augmentation as a :class:`GpuViewAugment` (a copy of ``view``'s settings)."""
+    if isinstance(view, GpuViewAugment):
+        return view
+    if not isinstance(view, ViewAugment):
+        raise ValueError(f"views.views: expected ViewAugment entries, got {type(view).__name__}")
+    out = GpuViewAugment.__new__(GpuViewAugment)
+    out.__dict__.update(view.__dict__)
+    return out
+
+
+def augment_batch(batch: dict, views: GpuMultiViewTransform, seed: int, images: torch.Tensor | None = None) -> dict:
+    """A raw device batch ``{"image" | (images), "key", "label", "index"}`` → the CONTRACT.md training batch.
+
+    Args:
+        batch: from ``selfsup.data.device_loader``: ``key`` (B, 3) = (epoch, index, chunk); ``image`` uint8
+            (B, 3, H, W) or a list of (3, H_i, W_i), absent when the images already live on the device.
+        views: the GPU views.
+        seed: the run's seed.
+        images: the whole training split (N, 3, H, W) on the device, indexed by ``batch["index"]`` when the batch
+            carries no ``image``.
+    """
+    if "image" in batch:
+        x = batch["image"]
+    elif images is not None:
+        x = images[batch["index"].to(images.device)]
+    else:
+        raise ValueError(f"batch: expected an 'image' entry or device-resident images, got keys {sorted(batch)}")
+    out, params = views.batch(x, seed, batch["key"])
+    return {"views": out, "params": params, "label": batch["label"], "index": batch["index"]}
