@@ -102,6 +102,7 @@ def test_features_are_cached_and_invalidated_by_a_new_checkpoint(run, monkeypatc
     assert calls == [1, 1] and second["rankme"] != first["rankme"]
 
 
+@pytest.mark.slow
 def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
     sweep = tmp_path / "multirun"
     for i, t in enumerate([0.1, 0.2, 0.5, 1.0]):

@@ -188,7 +188,7 @@ def test_linear_probe_sweep_on_digits(digits):
     xtr, xte, ytr, yte = (torch.tensor(a) for a in digits)
     out = linear_probe(xtr, ytr, xte, yte)
     assert out["top1"] > 0.94 and out["val_top1"] > 0.9
-    assert set(out["val_top1_by_l2"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01"}
+    assert {"0.01", "0.001"} <= set(out["val_top1_by_l2"]) <= {"1e-06", "1e-05", "0.0001", "0.001", "0.01"}
     assert out["val_top1"] == max(out["val_top1_by_l2"].values())
     assert 0 <= out["top1"] <= 1 and out["iterations"] > 0
 

@@ -160,7 +160,7 @@ def _fit_logreg(
         max_iter=max_iter,
         history_size=20,
         tolerance_grad=tol,
-        tolerance_change=1e-12,
+        tolerance_change=1e-7,
         line_search_fn="strong_wolfe",
     )
 
@@ -200,7 +200,7 @@ def linear_probe(
     l2_grid: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
     val_fraction: float = 0.1,
     standardize: bool = True,
-    max_iter: int = 300,
+    max_iter: int = 100,
     tol: float = 1e-6,
     seed: int = 0,
 ) -> dict:
@@ -208,9 +208,11 @@ def linear_probe(
 
     Objective: ``mean_i CE(W x_i + b, y_i) + l2/2 ‖W‖²_F`` (bias unpenalised) — scikit-learn's
     ``LogisticRegression(C)`` with ``l2 = 1 / (C · N)``. Features are standardised with the fitting rows' mean and
-    std. Every l2 in ``l2_grid`` is fitted on train minus a stratified, seeded validation split (largest l2 first,
-    each warm-starting the next); the l2 with the best validation accuracy (ties → the larger l2) is refitted on all
-    train rows and scored on test. Runs in float32 on the CPU.
+    std. The l2 values of ``l2_grid`` are fitted on train minus a stratified, seeded validation split, largest first,
+    each warm-starting the next; the path stops once two consecutive values score below the best validation
+    accuracy (smaller l2 only overfits more, and costs the most iterations). The l2 with the best validation accuracy
+    (ties → the larger l2) is refitted on all train rows, warm-started from its validation fit, and scored on test.
+    Runs in float32 on the CPU.
 
     Args:
         train_feats, train_labels: (N, D) features and (N,) class indices >= 0.
@@ -218,7 +220,7 @@ def linear_probe(
         l2_grid: L2 strengths to try; with a single value and val_fraction=0 no validation split is carved.
         val_fraction: share of every train class held out to choose l2.
         standardize: z-score features with the fitting rows' statistics.
-        max_iter: L-BFGS iterations per fit.
+        max_iter: L-BFGS iterations per fit (each costs ~1.2 passes over the features).
         tol: L-BFGS first-order optimality tolerance (max |grad|).
         seed: seed of the validation split.
 
@@ -253,16 +255,23 @@ def linear_probe(
     fit_idx, val_idx = stratified_split(y_train, val_fraction, seed)
     if val_idx.numel():
         x_fit, x_val = standardise(x_train[fit_idx], x_train[val_idx])
-        init = None
+        solutions, worse, init = {}, 0, None
         with torch.enable_grad():
-            for l2 in grid:
+            for l2 in grid:  # descending: each fit starts from the previous, larger l2's solution
                 w, b, n_iter = _fit_logreg(x_fit, y_train[fit_idx], num_classes, l2, max_iter, tol, init)
-                init, iterations = (w, b), iterations + n_iter
+                init = solutions[l2] = (w, b)
+                iterations += n_iter
                 val_by_l2[l2] = _accuracy(x_val, y_train[val_idx], w, b)
-        best = max(grid, key=lambda v: val_by_l2[v])  # max() keeps the first, i.e. the largest l2 on ties
+                worse = worse + 1 if val_by_l2[l2] < max(val_by_l2.values()) else 0
+                if worse == 2:
+                    break
+        best = max(val_by_l2, key=lambda v: val_by_l2[v])  # max() keeps the first, i.e. the largest l2 on ties
+        init = solutions[best]
+    else:
+        init = None
     x_all, x_te = standardise(x_train, x_test)
     with torch.enable_grad():
-        w, b, n_iter = _fit_logreg(x_all, y_train, num_classes, best, max_iter, tol)
+        w, b, n_iter = _fit_logreg(x_all, y_train, num_classes, best, max_iter, tol, init)
     return {
         "top1": _accuracy(x_te, y_test, w, b),
         "val_top1": val_by_l2.get(best, float("nan")),
