@@ -38,6 +38,12 @@ def losses(run_dir):
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
+def val_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/knn_top1")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+
+
 def weights(run_dir):
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     return {k: v for k, v in state.items() if not k.startswith("probe.")}
@@ -70,14 +76,19 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
-    """ddp_spawn with 2 x 16 pairs follows the 1 x 32 loss curve (BatchNorm-free encoder and projector)."""
-    steps = ["trainer.max_steps=6", "trainer.max_epochs=-1"]
+    """ddp_spawn with 2 x 16 pairs follows the 1 x 32 loss curve (BatchNorm-free encoder and projector), and the
+    sharded validation (kNN bank and queries split over ranks, then gathered) gives the same metrics."""
+    steps = ["trainer.max_epochs=1"]
     run(compose_train(TINY + steps, tmp_path / "one"))
     run(compose_train(TINY + steps + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == list(range(6))
+    assert sorted(one) == sorted(two) == list(range(10))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+    val_one, val_two = val_metrics(tmp_path / "one"), val_metrics(tmp_path / "two")
+    assert set(val_one) == set(val_two) >= {"val/knn_top1", "val/rankme", "val/probe_top1"}
+    for key in val_one:
+        assert val_two[key] == pytest.approx(val_one[key], rel=1e-4), key
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
