@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from selfsup.data.datasets import GlobalBatchSampler
+from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, PARAM_NAMES, MultiViewTransform, ViewAugment
+
+
+def image(seed=0, h=32, w=40):
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def simclr(**kw):
+    return ViewAugment(size=24, blur_p=0.5, solarize_p=0.3, rotation=15.0, **kw)
+
+
+def test_params_layout_and_ranges():
+    aug = simclr()
+    p = torch.stack([aug.sample(torch.Generator().manual_seed(i), 32, 40) for i in range(400)])
+    assert p.shape == (400, NUM_PARAMS) == (400, len(PARAM_NAMES))
+    x0, y0, w, h = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+    assert (x0 >= 0).all() and (x0 + w <= 1 + 1e-6).all() and (y0 + h <= 1 + 1e-6).all()
+    area = w * h
+    assert area.min() >= 0.08 - 0.02 and area.max() <= 1.0
+    assert set(p[:, 4].unique().tolist()) == {0.0, 1.0}
+    jittered = p[:, 5:9] != torch.tensor([1.0, 1.0, 1.0, 0.0])
+    assert 0.7 < jittered.any(1).float().mean() < 0.9  # jitter_p = 0.8
+    assert (p[:, 5:8] >= 0.6 - 1e-6).all() and (p[:, 5:8] <= 1.4 + 1e-6).all() and (p[:, 8].abs() <= 0.1).all()
+    assert p[:, 9].max() < len(JITTER_ORDERS)
+    assert 0.1 < p[:, 10].mean() < 0.3  # grayscale_p = 0.2
+    blurred = p[:, 11] > 0
+    assert 0.4 < blurred.float().mean() < 0.6 and (p[blurred, 11] >= 0.1).all() and (p[:, 11] <= 2.0).all()
+    assert p[:, 13].abs().max() <= 15.0
+
+
+def test_same_key_same_view_and_params_reproduce_the_image():
+    t = MultiViewTransform([simclr(), simclr()])
+    img = image()
+    views_a, params_a = t(img, seed=3, epoch=1, index=7)
+    views_b, params_b = t(img, seed=3, epoch=1, index=7)
+    assert all(torch.equal(a, b) for a, b in zip(views_a + params_a, views_b + params_b))
+    assert not torch.equal(params_a[0], params_a[1])  # two views, two draws
+    assert not torch.equal(t(img, seed=3, epoch=2, index=7)[1][0], params_a[0])  # a new epoch, new draws
+    assert views_a[0].shape == (3, 24, 24)
+    torch.testing.assert_close(t.views[0].apply(img, params_a[0]), views_a[0])  # params fully determine the view
+
+
+def test_shared_views_share_one_draw_per_chunk():
+    t = MultiViewTransform({"v1": simclr(), "c1": simclr()}, shared=["c1"], shared_chunks=4)
+    p = lambda index, chunk: t(image(index), 0, 0, index, chunk)[1]  # noqa: E731
+    assert torch.equal(p(1, 5)[1], p(2, 5)[1])  # same chunk: same shared draw, different images
+    assert not torch.equal(p(1, 5)[0], p(2, 5)[0])  # the independent view differs
+    assert not torch.equal(p(1, 5)[1], p(1, 6)[1])
+
+
+def test_global_batches_do_not_depend_on_world_size():
+    one = list(GlobalBatchSampler(50, 8, world_size=1, seed=1, shared_chunks=4))
+    two = [list(GlobalBatchSampler(50, 4, world_size=2, rank=r, seed=1, shared_chunks=4)) for r in range(2)]
+    assert len(one) == len(two[0]) == len(two[1]) == 6  # 50 // 8, the rest dropped
+    for s, batch in enumerate(one):
+        assert batch == two[0][s] + two[1][s]
+        assert [c for _, _, c in batch] == [s * 4 + p // 2 for p in range(8)]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(size=0), "views.size"), (dict(size=8, scale=(0.5, 0.2)), "views.scale"),
+     (dict(size=8, flip_p=1.5), "views.flip_p"), (dict(size=8, hue=0.7), "views.hue")],
+)  # fmt: skip
+def test_bad_view_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ViewAugment(**kwargs)
+
+
+def test_bad_shared_views_are_refused():
+    with pytest.raises(ValueError, match="not view names"):
+        MultiViewTransform({"v1": simclr()}, shared=["c1"], shared_chunks=2)
+    with pytest.raises(ValueError, match="views.shared_chunks"):
+        MultiViewTransform({"v1": simclr()}, shared=["v1"])

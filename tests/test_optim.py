@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from selfsup.optim import LARS, OptimizerSpec, warmup_cosine
+
+
+def test_lars_step_matches_the_formula():
+    torch.manual_seed(0)
+    w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    w.grad, b.grad = torch.randn(4, 3), torch.randn(4)
+    w0, b0, gw, gb = w.detach().clone(), b.detach().clone(), w.grad.clone(), b.grad.clone()
+    opt = LARS([dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+               lr=0.5, momentum=0.9, eta=0.02)  # fmt: skip
+    opt.step()
+    g = gw + 0.1 * w0
+    torch.testing.assert_close(w.detach(), w0 - 0.5 * g * (0.02 * w0.norm() / g.norm()))
+    torch.testing.assert_close(b.detach(), b0 - 0.5 * gb)  # excluded: plain momentum SGD
+
+
+def test_schedule_warms_up_then_decays_to_min():
+    mult = [warmup_cosine(s, 10, 110, 0.1) for s in range(110)]
+    assert mult[0] == pytest.approx(0.1) and mult[9] == pytest.approx(1.0)
+    assert mult[10] == pytest.approx(1.0) and mult[60] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(mult[10:], mult[11:]))
+
+
+def test_spec_groups_scaling_and_warmup_cap():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    probe = torch.nn.Linear(4, 2)
+    spec = OptimizerSpec(name="lars", lr=0.3, lr_scaling="linear", weight_decay=1e-6, warmup_epochs=10, probe_lr=0.1)
+    opt, sched = spec.build(model.parameters(), probe.parameters(), global_batch=512, total_steps=20,
+                            steps_per_epoch=5)  # fmt: skip
+    regular, excluded, probe_group = opt.param_groups
+    assert [p.shape for p in regular["params"]] == [(4, 3)] and regular["weight_decay"] == 1e-6
+    assert len(excluded["params"]) == 3 and excluded["weight_decay"] == 0 and not excluded["lars"]
+    assert probe_group["initial_lr"] == 0.1 and not probe_group["lars"]
+    assert regular["initial_lr"] == pytest.approx(0.6)  # 0.3 x 512 / 256
+    # warm-up of 10 epochs x 5 steps is capped to the 20-step run
+    assert regular["lr"] == pytest.approx(0.6 / 19)
+    assert OptimizerSpec(lr=0.3, lr_scaling="sqrt").scaled_lr(1024) == pytest.approx(0.6)
+    assert OptimizerSpec(lr=0.3, lr_scaling="none").scaled_lr(1024) == pytest.approx(0.3)
+    assert math.isfinite(sched.get_last_lr()[0])
+
+
+@pytest.mark.parametrize("kwargs,key", [(dict(name="adam"), "optim.name"), (dict(lr=0), "optim.lr"),
+                                        (dict(lr_scaling="log"), "optim.lr_scaling")])  # fmt: skip
+def test_bad_optimiser_settings_are_refused(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        OptimizerSpec(**kwargs)
