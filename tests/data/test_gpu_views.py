@@ -1,0 +1,187 @@
+"""GPU views (run here on CPU tensors) against the torchvision CPU views of ``selfsup.data.views``.
+
+Tolerances, in levels of 255 on the image before normalisation:
+- uint8 input, resized crop + flip alone: bit-exact (the weights reproduce ATen's int16 fixed-point antialiased
+  bilinear, horizontal pass rounded before the vertical one).
+- uint8 input, the whole pipeline: ≤ 2 levels at ≤ 0.5% of pixels. Every op truncates/rounds like torchvision's
+  uint8 kernel, but float32 sums taken in another order (x·f + m·(1-f) with or without FMA, the separable blur
+  versus torchvision's 2-D kernel) can land on the other side of an integer, and a later op may double that step.
+- rotation (nearest): ≤ 2% of pixels differ (samples on a pixel-centre tie may pick the neighbour).
+- float input: no quantisation at all, so it differs from the uint8 path by the truncations it skips: mean
+  absolute difference < 1.5 levels.
+"""
+
+import pytest
+import torch
+from scipy import stats
+
+from selfsup.data.gpu_views import GpuMultiViewTransform, GpuViewAugment, as_gpu_view
+from selfsup.data.views import NUM_PARAMS, MultiViewTransform, ViewAugment, generator_for
+
+UNIT = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # mean, std: views in [0, 1]
+
+
+def smooth_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, 3, size, size) natural-ish images: upsampled noise (edges and flat areas, all hues)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randint(0, 256, (n, 3, size // 4, size // 4), generator=g).float()
+    return torch.nn.functional.interpolate(low, size=size, mode="bilinear").round().clamp(0, 255).byte()
+
+
+def levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs() * 255
+
+
+def view_pair(**kw):
+    cpu = ViewAugment(32, mean=UNIT[0], std=UNIT[1], **kw)
+    return cpu, as_gpu_view(cpu)
+
+
+def test_fixed_params_give_torchvision_images():
+    cpu, gpu = view_pair(blur_p=0.5, solarize_p=0.3)
+    images = smooth_images(48)
+    params = torch.stack([cpu.sample(generator_for(1, i), 32, 32) for i in range(len(images))])
+    want = torch.stack([cpu.apply(img, p) for img, p in zip(images, params)])
+    got = gpu.apply_batch(images, params)  # one batched call, each row its own parameters
+    d = levels(got, want)
+    assert d.max() <= 2.0 + 1e-4, d.max()
+    assert (d > 1e-3).float().mean() <= 0.005
+
+    crop_only = params.clone()
+    crop_only[:, 5:] = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 0, 0])
+    want = torch.stack([cpu.apply(img, p) for img, p in zip(images, crop_only)])
+    assert torch.equal(gpu.apply_batch(images, crop_only), want)  # resampling is bit-exact
+
+
+@pytest.mark.parametrize("size,source", [(32, 96), (12, 40), (16, 8)], ids=["down", "down-odd", "up-from-8px"])
+def test_resized_crop_exact_for_any_scale(size, source):
+    cpu = ViewAugment(size, mean=UNIT[0], std=UNIT[1], jitter_p=0, grayscale_p=0)
+    gpu = as_gpu_view(cpu)
+    images = smooth_images(8, source)
+    params = torch.stack([cpu.sample(generator_for(2, i), source, source) for i in range(8)])
+    want = torch.stack([cpu.apply(img, p) for img, p in zip(images, params)])
+    assert torch.equal(gpu.apply_batch(images, params), want)
+
+
+def test_rotation_within_nearest_neighbour_ties():
+    cpu, gpu = view_pair(rotation=30.0)
+    images = smooth_images(16)
+    params = torch.stack([cpu.sample(generator_for(3, i), 32, 32) for i in range(16)])
+    want = torch.stack([cpu.apply(img, p) for img, p in zip(images, params)])
+    assert (levels(gpu.apply_batch(images, params), want) > 2).float().mean() < 0.02
+
+
+def test_float_input_is_the_unquantised_pipeline():
+    cpu, gpu = view_pair(blur_p=0.5, solarize_p=0.2)
+    images = smooth_images(32)
+    params = torch.stack([cpu.sample(generator_for(4, i), 32, 32) for i in range(32)])
+    d = levels(gpu.apply_batch(images.float() / 255, params), gpu.apply_batch(images, params))
+    assert d.mean() < 1.5, d.mean()
+
+
+def test_exact_sampler_reproduces_cpu_views_including_shared_chunks():
+    views = {"v1": ViewAugment(16, blur_p=0.5), "v2": ViewAugment(16, solarize_p=0.5), "c1": ViewAugment(16)}
+    cpu = MultiViewTransform(views, shared=["c1"], shared_chunks=2)
+    gpu = GpuMultiViewTransform(views, shared=["c1"], shared_chunks=2, sampler="exact")
+    images = smooth_images(6, 24)
+    keys = torch.tensor([[3, i, i // 3] for i in range(6)])
+    got_views, got_params = gpu.batch(images, 7, keys)
+    for i in range(6):
+        want_views, want_params = cpu(images[i], 7, 3, i, i // 3)
+        for v in range(3):
+            assert torch.equal(got_params[v][i], want_params[v])
+            assert levels(got_views[v][i], want_views[v]).max() * 0.5 <= 2 + 1e-3  # views normalised by std 0.5
+    assert torch.equal(got_params[2][0], got_params[2][2]) and not torch.equal(got_params[2][0], got_params[2][3])
+
+
+def test_counter_sampler_matches_cpu_distributions():
+    cpu = ViewAugment(32, blur_p=0.5, solarize_p=0.2, rotation=10.0)
+    n = 3000
+    want = torch.stack([cpu.sample(generator_for(5, i), 32, 40) for i in range(n)])
+    gpu = GpuMultiViewTransform([cpu], sampler="counter")
+    keys = torch.stack([torch.zeros(n, dtype=torch.long), torch.arange(n), -torch.ones(n, dtype=torch.long)], 1)
+    got = gpu.sample(5, keys, torch.tensor([[32, 40]]).expand(n, 2))[0]
+    for j in range(NUM_PARAMS):
+        a, b = got[:, j].numpy(), want[:, j].numpy()
+        if j in (4, 10, 12):  # Bernoulli: flip, grayscale, solarise
+            assert abs(a.mean() - b.mean()) < 4 * (b.mean() * (1 - b.mean()) / n) ** 0.5 + 1e-9, j
+        else:
+            assert stats.ks_2samp(a, b).pvalue > 1e-3, (j, stats.ks_2samp(a, b))
+    for col in range(13):  # draws are mutually uncorrelated (separate hash streams)
+        assert abs(torch.corrcoef(torch.stack([got[:, col], got[:, 13]]))[0, 1]) < 0.1 or got[:, col].std() == 0
+
+
+def test_counter_sampler_is_a_pure_function_of_the_key():
+    gpu = GpuMultiViewTransform([ViewAugment(16), ViewAugment(16)], shared=["v2"], shared_chunks=4)
+    keys = torch.tensor([[1, i, i // 4] for i in range(16)])
+    sizes = torch.tensor([[20, 20]]).expand(16, 2)
+    full = gpu.sample(0, keys, sizes)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    part = gpu.sample(0, keys[perm], sizes)  # any order, any split across processes
+    assert all(torch.equal(f[perm], p) for f, p in zip(full, part))
+    assert len({tuple(r.tolist()) for r in full[0]}) == 16  # per-sample view: all distinct
+    assert all(torch.equal(full[1][4 * c], full[1][4 * c + k]) for c in range(4) for k in range(4))  # shared chunks
+    assert not torch.equal(gpu.sample(1, keys, sizes)[0], full[0])  # seed changes the draws
+
+
+def test_output_pixel_statistics_agree_with_cpu_pipeline():
+    kw = dict(size=24, blur_p=0.5, solarize_p=0.2)
+    cpu = MultiViewTransform([ViewAugment(**kw)])
+    gpu = GpuMultiViewTransform([ViewAugment(**kw)])
+    images = smooth_images(600, 32)
+    keys = torch.stack([torch.zeros(600, dtype=torch.long), torch.arange(600), -torch.ones(600, dtype=torch.long)], 1)
+    got = gpu.batch(images, 0, keys)[0][0]
+    want = torch.stack([cpu(img, 1, 0, i)[0][0] for i, img in enumerate(images)])
+    for stat in (lambda x: x.mean(dim=(1, 2, 3)), lambda x: x.std(dim=(1, 2, 3)), lambda x: x[:, 0].mean((1, 2))):
+        assert stats.ks_2samp(stat(got).numpy(), stat(want).numpy()).pvalue > 1e-3
+
+
+def test_mixed_sizes_and_small_images_are_handled():
+    gpu = GpuMultiViewTransform([ViewAugment(16), ViewAugment(16)], sampler="exact")
+    imgs = [smooth_images(1, s, seed=s)[0] for s in (8, 40, 24)]  # 8 px: smaller than the 16 px output
+    keys = torch.tensor([[0, i, -1] for i in range(3)])
+    views, params = gpu.batch(imgs, 0, keys)
+    assert views[0].shape == (3, 3, 16, 16)
+    for i, img in enumerate(imgs):  # each padded row equals that image augmented alone
+        alone, p = gpu(img, 0, 0, i)
+        assert torch.equal(params[0][i], p[0]) and torch.allclose(views[0][i], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "channels"),
+        (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), "channels"),
+        ([torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8)], "mixed dtypes"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int32), "dtype"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), "images"),
+        (torch.zeros(2, 3, 0, 8, dtype=torch.uint8), "zero"),
+    ],
+    ids=["grayscale-1ch", "rgba", "mixed-dtypes", "int32", "unbatched", "empty"],
+)
+def test_bad_images_are_refused(images, match):
+    gpu = GpuMultiViewTransform([ViewAugment(8)])
+    with pytest.raises(ValueError, match=match):
+        gpu.batch(images, 0, torch.tensor([[0, 0, -1], [0, 1, -1]]))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="views.sampler"):
+        GpuMultiViewTransform([ViewAugment(8)], sampler="philox")
+    view = GpuViewAugment(8)
+    with pytest.raises(ValueError, match="params"):
+        view.apply_batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 5))
+    bad = torch.zeros(1, NUM_PARAMS)
+    bad[0, :4] = torch.tensor([0.5, 0.0, 0.9, 1.0])  # box leaves the image
+    with pytest.raises(ValueError, match="crop box"):
+        view.apply_batch(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), bad)
+    with pytest.raises(ValueError, match="keys"):
+        GpuMultiViewTransform([view]).batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), 0, torch.zeros(3, 3))
+
+
+def test_multicrop_views_have_their_own_sizes():
+    gpu = GpuMultiViewTransform({"g1": ViewAugment(32), "g2": ViewAugment(32), "l1": ViewAugment(12, scale=(0.05, 0.14)),
+                                 "l2": ViewAugment(12, scale=(0.05, 0.14))})  # fmt: skip
+    views, params = gpu.batch(smooth_images(4), 0, torch.tensor([[0, i, -1] for i in range(4)]))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 2
+    assert all(p.shape == (4, NUM_PARAMS) for p in params) and (params[2][:, 2] * params[2][:, 3] <= 0.2).all()
