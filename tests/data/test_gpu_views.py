@@ -185,3 +185,72 @@ def test_multicrop_views_have_their_own_sizes():
     views, params = gpu.batch(smooth_images(4), 0, torch.tensor([[0, i, -1] for i in range(4)]))
     assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 2
     assert all(p.shape == (4, NUM_PARAMS) for p in params) and (params[2][:, 2] * params[2][:, 3] <= 0.2).all()
+
+
+# -- the device path: raw batches from the datamodule, views after the transfer --------------------------------
+from selfsup.data import DigitsDataModule  # noqa: E402
+from selfsup.data.device_loader import DeviceViewsMixin  # noqa: E402
+
+
+class DeviceDigits(DeviceViewsMixin, DigitsDataModule):
+    """Digits with the GPU-view path (what SSLDataModule gains from the two mixin methods)."""
+
+
+def simclr_views(cls, **kw):
+    v = ViewAugment(16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return cls({"v1": v, "v2": v}, **kw)
+
+
+def test_device_path_yields_the_cpu_path_batch():
+    cpu = DigitsDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(MultiViewTransform))
+    dev = DeviceDigits(batch_size=32, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform,
+                                                                                        sampler="exact"))  # fmt: skip
+    want = next(iter(cpu.train_dataloader()))
+    raw = next(iter(dev.train_dataloader()))
+    assert "image" not in raw and raw["key"].shape == (32, 3)  # the split is resident: only keys travel
+    got = dev.on_after_batch_transfer(raw, 0)
+    assert sorted(got) == ["index", "label", "params", "views"]
+    assert torch.equal(got["index"], want["index"]) and torch.equal(got["label"], want["label"])
+    for v in range(2):
+        assert torch.equal(got["params"][v], want["params"][v])
+        assert levels(got["views"][v], want["views"][v]).max() * 0.5 <= 2 + 1e-3
+    assert dev.on_after_batch_transfer((1, 2), 1) == (1, 2)  # validation batches pass through
+
+
+def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
+    from tests.config_utils import compose_train
+
+    from selfsup.train import build
+
+    cfg = compose_train(
+        ["views=gpu_simclr", f"data._target_={__name__}.DeviceDigits", "data.batch_size=32", "trainer.max_steps=2",
+         "trainer.limit_val_batches=0", "callbacks.progress=null", "trainer.enable_model_summary=false",
+         "trainer.log_every_n_steps=1"],
+        tmp_path / "run",
+    )  # fmt: skip
+    datamodule, module, trainer = build(cfg)
+    seen = []
+    module.on_train_batch_start = lambda batch, i: seen.append([v.shape for v in batch["views"]])
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert seen[0] == [(32, 3, 16, 16)] * 2
+
+
+def test_imagefolder_batches_carry_decoded_images(tmp_path):
+    from tests.config_utils import tiny_imagefolder
+
+    from selfsup.data import ImageFolderDataModule
+    from selfsup.data.device_loader import collate_raw
+
+    class DeviceFolder(DeviceViewsMixin, ImageFolderDataModule):
+        pass
+
+    root = tiny_imagefolder(tmp_path / "folder", per_class=4)
+    dm = DeviceFolder(root=str(root), batch_size=4, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform))
+    raw = next(iter(dm.train_dataloader()))
+    assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (4, 3, 40, 48)  # decoded on the CPU
+    assert [tuple(v.shape) for v in dm.on_after_batch_transfer(raw, 0)["views"]] == [(4, 3, 16, 16)] * 2
+    mixed = collate_raw([{"key": torch.tensor([0, i, -1]), "label": 0, "index": i, "image": smooth_images(1, s)[0]}
+                         for i, s in enumerate((8, 20))])  # fmt: skip
+    assert isinstance(mixed["image"], list)
+    assert dm.device_views(mixed)["views"][0].shape == (2, 3, 16, 16)
