@@ -181,7 +181,7 @@ def test_data_root_without_the_needed_split(run, tmp_path):
     (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"missing split folder\(s\) \['val'\]"):
         ev.evaluate(eval_cfg(f"checkpoint={run}", "data=imagefolder", f"data.root={tmp_path / 'data'}"))
-    with pytest.raises(FileNotFoundError, match="data.root=.*no cifar10 found"):
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*missing split folder\(s\) \['test'\]"):
         ev.evaluate(eval_cfg(f"checkpoint={run}", "data=cifar10", f"data.root={tmp_path / 'data'}"))
     with pytest.raises(ValueError, match="data.root"):
         ev.evaluate(eval_cfg(f"checkpoint={run}", "data=imagefolder"))

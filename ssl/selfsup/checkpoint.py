@@ -63,10 +63,13 @@ def check_compatible(model: nn.Module, ckpt: dict, path, key: str = "ckpt_path")
         )
 
 
-def backbone_from(ckpt: dict) -> nn.Module:
+def backbone_from(ckpt: dict, path="checkpoint") -> nn.Module:
     """The trained encoder of a checkpoint, rebuilt from its saved config, in eval mode."""
-    cfg = OmegaConf.create(ckpt["selfsup"]["config"])
-    backbone = instantiate(cfg.backbone)
+    config = ckpt["selfsup"].get("config")
+    if not config or "backbone" not in config:
+        raise ValueError(f"checkpoint={path}: holds no backbone config to rebuild the encoder from")
+    backbone = instantiate(OmegaConf.create(config).backbone)
     state = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    check_compatible(backbone, {"state_dict": state, "selfsup": ckpt["selfsup"]}, path, key="checkpoint")
     backbone.load_state_dict(state)
     return backbone.eval()

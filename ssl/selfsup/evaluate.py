@@ -100,7 +100,7 @@ def load_checkpoint_target(path: Path, name: str, out_dir: Path) -> Target:
     if not isinstance(config, dict) or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: the saved training config has no 'backbone' entry")
     try:
-        backbone = ckpt_io.backbone_from(ckpt)
+        backbone = ckpt_io.backbone_from(ckpt, path)
         projector = None
         if config.get("projector") is not None:
             projector = instantiate(config["projector"])(in_dim=backbone.num_features)

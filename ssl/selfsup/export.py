@@ -54,7 +54,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out={out}: expected a file name ending in .safetensors")
-    backbone = ckpt_io.backbone_from(ckpt)  # strict load: the state dict is exactly the backbone's
+    backbone = ckpt_io.backbone_from(ckpt, checkpoint)  # strict load: the state dict is exactly the backbone's
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
     metadata = {
         "format": "pt",

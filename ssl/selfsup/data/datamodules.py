@@ -257,7 +257,7 @@ class TorchvisionDataModule(SSLDataModule):
 
     def load_splits(self):
         root = Path(self.root)
-        if (root / "train").is_dir() and (root / "test").is_dir():
+        if (root / "train").is_dir() or (root / "test").is_dir():  # an ImageFolder tree (possibly incomplete)
             return _imagefolder_splits(root, "train", "test")
         if not root.is_dir() and not self.download:
             raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")
