@@ -14,7 +14,8 @@ RECIPES = sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPE
 GROUP_OPTIONS = sorted(
     (p.parent.name, p.stem) for p in CONF_DIR.glob("*/*.yaml")
 )
-NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp")}
+NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp"), ("trainer", "deepspeed_stage_2"),
+              ("trainer", "deepspeed_stage_3")}  # fmt: skip
 COMPANIONS = {("objective", "care"): ["views=care"], ("objective", "sie"): ["projector.out_dim=2048"]}
 
 

@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup import checkpoint as ckpt_io
 from selfsup.config import CONF_DIR
 from selfsup.errors import one_line_errors
+from selfsup.launch import PreemptionCheckpoint, per_device_batch
 from selfsup.loggers import RunCSVLogger
 from selfsup.module import SSLModule
+from selfsup.strategies import check_sync_batchnorm
 
 log = logging.getLogger("selfsup.train")
 
@@ -33,6 +35,20 @@ def build(cfg: DictConfig):
     if needed > len(views):
         raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
                          f"config with {needed} (e.g. views=care for objective=care)")
+    run_dir = Path(cfg.run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=str(run_dir),
+        callbacks=[*(instantiate(c) for c in cfg.callbacks.values() if c is not None), PreemptionCheckpoint(last)],
+        logger=[instantiate(lg, save_dir=str(run_dir)) for lg in cfg.logger.values() if lg is not None],
+        plugins=[ckpt_io.AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
+    )
+    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
+    if cfg.get("global_batch_size") is not None:  # per-process batch from nodes x devices x accumulation
+        cfg.data.batch_size = per_device_batch(cfg.global_batch_size, trainer.world_size,
+                                               trainer.accumulate_grad_batches)  # fmt: skip
     datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)
     module = SSLModule(
         backbone=instantiate(cfg.backbone),
@@ -44,15 +60,6 @@ def build(cfg: DictConfig):
         momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
         symmetric=cfg.symmetric,
         run_config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    run_dir = Path(cfg.run_dir)
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=str(run_dir),
-        callbacks=[instantiate(c) for c in cfg.callbacks.values() if c is not None],
-        logger=[instantiate(lg, save_dir=str(run_dir)) for lg in cfg.logger.values() if lg is not None],
-        plugins=[ckpt_io.AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
     )
     return datamodule, module, trainer
 
