@@ -148,30 +148,29 @@ class GpuViewAugment(ViewAugment):
         floor = torch.floor if quant else (lambda t: t)
 
         x = self._resized_crop(x, sizes, p, quant)  # (B, 3, S, S)
-        # colour jitter: four steps, each row runs the op its own order names at that step
+        # colour jitter: four steps; at each, every row runs the op its own order names (rows at the op's identity
+        # value skip it, as ViewAugment.apply does), so each row is touched by at most four ops in all
         order = _ORDERS.to(dev)[p[:, 9].long()]  # (B, 4)
-        ident = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev)
+        ident = (1.0, 1.0, 1.0, 0.0)
         for step in range(4):
-            op = order[:, step]
-            for o in range(3):
-                f = torch.where(op == o, p[:, 5 + o], ident[o]).view(B, 1, 1, 1)
-                if bool((f != 1).any()):
-                    x = _BLENDS[o](x, f, bound, floor)
-            rows = torch.nonzero((op == 3) & (p[:, 8] != 0))[:, 0]
-            if rows.numel():
-                x = x.index_copy(0, rows, _adjust_hue(x[rows], p[rows, 8], bound, quant))
+            for o in range(4):
+                rows = torch.nonzero((order[:, step] == o) & (p[:, 5 + o] != ident[o]))[:, 0]
+                if rows.numel():
+                    f = p[rows, 5 + o]
+                    xr = _adjust_hue(x[rows], f, quant) if o == 3 else _BLENDS[o](x[rows], f.view(-1, 1, 1, 1), bound, floor)
+                    x.index_copy_(0, rows, xr)
         gray = p[:, 10] > 0
         if bool(gray.any()):
             x = torch.where(gray.view(B, 1, 1, 1), floor(_gray(x)).expand_as(x), x)
         rows = torch.nonzero(p[:, 11] > 0)[:, 0]
         if rows.numel():
             blurred = _gaussian_blur(x[rows], p[rows, 11], self.blur_kernel)
-            x = x.index_copy(0, rows, torch.round(blurred) if quant else blurred)
+            x.index_copy_(0, rows, torch.round(blurred) if quant else blurred)
         sol = (p[:, 12] > 0).view(B, 1, 1, 1)
         x = torch.where(sol & (x >= (128.0 if quant else 128.0 / 255.0)), bound - x, x)
         rows = torch.nonzero(p[:, 13] != 0)[:, 0]
         if rows.numel():
-            x = x.index_copy(0, rows, _rotate(x[rows], p[rows, 13]))
+            x.index_copy_(0, rows, _rotate(x[rows], p[rows, 13]))
         mean = torch.tensor(self.mean, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
         if mean.shape[1] not in (1, 3):
@@ -319,7 +318,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return vpqt.gather(1, select[:, i].permute(1, 0, 2, 3))  # (B, 3, H, W)
 
 
-def _adjust_hue(x: torch.Tensor, hue: torch.Tensor, bound: float, quant: bool) -> torch.Tensor:
+def _adjust_hue(x: torch.Tensor, hue: torch.Tensor, quant: bool) -> torch.Tensor:
     hsv = rgb_to_hsv(x * (1.0 / 255) if quant else x)
     h = torch.remainder(hsv[:, 0] + hue.view(-1, 1, 1), 1.0)
     rgb = hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
