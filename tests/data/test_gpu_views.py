@@ -254,3 +254,28 @@ def test_imagefolder_batches_carry_decoded_images(tmp_path):
                          for i, s in enumerate((8, 20))])  # fmt: skip
     assert isinstance(mixed["image"], list)
     assert dm.device_views(mixed)["views"][0].shape == (2, 3, 16, 16)
+
+
+def test_autocast_does_not_touch_the_views():
+    cpu, gpu = view_pair(blur_p=0.5)
+    images = smooth_images(8)
+    params = torch.stack([cpu.sample(generator_for(6, i), 32, 32) for i in range(8)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = gpu.apply_batch(images, params)
+    assert inside.dtype == torch.float32 and torch.equal(inside, gpu.apply_batch(images, params))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    views = {"v1": ViewAugment(32, blur_p=0.5, solarize_p=0.2), "v2": ViewAugment(16, scale=(0.05, 0.3))}
+    gpu = GpuMultiViewTransform(views, shared=["v2"], shared_chunks=4)
+    images = smooth_images(64)
+    keys = torch.tensor([[0, i, i // 16] for i in range(64)])
+    v_cpu, p_cpu = gpu.batch(images, 3, keys)
+    v_gpu, p_gpu = gpu.batch(images.cuda(), 3, keys.cuda())
+    for a, b in zip(p_cpu, p_gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
+    for a, b in zip(v_cpu, v_gpu):
+        d = levels(b.cpu() * torch.tensor(views["v1"].std).view(1, 3, 1, 1), a * torch.tensor(views["v1"].std).view(1, 3, 1, 1))
+        assert d.max() <= 2 + 1e-3 and (d > 1e-3).float().mean() <= 0.005

@@ -10,14 +10,15 @@ images live on:
   Exact for up- and down-scaling and for mixed source sizes (rows padded to the largest image).
 - colour jitter: brightness, contrast, saturation, hue in each row's own order ``JITTER_ORDERS[p[9]]`` (four
   steps; at step k every row runs the op its order names, identity factors elsewhere; hue via batched RGB↔HSV).
-- grayscale, Gaussian blur (per-row sigma, batched separable grouped conv, reflect padding), solarise (128/255),
-  rotation (nearest, zero fill), then ``(x / 255 - mean) / std``.
+- grayscale, Gaussian blur (per-row sigma, separable: two batched matmuls with banded (S, S) matrices that fold
+  in the reflect padding), solarise (128/255), rotation (nearest, zero fill), then ``(x / 255 - mean) / std``.
 
 Arithmetic follows torchvision's dtype semantics: for uint8 input every op rounds/truncates like the uint8 kernels
 (values stay integers in float32: truncating blends, floored grey, rounded resize and blur), for float input in
 [0, 1] nothing is quantised. A fixed parameter vector therefore gives ``ViewAugment.apply``'s image up to the
 float rounding of the weights: uint8 results agree to within a few levels of 255 at a few pixels, most pixels
-exactly (tests/data/test_gpu_views.py states the tolerances).
+exactly (tests/data/test_gpu_views.py states the tolerances). Resampling and blur run in float64 for uint8 input
+(exact integer sums whatever TF32 settings a GPU run has) and autocast is switched off inside.
 
 Parameters come from one of two samplers with ``ViewAugment.sample``'s distributions:
 
@@ -140,6 +141,10 @@ class GpuViewAugment(ViewAugment):
             params: parameter rows in ``selfsup.data.views``' layout, e.g. from :meth:`sample_batch`.
         """
         x, sizes, quant = as_batch(images)  # (B, 3, Hmax, Wmax) float32, (B, 2) long, uint8 semantics
+        with torch.autocast(x.device.type, enabled=False):  # exact arithmetic even inside a bf16 autocast region
+            return self._apply(x, sizes, quant, params)
+
+    def _apply(self, x: torch.Tensor, sizes: torch.Tensor, quant: bool, params: torch.Tensor) -> torch.Tensor:
         B, dev = x.shape[0], x.device
         if params.shape != (B, NUM_PARAMS):
             raise ValueError(f"params: expected shape ({B}, {NUM_PARAMS}), got {tuple(params.shape)}")
@@ -164,7 +169,9 @@ class GpuViewAugment(ViewAugment):
             x = torch.where(gray.view(B, 1, 1, 1), floor(_gray(x)).expand_as(x), x)
         rows = torch.nonzero(p[:, 11] > 0)[:, 0]
         if rows.numel():
-            blurred = _gaussian_blur(x[rows], p[rows, 11], self.blur_kernel)
+            if self.blur_kernel // 2 >= self.size:
+                raise ValueError(f"views.size={self.size}: too small for a {self.blur_kernel}-pixel blur kernel")
+            blurred = _gaussian_blur(x[rows], p[rows, 11], self.blur_kernel, torch.float64 if quant else torch.float32)
             x.index_copy_(0, rows, torch.round(blurred) if quant else blurred)
         sol = (p[:, 12] > 0).view(B, 1, 1, 1)
         x = torch.where(sol & (x >= (128.0 if quant else 128.0 / 255.0)), bound - x, x)
@@ -190,11 +197,13 @@ class GpuViewAugment(ViewAugment):
         wx = torch.where((p[:, 4] > 0).view(-1, 1, 1), wx.flip(1), wx)
         if quant:  # ATen's uint8 kernel: int16 fixed-point weights, horizontal pass rounded, then vertical
             wx, wy = _fixed_point(wx), _fixed_point(wy)
-        x = torch.matmul(x, wx.float().transpose(1, 2).unsqueeze(1))  # (B, 3, Hmax, S)
+        # uint8: float64 keeps the integer sums exact (fp32 holds 24 bits; TF32 would lose more on a GPU)
+        dt = torch.float64 if quant else torch.float32
+        x = torch.matmul(x.to(dt), wx.to(dt).transpose(1, 2).unsqueeze(1))  # (B, 3, Hmax, S)
         if quant:  # floor(. + 0.5) = ATen's (acc + 2^(p-1)) >> p; an identity pass (no resize) stays exact
             x = torch.floor(x + 0.5).clamp_(0, 255)
-        x = torch.matmul(wy.float().unsqueeze(1), x)  # (B, 3, S, S)
-        return torch.floor(x + 0.5).clamp_(0, 255) if quant else x.clamp_(0, 1)
+        x = torch.matmul(wy.to(dt).unsqueeze(1), x)  # (B, 3, S, S)
+        return (torch.floor(x + 0.5).clamp_(0, 255) if quant else x.clamp_(0, 1)).float()
 
 
 def _fixed_point(w: torch.Tensor) -> torch.Tensor:
@@ -325,17 +334,18 @@ def _adjust_hue(x: torch.Tensor, hue: torch.Tensor, quant: bool) -> torch.Tensor
     return torch.floor(rgb * (255 + 1.0 - 1e-3)) if quant else rgb  # torchvision's float → uint8 conversion
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-row sigma, kernel k (odd), reflect padding: separable grouped convs over (1, n*3, H, W)."""
-    n, c, H, W = x.shape
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-row sigma, odd kernel k, reflect padding, as two batched matmuls ``K @ x @ Kᵀ`` with K (n, S, S) the
+    banded blur matrix (reflection folded in); square images."""
+    n, c, S, _ = x.shape
     lim = (k - 1) / (2.0 * math.sqrt(2.0))
     t = torch.linspace(-lim, lim, steps=k, device=x.device, dtype=torch.float32)
     kern = torch.softmax(-(t[None] / sigma.view(-1, 1).float()).pow(2), dim=1)  # (n, k), torchvision's kernel
-    kern = kern.repeat_interleave(c, dim=0)  # (n*3, k)
-    y = F.pad(x.reshape(1, n * c, H, W), [k // 2] * 4, mode="reflect")
-    y = F.conv2d(y, kern.view(n * c, 1, 1, k), groups=n * c)
-    y = F.conv2d(y, kern.view(n * c, 1, k, 1), groups=n * c)
-    return y.view(n, c, H, W)
+    src = torch.arange(S, device=x.device)[:, None] + torch.arange(k, device=x.device)[None] - k // 2  # (S, k)
+    src = torch.where(src < 0, -src, torch.where(src >= S, 2 * (S - 1) - src, src))  # reflect (no edge repeat)
+    K = torch.zeros(n, S, S, device=x.device, dtype=dtype)
+    K.scatter_add_(2, src.expand(n, S, k), kern.to(dtype)[:, None, :].expand(n, S, k))
+    return torch.matmul(torch.matmul(K.unsqueeze(1), x.to(dtype)), K.transpose(1, 2).unsqueeze(1)).float()
 
 
 def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
