@@ -11,6 +11,7 @@ Rows, at batch ``--batch`` (512) of CIFAR-size (32 px) uint8 images held in memo
 - ``gpu_views (counter) on <device>``: GpuMultiViewTransform.batch on a device-resident batch (params drawn on the
   device); ``+ loader``: the whole device path (RawLoader keys → gather from the resident split → views).
 - ``gpu_views (exact)``: the same with the CPU generators' parameters (the sampler is a Python loop).
+gpu_views rows and end-to-end rows report the median batch (robust to other jobs on a shared machine).
 End-to-end rows: training images/s (source images, two views each) of the recipe with the CPU views versus
 ``views.on_device`` (DeviceViewsMixin), timed after one warm-up step; ``epoch s`` = 50,000 / images/s.
 Images are synthetic (content does not change the cost). Nothing is written unless CUDA is present; then the
@@ -24,6 +25,7 @@ import datetime
 import os
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 from torch.utils.data import DataLoader
@@ -80,15 +82,16 @@ def bench_gpu_views(split: TensorImages, batch: int, steps: int, device: torch.d
     views = GpuMultiViewTransform(simclr_views(), sampler=sampler)
     images = split.images.to(device)
     n = len(split)
-    for s in range(steps + 1):
-        if s == 1:
-            sync(device)
-            t0 = time.perf_counter()
+    times = []
+    for s in range(steps + 1):  # step 0 warms up
+        sync(device)
+        t0 = time.perf_counter()
         idx = torch.arange(s * batch, (s + 1) * batch, device=device) % n
         keys = torch.stack((torch.zeros_like(idx), idx, torch.full_like(idx, -1)), 1)
         views.batch(images[idx], 0, keys)
-    sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return batch / median(times[1:])  # median batch: robust to other jobs on a shared machine
 
 
 def bench_device_loader(split: TensorImages, batch: int, steps: int, device: torch.device) -> float:
@@ -96,30 +99,31 @@ def bench_device_loader(split: TensorImages, batch: int, steps: int, device: tor
     dv = DeviceViews(split, MultiViewTransform(simclr_views()), seed=0)
     loader = dv.loader(GlobalBatchSampler(len(split), batch, seed=0), lambda: (0, 0), num_workers=0)
     it = iter(loader)
-    for s in range(steps + 1):
-        if s == 1:
-            sync(device)
-            t0 = time.perf_counter()
+    times = []
+    for _ in range(steps + 1):
+        sync(device)
+        t0 = time.perf_counter()
         raw = next(it)
         dv({k: v.to(device, non_blocking=True) for k, v in raw.items()})
-    sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return batch / median(times[1:])
 
 
 def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir: Path) -> float:
     """Training images/s of recipes=cifar10/simclr (synthetic 50k-image in-memory split), after one warm-up step."""
     import lightning as L
+    from hydra import compose, initialize_config_dir
 
     from selfsup.config import CONF_DIR
     from selfsup.train import build
-    from hydra import compose, initialize_config_dir
 
     overrides = [
         "recipes=cifar10/simclr", f"trainer={'gpu' if accelerator == 'gpu' else 'cpu'}", f"data.batch_size={batch}",
         f"trainer.max_steps={steps + 1}", "trainer.limit_val_batches=0", "callbacks.progress=null",
         "callbacks.last=null", "callbacks.best=null", "trainer.enable_model_summary=false", "online_probe=false",
         f"data.num_workers={cores() if accelerator == 'gpu' else max(1, cores() - 1)}", f"run_dir={run_dir}",
-        "logger.csv=null",
+        "logger.csv=null", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip
     if on_device:
         overrides.append(f"data._target_={__name__}.DeviceTorchvision")
@@ -141,7 +145,7 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
     clock = Clock()
     trainer.callbacks.append(clock)
     trainer.fit(module, datamodule=datamodule)
-    return (len(clock.times) - 1) * batch / (clock.times[-1] - clock.times[0])
+    return batch / median(b - a for a, b in zip(clock.times, clock.times[1:]))
 
 
 class DeviceTorchvision(DeviceViewsMixin, TorchvisionDataModule):
@@ -167,8 +171,12 @@ def main() -> None:
     rows.append((f"torchvision v2, {workers} workers (CPU)", bench_torchvision(split, args.batch, steps, workers), ""))
     for sampler in ("counter", "exact"):
         s = steps if sampler == "counter" else max(1, steps // 10)
-        rows.append((f"gpu_views ({sampler}) on {device.type}", bench_gpu_views(split, args.batch, s, device, sampler), ""))
-    rows.append((f"gpu_views + resident loader on {device.type}", bench_device_loader(split, args.batch, steps, device), ""))
+        rows.append(
+            (f"gpu_views ({sampler}) on {device.type}", bench_gpu_views(split, args.batch, s, device, sampler), "")
+        )
+    rows.append(
+        (f"gpu_views + resident loader on {device.type}", bench_device_loader(split, args.batch, steps, device), "")
+    )
     if not args.no_e2e:
         e2e_batch = args.e2e_batch or (512 if cuda else 32)
         e2e_steps = args.e2e_steps or (30 if cuda else 3)

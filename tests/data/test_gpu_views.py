@@ -180,8 +180,8 @@ def test_bad_arguments_are_refused():
 
 
 def test_multicrop_views_have_their_own_sizes():
-    gpu = GpuMultiViewTransform({"g1": ViewAugment(32), "g2": ViewAugment(32), "l1": ViewAugment(12, scale=(0.05, 0.14)),
-                                 "l2": ViewAugment(12, scale=(0.05, 0.14))})  # fmt: skip
+    local = ViewAugment(12, scale=(0.05, 0.14))
+    gpu = GpuMultiViewTransform({"g1": ViewAugment(32), "g2": ViewAugment(32), "l1": local, "l2": local})
     views, params = gpu.batch(smooth_images(4), 0, torch.tensor([[0, i, -1] for i in range(4)]))
     assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 2
     assert all(p.shape == (4, NUM_PARAMS) for p in params) and (params[2][:, 2] * params[2][:, 3] <= 0.2).all()
@@ -218,9 +218,8 @@ def test_device_path_yields_the_cpu_path_batch():
 
 
 def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
-    from tests.config_utils import compose_train
-
     from selfsup.train import build
+    from tests.config_utils import compose_train
 
     cfg = compose_train(
         ["views=gpu_simclr", f"data._target_={__name__}.DeviceDigits", "data.batch_size=32", "trainer.max_steps=2",
@@ -237,16 +236,17 @@ def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
 
 
 def test_imagefolder_batches_carry_decoded_images(tmp_path):
-    from tests.config_utils import tiny_imagefolder
-
     from selfsup.data import ImageFolderDataModule
     from selfsup.data.device_loader import collate_raw
+    from tests.config_utils import tiny_imagefolder
 
     class DeviceFolder(DeviceViewsMixin, ImageFolderDataModule):
         pass
 
     root = tiny_imagefolder(tmp_path / "folder", per_class=4)
-    dm = DeviceFolder(root=str(root), batch_size=4, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform))
+    dm = DeviceFolder(
+        root=str(root), batch_size=4, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform)
+    )
     raw = next(iter(dm.train_dataloader()))
     assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (4, 3, 40, 48)  # decoded on the CPU
     assert [tuple(v.shape) for v in dm.on_after_batch_transfer(raw, 0)["views"]] == [(4, 3, 16, 16)] * 2
@@ -277,5 +277,7 @@ def test_cuda_matches_cpu():
     for a, b in zip(p_cpu, p_gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
     for a, b in zip(v_cpu, v_gpu):
-        d = levels(b.cpu() * torch.tensor(views["v1"].std).view(1, 3, 1, 1), a * torch.tensor(views["v1"].std).view(1, 3, 1, 1))
+        d = levels(
+            b.cpu() * torch.tensor(views["v1"].std).view(1, 3, 1, 1), a * torch.tensor(views["v1"].std).view(1, 3, 1, 1)
+        )
         assert d.max() <= 2 + 1e-3 and (d > 1e-3).float().mean() <= 0.005

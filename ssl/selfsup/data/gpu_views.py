@@ -75,7 +75,9 @@ class GpuViewAugment(ViewAugment):
     """
 
     # -- sampling ---------------------------------------------------------------------------------------------
-    NUM_DRAWS = 2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1  # crop, flip, jitter(coin, 4, order), gray, blur, sol, rot
+    NUM_DRAWS = (
+        2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1
+    )  # crop, flip, jitter(coin, 4, order), gray, blur, sol, rot
 
     def sample_batch(self, u: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, NUM_DRAWS), for sources of the given sizes (B,).
@@ -100,7 +102,9 @@ class GpuViewAugment(ViewAugment):
         left = torch.floor(u[:, a + 1] * (W - w + 1)).clamp(max=W - w)
         # fallback: central crop with the aspect ratio clamped into range
         in_ratio = W / H
-        fw = torch.where(in_ratio < self.ratio[0], W, torch.where(in_ratio > self.ratio[1], torch.round(H * self.ratio[1]), W))
+        fw = torch.where(
+            in_ratio < self.ratio[0], W, torch.where(in_ratio > self.ratio[1], torch.round(H * self.ratio[1]), W)
+        )
         fh = torch.where(in_ratio < self.ratio[0], torch.round(W / self.ratio[0]), H)
         w, h = torch.where(any_ok, w, fw), torch.where(any_ok, h, fh)
         top = torch.where(any_ok, top, torch.div(H - h, 2, rounding_mode="floor"))
@@ -118,7 +122,9 @@ class GpuViewAugment(ViewAugment):
         )  # fmt: skip
         for i, (f_lo, f_hi) in enumerate(factors):
             p[:, 5 + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], 1.0 if i < 3 else 0.0)
-        p[:, 9] = torch.where(jitter, torch.floor(u[:, k + 6] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0)
+        p[:, 9] = torch.where(
+            jitter, torch.floor(u[:, k + 6] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0
+        )
         p[:, 10] = (u[:, k + 7] < self.grayscale_p).double()
         blur = u[:, k + 8] < self.blur_p
         p[:, 11] = torch.where(blur, self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, k + 9], 0.0)
@@ -162,7 +168,11 @@ class GpuViewAugment(ViewAugment):
                 rows = torch.nonzero((order[:, step] == o) & (p[:, 5 + o] != ident[o]))[:, 0]
                 if rows.numel():
                     f = p[rows, 5 + o]
-                    xr = _adjust_hue(x[rows], f, quant) if o == 3 else _BLENDS[o](x[rows], f.view(-1, 1, 1, 1), bound, floor)
+                    xr = (
+                        _adjust_hue(x[rows], f, quant)
+                        if o == 3
+                        else _BLENDS[o](x[rows], f.view(-1, 1, 1, 1), bound, floor)
+                    )
                     x.index_copy_(0, rows, xr)
         gray = p[:, 10] > 0
         if bool(gray.any()):
@@ -239,14 +249,20 @@ def as_batch(images) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
-            raise ValueError(f"images: expected a (B, 3, H, W) tensor or a list of (3, H, W), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images: expected a (B, 3, H, W) tensor or a list of (3, H, W), got {tuple(images.shape)}"
+            )
         rows = [images]
     elif isinstance(images, Sequence) and len(images) > 0 and all(isinstance(t, torch.Tensor) for t in images):
         if any(t.ndim != 3 for t in images):
-            raise ValueError(f"images: expected (3, H, W) list entries, got shapes {[tuple(t.shape) for t in images][:4]}")
+            raise ValueError(
+                f"images: expected (3, H, W) list entries, got shapes {[tuple(t.shape) for t in images][:4]}"
+            )
         rows = list(images)
     else:
-        raise ValueError(f"images: expected a tensor (B, 3, H, W) or a non-empty list of (3, H, W) tensors, got {type(images)}")
+        raise ValueError(
+            f"images: expected a tensor (B, 3, H, W) or a non-empty list of (3, H, W) tensors, got {type(images)}"
+        )
     dtypes = {t.dtype for t in rows}
     if len(dtypes) != 1:
         raise ValueError(f"images: mixed dtypes {sorted(map(str, dtypes))} in one batch; expected one")
