@@ -1,0 +1,142 @@
+"""Against a real SLURM (``.ci/slurm-up.sh``, which ``.ci/run`` starts): the sbatch template, a Hydra sweep through
+hydra-submitit-launcher, and a job requeued mid-run that finishes from its checkpoint. Skipped without SLURM."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.config import ROOT
+from selfsup.train import run
+from tests.config_utils import compose_train
+from tests.test_train import TINY, losses
+
+pytestmark = pytest.mark.slurm
+SLURM_DIR = Path(os.environ.get("SELFSUP_SLURM_DIR", "/tmp/selfsup-slurm"))
+TRAIN = f"{sys.executable} -m selfsup.train"
+# the sweep directory is named by the swept key only (all overrides would exceed a file name's 255 characters)
+NAME_ONLY_SWEPT = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0].lstrip("+") for o in TINY) + \
+    ",trainer.max_epochs,launcher,launcher.partition,launcher.gpus_per_node,launcher.tasks_per_node," \
+    "launcher.cpus_per_task,launcher.time_min]"  # fmt: skip
+CPU_JOB = ["--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5"]
+
+
+def _slurm_env() -> dict | str:
+    """Environment for SLURM clients, or why there is no usable cluster."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if "SLURM_CONF" not in env and (SLURM_DIR / "slurm.conf").is_file():
+        env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
+    for var in [v for v in env if v.startswith("SLURM_") and v != "SLURM_CONF"]:
+        del env[var]  # running inside a job allocation must not leak into the jobs we submit
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no SLURM client (sbatch/sinfo) on PATH: run .ci/slurm-up.sh (as root) to start a local cluster"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, env=env, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 15 s: no reachable slurmctld"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s in ("idle", "mix", "alloc") for s in states[1::2]):
+        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()!r}): run .ci/slurm-up.sh"
+    env["SELFSUP_TEST_PARTITION"] = states[0].rstrip("*")
+    return env
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    env = _slurm_env()
+    if isinstance(env, str):
+        pytest.skip(env)
+    return env
+
+
+def sbatch(env, args: list[str], overrides: list[str], run_dir: Path, log: Path) -> str:
+    env = dict(env, RUN_DIR=str(run_dir), SELFSUP_TRAIN=TRAIN)
+    cmd = ["sbatch", "--parsable", f"--output={log}", *args, str(ROOT / "slurm" / "train.sbatch"), *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=log.parent, timeout=30, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"{what} not within {timeout} s")
+
+
+def job_gone(env, job: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, env=env, timeout=15)
+    return out.returncode != 0 or not out.stdout.strip()
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    except (FileNotFoundError, KeyError, ValueError):
+        return []
+
+
+def test_sbatch_template_trains(slurm, tmp_path):
+    """(a) slurm/train.sbatch (srun, one CPU task) runs a tiny training to completion in its run directory."""
+    job = sbatch(slurm, CPU_JOB, TINY + ["trainer.max_epochs=1"], tmp_path / "run", tmp_path / "job.out")
+    wait_for(lambda: job_gone(slurm, job), 120, f"job {job}")
+    log = (tmp_path / "job.out").read_text()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file(), log[-3000:]
+    assert sorted(steps_logged(tmp_path / "run")) == list(range(10)), log[-3000:]
+    assert f"selfsup: job {job} restart 0" in log
+
+
+def test_hydra_sweep_through_submitit(slurm, tmp_path):
+    """(b) a 2-point sweep with launcher=slurm: one SLURM job and one run directory per point, named by overrides."""
+    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=1", "launcher=slurm",
+           f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}", "launcher.gpus_per_node=null",
+           "launcher.tasks_per_node=1", "launcher.cpus_per_task=1", "launcher.time_min=5",
+           f"hydra.sweep.dir={tmp_path}", NAME_ONLY_SWEPT, "optim.lr=0.001,0.002"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm, cwd=tmp_path, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for lr in ("0.001", "0.002"):
+        run_dir = tmp_path / f"optim.lr={lr}"
+        assert sorted(steps_logged(run_dir)) == list(range(10)), run_dir
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["selfsup"]["config"]["optim"]["lr"] == float(lr)
+        assert ckpt["selfsup"]["config"]["resume"] is True  # a requeued job continues its directory
+    assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2
+
+
+def test_scontrol_requeue_mid_run_resumes_from_checkpoint(slurm, tmp_path):
+    """(c) `scontrol requeue` (SIGTERM) at step >= 15 of 60: the run saves last.ckpt, SLURM restarts the job, it
+    resumes from the checkpoint and its loss curve equals an uninterrupted run of the same seed."""
+    overrides = TINY + ["trainer.max_epochs=6"]
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch(slurm, CPU_JOB, overrides, run_dir, log)
+    wait_for(lambda: len(steps_logged(run_dir)) >= 15, 90, "15 logged steps", poll=0.2)
+    subprocess.run(["scontrol", "requeue", job], env=slurm, timeout=15, check=True)
+    run(compose_train(overrides, tmp_path / "reference"))  # meanwhile: the same run, uninterrupted, here
+    wait_for(lambda: job_gone(slurm, job), 150, f"requeued job {job}", poll=1)
+    text = log.read_text()
+    assert "saved" in text and f"selfsup: job {job} restart 1" in text and "resuming from" in text, text[-3000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 60
+    steps = steps_logged(run_dir)
+    assert sorted(steps) == list(range(60)), "every step logged exactly once"
+    got, want = losses(run_dir), losses(tmp_path / "reference")
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+
+
+def test_bad_launcher_input_submits_nothing(slurm, tmp_path):
+    """More GPUs than the partition's nodes have (none here): one line, exit 2, no job in the queue."""
+    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "launcher=slurm",
+           f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}", "launcher.gpus_per_node=1",
+           f"hydra.sweep.dir={tmp_path}", "optim.lr=1e-3,2e-3"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: launcher.gpus_per_node=1: more GPUs")
+    assert not (tmp_path / ".submitit").exists()
