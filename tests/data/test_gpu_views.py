@@ -111,6 +111,19 @@ def test_counter_sampler_matches_cpu_distributions():
         assert abs(torch.corrcoef(torch.stack([got[:, col], got[:, 13]]))[0, 1]) < 0.1 or got[:, col].std() == 0
 
 
+def test_counter_uniforms_are_uniform_and_independent():
+    from selfsup.data.gpu_views import counter_uniforms
+
+    ident = torch.arange(4000)
+    u = counter_uniforms(0, torch.zeros_like(ident), torch.zeros_like(ident), ident, 0, 8)  # (4000, 8)
+    assert stats.kstest(u.flatten().numpy(), "uniform").pvalue > 1e-3
+    corr = torch.corrcoef(u.T)
+    assert (corr - torch.eye(8)).abs().max() < 0.06  # draws of one row
+    assert abs(torch.corrcoef(torch.stack([u[:-1, 0], u[1:, 0]]))[0, 1]) < 0.06  # neighbouring keys
+    v = counter_uniforms(0, torch.zeros_like(ident), torch.zeros_like(ident), ident, 1, 8)
+    assert abs(torch.corrcoef(torch.stack([u[:, 0], v[:, 0]]))[0, 1]) < 0.06  # views
+
+
 def test_counter_sampler_is_a_pure_function_of_the_key():
     gpu = GpuMultiViewTransform([ViewAugment(16), ViewAugment(16)], shared=["v2"], shared_chunks=4)
     keys = torch.tensor([[1, i, i // 4] for i in range(16)])

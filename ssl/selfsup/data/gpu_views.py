@@ -46,8 +46,8 @@ _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
 
 
 # -- counter-based uniforms -------------------------------------------------------------------------------------
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values in [0, 2^32).
+def _mix32(x):
+    """A 32-bit integer hash (xorshift-multiply rounds) of a Python int or an int64 tensor, values in [0, 2^32).
 
     Multipliers are < 2^31 so every product stays below 2^63: no signed overflow on any device.
     """
@@ -60,8 +60,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def counter_uniforms(seed: int, epoch: torch.Tensor, tag: torch.Tensor, ident: torch.Tensor, view: int, n: int):
     """(B, n) float64 uniforms in (0, 1), a pure function of (seed, epoch, tag, ident, view, draw j)."""
-    h = _mix32(torch.full_like(ident, int(seed) & _MASK32))
-    for part in (epoch, tag, ident & _MASK32, torch.full_like(ident, view)):
+    h = _mix32(_mix32(int(seed) & _MASK32) ^ int(view))  # host-side: the same for every row
+    for part in (epoch, tag, ident):
         h = _mix32(h ^ (part & _MASK32))
     j = torch.arange(n, device=ident.device, dtype=torch.long)
     u = _mix32(_mix32(h[:, None] ^ ((j * 0x61C88647 + 0x2545F491) & _MASK32)[None]))  # (B, n)
@@ -75,9 +75,9 @@ class GpuViewAugment(ViewAugment):
     """
 
     # -- sampling ---------------------------------------------------------------------------------------------
-    NUM_DRAWS = (
-        2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1
-    )  # crop, flip, jitter(coin, 4, order), gray, blur, sol, rot
+    # uniforms per row: crop (10 attempts x 2 + top, left), flip, jitter (coin, 4 factors, order), grey, blur
+    # (coin, sigma), solarise, rotation
+    NUM_DRAWS = 2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1
 
     def sample_batch(self, u: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, NUM_DRAWS), for sources of the given sizes (B,).
