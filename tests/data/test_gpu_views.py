@@ -294,3 +294,20 @@ def test_cuda_matches_cpu():
             b.cpu() * torch.tensor(views["v1"].std).view(1, 3, 1, 1), a * torch.tensor(views["v1"].std).view(1, 3, 1, 1)
         )
         assert d.max() <= 2 + 1e-3 and (d > 1e-3).float().mean() <= 0.005
+
+
+def test_device_views_choice():
+    from types import SimpleNamespace
+
+    from selfsup.data.device_loader import use_device_views
+
+    def on(kind):  # a trainer whose root device is of this type
+        return SimpleNamespace(strategy=SimpleNamespace(root_device=SimpleNamespace(type=kind)))
+
+    cpu_views, gpu_views = simclr_views(MultiViewTransform), simclr_views(GpuMultiViewTransform)
+    assert use_device_views(gpu_views, None) and use_device_views(gpu_views, on("cpu"))  # as configured
+    assert not use_device_views(cpu_views, on("cpu")) and not use_device_views(cpu_views, None)
+    assert use_device_views(cpu_views, on("cuda"))  # trainer=gpu: every recipe's views move to the device
+    assert use_device_views(cpu_views, None, "true") and not use_device_views(gpu_views, None, "false")
+    with pytest.raises(ValueError, match="views_on_device"):
+        use_device_views(cpu_views, None, "yes")

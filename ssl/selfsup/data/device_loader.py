@@ -121,16 +121,43 @@ class DeviceViews:
         return augment_batch(batch, self.views, self.seed, images)
 
 
+VIEWS_ON_DEVICE = ("auto", "true", "false")
+
+
+def use_device_views(views: MultiViewTransform, trainer, setting: str = "auto") -> bool:
+    """Whether training batches are augmented on the training device.
+
+    Args:
+        views: the views config; a :class:`GpuMultiViewTransform` states its own ``on_device``.
+        trainer: the Lightning trainer (None: not attached).
+        setting: ``"auto"`` — GPU views as configured, and CPU views too when the trainer runs on CUDA (they are
+            converted with the same settings and the batched ``counter`` sampler: same distributions, other
+            draws); ``"true"`` / ``"false"`` force either path.
+    """
+    if str(setting).lower() not in VIEWS_ON_DEVICE:
+        raise ValueError(f"data.views_on_device={setting!r}: expected one of {VIEWS_ON_DEVICE}")
+    setting = str(setting).lower()
+    if setting != "auto":
+        return setting == "true"
+    if isinstance(views, GpuMultiViewTransform):
+        return views.on_device
+    return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+
 class DeviceViewsMixin:
     """Adds the GPU-view path to an ``SSLDataModule`` subclass: ``class M(DeviceViewsMixin, CIFARModule)``.
 
-    With ``views.on_device`` true, ``train_dataloader`` yields raw batches and ``on_after_batch_transfer`` (a
-    LightningDataModule hook Lightning calls after moving the batch) runs the views; otherwise it is the CPU path.
-    These two methods are what ``SSLDataModule`` itself would carry once the GPU path is built in.
+    When :func:`use_device_views` says so (``self.views_on_device``, default ``"auto"``), ``train_dataloader``
+    yields raw batches and ``on_after_batch_transfer`` (a LightningDataModule hook Lightning calls after moving the
+    batch) runs the views; otherwise it is the CPU path. These two methods are what ``SSLDataModule`` itself would
+    carry once the GPU path is built in.
     """
 
+    views_on_device = "auto"
+
     def train_dataloader(self):
-        if not getattr(self.views, "on_device", False):
+        if self.views is None or not use_device_views(self.views, self.trainer, self.views_on_device):
+            self.device_views = None
             return super().train_dataloader()
         world_size, rank = self._world()
         self.check_batch_size(world_size)
