@@ -5,6 +5,13 @@
     python bench/bench_views.py --e2e-batch 512 --e2e-steps 30   # GPU machine: appends to bench/RESULTS.md
     python bench/bench_views.py --no-e2e                         # augmentation only (no Hydra needed)
 
+GPU session, one device call (the lent machine lacks Hydra: build .whl here first with
+``bash /work/shared/tools/gpu-wheels.sh``; RESULTS.md comes back through $OUT)::
+
+    run(carry=[".whl"], timeout_s=540, command="python3 -m pip install -q --no-index --no-deps --target /tmp/site
+        .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD/ssl:$PWD/kernels; python3 -m pytest -q -p no:cacheprovider
+        tests/data/test_gpu_views.py; python3 bench/bench_views.py")
+
 Rows, at batch ``--batch`` (512) of CIFAR-size (32 px) uint8 images held in memory, SimCLR's two views:
 - ``torchvision, N workers``: MultiViewDataset + GlobalBatchSampler in a DataLoader with workers = cores
   (per-sample torchvision v2 ops, what the CPU path runs).
@@ -208,6 +215,8 @@ def main() -> None:
         with RESULTS.open("a") as f:
             f.write("\n".join(lines) + "\n\n")
         print(f"appended to {RESULTS}")
+        if os.environ.get("OUT"):  # the device tool returns what is under $OUT
+            (Path(os.environ["OUT"]) / RESULTS.name).write_text(RESULTS.read_text())
 
 
 if __name__ == "__main__":
