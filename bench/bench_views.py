@@ -21,7 +21,7 @@ Rows, at batch ``--batch`` (512) of CIFAR-size (32 px) uint8 images held in memo
 gpu_views and end-to-end rows report the median and the best batch (other jobs on a shared machine slow some
 batches); the torchvision row is the steady-state mean (its workers prefetch).
 End-to-end rows: training images/s (source images, two views each) of the recipe with the CPU views versus
-``views.on_device`` (DeviceViewsMixin), timed after one warm-up step; ``epoch s`` = 50,000 / images/s.
+``views.on_device`` (SSLDataModule's device path), timed after one warm-up step; ``epoch s`` = 50,000 / images/s.
 Images are synthetic (content does not change the cost). Nothing is written unless CUDA is present; then the
 table is appended to bench/RESULTS.md with the card and date.
 """
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from selfsup.data import TorchvisionDataModule
 from selfsup.data.datasets import GlobalBatchSampler, MultiViewDataset
-from selfsup.data.device_loader import DeviceViews, DeviceViewsMixin
+from selfsup.data.device_loader import DeviceViews
 from selfsup.data.gpu_views import GpuMultiViewTransform
 from selfsup.data.sources import TensorImages
 from selfsup.data.views import MultiViewTransform, ViewAugment
@@ -158,8 +158,7 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
     return batch / median(steps_s), batch / min(steps_s)
 
 
-class DeviceTorchvision(DeviceViewsMixin, TorchvisionDataModule):
-    """TorchvisionDataModule with the GPU-view path (``data._target_`` of the end-to-end GPU-views row)."""
+DeviceTorchvision = TorchvisionDataModule  # every SSLDataModule carries the GPU-view path
 
 
 def main() -> None:

@@ -202,12 +202,8 @@ def test_multicrop_views_have_their_own_sizes():
 
 # -- the device path: raw batches from the datamodule, views after the transfer --------------------------------
 from selfsup.data import DigitsDataModule  # noqa: E402
-from selfsup.data.device_loader import DeviceViewsMixin  # noqa: E402
 
-
-class DeviceDigits(DeviceViewsMixin, DigitsDataModule):
-    """Digits with the GPU-view path (what SSLDataModule gains from the two mixin methods)."""
-
+DeviceDigits = DigitsDataModule  # the GPU-view path is built into every SSLDataModule
 
 def simclr_views(cls, **kw):
     v = ViewAugment(16, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -253,11 +249,8 @@ def test_imagefolder_batches_carry_decoded_images(tmp_path):
     from selfsup.data.device_loader import collate_raw
     from tests.config_utils import tiny_imagefolder
 
-    class DeviceFolder(DeviceViewsMixin, ImageFolderDataModule):
-        pass
-
     root = tiny_imagefolder(tmp_path / "folder", per_class=4)
-    dm = DeviceFolder(
+    dm = ImageFolderDataModule(
         root=str(root), batch_size=4, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform)
     )
     raw = next(iter(dm.train_dataloader()))

@@ -20,6 +20,7 @@ from selfsup.data.datasets import (
     ResumableLoader,
     default_num_workers,
 )
+from selfsup.data.device_loader import DeviceViews, use_device_views
 from selfsup.data.sources import FileImages, Subset, TensorImages, stratified_first
 from selfsup.data.views import MultiViewTransform
 
@@ -55,6 +56,8 @@ class SSLDataModule(L.LightningDataModule):
     """
 
     crop_fraction = 1.0  # evaluation: resize the short side to image_size / crop_fraction, then centre-crop
+    views_on_device = "auto"  # selfsup.data.device_loader.use_device_views: "auto", "true" or "false"
+    device_views = None
 
     def __init__(
         self,
@@ -134,6 +137,8 @@ class SSLDataModule(L.LightningDataModule):
         return len(self.splits[0]) // (self.batch_size * world_size)
 
     def train_dataloader(self) -> DataLoader:
+        """CPU path: workers augment each sample. Device path (``use_device_views``: GPU views, or any views when
+        the trainer runs on CUDA): raw images + keys, augmented in :meth:`on_after_batch_transfer`."""
         if self.views is None:
             raise ValueError("data.views is not set: training needs a views config (e.g. views=simclr)")
         world_size, rank = self._world()
@@ -148,8 +153,18 @@ class SSLDataModule(L.LightningDataModule):
                 return 0, 0
             return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+        self.device_views = None
+        if use_device_views(self.views, trainer, self.views_on_device):
+            self.device_views = DeviceViews(self.splits[0], self.views, self.seed)
+            return self.device_views.loader(sampler, position, self.num_workers)
         dataset = MultiViewDataset(self.splits[0], self.views, self.seed)
         return ResumableLoader(dataset, sampler, position, self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Device path: the raw batch, now on the training device, becomes the CONTRACT.md batch."""
+        if self.device_views is not None and isinstance(batch, dict) and "key" in batch:
+            return self.device_views(batch)
+        return batch
 
     def eval_datasets(self) -> tuple[EvalDataset, EvalDataset]:
         """Un-augmented (train, held-out) datasets yielding (image, label), capped by eval_*_subset."""

@@ -142,39 +142,3 @@ def use_device_views(views: MultiViewTransform, trainer, setting: str = "auto") 
     if isinstance(views, GpuMultiViewTransform):
         return views.on_device
     return trainer is not None and trainer.strategy.root_device.type == "cuda"
-
-
-class DeviceViewsMixin:
-    """Adds the GPU-view path to an ``SSLDataModule`` subclass: ``class M(DeviceViewsMixin, CIFARModule)``.
-
-    When :func:`use_device_views` says so (``self.views_on_device``, default ``"auto"``), ``train_dataloader``
-    yields raw batches and ``on_after_batch_transfer`` (a LightningDataModule hook Lightning calls after moving the
-    batch) runs the views; otherwise it is the CPU path. These two methods are what ``SSLDataModule`` itself would
-    carry once the GPU path is built in.
-    """
-
-    views_on_device = "auto"
-
-    def train_dataloader(self):
-        if self.views is None or not use_device_views(self.views, self.trainer, self.views_on_device):
-            self.device_views = None
-            return super().train_dataloader()
-        world_size, rank = self._world()
-        self.check_batch_size(world_size)
-        sampler = GlobalBatchSampler(
-            len(self.splits[0]), self.batch_size, world_size, rank, self.seed, True, self.views.shared_chunks
-        )
-        trainer = self.trainer
-
-        def position() -> tuple[int, int]:
-            if trainer is None:
-                return 0, 0
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-        self.device_views = DeviceViews(self.splits[0], self.views, self.seed)
-        return self.device_views.loader(sampler, position, self.num_workers)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, dict) and "key" in batch and getattr(self, "device_views", None) is not None:
-            return self.device_views(batch)
-        return batch
