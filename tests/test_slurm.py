@@ -84,48 +84,66 @@ def steps_logged(run_dir: Path) -> list[int]:
         return []
 
 
-def test_sbatch_template_trains(slurm, tmp_path):
-    """(a) slurm/train.sbatch (srun, one CPU task) runs a tiny training to completion in its run directory."""
-    job = sbatch(slurm, CPU_JOB, TINY + ["trainer.max_epochs=1"], tmp_path / "run", tmp_path / "job.out")
-    wait_for(lambda: job_gone(slurm, job), 120, f"job {job}")
-    log = (tmp_path / "job.out").read_text()
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file(), log[-3000:]
-    assert sorted(steps_logged(tmp_path / "run")) == list(range(10)), log[-3000:]
-    assert f"selfsup: job {job} restart 0" in log
+def test_sbatch_template_trains_and_requeues_itself_on_usr1(slurm, tmp_path):
+    """(a) slurm/train.sbatch (srun, one CPU task) trains; SIGUSR1 (what --signal=USR1@120 sends) at step >= 12 of
+    30: last.ckpt is saved, rank 0 requeues the job, the restart resumes and completes every step once."""
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch(slurm, CPU_JOB, TINY + ["trainer.max_epochs=3"], run_dir, log)
+    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, timeout=15, check=True)
+    wait_for(lambda: job_gone(slurm, job), 150, f"job {job}", poll=1)
+    text = log.read_text()
+    assert "requeued SLURM job" in text and f"selfsup: job {job} restart 1" in text, text[-3000:]
+    assert "resuming from" in text, text[-3000:]
+    assert sorted(steps_logged(run_dir)) == list(range(30)), text[-3000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 30
 
 
-def test_hydra_sweep_through_submitit(slurm, tmp_path):
-    """(b) a 2-point sweep with launcher=slurm: one SLURM job and one run directory per point, named by overrides."""
-    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=1", "launcher=slurm",
+def test_hydra_sweep_through_submitit_with_a_preempted_point(slurm, tmp_path):
+    """(b) a 2-point sweep with launcher=slurm: one SLURM job and one run directory per point, named by its
+    overrides. Point 0 gets submitit's time-limit signal (SIGUSR2) mid-run: it saves, submitit requeues it, and it
+    resumes; both finish every step once."""
+    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=3", "launcher=slurm",
            f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}", "launcher.gpus_per_node=null",
            "launcher.tasks_per_node=1", "launcher.cpus_per_task=1", "launcher.time_min=5",
            f"hydra.sweep.dir={tmp_path}", NAME_ONLY_SWEPT, "optim.lr=0.001,0.002"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm, cwd=tmp_path, timeout=170)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "sweep.err", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=slurm, cwd=tmp_path)
+        try:
+            first = tmp_path / "optim.lr=0.001"
+            wait_for(lambda: len(steps_logged(first)) >= 12, 120, "12 logged steps of point 0", poll=0.2)
+            array = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.name.endswith("_0"))
+            subprocess.run(["scancel", "--signal=USR2", array], env=slurm, timeout=15, check=True)
+            assert proc.wait(timeout=150) == 0, (tmp_path / "sweep.err").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     for lr in ("0.001", "0.002"):
         run_dir = tmp_path / f"optim.lr={lr}"
-        assert sorted(steps_logged(run_dir)) == list(range(10)), run_dir
+        assert sorted(steps_logged(run_dir)) == list(range(30)), run_dir
         ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
         assert ckpt["selfsup"]["config"]["optim"]["lr"] == float(lr)
         assert ckpt["selfsup"]["config"]["resume"] is True  # a requeued job continues its directory
+    logs = "".join(p.read_text() for p in (tmp_path / ".submitit").glob(f"{array}/*_log.*"))
+    assert "saved" in logs and "resuming from" in logs, logs[-3000:]
     assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2
 
 
 def test_scontrol_requeue_mid_run_resumes_from_checkpoint(slurm, tmp_path):
-    """(c) `scontrol requeue` (SIGTERM) at step >= 15 of 60: the run saves last.ckpt, SLURM restarts the job, it
+    """(c) `scontrol requeue` (SIGTERM) at step >= 12 of 40: the run saves last.ckpt, SLURM restarts the job, it
     resumes from the checkpoint and its loss curve equals an uninterrupted run of the same seed."""
-    overrides = TINY + ["trainer.max_epochs=6"]
+    overrides = TINY + ["trainer.max_epochs=4"]
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = sbatch(slurm, CPU_JOB, overrides, run_dir, log)
-    wait_for(lambda: len(steps_logged(run_dir)) >= 15, 90, "15 logged steps", poll=0.2)
+    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
     subprocess.run(["scontrol", "requeue", job], env=slurm, timeout=15, check=True)
     run(compose_train(overrides, tmp_path / "reference"))  # meanwhile: the same run, uninterrupted, here
     wait_for(lambda: job_gone(slurm, job), 150, f"requeued job {job}", poll=1)
     text = log.read_text()
     assert "saved" in text and f"selfsup: job {job} restart 1" in text and "resuming from" in text, text[-3000:]
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 60
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 40
     steps = steps_logged(run_dir)
-    assert sorted(steps) == list(range(60)), "every step logged exactly once"
+    assert sorted(steps) == list(range(40)), "every step logged exactly once"
     got, want = losses(run_dir), losses(tmp_path / "reference")
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
