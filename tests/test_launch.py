@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from selfsup.config import ROOT
-from selfsup.launch import Preempted, per_device_batch
+from selfsup.launch import Preempted, per_device_batch, sweep_jobs
 from selfsup.train import build, run
 from tests.config_utils import compose_train
 from tests.test_train import TINY, losses, weights
@@ -84,3 +84,81 @@ def test_global_batch_is_split_over_nodes_and_devices(tmp_path):
 def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true with accelerator=cpu and 2 processes"):
         build(compose_train(TINY + ["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], tmp_path))
+
+
+def check_sweep(overrides, run_dir, params=None):
+    """Compose ``selfsup-train -m <overrides>`` (plus Optuna ``params``) and run the pre-launch check on it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from selfsup.config import CONF_DIR
+    from selfsup.launch import SweepCheck
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        cfg = loader.load_configuration("train", [f"run_dir={run_dir}", *overrides], RunMode.MULTIRUN)
+        with open_dict(cfg):
+            cfg.hydra.sweeper.params = params or cfg.hydra.sweeper.get("params")
+        SweepCheck().on_multirun_start(config=cfg)
+        return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,params,message",
+    [
+        (["launcher=slurm", "optim.lr=0.1,0.2"], None, "launcher.partition=None: the SLURM launcher needs a partition"),
+        (["launcher=slurm", "launcher.partition=gpu", "launcher.max_gpus_per_node=8", "launcher.gpus_per_node=16",
+          "optim.lr=0.1,0.2"], None, "launcher.gpus_per_node=16: more GPUs than a node of partition gpu has (8)"),
+        (["objective.temprature=0.1,0.2"], None, "Could not override 'objective.temprature'"),
+        (["sweeper=optuna"], {"objective.temprature": "interval(0.1, 0.5)"}, "Could not override 'objective.temprature'"),
+    ],
+    ids=["no-partition", "too-many-gpus", "unknown-key", "optuna-unknown-key"],
+)  # fmt: skip
+def test_bad_sweeps_fail_in_one_line_before_launching(overrides, params, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        check_sweep(overrides, tmp_path, params)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfsup-train: error: ") and message in lines[0], lines
+
+
+def test_good_sweeps_pass_the_check(tmp_path):
+    check_sweep(["optim.lr=0.1,0.2", "seed=1,2"], tmp_path)
+    check_sweep(["sweeper=optuna"], tmp_path)  # its default search space exists in the default config
+    check_sweep(["launcher=slurm", "launcher.partition=gpu", "launcher.max_gpus_per_node=8", "trainer=ddp"], tmp_path)
+
+
+def test_sweep_jobs_expand_the_command_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"hydra": {"overrides": {"task": ["optim.lr=0.1,0.2", "seed=1,2"]}, "sweeper": {}}})
+    jobs = sorted(map(sorted, sweep_jobs(cfg)))
+    assert jobs == sorted(sorted([f"optim.lr={lr}", f"seed={s}"]) for lr in (0.1, 0.2) for s in (1, 2))
+    cfg.hydra.sweeper.params = {"optim.lr": "tag(log, interval(1e-4, 1e-2))", "objective.temperature": "choice(0.1,0.2)"}
+    cfg.hydra.overrides.task = []
+    assert sweep_jobs(cfg) == [["optim.lr=0.0001", "objective.temperature=0.1"]]
+
+
+@pytest.mark.slow
+def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
+    """The console script: a sweep over a misspelt key runs no job; Optuna runs 2 trials returning val/rankme."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    base = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=1"]
+    proc = subprocess.run(base + [f"hydra.sweep.dir={tmp_path / 'bad'}", "objective.temperature=0.1,0.2",
+                                  "optim.lrr=0.1,0.2"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: Could not override 'optim.lrr'")
+    assert not any(p.is_dir() for p in (tmp_path / "bad").glob("*")), "no job may have started"
+    sweep = tmp_path / "optuna"
+    proc = subprocess.run(base + ["sweeper=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
+                                  "hydra.sweep.subdir=${hydra.job.num}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from omegaconf import OmegaConf
+
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_value > 1.0  # RankMe of 64-d projections: between 1 and 64
+    assert set(result.best_params) == {"objective.temperature", "optim.lr"}
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slurm
 SLURM_DIR = Path(os.environ.get("SELFSUP_SLURM_DIR", "/tmp/selfsup-slurm"))
 TRAIN = f"{sys.executable} -m selfsup.train"
 # the sweep directory is named by the swept key only (all overrides would exceed a file name's 255 characters)
-NAME_ONLY_SWEPT = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(o.split("=")[0].lstrip("+") for o in TINY) + \
-    ",trainer.max_epochs,launcher,launcher.partition,launcher.gpus_per_node,launcher.tasks_per_node," \
-    "launcher.cpus_per_task,launcher.time_min]"  # fmt: skip
+FIXED = [o.split("=")[0].lstrip("+") for o in TINY] + ["trainer.max_epochs", "launcher", "launcher.partition",
+    "launcher.gpus_per_node", "launcher.tasks_per_node", "launcher.cpus_per_task", "launcher.time_min"]  # fmt: skip
+NAME_ONLY_SWEPT = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(FIXED)}]"
 CPU_JOB = ["--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5"]
 
 
