@@ -112,7 +112,8 @@ def check_sweep(overrides, run_dir, params=None):
         (["launcher=slurm", "launcher.partition=gpu", "launcher.max_gpus_per_node=8", "launcher.gpus_per_node=16",
           "optim.lr=0.1,0.2"], None, "launcher.gpus_per_node=16: more GPUs than a node of partition gpu has (8)"),
         (["objective.temprature=0.1,0.2"], None, "Could not override 'objective.temprature'"),
-        (["sweeper=optuna"], {"objective.temprature": "interval(0.1, 0.5)"}, "Could not override 'objective.temprature'"),
+        (["sweeper=optuna"], {"objective.temprature": "interval(0.1, 0.5)"},
+         "Could not override 'objective.temprature'"),
     ],
     ids=["no-partition", "too-many-gpus", "unknown-key", "optuna-unknown-key"],
 )  # fmt: skip
@@ -136,7 +137,8 @@ def test_sweep_jobs_expand_the_command_line(tmp_path):
     cfg = OmegaConf.create({"hydra": {"overrides": {"task": ["optim.lr=0.1,0.2", "seed=1,2"]}, "sweeper": {}}})
     jobs = sorted(map(sorted, sweep_jobs(cfg)))
     assert jobs == sorted(sorted([f"optim.lr={lr}", f"seed={s}"]) for lr in (0.1, 0.2) for s in (1, 2))
-    cfg.hydra.sweeper.params = {"optim.lr": "tag(log, interval(1e-4, 1e-2))", "objective.temperature": "choice(0.1,0.2)"}
+    cfg.hydra.sweeper.params = {"optim.lr": "tag(log, interval(1e-4, 1e-2))",
+                                "objective.temperature": "choice(0.1,0.2)"}
     cfg.hydra.overrides.task = []
     assert sweep_jobs(cfg) == [["optim.lr=0.0001", "objective.temperature=0.1"]]
 
@@ -146,8 +148,8 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     """The console script: a sweep over a misspelt key runs no job; Optuna runs 2 trials returning val/rankme."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
     base = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=1"]
-    proc = subprocess.run(base + [f"hydra.sweep.dir={tmp_path / 'bad'}", "objective.temperature=0.1,0.2",
-                                  "optim.lrr=0.1,0.2"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    bad = [f"hydra.sweep.dir={tmp_path / 'bad'}", "objective.temperature=0.1,0.2", "optim.lrr=0.1,0.2"]
+    proc = subprocess.run(base + bad, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: Could not override 'optim.lrr'")
     assert not any(p.is_dir() for p in (tmp_path / "bad").glob("*")), "no job may have started"
