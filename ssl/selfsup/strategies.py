@@ -57,7 +57,7 @@ class FSDPStrategy(_FSDPStrategy):
     def _configure_launcher(self) -> None:
         if self.start_method == "popen" or self.cluster_environment.creates_processes_externally:
             return super()._configure_launcher()
-        self._launcher = _MultiProcessingLauncher(self, start_method=self.start_method)
+        self._launcher = _FullWeightsLauncher(self, start_method=self.start_method)
 
     def _setup_model(self, model):
         if self.root_device.type != "cpu":
@@ -68,6 +68,28 @@ class FSDPStrategy(_FSDPStrategy):
             module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
             sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs,
         )  # fmt: skip
+
+
+class _FullWeightsLauncher(_MultiProcessingLauncher):
+    """Spawn/fork launcher that hands the main process the full weights, not rank 0's flat FSDP shard."""
+
+    def _collect_rank_zero_results(self, trainer, results):
+        import os
+        import tempfile
+
+        from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        state_dict = self._strategy.lightning_module_state_dict()  # a collective: every rank takes part
+        if self._strategy.local_rank != 0:
+            return None
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", None) if callback else None
+        weights_path = None
+        if trainer.state.fn == TrainerFn.FITTING:
+            weights_path = os.path.join(tempfile.mkdtemp(), ".temp.ckpt")
+            self._strategy.checkpoint_io.save_checkpoint(state_dict, weights_path)
+        return _WorkerOutput(best, weights_path, trainer.state, results, self.get_extra_results(trainer))
 
 
 class DeepSpeedStrategy(_DeepSpeedStrategy):
