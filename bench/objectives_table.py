@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ def main() -> None:
     common = ["recipes=quickstart", "report_baseline=false", f"trainer.max_epochs={args.epochs}",
               "callbacks.progress=null", "trainer.enable_model_summary=false"]  # fmt: skip
 
+    L.seed_everything(0)  # the initial weights every run starts from (run() seeds the same way)
     datamodule, module, _ = build(compose_train(common, Path(args.run_root) / "init"))
     train_ds, test_ds = datamodule.eval_datasets()
     rows = {}
