@@ -39,3 +39,33 @@ def test_fsdp_strategy_is_built_on_the_cpu(tmp_path):
     assert isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size == 2
     with pytest.raises(InstantiationException, match="trainer.strategy.start_method=thread: expected one of"):
         build(compose_train(TINY + ["trainer=fsdp_cpu", "trainer.strategy.start_method=thread"], tmp_path))
+
+
+DEEPSPEED_CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
+                 "trainer.strategy.allow_cpu=true", "trainer.limit_val_batches=0"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_checkpoint_converts_to_a_plain_encoder(stage, tmp_path):
+    """ZeRO stage 2/3 (DeepSpeed's CPU accelerator, one gloo process): the config builds the strategy, training
+    writes a sharded last.ckpt/, resume=true continues it, and zero_to_checkpoint gives back the trained encoder."""
+    pytest.importorskip("deepspeed", reason="pip install selfsup[deepspeed]")
+    from selfsup.checkpoint import backbone_from, load
+    from selfsup.strategies import DeepSpeedStrategy, zero_to_checkpoint
+
+    overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1"]
+    datamodule, module, trainer = build(compose_train(overrides + ["trainer.max_steps=3"], tmp_path))
+    assert isinstance(trainer.strategy, DeepSpeedStrategy)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.strategy.config["zero_optimization"]["stage"] == stage
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_dir()
+    run(compose_train(overrides + ["trainer.max_steps=5", "resume=true"], tmp_path))
+    assert sorted(losses(tmp_path)) == list(range(5))
+    out = zero_to_checkpoint(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "plain.ckpt")
+    ckpt = load(out)
+    assert ckpt["global_step"] == 5
+    encoder = backbone_from(ckpt)
+    assert torch.equal(next(iter(encoder.state_dict().values())), ckpt["state_dict"]["backbone.features.0.weight"])
+    with pytest.raises(FileNotFoundError, match="not a DeepSpeed ZeRO checkpoint directory"):
+        zero_to_checkpoint(tmp_path, tmp_path / "x.ckpt")

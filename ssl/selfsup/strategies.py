@@ -107,13 +107,28 @@ class DeepSpeedStrategy(_DeepSpeedStrategy):
         super().__init__(stage=stage, offload_optimizer=offload_optimizer)
         self.allow_cpu = allow_cpu
 
-    def setup_environment(self) -> None:
-        if self.allow_cpu and isinstance(self.accelerator, CPUAccelerator):
-            from lightning.pytorch.strategies.ddp import DDPStrategy
+    def _on_cpu(self) -> bool:
+        return self.allow_cpu and isinstance(self.accelerator, CPUAccelerator)
 
-            DDPStrategy.setup_environment(self)  # skip the CUDA-only check, keep the process group set-up
-            return
+    @property
+    def root_device(self) -> torch.device:
+        device = super().root_device
+        # DeepSpeed's engine reads the device index (None on "cpu"); its CPU accelerator ignores the value
+        return torch.device("cpu", 0) if device.type == "cpu" and self.allow_cpu else device
+
+    def setup_environment(self) -> None:
+        if self._on_cpu():  # skip the CUDA-only check, keep DDP's process-group set-up
+            return super(_DeepSpeedStrategy, self).setup_environment()
         super().setup_environment()
+
+    def setup_distributed(self) -> None:
+        if not self._on_cpu():
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()  # as Lightning's, without the CUDA device-index check
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
 
 
 def check_sync_batchnorm(sync_batchnorm: bool, trainer) -> None:
@@ -125,3 +140,27 @@ def check_sync_batchnorm(sync_batchnorm: bool, trainer) -> None:
             "process, so results differ from one process) or use a BatchNorm-free model (+backbone.norm=none "
             "projector.batch_norm=false)"
         )
+
+
+def zero_to_checkpoint(zero_dir, out) -> str:
+    """A DeepSpeed ZeRO checkpoint directory (``last.ckpt/`` of a ``trainer=deepspeed_stage_*`` run) as one plain
+    fp32 Lightning checkpoint ``out`` that ``selfsup-eval``/``selfsup-export``/``checkpoint.backbone_from`` read."""
+    from pathlib import Path
+
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    if not (Path(zero_dir) / "latest").is_file():
+        raise FileNotFoundError(f"checkpoint={zero_dir}: not a DeepSpeed ZeRO checkpoint directory (no 'latest' file)")
+    convert_zero_checkpoint_to_fp32_state_dict(str(zero_dir), str(out))
+    return str(out)
+
+
+def sharded_global_step(zero_dir) -> int:
+    """The optimiser step a DeepSpeed ZeRO checkpoint directory was saved at."""
+    from pathlib import Path
+
+    tag = (Path(zero_dir) / "latest").read_text().strip()
+    states = sorted((Path(zero_dir) / tag).glob("*model_states.pt"))
+    if not states:
+        raise FileNotFoundError(f"ckpt_path={zero_dir}: no model states under {tag}/ (not a DeepSpeed checkpoint)")
+    return int(torch.load(states[0], map_location="cpu", weights_only=False)["global_step"])

@@ -23,7 +23,7 @@ from selfsup.errors import one_line_errors
 from selfsup.launch import PreemptionCheckpoint, per_device_batch
 from selfsup.loggers import RunCSVLogger
 from selfsup.module import SSLModule
-from selfsup.strategies import check_sync_batchnorm
+from selfsup.strategies import check_sync_batchnorm, sharded_global_step
 
 log = logging.getLogger("selfsup.train")
 
@@ -73,11 +73,11 @@ def resume_path(cfg: DictConfig) -> str | None:
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}")
         return str(path)
     if cfg.resume:
-        if last.is_file():
+        if last.exists():  # a file, or a directory of shards (DeepSpeed)
             log.info("resuming from %s", last)
             return str(last)
         log.info("resume=true but %s does not exist yet: starting a new run", last)
-    elif last.is_file():
+    elif last.exists():
         raise ValueError(
             f"hydra.run.dir={cfg.run_dir} already holds a run ({last}): pass resume=true to continue it "
             "or choose another hydra.run.dir"
@@ -114,8 +114,11 @@ def run(cfg: DictConfig) -> float | None:
     datamodule, module, trainer = build(cfg)
     ckpt_path = resume_path(cfg)
     if ckpt_path is not None:
-        ckpt = ckpt_io.load(ckpt_path, "ckpt_path")
-        ckpt_io.check_compatible(module, ckpt, ckpt_path)
+        if Path(ckpt_path).is_file():
+            ckpt = ckpt_io.load(ckpt_path, "ckpt_path")
+            ckpt_io.check_compatible(module, ckpt, ckpt_path)
+        else:  # a directory of shards (DeepSpeed): its strategy checks the shapes
+            ckpt = {"global_step": sharded_global_step(ckpt_path)}
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.keep_before_step = ckpt["global_step"]
