@@ -10,5 +10,5 @@ for pidfile in "$dir/run/slurmd.pid" "$dir/run/slurmctld.pid" "$dir/munge/munged
   fi
   rm -f "$pidfile"
 done
-rm -rf "$dir/state" "$dir/spool" "$dir/env"
+rm -rf "$dir/state" "$dir/spool" "$dir/env" "$dir/slurm.conf"
 echo "slurm-down: stopped" >&2
