@@ -3,6 +3,7 @@ hydra-submitit-launcher, and a job requeued mid-run that finishes from its check
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,16 +85,20 @@ def steps_logged(run_dir: Path) -> list[int]:
         return []
 
 
-def test_sbatch_template_trains_and_requeues_itself_on_usr1(slurm, tmp_path):
-    """(a) slurm/train.sbatch (srun, one CPU task) trains; SIGUSR1 (what --signal=USR1@120 sends) at step >= 12 of
-    30: last.ckpt is saved, rank 0 requeues the job, the restart resumes and completes every step once."""
+def test_sbatch_template_two_ranks_requeue_themselves_on_usr1(slurm, tmp_path):
+    """(a) slurm/train.sbatch: srun starts 2 CPU tasks, Lightning's SLURMEnvironment makes them DDP ranks (global
+    batch 32 = 2 x 16). SIGUSR1 (what --signal=USR1@120 sends) at step >= 12 of 30: both ranks save at the same
+    step, rank 0 requeues the job, the restart resumes and completes every step once."""
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    job = sbatch(slurm, CPU_JOB, TINY + ["trainer.max_epochs=3"], run_dir, log)
+    two_tasks = ["--ntasks-per-node=2", *CPU_JOB[1:]]
+    ddp = ["trainer.max_epochs=3", "global_batch_size=32", "trainer.strategy=ddp"]
+    job = sbatch(slurm, two_tasks, TINY + ddp, run_dir, log)
     wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm, timeout=15, check=True)
     wait_for(lambda: job_gone(slurm, job), 150, f"job {job}", poll=1)
     text = log.read_text()
     assert "requeued SLURM job" in text and f"selfsup: job {job} restart 1" in text, text[-3000:]
+    assert "[rank: 1]" in text and len(set(re.findall(r"saved .* at step (\d+) after SIGUSR1", text))) == 1
     assert "resuming from" in text, text[-3000:]
     assert sorted(steps_logged(run_dir)) == list(range(30)), text[-3000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 30
