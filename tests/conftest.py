@@ -17,3 +17,17 @@ def cifar10_root():
     if not (CIFAR10 / "train").is_dir():
         pytest.skip(f"no CIFAR-10 ImageFolder at {CIFAR10}")
     return CIFAR10
+
+
+# torch.distributed rendezvous variables that Lightning's spawn launcher leaves in os.environ: a later test (or a
+# SLURM job submitted from the test process) would reuse the same MASTER_PORT and can hit EADDRINUSE.
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+@pytest.fixture(autouse=True)
+def fresh_rendezvous_env():
+    for var in DIST_VARS:
+        os.environ.pop(var, None)
+    yield
+    for var in DIST_VARS:
+        os.environ.pop(var, None)

@@ -35,6 +35,8 @@ def _slurm_env() -> dict | str:
         env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     for var in [v for v in env if v.startswith("SLURM_") and v != "SLURM_CONF"]:
         del env[var]  # running inside a job allocation must not leak into the jobs we submit
+    for var in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        env.pop(var, None)  # nor a rendezvous of this test process: jobs get theirs from SLURM
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return "no SLURM client (sbatch/sinfo) on PATH: run .ci/slurm-up.sh (as root) to start a local cluster"
     try:
@@ -93,9 +95,12 @@ def test_sbatch_template_two_ranks_requeue_themselves_on_usr1(slurm, tmp_path):
     two_tasks = ["--ntasks-per-node=2", *CPU_JOB[1:]]
     ddp = ["trainer.max_epochs=3", "global_batch_size=32", "trainer.strategy=ddp"]
     job = sbatch(slurm, two_tasks, TINY + ddp, run_dir, log)
-    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
-    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, timeout=15, check=True)
-    wait_for(lambda: job_gone(slurm, job), 150, f"job {job}", poll=1)
+    try:
+        wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
+        subprocess.run(["scancel", "--signal=USR1", job], env=slurm, timeout=15, check=True)
+        wait_for(lambda: job_gone(slurm, job), 150, f"job {job}", poll=1)
+    finally:
+        subprocess.run(["scancel", job], env=slurm, timeout=15)  # never leave a job running after a failure
     text = log.read_text()
     assert "requeued SLURM job" in text and f"selfsup: job {job} restart 1" in text, text[-3000:]
     assert "[rank: 1]" in text and len(set(re.findall(r"saved .* at step (\d+) after SIGUSR1", text))) == 1
@@ -123,6 +128,9 @@ def test_hydra_sweep_through_submitit_with_a_preempted_point(slurm, tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+                jobs = {p.name.split("_")[0] for p in (tmp_path / ".submitit").glob("*_*")}
+                if jobs:  # never leave the sweep's jobs running after a failure
+                    subprocess.run(["scancel", *sorted(jobs)], env=slurm, timeout=15)
     for lr in ("0.001", "0.002"):
         run_dir = tmp_path / f"optim.lr={lr}"
         assert sorted(steps_logged(run_dir)) == list(range(30)), run_dir
@@ -140,10 +148,13 @@ def test_scontrol_requeue_mid_run_resumes_from_checkpoint(slurm, tmp_path):
     overrides = TINY + ["trainer.max_epochs=4"]
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = sbatch(slurm, CPU_JOB, overrides, run_dir, log)
-    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
-    subprocess.run(["scontrol", "requeue", job], env=slurm, timeout=15, check=True)
-    run(compose_train(overrides, tmp_path / "reference"))  # meanwhile: the same run, uninterrupted, here
-    wait_for(lambda: job_gone(slurm, job), 150, f"requeued job {job}", poll=1)
+    try:
+        wait_for(lambda: len(steps_logged(run_dir)) >= 12, 90, "12 logged steps", poll=0.2)
+        subprocess.run(["scontrol", "requeue", job], env=slurm, timeout=15, check=True)
+        run(compose_train(overrides, tmp_path / "reference"))  # meanwhile: the same run, uninterrupted, here
+        wait_for(lambda: job_gone(slurm, job), 150, f"requeued job {job}", poll=1)
+    finally:
+        subprocess.run(["scancel", job], env=slurm, timeout=15)  # never leave a job running after a failure
     text = log.read_text()
     assert "saved" in text and f"selfsup: job {job} restart 1" in text and "resuming from" in text, text[-3000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 40
