@@ -6,6 +6,7 @@ import csv
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -45,6 +46,7 @@ class RunCSVLogger(CSVLogger):
         self.keep_before_step: int | None = None
 
     @property
+    @rank_zero_experiment  # only global rank 0 touches metrics.csv; other ranks get a no-op
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)

@@ -81,15 +81,20 @@ class _FullWeightsLauncher(_MultiProcessingLauncher):
         from lightning.pytorch.trainer.states import TrainerFn
 
         state_dict = self._strategy.lightning_module_state_dict()  # a collective: every rank takes part
-        if self._strategy.local_rank != 0:
-            return None
-        callback = trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", None) if callback else None
-        weights_path = None
-        if trainer.state.fn == TrainerFn.FITTING:
-            weights_path = os.path.join(tempfile.mkdtemp(), ".temp.ckpt")
-            self._strategy.checkpoint_io.save_checkpoint(state_dict, weights_path)
-        return _WorkerOutput(best, weights_path, trainer.state, results, self.get_extra_results(trainer))
+        output = None
+        if self._strategy.local_rank == 0:
+            callback = trainer.checkpoint_callback
+            best = getattr(callback, "best_model_path", None) if callback else None
+            weights_path = None
+            if trainer.state.fn == TrainerFn.FITTING:
+                weights_path = os.path.join(tempfile.mkdtemp(), ".temp.ckpt")
+                self._strategy.checkpoint_io.save_checkpoint(state_dict, weights_path)
+            output = _WorkerOutput(best, weights_path, trainer.state, results, self.get_extra_results(trainer))
+        # No rank leaves (tearing its gloo connections down under a peer still in a collective: "terminate called
+        # without an active exception", SIGABRT) before all are done; then close the group before the process exits.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        return output
 
 
 class DeepSpeedStrategy(_DeepSpeedStrategy):
