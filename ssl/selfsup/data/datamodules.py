@@ -149,9 +149,15 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
 
         def position() -> tuple[int, int]:
+            """(epoch, batches of it already trained on), from the step count: Lightning's per-epoch batch counter
+            is stale between two epochs (a checkpoint taken there would skip the whole next epoch)."""
             if trainer is None:
                 return 0, 0
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            per_epoch = trainer.num_training_batches
+            if not per_epoch or per_epoch == float("inf"):
+                return trainer.current_epoch, 0
+            done = trainer.global_step * trainer.accumulate_grad_batches - trainer.current_epoch * per_epoch
+            return trainer.current_epoch, int(min(max(done, 0), per_epoch))
 
         self.device_views = None
         if use_device_views(self.views, trainer, self.views_on_device):
