@@ -43,7 +43,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` (equal shapes) concatenated along dim 0 in rank order; identity without a process group."""
-    if not is_initialized() or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
 
