@@ -16,7 +16,7 @@ Rows, at batch ``--batch`` (512) of CIFAR-size (32 px) uint8 images held in memo
 - ``torchvision, N workers``: MultiViewDataset + GlobalBatchSampler in a DataLoader with workers = cores
   (per-sample torchvision v2 ops, what the CPU path runs).
 - ``gpu_views (counter) on <device>``: GpuMultiViewTransform.batch on a device-resident batch (params drawn on the
-  device); ``+ loader``: the whole device path (RawLoader keys → gather from the resident split → views).
+  device); ``+ loader``: the whole device path (raw-loader keys → gather from the resident split → views).
 - ``gpu_views (exact)``: the same with the CPU generators' parameters (the sampler is a Python loop).
 gpu_views and end-to-end rows report the median and the best batch (other jobs on a shared machine slow some
 batches); the torchvision row is the steady-state mean (its workers prefetch).
@@ -104,7 +104,7 @@ def bench_gpu_views(split: TensorImages, batch: int, steps: int, device: torch.d
 
 
 def bench_device_loader(split: TensorImages, batch: int, steps: int, device: torch.device):
-    """The whole device path: key batches from RawLoader, moved to the device, gathered and augmented."""
+    """The whole device path: key batches from the raw loader, moved to the device, gathered and augmented."""
     dv = DeviceViews(split, MultiViewTransform(simclr_views()), seed=0)
     loader = dv.loader(GlobalBatchSampler(len(split), batch, seed=0), lambda: (0, 0), num_workers=0)
     it = iter(loader)
@@ -130,7 +130,8 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
     overrides = [
         "recipes=cifar10/simclr", f"trainer={'gpu' if accelerator == 'gpu' else 'cpu'}", f"data.batch_size={batch}",
         f"trainer.max_steps={steps + 1}", "trainer.limit_val_batches=0", "callbacks.progress=null",
-        "callbacks.last=null", "callbacks.best=null", "trainer.enable_model_summary=false", "online_probe=false",
+        "callbacks.last.every_n_epochs=null", "callbacks.last.every_n_minutes=null", "callbacks.best=null",
+        "trainer.enable_model_summary=false", "online_probe=false",
         f"data.num_workers={cores() if accelerator == 'gpu' else max(1, cores() - 1)}", f"run_dir={run_dir}",
         "logger.csv=null", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selfsup import checkpoint as ckpt_io
+from selfsup.runtime import checkpoint as ckpt_io
 
 
 class Unpicklable:

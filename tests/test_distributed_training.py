@@ -51,8 +51,8 @@ def test_deepspeed_zero_checkpoint_converts_to_a_plain_encoder(stage, tmp_path):
     """ZeRO stage 2/3 (DeepSpeed's CPU accelerator, one gloo process): the config builds the strategy, training
     writes a sharded last.ckpt/, resume=true continues it, and zero_to_checkpoint gives back the trained encoder."""
     pytest.importorskip("deepspeed", reason="pip install selfsup[deepspeed]")
-    from selfsup.checkpoint import backbone_from, load
-    from selfsup.strategies import DeepSpeedStrategy, zero_to_checkpoint
+    from selfsup.runtime.checkpoint import backbone_from, load, zero_to_checkpoint
+    from selfsup.strategies import DeepSpeedStrategy
 
     overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1"]
     datamodule, module, trainer = build(compose_train(overrides + ["trainer.max_steps=3"], tmp_path))

@@ -4,8 +4,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from selfsup import checkpoint as ckpt_io
 from selfsup.export import export, load_encoder, main
+from selfsup.runtime import checkpoint as ckpt_io
 from tests.test_evaluate import make_run
 
 

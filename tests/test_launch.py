@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from selfsup.config import ROOT
-from selfsup.launch import Preempted, per_device_batch, sweep_jobs
+from selfsup.launch import per_device_batch, sweep_jobs
+from selfsup.runtime.preemption import Preempted
 from selfsup.train import build, run
 from tests.config_utils import compose_train
 from tests.test_train import TINY, losses, weights

@@ -119,8 +119,14 @@ def test_bad_input_is_refused_before_training(tmp_path):
     run(compose_train(TINY + ["trainer.max_steps=1"], tmp_path / "r4"))
     with pytest.raises(ValueError, match="already holds a run"):
         run(compose_train(TINY + ["trainer.max_steps=1"], tmp_path / "r4"))
-    with pytest.raises(ValueError, match="checkpoint of another architecture"):
+    with pytest.raises(ValueError, match=r"resume: backbone.width=16 differs from the run's backbone.width=8"):
         run(compose_train(TINY + ["trainer.max_steps=1", "resume=true", "backbone.width=16"], tmp_path / "r4"))
+    # weights that do not fit the config saved beside them (a hand-edited or mixed-up file)
+    ckpt = torch.load(tmp_path / "r4" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["selfsup"]["config"]["backbone"]["width"] = 16
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError, match="edited.ckpt: checkpoint of another architecture"):
+        run(compose_train([f"ckpt_path={tmp_path / 'edited.ckpt'}"], tmp_path / "r5"), [f"ckpt_path={tmp_path}"])
 
 
 def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):

@@ -1,4 +1,9 @@
-"""Bad input ends a command with one line naming the key and what was expected, not a traceback."""
+"""Bad input ends a command with one line naming the key and what was expected, exit status 2, not a traceback.
+
+The three console scripts share this: :func:`one_line_errors` around the work, :func:`run_hydra_app` around a Hydra
+app (whose composition errors — an unknown recipe, a misspelt key — Hydra would print over several lines with exit
+status 1). ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,53 @@ import functools
 import os
 import sys
 
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-USER_ERRORS = (ValueError, FileNotFoundError, MissingMandatoryValue, ConfigKeyError)
+from selfsup.runtime.files import NoSpaceError
+
+# A config value or file the user gave is wrong (the config's own errors: Hydra's composition, OmegaConf's keys).
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NoSpaceError, HydraException, OmegaConfBaseException)
 
 
 def _user_error(e: BaseException | None) -> BaseException | None:
-    """The first input error in ``e``'s cause chain (Hydra's instantiate wraps constructor errors)."""
+    """The first input error in ``e``'s cause chain (Hydra's instantiate wraps constructor errors; a constructor's
+    ``TypeError`` is a config value of the wrong type)."""
+    from hydra.errors import InstantiationException
+
     while e is not None:
-        if isinstance(e, USER_ERRORS):
+        if isinstance(e, InstantiationException):  # a constructor's own error, or a bad _target_
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if isinstance(e.__cause__, TypeError) or first.startswith("Error locating target"):
+                return ValueError(first)  # "Error in call to target '...': TypeError(...)"
+        elif isinstance(e, USER_ERRORS):
             return e
         e = e.__cause__
     return None
 
 
-def one_line_errors(prog: str):
-    """Decorate a Hydra task function: input errors print ``<prog>: error: <message>`` and exit with status 2.
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. A DataLoader worker's error (re-raised in the main process with the
+    worker's traceback as its text) becomes the worker's own message."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines[0].startswith("Caught ") and "Original Traceback" in text:  # torch.utils.data._utils.ExceptionWrapper
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    if len(lines) > 1 and lines[1].endswith(":"):  # Hydra: "Could not find ...", "Available options in ...:", items
+        return f"{lines[0]}; {lines[1]} {', '.join(lines[2:])}"
+    return " ".join(lines[:2]) if isinstance(e, HydraException | OmegaConfBaseException) else lines[0]
 
-    ``HYDRA_FULL_ERROR=1`` re-raises them with the full traceback.
-    """
+
+def _report(prog: str, e: BaseException) -> None:
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def one_line_errors(prog: str):
+    """Decorate a command's work: input errors print ``<prog>: error: <message>`` and exit with status 2."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -35,10 +68,32 @@ def one_line_errors(prog: str):
                 err = _user_error(e)
                 if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                message = str(err).splitlines()[0] if str(err) else type(err).__name__
-                print(f"{prog}: error: {message}", file=sys.stderr)
-                raise SystemExit(2) from None
+                _report(prog, err)
 
         return run
 
     return wrap
+
+
+def run_hydra_app(app, prog: str) -> None:
+    """Run a ``@hydra.main`` app; Hydra's own errors (composition, overrides) are reported in one line, exit 2."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        try:
+            return func()
+        except Exception as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+            message = one_line(e) + (f"; {one_line(cause)}" if cause is not None else "")
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        app()
+    finally:
+        hydra_utils.run_and_report = original

@@ -31,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from selfsup import checkpoint as ckpt_io
 from selfsup import report
 from selfsup.config import CONF_DIR
 from selfsup.features import extract
 from selfsup.metrics import knn_top1, linear_probe, linear_probe_sgd, rankme, singular_values
+from selfsup.runtime import checkpoint as ckpt_io
 
 log = logging.getLogger("selfsup.eval")
 

@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import selfsup
-from selfsup import checkpoint as ckpt_io
 from selfsup.models.backbones import TORCHVISION_PREFIX
+from selfsup.runtime import checkpoint as ckpt_io
 
 log = logging.getLogger("selfsup.export")
 

@@ -62,7 +62,8 @@ class SSLModule(L.LightningModule):
         momentum: EMA target network for the second branch (BYOL, MoCo v3); without it and with a predictor
             the targets are the detached online projections (SimSiam).
         symmetric: also score (view 1, view 0) and average both directions (predictor/momentum methods).
-        run_config: the resolved training config, stored in every checkpoint (``checkpoint["selfsup"]``).
+        run_info: stored in every checkpoint as ``checkpoint["selfsup"]``: the resolved training config
+            (``"config"``) and the global batch it trains with (``"global_batch"``).
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class SSLModule(L.LightningModule):
         predictor: Callable[[int], nn.Module] | None = None,
         momentum: MomentumSpec | None = None,
         symmetric: bool = True,
-        run_config: dict | None = None,
+        run_info: dict | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -88,7 +89,7 @@ class SSLModule(L.LightningModule):
         if momentum is not None:
             self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.run_config = run_config
+        self.run_info = run_info or {}
         self._val_outputs: dict[int, list] = {}
 
     # -- training -----------------------------------------------------------------------------------------------
@@ -203,4 +204,4 @@ class SSLModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["selfsup"] = {"version": selfsup.__version__, "config": self.run_config}
+        checkpoint["selfsup"] = {"version": selfsup.__version__, **self.run_info}

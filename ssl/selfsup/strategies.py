@@ -145,27 +145,3 @@ def check_sync_batchnorm(sync_batchnorm: bool, trainer) -> None:
             "process, so results differ from one process) or use a BatchNorm-free model (+backbone.norm=none "
             "projector.batch_norm=false)"
         )
-
-
-def zero_to_checkpoint(zero_dir, out) -> str:
-    """A DeepSpeed ZeRO checkpoint directory (``last.ckpt/`` of a ``trainer=deepspeed_stage_*`` run) as one plain
-    fp32 Lightning checkpoint ``out`` that ``selfsup-eval``/``selfsup-export``/``checkpoint.backbone_from`` read."""
-    from pathlib import Path
-
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-    if not (Path(zero_dir) / "latest").is_file():
-        raise FileNotFoundError(f"checkpoint={zero_dir}: not a DeepSpeed ZeRO checkpoint directory (no 'latest' file)")
-    convert_zero_checkpoint_to_fp32_state_dict(str(zero_dir), str(out))
-    return str(out)
-
-
-def sharded_global_step(zero_dir) -> int:
-    """The optimiser step a DeepSpeed ZeRO checkpoint directory was saved at."""
-    from pathlib import Path
-
-    tag = (Path(zero_dir) / "latest").read_text().strip()
-    states = sorted((Path(zero_dir) / tag).glob("*model_states.pt"))
-    if not states:
-        raise FileNotFoundError(f"ckpt_path={zero_dir}: no model states under {tag}/ (not a DeepSpeed checkpoint)")
-    return int(torch.load(states[0], map_location="cpu", weights_only=False)["global_step"])

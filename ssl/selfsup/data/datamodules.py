@@ -149,15 +149,17 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
 
         def position() -> tuple[int, int]:
-            """(epoch, batches of it already trained on), from the step count: Lightning's per-epoch batch counter
-            is stale between two epochs (a checkpoint taken there would skip the whole next epoch)."""
+            """(epoch, batches of it already trained on), from the optimiser step count alone: Lightning's epoch
+            and batch counters of a restored checkpoint are adjusted only after the loader's first iterator exists
+            (a checkpoint on the last step of an epoch read as "epoch e, all done" and skipped epoch e + 1)."""
             if trainer is None:
                 return 0, 0
-            per_epoch = trainer.num_training_batches
-            if not per_epoch or per_epoch == float("inf"):
+            batches = trainer.num_training_batches
+            if not batches or batches == float("inf"):
                 return trainer.current_epoch, 0
-            done = trainer.global_step * trainer.accumulate_grad_batches - trainer.current_epoch * per_epoch
-            return trainer.current_epoch, int(min(max(done, 0), per_epoch))
+            steps = -(-batches // trainer.accumulate_grad_batches)  # optimiser steps per epoch (last one partial)
+            epoch, step_in_epoch = divmod(trainer.global_step, steps)
+            return epoch, min(step_in_epoch * trainer.accumulate_grad_batches, batches)
 
         self.device_views = None
         if use_device_views(self.views, trainer, self.views_on_device):

@@ -93,27 +93,27 @@ class GlobalBatchSampler(Sampler):
 class ResumableLoader(DataLoader):
     """A DataLoader over a :class:`GlobalBatchSampler` that Lightning checkpoints mid-epoch.
 
-    ``position()`` returns (epoch, batches of this epoch already trained on) from the trainer; its value at save
-    time goes into the checkpoint and the first iteration after a restart skips those batches, so a resumed run
-    sees exactly the data order of an uninterrupted one. The epoch is read at ``iter()`` time because Lightning
-    creates the first iterator before it calls ``set_epoch``.
+    ``position()`` returns (epoch, batches of that epoch already trained on), derived from the optimiser step count;
+    its value at save time goes into the checkpoint, and the first iterator after a restart yields that epoch from
+    that batch on, so a resumed run sees exactly the data order of an uninterrupted one — whether the checkpoint was
+    taken mid-epoch, on an epoch's last step or between epochs. Later iterators follow ``position()``.
     """
 
     def __init__(
-        self, dataset, batch_sampler: GlobalBatchSampler, position, num_workers: int = 0, pin_memory: bool = False
-    ):
+        self, dataset, batch_sampler: GlobalBatchSampler, position, num_workers: int = 0, pin_memory: bool = False,
+        collate_fn=None,
+    ):  # fmt: skip
         super().__init__(
             dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
+            persistent_workers=num_workers > 0, collate_fn=collate_fn,
         )  # fmt: skip
         self._position, self._resume = position, None
 
     def __iter__(self):
-        epoch, _ = self._position()
-        sampler = self.batch_sampler
-        sampler.set_epoch(epoch)
-        sampler.start = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        epoch, start = self._resume if self._resume is not None else self._position()
         self._resume = None
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.start = start
         return super().__iter__()
 
     def state_dict(self) -> dict:

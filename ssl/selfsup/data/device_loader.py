@@ -11,7 +11,7 @@ resume and DDP sharding are those of the CPU path; ImageFolder decoding stays in
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from selfsup.data.datasets import GlobalBatchSampler, ResumableLoader
 from selfsup.data.gpu_views import GpuMultiViewTransform, augment_batch
@@ -73,18 +73,6 @@ def collate_raw(samples) -> dict:
     return out
 
 
-class RawLoader(ResumableLoader):
-    """:class:`~selfsup.data.datasets.ResumableLoader` (same resume state) with :func:`collate_raw`."""
-
-    def __init__(self, dataset: RawImages, batch_sampler: GlobalBatchSampler, position, num_workers: int = 0,
-                 pin_memory: bool = False):  # fmt: skip
-        DataLoader.__init__(
-            self, dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=num_workers > 0, collate_fn=collate_raw,
-        )  # fmt: skip
-        self._position, self._resume = position, None
-
-
 class DeviceViews:
     """The GPU-view training path of one datamodule: builds the raw loader and augments transferred batches.
 
@@ -104,10 +92,12 @@ class DeviceViews:
         self.resident = self.images is not None if resident is None else resident
         self._device_images: torch.Tensor | None = None
 
-    def loader(self, batch_sampler: GlobalBatchSampler, position, num_workers: int) -> RawLoader:
+    def loader(self, batch_sampler: GlobalBatchSampler, position, num_workers: int) -> ResumableLoader:
+        """The raw-image loader (same resume state as the CPU path's), batches by :func:`collate_raw`."""
         workers = 0 if self.resident else num_workers  # nothing to decode: no worker processes
         pin = torch.cuda.is_available() and not self.resident
-        return RawLoader(RawImages(self.source, self.resident), batch_sampler, position, workers, pin)
+        return ResumableLoader(RawImages(self.source, self.resident), batch_sampler, position, workers, pin,
+                               collate_fn=collate_raw)  # fmt: skip
 
     def device_images(self, device: torch.device) -> torch.Tensor:
         """The split on ``device`` (copied once)."""

@@ -1,0 +1,244 @@
+"""The checkpoints of a run directory: ``checkpoints/last.ckpt`` (what ``resume=true`` continues from) and
+``checkpoints/best.ckpt`` (by a validation metric), always under these names and replaced atomically.
+
+``last.ckpt`` is written at the end of an optimiser step — never in the middle of gradient accumulation — when any
+of these holds: every ``every_n_train_steps`` steps, at the end of every ``every_n_epochs``-th epoch, when
+``every_n_minutes`` have passed since the previous save, on a preemption signal, and at the last step of the run.
+So a crash (kill -9, a node failure) loses at most the steps since the last of those. A checkpoint whose weights
+hold NaN/Inf is never written: the previous one stays. Sharded strategies (DeepSpeed, FSDP with sharded state)
+write a directory; it is written under a temporary name and swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from selfsup.runtime.files import _fsync_dir
+from selfsup.runtime.preemption import PREEMPTION_SIGNALS, Preempted, SignalFlag
+
+log = logging.getLogger("selfsup.autosave")
+
+LAST, BEST = "last.ckpt", "best.ckpt"
+
+
+def writes_directory(strategy) -> bool:
+    """Whether ``trainer.save_checkpoint`` writes a directory of shards under this strategy."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, DeepSpeedStrategy):
+        return True
+    if isinstance(strategy, FSDPStrategy):
+        return strategy._state_dict_type == "sharded"
+    if isinstance(strategy, ModelParallelStrategy):
+        return strategy._save_distributed_checkpoint
+    return False
+
+
+def save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint(path)`` (every rank takes part) so that ``path`` is the old or the new checkpoint."""
+    if not writes_directory(trainer.strategy):
+        trainer.save_checkpoint(path)  # selfsup.runtime.checkpoint.AtomicCheckpointIO: temporary file + rename
+        return
+    tmp = path.with_name(f".{path.name}.{trainer.global_step}.tmp")  # the same name on every rank
+    trainer.save_checkpoint(tmp)  # ends with a barrier: every shard is written
+    if trainer.is_global_zero:
+        swap_in(tmp, path)
+    trainer.strategy.barrier("selfsup.save_atomically")
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Replace the directory ``path`` by ``new``; :func:`recover_swaps` completes or undoes an interrupted swap."""
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+    os.rename(new, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def recover_swaps(directory: Path) -> None:
+    """After a crash inside :func:`swap_in`: put ``.<name>.old`` back where ``<name>`` is missing, else delete it."""
+    if not directory.is_dir():
+        return
+    for old in directory.glob(".*.old"):
+        target = old.with_name(old.name[1 : -len(".old")])
+        if target.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.rename(old, target)
+            log.warning("restored %s from an interrupted checkpoint swap", target)
+
+
+def _finite(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    bad = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        log.error("not saving a checkpoint at step %d: non-finite weights in %s", trainer.global_step, bad[:3])
+    return not any_rank(trainer, bool(bad))[0]
+
+
+def _positive(name: str, value, kind=int):
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0 or
+                              (kind is int and not isinstance(value, int))):  # fmt: skip
+        raise ValueError(f"callbacks.last.{name}={value}: expected a positive {kind.__name__} or null")
+    return value
+
+
+class LastCheckpoint(L.Callback):
+    """Write ``<dirpath>/last.ckpt`` often enough that a crash loses little (see the module docstring), and on a
+    preemption signal save, then stop with :class:`selfsup.runtime.preemption.Preempted`.
+
+    Args:
+        dirpath: the run's ``checkpoints/`` folder.
+        every_n_train_steps: also save every this many optimiser steps (null: off).
+        every_n_epochs: save at the end of every this many epochs (null: off).
+        every_n_minutes: save when this long has passed since the previous save (null: off).
+        keep_every_n_epochs: also keep ``epoch<NNNN>.ckpt`` at the end of every this many epochs (null: none).
+        signals: preemption signals that trigger a save and a requeue.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike,
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_minutes: float | None = 30.0,
+        keep_every_n_epochs: int | None = None,
+        signals: Sequence[str] = PREEMPTION_SIGNALS,
+    ):
+        self.dirpath = Path(dirpath)
+        self.path = self.dirpath / LAST
+        self.every_n_train_steps = _positive("every_n_train_steps", every_n_train_steps)
+        self.every_n_epochs = _positive("every_n_epochs", every_n_epochs)
+        self.every_n_minutes = _positive("every_n_minutes", every_n_minutes, float)
+        self.keep_every_n_epochs = _positive("keep_every_n_epochs", keep_every_n_epochs)
+        self.flag = SignalFlag(signals)
+        self.saved_step: int | None = None
+        self._saved_at = time.monotonic()
+        self._stop: int | None = None
+
+    # -- signals -----------------------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        env = trainer._accelerator_connector.cluster_environment
+        if isinstance(env, SLURMEnvironment):
+            env.auto_requeue = False  # we save at a step boundary and requeue ourselves
+        self.flag.remember()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.flag.install()  # after Lightning's _SignalConnector registered its handlers: ours replace them
+        self._saved_at = time.monotonic()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.flag.restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.flag.restore()
+
+    # -- the step boundary -------------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        epoch_end = batch_idx + 1 >= trainer.num_training_batches
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and not epoch_end:
+            return  # inside an accumulation: no optimiser step yet, nothing consistent to save
+        step, epoch = trainer.global_step, trainer.current_epoch
+        minutes = self.every_n_minutes
+        timed = minutes is not None and time.monotonic() - self._saved_at >= 60 * minutes
+        # every rank takes part (a signal may reach ranks in different steps): any rank asks -> all save
+        signalled, timed = any_rank(trainer, self.flag.received is not None, timed)
+        final = (trainer.max_steps > 0 and step >= trainer.max_steps) or (
+            epoch_end and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1)
+        keep = epoch_end and self.keep_every_n_epochs and (epoch + 1) % self.keep_every_n_epochs == 0
+        if (signalled or timed or final or keep or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
+                or (epoch_end and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0)):  # fmt: skip
+            saved = self.save(trainer, pl_module)
+            if saved and keep and trainer.is_global_zero:
+                _keep_copy(self.path, self.dirpath / f"epoch{epoch:04d}.ckpt")
+        if signalled:
+            self._stop = self.flag.received or signal.SIGTERM  # SIGTERM where only another rank got the signal
+            log.warning("saved %s at step %d after %s", self.path, step, signal.Signals(self._stop).name)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._stop is not None:  # stop before the next step, once this step's metrics reached the loggers
+            self.flag.hand_over(self._stop, trainer.is_global_zero)
+            raise Preempted(self._stop)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.saved_step != trainer.global_step:  # stopped early (e.g. trainer.should_stop)
+            self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> bool:
+        """Write ``last.ckpt`` now (every rank calls it); False when the weights are not finite."""
+        if not _finite(trainer, pl_module):
+            return False
+        save_atomically(trainer, self.path)
+        self.saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        return True
+
+
+def any_rank(trainer: L.Trainer, *flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks, in one collective."""
+    if trainer.world_size == 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(f) for f in flags], device=trainer.strategy.root_device)
+    return tuple(v > 0 for v in trainer.strategy.reduce(t, reduce_op="sum").tolist())
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a copy of ``src`` that later atomic replacements of ``src`` do not change."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+    else:
+        try:
+            os.link(src, tmp)  # the same bytes for free: last.ckpt is replaced by rename, never rewritten
+        except OSError:
+            shutil.copy2(src, tmp)
+    if dst.exists() and dst.is_dir():
+        swap_in(tmp, dst)
+    else:
+        os.replace(tmp, dst)
+
+
+class BestCheckpoint(L.Callback):
+    """Write ``<dirpath>/best.ckpt`` after a validation whose ``monitor`` beats every earlier one of the run.
+
+    Args:
+        dirpath: the run's ``checkpoints/`` folder.
+        monitor: a validation metric (e.g. ``val/knn_top1``).
+        mode: ``max`` or ``min``.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, monitor: str = "val/knn_top1", mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"callbacks.best.mode={mode!r}: expected max or min")
+        self.path = Path(dirpath) / BEST
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better and value == value and _finite(trainer, pl_module):  # value == value: not NaN
+            save_atomically(trainer, self.path)
+            self.best, self.best_step = value, trainer.global_step
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "monitor": self.monitor}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("monitor") == self.monitor:
+            self.best, self.best_step = state.get("best"), state.get("best_step")

@@ -1,0 +1,97 @@
+"""Preemption: a signal only sets a flag; the checkpoint callback saves at the next step boundary, then the job is
+handed back to the scheduler.
+
+SIGUSR1 (``sbatch --signal=USR1@120``), SIGUSR2 (submitit's time-limit signal) and SIGTERM (``scontrol requeue``,
+preemption, ``scancel``, ``kill``) are caught by :class:`SignalFlag`. After
+:class:`selfsup.runtime.autosave.LastCheckpoint` has written ``last.ckpt`` it raises :class:`Preempted`, and:
+
+- under submitit (``launcher=slurm``): submitit's own handler for the signal runs — it resubmits the same job;
+- under ``sbatch``/``srun`` (``slurm/train.sbatch``): on SIGUSR1 rank 0 calls ``scontrol requeue $SLURM_JOB_ID``;
+  on SIGTERM SLURM itself requeues (``scontrol requeue``, ``PreemptMode=REQUEUE``) or ends the job;
+- anywhere else the process exits with status 128 + signal number.
+
+The restarted job runs with ``resume=true`` and continues from ``last.ckpt`` bit for bit. Lightning's own SLURM
+auto-requeue is switched off: it saves from inside the signal handler, in the middle of a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Sequence
+
+log = logging.getLogger("selfsup.preemption")
+
+PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+REQUEUE_SIGNAL = "SIGUSR1"  # the sbatch template's --signal=USR1@120; submitit sends SIGUSR2 and requeues itself
+
+
+class Preempted(SystemExit):
+    """The run stopped on a signal after saving ``last.ckpt``; exit status 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class SignalFlag:
+    """Records the first of ``signals`` that arrives, instead of the handlers installed before (restored later).
+
+    Args:
+        signals: signal names, e.g. ``("SIGUSR1", "SIGTERM")``.
+    """
+
+    def __init__(self, signals: Sequence[str] = PREEMPTION_SIGNALS):
+        unknown = [s for s in signals if not hasattr(signal, s)]
+        if unknown:
+            raise ValueError(f"preemption signals={list(signals)}: unknown {unknown}; expected names like SIGUSR1")
+        self.signals = [getattr(signal, s) for s in signals]
+        self.received: int | None = None
+        self.before: dict[int, object] = {}  # handlers installed before ours (submitit's)
+        self._installed = False
+
+    def remember(self) -> None:
+        """Note the handlers in place now (call before Lightning installs its own)."""
+        self.before = {s: signal.getsignal(s) for s in self.signals}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                signal.signal(s, self._handler)
+            self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            for s, h in self.before.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.received is None:
+            log.warning("received %s: saving a checkpoint at the end of this step", signal.Signals(signum).name)
+        self.received = signum
+
+    def hand_over(self, signum: int, is_global_zero: bool) -> None:
+        """Requeue: submitit's handler where submitit installed one, else ``scontrol requeue`` on SIGUSR1."""
+        previous = self.before.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            self.restore()
+            previous(signum, None)  # submitit: checkpoint() -> resubmit the same job, requeue, exit
+            return
+        job = slurm_job_id()
+        if signum == getattr(signal, REQUEUE_SIGNAL) and job is not None and is_global_zero:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            if result.returncode == 0:
+                log.warning("requeued SLURM job %s", job)
+            else:
+                log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
+
+
+def slurm_job_id() -> str | None:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+    return job if job and re.fullmatch(r"[0-9_]+", job) else None
