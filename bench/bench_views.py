@@ -38,7 +38,6 @@ from statistics import median
 import torch
 from torch.utils.data import DataLoader
 
-from selfsup.data import TorchvisionDataModule
 from selfsup.data.datasets import GlobalBatchSampler, MultiViewDataset
 from selfsup.data.device_loader import DeviceViews
 from selfsup.data.gpu_views import GpuMultiViewTransform
@@ -135,8 +134,6 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
         f"data.num_workers={cores() if accelerator == 'gpu' else max(1, cores() - 1)}", f"run_dir={run_dir}",
         "logger.csv=null", "+trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    if on_device:
-        overrides.append(f"data._target_={__name__}.DeviceTorchvision")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule, module, trainer = build(cfg)
@@ -157,9 +154,6 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
     trainer.fit(module, datamodule=datamodule)
     steps_s = [b - a for a, b in zip(clock.times, clock.times[1:])]
     return batch / median(steps_s), batch / min(steps_s)
-
-
-DeviceTorchvision = TorchvisionDataModule  # every SSLDataModule carries the GPU-view path
 
 
 def main() -> None:

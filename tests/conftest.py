@@ -31,3 +31,11 @@ def fresh_rendezvous_env():
     yield
     for var in DIST_VARS:
         os.environ.pop(var, None)
+
+
+@pytest.fixture(autouse=True)
+def known_warnings_quiet():
+    """The product's own filters of harmless third-party warnings (pytest resets the filters for every test)."""
+    from selfsup.runtime.warnings import quiet_known_warnings
+
+    quiet_known_warnings()

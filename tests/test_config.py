@@ -24,10 +24,10 @@ def roots(tmp_path, cifar10_root):
     return {"imagefolder": tiny_imagefolder(tmp_path / "folder", per_class=6), "cifar": cifar10_root}
 
 
-def data_overrides(cfg_data_target: str, roots) -> list[str]:
-    if "ImageFolder" in cfg_data_target:
+def data_overrides(dataset: str, roots) -> list[str]:
+    if dataset == "imagefolder":
         return [f"data.root={roots['imagefolder']}", "data.batch_size=4", "data.image_size=32"]
-    if "Torchvision" in cfg_data_target:
+    if dataset in ("cifar10", "cifar100", "stl10"):
         return [f"data.root={roots['cifar']}", "data.subset=40", "data.batch_size=8"]
     return ["data.batch_size=32"]
 
@@ -43,7 +43,7 @@ def one_step(cfg):
 
 def compose_with_data(overrides, tmp_path, roots):
     cfg = compose_train(overrides, tmp_path / "run")
-    extra = data_overrides(cfg.data._target_, roots)
+    extra = data_overrides(cfg.data.dataset, roots)
     if cfg.views.shared_chunks:  # chunk-shared views need >= 2 rows per chunk
         extra += [f"data.batch_size={2 * cfg.views.shared_chunks}", f"data.subset={4 * cfg.views.shared_chunks}"]
     extra += [

@@ -47,25 +47,33 @@ DEEPSPEED_CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precis
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_checkpoint_converts_to_a_plain_encoder(stage, tmp_path):
+def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
     """ZeRO stage 2/3 (DeepSpeed's CPU accelerator, one gloo process): the config builds the strategy, training
-    writes a sharded last.ckpt/, resume=true continues it, and zero_to_checkpoint gives back the trained encoder."""
+    writes a sharded last.ckpt/ (swapped in atomically), a crash after step 4 resumes from it to the same losses
+    and weights as an uninterrupted run, and zero_to_checkpoint / selfsup-eval's loader give back the encoder."""
     pytest.importorskip("deepspeed", reason="pip install selfsup[deepspeed]")
     from selfsup.runtime.checkpoint import backbone_from, load, zero_to_checkpoint
     from selfsup.strategies import DeepSpeedStrategy
 
-    overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1"]
-    datamodule, module, trainer = build(compose_train(overrides + ["trainer.max_steps=3"], tmp_path))
+    overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1",
+                        "trainer.max_steps=7", "callbacks.last.every_n_train_steps=4"]  # fmt: skip
+    _, _, trainer = build(compose_train(overrides, tmp_path / "whole"))
     assert isinstance(trainer.strategy, DeepSpeedStrategy)
-    trainer.fit(module, datamodule=datamodule)
     assert trainer.strategy.config["zero_optimization"]["stage"] == stage
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_dir()
-    run(compose_train(overrides + ["trainer.max_steps=5", "resume=true"], tmp_path))
-    assert sorted(losses(tmp_path)) == list(range(5))
-    out = zero_to_checkpoint(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "plain.ckpt")
-    ckpt = load(out)
-    assert ckpt["global_step"] == 5
-    encoder = backbone_from(ckpt)
-    assert torch.equal(next(iter(encoder.state_dict().values())), ckpt["state_dict"]["backbone.features.0.weight"])
+    run(compose_train(overrides, tmp_path / "whole"))
+    cut = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="interrupted at step 6"):
+        run(compose_train(overrides + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+                                       "+callbacks.stop.step=6"], cut))  # fmt: skip
+    assert (cut / "checkpoints" / "last.ckpt").is_dir() and load(cut)["global_step"] == 4
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporary left
+    run(compose_train(overrides + ["resume=true"], cut))
+    assert losses(cut) == losses(tmp_path / "whole") and sorted(losses(cut)) == list(range(7))
+    whole, resumed = load(tmp_path / "whole"), load(cut)
+    assert resumed["global_step"] == 7
+    assert all(torch.equal(whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"])
+    out = zero_to_checkpoint(cut / "checkpoints" / "last.ckpt", tmp_path / "plain.ckpt")
+    encoder = backbone_from(load(out))
+    assert torch.equal(encoder.state_dict()["features.0.weight"], resumed["state_dict"]["backbone.features.0.weight"])
     with pytest.raises(FileNotFoundError, match="not a DeepSpeed ZeRO checkpoint directory"):
         zero_to_checkpoint(tmp_path, tmp_path / "x.ckpt")

@@ -18,7 +18,7 @@ from selfsup.config import CONF_DIR
 from selfsup.metrics import knn_top1, linear_probe, rankme
 
 DIGITS = {
-    "_target_": "selfsup.data.DigitsDataModule", "root": None, "batch_size": 64, "image_size": 16,
+    "_target_": "selfsup.data.SSLDataModule", "dataset": "digits", "root": None, "batch_size": 64, "image_size": 16,
     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_workers": 0, "subset": None, "eval_train_subset": None,
     "eval_test_subset": None, "download": False,
 }  # fmt: skip
@@ -189,16 +189,16 @@ def test_data_root_without_the_needed_split(run, tmp_path):
 
 
 def test_labels_needed_on_an_unlabeled_set(run, monkeypatch):
-    from selfsup.data import DigitsDataModule
+    from selfsup.data import SSLDataModule
 
-    real = DigitsDataModule.load_splits
+    real = SSLDataModule.load_splits
 
     def unlabeled(self):
         train, test = real(self)
         train.labels = torch.full_like(train.labels, -1)
         return train, test
 
-    monkeypatch.setattr(DigitsDataModule, "load_splits", unlabeled)
+    monkeypatch.setattr(SSLDataModule, "load_splits", unlabeled)
     with pytest.raises(ValueError, match="unlabeled images; kNN and linear probes need labels"):
         ev.evaluate(eval_cfg(f"checkpoint={run}"))
     assert not (run / "metrics.json").exists()
@@ -251,3 +251,77 @@ def test_pca_map_and_spectrum_pngs():
     assert xy.shape == (300, 2) and abs(xy.mean()) < 1e-9
     assert report.embedding_map_png(z, torch.randint(0, 3, (300,)), ["a", "b", "c"], max_points=100)[:4] == b"\x89PNG"
     assert report.spectrum_png({"z": torch.tensor([3.0, 1.0, 0.0])})[:4] == b"\x89PNG"
+
+
+# -- on runs written by selfsup-train -----------------------------------------------------------------------------
+
+
+def cli(module: str, *args: str, cwd=None):
+    import subprocess
+    import sys
+
+    from selfsup.config import ROOT
+
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_eval_and_export_of_a_trained_run_whose_data_moved(tmp_path):
+    """selfsup-train on an ImageFolder, the data moved, then `selfsup-eval checkpoint=<run> data.root=<new place>`
+    (an override of the saved data config) and `selfsup-export`: a report with the training curves, one kNN row per
+    k, an exported file with the usual mode that timm loads to the same features."""
+    import shutil
+
+    from selfsup.export import load_encoder
+    from selfsup.train import run as train
+    from tests.config_utils import compose_train, tiny_imagefolder
+
+    data = tiny_imagefolder(tmp_path / "data", per_class=8, size=24)
+    run_dir = tmp_path / "run"
+    train(compose_train(["data=imagefolder", f"data.root={data}", "data.batch_size=8", "data.image_size=16",
+                         "data.num_workers=0", "backbone=resnet18", "backbone.name=test_resnet", "trainer.max_epochs=2",
+                         "trainer.log_every_n_steps=1", "callbacks.progress=null"], run_dir))  # fmt: skip
+    moved = shutil.move(str(data), str(tmp_path / "moved"))
+    proc = cli("selfsup.evaluate", f"checkpoint={run_dir}", "eval.knn_k=[4,2]", "eval.probe.max_iter=20")
+    assert proc.returncode == 2 and "data.root=" in proc.stderr.strip().splitlines()[-1]  # the saved root is gone
+    proc = cli("selfsup.evaluate", f"checkpoint={run_dir}", f"data.root={moved}", "eval.knn_k=[4,2]",
+               "eval.probe.max_iter=20")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data_root"] == moved and metrics["num_train"] == 16 and metrics["knn_k"] == [4, 2]
+    md = (run_dir / "report.md").read_text()
+    assert "## Training curves (metrics.csv)" in md and (run_dir / "report_curves.png").is_file()
+    assert "## PCA map of the test embeddings" in md and "Pca" not in md
+    assert md.count("kNN top-1 (k=4)") == 1 and "knn_top1_k4" not in md and "knn_top1_k2" in md
+
+    out = tmp_path / "encoder.safetensors"
+    proc = cli("selfsup.export", f"checkpoint={run_dir}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    encoder = load_encoder(out)
+    from selfsup.runtime.checkpoint import backbone_from, load
+
+    trained = backbone_from(load(run_dir))
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(encoder(x), trained(x))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_sweep_runs_are_found_at_any_depth_and_sweep_json_is_strict(tmp_path):
+    """Run directories nested by '/' in swept values are found; too few runs for a correlation give null, not NaN."""
+    sweep = tmp_path / "multirun"
+    make_run(sweep / "data.root=" / "a" / "b" / "c", seed=0, overrides=["seed=0"])
+    make_run(sweep / "seed=1", seed=1, overrides=["seed=1"])
+    summary = ev.evaluate(eval_cfg(f"checkpoint={sweep}", *FAST))
+    assert sorted(r["name"] for r in summary["runs"]) == ["data.root=/a/b/c", "seed=1"]
+    text = (sweep / "sweep.json").read_text()
+    assert "NaN" not in text
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert saved["correlations"]["linear_top1"]["rankme"]["spearman"] is None

@@ -165,3 +165,16 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     assert result.best_value > 1.0  # RankMe of 64-d projections: between 1 and 64
     assert set(result.best_params) == {"objective.temperature", "optim.lr"}
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_are_named_by_the_swept_keys_only(tmp_path):
+    """Fixed overrides (an absolute data.root, TINY's sizes) do not name the run directories: one level below the
+    sweep directory, `optim.lr=<value>`."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_steps=2", f"data.root={tmp_path}/a/b",
+           "optim.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.parent.relative_to(tmp_path / "sweep") for p in (tmp_path / "sweep").rglob("last.ckpt"))
+    assert [str(r) for r in runs] == ["optim.lr=0.001", "optim.lr=0.002"]

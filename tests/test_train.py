@@ -140,20 +140,57 @@ def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
     assert "skipped 1 non-image files" in caplog.text
 
 
-def test_cli_prints_one_line_errors(tmp_path):
+def cli(*args, cwd=ROOT):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    proc = subprocess.run(
-        [sys.executable, "-m", "selfsup.train", "recipes=cifar10/simclr", f"data.root={tmp_path / 'missing'}",
-         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: data.root=")
-    proc = subprocess.run(
-        [sys.executable, "-m", "selfsup.train", "recipes=cifar10/nope", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "Could not find 'recipes/cifar10/nope'" in proc.stderr
-    assert "Available options in 'recipes'" in proc.stderr
+    return subprocess.run([sys.executable, "-m", "selfsup.train", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["recipes=cifar10/simclr", "data.root={tmp}/missing"], "data.root={tmp}/missing: directory does not exist"),
+        (["recipes=cifar10/nope"], "Could not find 'recipes/cifar10/nope'; Available options in 'recipes': "),
+        (["optim.lrr=0.1"], "Could not override 'optim.lrr'. To append to your config use +optim.lrr=0.1"),
+        (["data.batch_size=abc"], "data.batch_size=abc: expected an integer >= 2"),
+        (["data.batch_size=1"], "data.batch_size=1: expected an integer >= 2"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0: expected a positive integer (or -1: no limit"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a positive integer"),
+        (["global_batch_size=2", "trainer=ddp_cpu"], "global_batch_size=2: not divisible by 2 process(es)"),
+    ],
+    ids=["missing-root", "unknown-recipe", "misspelt-key", "batch-abc", "batch-1", "max-steps-0", "max-epochs-0",
+         "global-batch-1-a-process"],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    """Every bad value or name ends in `selfsup-train: error: <one line>`, exit status 2, and no run directory.
+    (Only the Trainer's own start-up lines may come first, for checks that need the process count.)"""
+    proc = cli(*[a.format(tmp=tmp_path) for a in args], f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("selfsup-train: error: ") and message.format(tmp=tmp_path) in lines[-1], lines
+    assert all(line.startswith(("GPU available", "TPU available")) for line in lines[:-1]), lines
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / ".hydra").exists()
+
+
+def test_cli_help_lists_every_recipe():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    from selfsup.config import RECIPES_DIR
+
+    for recipe in RECIPES_DIR.rglob("*.yaml"):
+        assert f"recipes={recipe.relative_to(RECIPES_DIR).with_suffix('')}" in proc.stdout
+
+
+def test_cli_refused_new_run_leaves_the_used_directory_alone(tmp_path):
+    """A new run into a directory that holds one stops before writing anything: .hydra/ and metrics.csv keep
+    their bytes and times."""
+    run(compose_train(TINY + ["trainer.max_steps=3"], tmp_path))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+    proc = cli("recipes=cifar10/simclr", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr.strip().splitlines()[-1]
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()
+             and p.name != "train.log"}  # fmt: skip
+    assert after == {p: v for p, v in before.items() if p.name != "train.log"}
 
 
 def test_batch_too_small_for_shared_chunks_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""The one place where losses touch torch.distributed collectives.
+"""The one place where losses and evaluation statistics touch torch.distributed collectives.
 
 Objectives call :func:`gather_with_grad` on their (already normalised) inputs and compute the loss of their
 local anchor rows against the gathered global batch. Because the backward pass *sums* the incoming gradients of
@@ -39,6 +39,16 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` (equal shapes) concatenated along dim 0 in rank order, without gradients (evaluation
+    statistics); identity without a process group."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,10 @@ def one_line_errors(prog: str):
     return wrap
 
 
+def _raise(e: BaseException):
+    raise e
+
+
 def run_hydra_app(app, prog: str) -> None:
     """Run a ``@hydra.main`` app; Hydra's own errors (composition, overrides) are reported in one line, exit 2."""
     import hydra._internal.utils as hydra_utils
@@ -85,10 +89,11 @@ def run_hydra_app(app, prog: str) -> None:
         try:
             return func()
         except Exception as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-            message = one_line(e) + (f"; {one_line(cause)}" if cause is not None else "")
+            err, bug = _user_error(e), e
+            if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":  # a bug: Hydra shows where it happened
+                return original(lambda: _raise(bug))
+            cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
+            message = one_line(err) + (f"; {one_line(cause)}" if cause is not None else "")
             print(f"{prog}: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
 

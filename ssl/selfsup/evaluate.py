@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,14 +27,16 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from selfsup import report
 from selfsup.config import CONF_DIR
+from selfsup.errors import one_line_errors, run_hydra_app
 from selfsup.features import extract
 from selfsup.metrics import knn_top1, linear_probe, linear_probe_sgd, rankme, singular_values
 from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime.files import atomic_write
+from selfsup.runtime.warnings import quiet_known_warnings
 
 log = logging.getLogger("selfsup.eval")
 
@@ -79,10 +80,8 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
-    """Run directories (holding ``checkpoints/last.ckpt``) up to two levels below ``sweep_dir``, sorted."""
-    found = set()
-    for pattern in ("*/checkpoints/last.ckpt", "*/*/checkpoints/last.ckpt"):
-        found.update(p.parent.parent for p in sweep_dir.glob(pattern))
+    """Run directories (holding ``checkpoints/last.ckpt``) at any depth below ``sweep_dir``, sorted."""
+    found = {p.parent.parent for p in sweep_dir.rglob("last.ckpt") if p.parent.name == "checkpoints"}
     return sorted(found, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(sweep_dir).parts])
 
 
@@ -137,7 +136,7 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
     path = Path(str(cfg.checkpoint)).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
-    if path.is_file() or (path / "checkpoints" / "last.ckpt").is_file():
+    if path.is_file() or ckpt_io.is_sharded(path) or (path / "checkpoints" / "last.ckpt").exists():
         ckpt = ckpt_io.resolve(path, "checkpoint")
         return [load_checkpoint_target(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt))], None
     runs = find_runs(path)
@@ -158,17 +157,19 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
 
 
 def eval_data_config(cfg: DictConfig, target: Target) -> dict:
-    """The data config to evaluate on: ``data=`` if given, else the run's; images at the encoder's size/stats."""
-    if cfg.get("data") is not None:
+    """The data config to evaluate on: ``data=<name>`` if given, else the run's (``data.<key>=...`` overrides
+    either; the run's caps on validation sets do not apply); images at the encoder's size/stats."""
+    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    trained = target.train_config.get("data") or {}
+    if "_target_" in given:  # data=<name>: another (transfer) dataset
         missing = sorted(OmegaConf.missing_keys(cfg.data))
         if missing:
             raise ValueError(f"data.{missing[0]} is not set (???): pass data.{missing[0]}=<value>")
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-    elif target.train_config.get("data") is not None:
-        data = dict(target.train_config["data"])
+        data = given
+    elif trained:
+        data = {**trained, "eval_train_subset": None, "eval_test_subset": None, **given}
     else:
         raise ValueError(f"data is not set: checkpoint={target.source} saves no data config; pass data=<name>")
-    trained = target.train_config.get("data") or {}
     if cfg.eval.image_size is not None:
         data["image_size"] = int(cfg.eval.image_size)
     elif "image_size" in trained:
@@ -251,10 +252,7 @@ def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> 
         out[split] = {"backbone": both[:, :width].contiguous(), "embedding": embedding.contiguous(), "labels": labels}
     encoder.cpu()
     if cfg.eval.cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save(out, tmp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda f: torch.save(out, f))
     return out
 
 
@@ -340,6 +338,7 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
     }
     if e.knn:
         t = time.perf_counter()
+        metrics["knn_k"] = [int(k) for k in e.knn_k]
         for i, k in enumerate(e.knn_k):
             acc = knn_top1(
                 tr["backbone"], tr["labels"], te["backbone"], te["labels"], k=int(k), temperature=e.temperature
@@ -389,13 +388,19 @@ def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfi
             artefacts["test_embedding"], artefacts["test_labels"], artefacts["classes"], cfg.eval.map_points,
             cfg.eval.seed,
         )  # fmt: skip
+    curves = None
+    csv_path = run_dir_of(Path(target.source)) / "metrics.csv" if target.source != "random" else None
+    if cfg.eval.plots and csv_path is not None and csv_path.is_file():
+        curves = report.curves_png(report.read_metrics_csv(csv_path))
     details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
-    report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details)
+    report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details,
+                            curves)  # fmt: skip
     report.write_json(target.out_dir / "metrics.json", metrics)
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate every target of ``cfg.checkpoint``; returns the metrics (a sweep: the ranking summary)."""
+    quiet_known_warnings()
     targets, sweep_dir = resolve_targets(cfg)
     results, metrics = [], {}
     for target in targets:
@@ -423,16 +428,22 @@ def _summary(metrics: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@one_line_errors("selfsup-eval")
 def _app(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (ValueError, FileNotFoundError, OmegaConfBaseException) as e:
-        print(f"selfsup-eval: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    evaluate(cfg)
+
+
+def data_key_overrides(argv: list[str]) -> list[str]:
+    """``data.<key>=v`` without ``data=<name>`` overrides the run's saved data config: Hydra needs it spelled
+    ``+data.<key>=v`` (the eval config has no data node until one is chosen)."""
+    if any(a.split("=", 1)[0] in ("data", "+data") for a in argv):
+        return argv
+    return [f"+{a}" if a.startswith("data.") and "=" in a else a for a in argv]
 
 
 def main() -> None:
-    _app()
+    sys.argv[1:] = data_key_overrides(sys.argv[1:])
+    run_hydra_app(_app, "selfsup-eval")
 
 
 if __name__ == "__main__":

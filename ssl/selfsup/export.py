@@ -18,12 +18,14 @@ import sys
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 import selfsup
+from selfsup.errors import one_line_errors
 from selfsup.models.backbones import TORCHVISION_PREFIX
 from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime.files import atomic_write
 
 log = logging.getLogger("selfsup.export")
 
@@ -64,13 +66,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
         "num_features": str(backbone.num_features),
         "selfsup_version": selfsup.__version__,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, lambda f: f.write(save(state, metadata=metadata)))  # the usual file mode, not 0600
     if metadata["cifar_stem"] == "true":
         log.warning("%s has a CIFAR stem (3x3 conv1, no max-pool): load it with selfsup.export.load_encoder", out)
     return out
@@ -113,19 +109,15 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
+@one_line_errors("selfsup-export")
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args = parse_args(argv)
-        out = export(args["checkpoint"], args["out"])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"selfsup-export: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-    log.info("wrote %s", out)
+    args = parse_args(argv)
+    log.info("wrote %s", export(args["checkpoint"], args["out"]))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ def per_device_batch(global_batch_size: int, world_size: int, accumulate: int) -
     if global_batch_size % parts or global_batch_size // parts < 2:
         raise ValueError(
             f"global_batch_size={global_batch_size}: not divisible by {world_size} process(es) (trainer.num_nodes x "
-            f"trainer.devices) x trainer.accumulate_grad_batches={accumulate} in batches of at least 2 rows; expected a "
-            f"multiple of {parts}, at least {2 * parts}"
+            f"trainer.devices) x trainer.accumulate_grad_batches={accumulate} in batches of at least 2 rows; "
+            f"expected a multiple of {parts}, at least {2 * parts}"
         )
     return global_batch_size // parts
 
@@ -67,10 +67,13 @@ def partition_gpus(partition: str) -> int | None:
 class SweepCheck(Callback):
     """Hydra callback (``hydra.callbacks``, set by ``conf/launcher/*``): before a multirun launches anything, compose
     every job of the sweep and run ``check_job`` on it. Bad input prints one line and exits with status 2 —
-    nothing is submitted half-way. Optuna's search space is checked by composing its keys' first choices."""
+    nothing is submitted half-way. Optuna's search space is checked by composing its keys' first choices.
+
+    It also names each job's run directory by the swept keys only (:func:`name_runs_by_swept_keys`)."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         try:
+            name_runs_by_swept_keys(config)
             for overrides in sweep_jobs(config):
                 check_job(_loader().load_sweep_config(config, list(overrides)), overrides)
         except Exception as e:  # noqa: BLE001 — composition errors and our ValueErrors both end here
@@ -80,6 +83,22 @@ class SweepCheck(Callback):
                 raise
             print(f"selfsup-train: error: {one_line(_user_error(e) or e)}", file=sys.stderr)
             raise SystemExit(2) from None
+
+
+def name_runs_by_swept_keys(config) -> None:
+    """Leave the command line's fixed overrides out of ``hydra.job.override_dirname`` (the job directory name):
+    ``selfsup-train -m data.root=/a/b/c optim.lr=0.1,0.2`` runs in ``<sweep dir>/optim.lr=0.1``, not in a
+    directory nested by the path's slashes. Each job's config is composed again from the master config's Hydra
+    overrides, so the exclusion goes there."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import read_write
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
+    excluded += [o.key_or_group for o in parsed if not o.is_sweep_override() and o.key_or_group not in excluded]
+    quoted = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in excluded)
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]")
 
 
 def _loader():

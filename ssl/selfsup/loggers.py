@@ -1,4 +1,5 @@
-"""``metrics.csv`` in the run directory that survives a resume (Lightning's CSVLogger deletes it)."""
+"""``metrics.csv`` in the run directory that survives a resume (Lightning's CSVLogger deletes it), and the end of
+a run's loggers."""
 
 from __future__ import annotations
 
@@ -52,3 +53,12 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumingWriter(self.log_dir, self.keep_before_step)
         return self._experiment
+
+
+def finish_loggers(trainer, failed: bool = False) -> None:
+    """End the run's W&B run (its files complete on disk; the next job of a local sweep starts its own run)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.finish(exit_code=1 if failed else 0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import selfsup
+from selfsup import distributed
 from selfsup.metrics import knn_top1, rankme
 from selfsup.objectives import call_objective
 from selfsup.optim import OptimizerSpec
@@ -159,8 +160,7 @@ class SSLModule(L.LightningModule):
 
     def _gathered(self, dataloader_idx: int):
         f, z, y, index = (torch.cat(t) for t in zip(*self._val_outputs[dataloader_idx]))
-        if self.trainer.world_size > 1:
-            f, z, y, index = (self.all_gather(t).flatten(0, 1) for t in (f, z, y, index))
+        f, z, y, index = (distributed.gather(t) for t in (f, z, y, index))  # (N over ranks, ...) in rank order
         order = torch.argsort(index, stable=True)
         f, z, y, index = f[order], z[order], y[order], index[order]
         first = torch.ones_like(index, dtype=torch.bool)
@@ -179,7 +179,7 @@ class SSLModule(L.LightningModule):
             metrics["val/knn_top1"] = knn_top1(bank_f, bank_y, query_f, query_y)
             if self.probe is not None:
                 metrics["val/probe_top1"] = (self.probe(query_f).argmax(1) == query_y).float().mean().item()
-        self.log_dict(metrics, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)  # equal on every rank (gathered): the mean is a no-op
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def _steps(self) -> tuple[int, int]:

@@ -14,12 +14,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from selfsup.runtime import files
 
 # Metric columns of run and sweep tables, in display order: key → header.
 METRIC_COLUMNS = {
@@ -33,27 +34,26 @@ ACCURACY_KEYS = ("knn_top1", "knn_top1_k20", "linear_top1")
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` to ``path`` atomically (:func:`selfsup.runtime.files.atomic_write`)."""
+    files.atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (NaN and ±Inf, which JSON has no words for, become null)."""
+    atomic_write(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def _json_default(x):
+def _json_safe(x):
     if isinstance(x, torch.Tensor | np.generic):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, str | int | bool) or x is None:
+        return x
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
@@ -81,6 +81,57 @@ def spectrum_png(spectra: Mapping[str, torch.Tensor]) -> bytes:
     ax.set_title("Singular-value spectrum")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    return _png(fig)
+
+
+CURVES = (("train/loss", "training loss"), ("train/lr", "learning rate"),
+          ("train/probe_top1", "online probe top-1 (train)"), ("val/knn_top1", "val kNN top-1"),
+          ("val/probe_top1", "val probe top-1"), ("val/rankme", "val RankMe"))  # fmt: skip
+
+
+def read_metrics_csv(path: str | os.PathLike) -> dict[str, tuple[list[int], list[float]]]:
+    """``metrics.csv`` of a run as {metric: (steps, values)}, rows without a value skipped."""
+    import csv
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for key, value in row.items():
+                if key in ("step", "epoch") or not value:
+                    continue
+                try:
+                    v = float(value)
+                except ValueError:
+                    continue
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(step)
+                values.append(v)
+    return series
+
+
+def curves_png(series: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> bytes | None:
+    """The run's training curves (:data:`CURVES` that were logged), one panel each, against the optimiser step."""
+    from matplotlib.figure import Figure
+
+    panels = [(key, title) for key, title in CURVES if key in series and series[key][0]]
+    if not panels:
+        return None
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+    for i, (key, title) in enumerate(panels, 1):
+        ax = fig.add_subplot(rows, cols, i)
+        steps, values = series[key]
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, lw=1.2)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -176,21 +227,27 @@ def write_run_report(
     spectrum: bytes | None = None,
     embedding_map: bytes | None = None,
     details: Mapping | None = None,
+    curves: bytes | None = None,
 ) -> tuple[Path, Path]:
     """``report.md`` (plots as ``report_*.png`` beside it) and self-contained ``report.html`` in out_dir."""
     out_dir = Path(out_dir)
-    rows = [(METRIC_COLUMNS[k], metrics[k]) for k in METRIC_COLUMNS if k in metrics]
-    rows += [(k, v) for k, v in metrics.items() if k not in METRIC_COLUMNS and isinstance(v, int | float | str)]
+    first_k = (metrics.get("knn_k") or [200])[0]
+    labels = {**METRIC_COLUMNS, "knn_top1": f"kNN top-1 (k={first_k})"}
+    shown = set(METRIC_COLUMNS) | {f"knn_top1_k{first_k}"}  # knn_top1 is the first k's result: one row for both
+    rows = [(labels[k], metrics[k]) for k in METRIC_COLUMNS if k in metrics]
+    rows += [(k, v) for k, v in metrics.items() if k not in shown and isinstance(v, int | float | str)]
     md = [f"# {title}", "", _md_table(("metric", "value"), rows), ""]
     hp = [f"<h2>Metrics</h2>{_html_table(('metric', 'value'), rows)}"]
-    for name, png, alt in (("spectrum", spectrum, "singular-value spectrum"), ("map", embedding_map, "PCA map")):
+    plots = (("curves", curves, "Training curves (metrics.csv)"), ("spectrum", spectrum, "Singular-value spectrum"),
+             ("map", embedding_map, "PCA map of the test embeddings"))  # fmt: skip
+    for name, png, heading in plots:
         if png is None:
             continue
         atomic_write(out_dir / f"report_{name}.png", png)
-        md += [f"![{alt}](report_{name}.png)", ""]
-        hp.append(f"<h2>{html.escape(alt.capitalize())}</h2>{_img(png, alt)}")
+        md += [f"## {heading}", "", f"![{heading}](report_{name}.png)", ""]
+        hp.append(f"<h2>{html.escape(heading)}</h2>{_img(png, heading)}")
     if details:
-        block = json.dumps(details, indent=2, default=_json_default)
+        block = json.dumps(_json_safe(details), indent=2)
         md += ["## Details", "", "```json", block, "```", ""]
         hp.append(f"<h2>Details</h2><pre>{html.escape(block)}</pre>")
     atomic_write(out_dir / "report.md", "\n".join(md))

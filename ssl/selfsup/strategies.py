@@ -96,6 +96,18 @@ class _FullWeightsLauncher(_MultiProcessingLauncher):
         torch.distributed.destroy_process_group()
         return output
 
+    def _wrapping_function(self, *args, **kwargs) -> None:
+        super()._wrapping_function(*args, **kwargs)  # rank 0 has put its results (a SimpleQueue: written now)
+        # Every collective is done and the group closed, yet the interpreter's own teardown of FSDP's gloo state
+        # still aborted now and then ("terminate called without an active exception"): nothing is left to do
+        # here, so the worker leaves without it.
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
 
 class DeepSpeedStrategy(_DeepSpeedStrategy):
     """Lightning's ``DeepSpeedStrategy`` (ZeRO stage 1-3). ``allow_cpu=true`` runs it on CPU processes (tests).

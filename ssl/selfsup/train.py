@@ -24,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup.config import CONF_DIR
 from selfsup.errors import one_line_errors, run_hydra_app
 from selfsup.launch import per_device_batch
-from selfsup.loggers import RunCSVLogger
+from selfsup.loggers import RunCSVLogger, finish_loggers
 from selfsup.module import SSLModule
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint, recover_swaps
 from selfsup.runtime.files import atomic_write_text, remove_stale_temps
 from selfsup.runtime.lock import RunLock
 from selfsup.runtime.resume import Plan, plan, record
+from selfsup.runtime.warnings import quiet_known_warnings
 from selfsup.strategies import check_sync_batchnorm
 
 log = logging.getLogger("selfsup.train")
@@ -53,6 +54,7 @@ def build(cfg: DictConfig):
     """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate.
 
     ``cfg`` is not modified: the per-process batch derived from ``global_batch_size`` goes to the datamodule.
+    Bad values fail before the Trainer starts printing.
     """
     check_trainer(cfg.trainer)
     views, objective = instantiate(cfg.views), instantiate(cfg.objective)
@@ -60,6 +62,17 @@ def build(cfg: DictConfig):
     if needed > len(views):
         raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
                          f"config with {needed} (e.g. views=care for objective=care)")
+    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
+    module = SSLModule(
+        backbone=instantiate(cfg.backbone),
+        projector=instantiate(cfg.projector),
+        objective=objective,
+        optim=instantiate(cfg.optim),
+        num_classes=datamodule.num_classes if cfg.online_probe else 0,
+        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
+        momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
+        symmetric=cfg.symmetric,
+    )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
         raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
@@ -73,24 +86,13 @@ def build(cfg: DictConfig):
         use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
     )
     check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
-    batch_size = cfg.data.batch_size
     if cfg.get("global_batch_size") is not None:  # per-process batch from nodes x devices x accumulation
-        batch_size = per_device_batch(cfg.global_batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed, batch_size=batch_size)
-    module = SSLModule(
-        backbone=instantiate(cfg.backbone),
-        projector=instantiate(cfg.projector),
-        objective=objective,
-        optim=instantiate(cfg.optim),
-        num_classes=datamodule.num_classes if cfg.online_probe else 0,
-        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
-        momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
-        symmetric=cfg.symmetric,
-        run_info={
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "global_batch": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
-        },
-    )
+        datamodule.batch_size = per_device_batch(cfg.global_batch_size, trainer.world_size,
+                                                 trainer.accumulate_grad_batches)  # fmt: skip
+    module.run_info = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "global_batch": datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+    }
     return datamodule, module, trainer
 
 
@@ -174,9 +176,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
         overrides: the command-line overrides it was composed from (a resume compares them with the saved
             config); None: every key of ``cfg`` counts as given.
     """
+    quiet_known_warnings()
     p = plan(cfg, overrides, rank_zero=env_rank_zero())
     cfg = p.cfg
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
     if p.ckpt_path is not None:
         check_resumable(p, module, trainer)
@@ -188,7 +191,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
             if isinstance(logger, RunCSVLogger) and p.ckpt_path is not None:
                 logger.keep_before_step = p.step
         backbone_init = copy.deepcopy(module.backbone) if cfg.report_baseline else None
-        trainer.fit(module, datamodule=datamodule, ckpt_path=p.ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=p.ckpt_path)
+        except BaseException:
+            finish_loggers(trainer, failed=True)
+            raise
+        finish_loggers(trainer)
         if cfg.report_baseline and trainer.is_global_zero:
             rows = baseline_table(datamodule, backbone_init, module.backbone)
             atomic_write_text(run_dir / "baseline.json", json.dumps(rows, indent=2))

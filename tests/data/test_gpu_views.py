@@ -201,9 +201,8 @@ def test_multicrop_views_have_their_own_sizes():
 
 
 # -- the device path: raw batches from the datamodule, views after the transfer --------------------------------
-from selfsup.data import DigitsDataModule  # noqa: E402
+from selfsup.data import SSLDataModule  # noqa: E402
 
-DeviceDigits = DigitsDataModule  # the GPU-view path is built into every SSLDataModule
 
 def simclr_views(cls, **kw):
     v = ViewAugment(16, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -211,9 +210,9 @@ def simclr_views(cls, **kw):
 
 
 def test_device_path_yields_the_cpu_path_batch():
-    cpu = DigitsDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(MultiViewTransform))
-    dev = DeviceDigits(batch_size=32, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform,
-                                                                                        sampler="exact"))  # fmt: skip
+    cpu = SSLDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(MultiViewTransform))
+    dev = SSLDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform,
+                                                                                         sampler="exact"))  # fmt: skip
     want = next(iter(cpu.train_dataloader()))
     raw = next(iter(dev.train_dataloader()))
     assert "image" not in raw and raw["key"].shape == (32, 3)  # the split is resident: only keys travel
@@ -231,7 +230,7 @@ def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
     from tests.config_utils import compose_train
 
     cfg = compose_train(
-        ["views=gpu_simclr", f"data._target_={__name__}.DeviceDigits", "data.batch_size=32", "trainer.max_steps=2",
+        ["views=gpu_simclr", "data.batch_size=32", "trainer.max_steps=2",
          "trainer.limit_val_batches=0", "callbacks.progress=null", "trainer.enable_model_summary=false",
          "trainer.log_every_n_steps=1"],
         tmp_path / "run",
@@ -245,14 +244,14 @@ def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
 
 
 def test_imagefolder_batches_carry_decoded_images(tmp_path):
-    from selfsup.data import ImageFolderDataModule
     from selfsup.data.device_loader import collate_raw
     from tests.config_utils import tiny_imagefolder
 
     root = tiny_imagefolder(tmp_path / "folder", per_class=4)
-    dm = ImageFolderDataModule(
-        root=str(root), batch_size=4, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform)
-    )
+    dm = SSLDataModule(
+        dataset="imagefolder", root=str(root), batch_size=4, image_size=16, num_workers=0,
+        views=simclr_views(GpuMultiViewTransform),
+    )  # fmt: skip
     raw = next(iter(dm.train_dataloader()))
     assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (4, 3, 40, 48)  # decoded on the CPU
     assert [tuple(v.shape) for v in dm.on_after_batch_transfer(raw, 0)["views"]] == [(4, 3, 16, 16)] * 2

@@ -1,7 +1,8 @@
-"""LightningDataModules: digits (offline default), CIFAR-10/100, STL-10 and any ImageFolder.
+"""The training datamodule: digits (offline default), CIFAR-10/100, STL-10 and any ImageFolder — one class, the
+datasets differ only in where their images come from (:data:`DATASETS`).
 
-Each yields CONTRACT.md training batches ``{"views", "params", "label", "index"}`` and, for validation, two
-loaders of un-augmented images: the kNN bank (training split) and the queries (held-out split).
+It yields CONTRACT.md training batches ``{"views", "params", "label", "index"}`` and, for validation, two loaders of
+un-augmented images: the kNN bank (training split) and the queries (held-out split).
 """
 
 from __future__ import annotations
@@ -39,28 +40,103 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
+def _digits(dm: SSLDataModule):
+    """scikit-learn's bundled 8x8 digits (1,797 images, offline): a fixed stratified 80/20 split, 3-channel."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))  # (N, 8, 8)
+    images = images[:, None].expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(digits.target)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=digits.target,
+                                           random_state=0)  # fmt: skip
+    classes = [str(c) for c in range(10)]
+    return tuple(TensorImages(images[np.sort(i)], labels[np.sort(i)], classes) for i in (train_idx, test_idx))
+
+
+def _imagefolder(dm: SSLDataModule):
+    """``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``."""
+    root = Path(dm.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root}: directory does not exist")
+    missing = [d for d in (dm.train_dir, dm.val_dir) if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.root={root}: missing split folder(s) {missing}; expected {root}/{dm.train_dir}/<class>/<image> "
+            f"and {root}/{dm.val_dir}/<class>/<image>"
+        )
+    return tuple(FileImages(root / d, f"data.root/{d}") for d in (dm.train_dir, dm.val_dir))
+
+
+def _torchvision(dm: SSLDataModule):
+    """CIFAR-10/100 or STL-10 through torchvision (``download`` passed through), or the same data laid out as an
+    ImageFolder tree (e.g. ../shared/data/cifar10). STL-10 trains on train+unlabeled (labels -1 on the unlabeled
+    part) and evaluates on its labelled train/test splits."""
+    root = Path(dm.root)
+    if (root / dm.train_dir).is_dir() or (root / dm.val_dir).is_dir():  # an ImageFolder tree (possibly incomplete)
+        return _imagefolder(dm)
+    if not root.is_dir() and not dm.download:
+        raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")
+    import torchvision.datasets as tvd
+
+    tensor = lambda images, labels, classes: TensorImages(  # noqa: E731
+        torch.as_tensor(images).contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long), list(classes))
+    try:
+        if dm.dataset == "stl10":
+            splits = (tvd.STL10(str(root), split=s, download=dm.download) for s in ("train+unlabeled", "test", "train"))
+            return tuple(tensor(d.data, d.labels, d.classes) for d in splits)
+        cls = tvd.CIFAR10 if dm.dataset == "cifar10" else tvd.CIFAR100
+        splits = (cls(str(root), train=t, download=dm.download) for t in (True, False))
+        # (N, H, W, C) -> (N, C, H, W)
+        return tuple(tensor(torch.from_numpy(d.data).permute(0, 3, 1, 2), d.targets, d.classes) for d in splits)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise FileNotFoundError(
+            f"data.root={root}: no {dm.dataset} found ({e}); expected torchvision's files or an ImageFolder "
+            f"tree {dm.train_dir}/<class>/, {dm.val_dir}/<class>/ — pass data.download=true to fetch it"
+        ) from None
+
+
+# dataset -> (train, held-out[, labelled train for evaluation]) sources (selfsup.data.sources)
+DATASETS = {"digits": _digits, "cifar10": _torchvision, "cifar100": _torchvision, "stl10": _torchvision,
+            "imagefolder": _imagefolder}  # fmt: skip
+CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
+
+
+def _count(key: str, value, minimum: int = 1, allow_none: bool = True):
+    if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        return value
+    raise ValueError(f"data.{key}={value}: expected an integer >= {minimum}{' or null' if allow_none else ''}")
+
+
 class SSLDataModule(L.LightningDataModule):
-    """Shared logic; subclasses implement :meth:`load_splits`.
+    """Multi-view training batches and validation loaders of one dataset (defaults of each in ``conf/data/``).
 
     Args:
-        root: dataset directory (meaning per subclass).
+        dataset: one of :data:`DATASETS` — ``digits`` (scikit-learn's, offline; ``root`` unused), ``cifar10``,
+            ``cifar100``, ``stl10`` (torchvision files, or an ImageFolder tree of the same data), ``imagefolder``.
+        root: dataset directory.
         batch_size: per-process training batch (the global batch is batch_size x processes).
         image_size: side length of training views and evaluation images.
         mean, std: normalisation statistics.
         num_workers: loader processes per training process (null: cores - 1, at most 8).
         subset: use only the first K training images, stratified by class.
-        eval_train_subset, eval_test_subset: cap the kNN bank / query sets used in validation (stratified).
+        eval_train_subset, eval_test_subset: cap the kNN bank / query sets of the validation during training
+            (stratified); ``selfsup-eval`` uses the whole splits unless told otherwise.
         download: let torchvision download the dataset if it is missing.
+        verify: check every image file before training (parallel header checks); unreadable ones are listed.
+        skip_bad: with ``verify``, leave unreadable images out (with a warning counting them) instead of stopping.
+        train_dir, val_dir: split folder names under ``root`` (ImageFolder trees).
         views: the multi-view transform of training samples (null for evaluation-only use).
         seed: seeds shuffling and every augmentation draw.
     """
 
-    crop_fraction = 1.0  # evaluation: resize the short side to image_size / crop_fraction, then centre-crop
     views_on_device = "auto"  # selfsup.data.device_loader.use_device_views: "auto", "true" or "false"
     device_views = None
 
     def __init__(
         self,
+        dataset: str = "digits",
         root: str | None = None,
         batch_size: int = 256,
         image_size: int = 32,
@@ -71,28 +147,44 @@ class SSLDataModule(L.LightningDataModule):
         eval_train_subset: int | None = None,
         eval_test_subset: int | None = None,
         download: bool = False,
+        verify: bool = False,
+        skip_bad: bool = False,
+        train_dir: str = "train",
+        val_dir: str = "val",
         views: MultiViewTransform | None = None,
         seed: int = 0,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}: expected a positive integer")
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
+        if dataset != "digits" and root is None:
+            raise ValueError(f"data.root is not set: expected the directory that holds (or will hold) {dataset}")
+        if download and dataset == "imagefolder":
+            raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
+        self.batch_size = _count("batch_size", batch_size, minimum=2, allow_none=False)  # BatchNorm, pairs
+        self.image_size = _count("image_size", image_size, allow_none=False)
         for key, value in dict(subset=subset, eval_train_subset=eval_train_subset,
-                               eval_test_subset=eval_test_subset).items():  # fmt: skip
-            if value is not None and value < 1:
-                raise ValueError(f"data.{key}={value}: expected a positive number of images or null")
-        self.root = root
-        self.batch_size, self.image_size = batch_size, image_size
+                               eval_test_subset=eval_test_subset, num_workers=num_workers).items():  # fmt: skip
+            _count(key, value, minimum=0 if key == "num_workers" else 1)
+        self.dataset, self.root = dataset, root
         self.mean, self.std = tuple(mean), tuple(std)
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.subset, self.eval_train_subset, self.eval_test_subset = subset, eval_train_subset, eval_test_subset
-        self.download, self.views, self.seed = download, views, seed
+        self.download, self.verify, self.skip_bad = download, verify or skip_bad, skip_bad
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.views, self.seed = views, seed
+        self.crop_fraction = CROP_FRACTION.get(dataset, 1.0)
         self._splits, self._eval_train = None, None
 
     # -- sources ------------------------------------------------------------------------------------------------
     def load_splits(self):
         """(train, held-out[, labelled train for evaluation]) sources (selfsup.data.sources)."""
-        raise NotImplementedError
+        splits = DATASETS[self.dataset](self)
+        if self.verify:
+            for source, split in zip(splits, ("train", "held-out", "labelled train")):
+                if isinstance(source, FileImages):
+                    source.verify(skip=self.skip_bad, split=split)
+        return splits
 
     @property
     def splits(self):
@@ -208,145 +300,3 @@ class _Indexed(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         x, y = self.ds[i]
         return x, y, i
-
-
-class DigitsDataModule(SSLDataModule):
-    """scikit-learn's bundled 8x8 digits (1,797 images, offline): a fixed stratified 80/20 split, 3-channel.
-
-    ``root`` is ignored (the data ship with scikit-learn).
-    """
-
-    def load_splits(self):
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))  # (N, 8, 8)
-        images = images[:, None].expand(-1, 3, -1, -1).contiguous()
-        labels = torch.from_numpy(digits.target)
-        train_idx, test_idx = train_test_split(
-            np.arange(len(labels)), test_size=0.2, stratify=digits.target, random_state=0
-        )
-        classes = [str(c) for c in range(10)]
-        return tuple(TensorImages(images[np.sort(i)], labels[np.sort(i)], classes) for i in (train_idx, test_idx))
-
-
-def _imagefolder_splits(root: Path, train_dir: str, val_dir: str):
-    missing = [d for d in (train_dir, val_dir) if not (root / d).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"data.root={root}: missing split folder(s) {missing}; expected {root}/{train_dir}/<class>/<image> "
-            f"and {root}/{val_dir}/<class>/<image>"
-        )
-    return FileImages(root / train_dir, f"data.root/{train_dir}"), FileImages(root / val_dir, f"data.root/{val_dir}")
-
-
-class TorchvisionDataModule(SSLDataModule):
-    """CIFAR-10, CIFAR-100 or STL-10 via torchvision (``download`` passed through), or the same data laid out as
-    an ImageFolder tree ``root/train/<class>/*`` + ``root/test/<class>/*`` (e.g. ../shared/data/cifar10).
-
-    Args:
-        dataset: ``cifar10``, ``cifar100`` or ``stl10``. STL-10 trains on train+unlabeled (labels -1 on the
-            unlabeled part) and evaluates on its labelled train/test splits.
-    """
-
-    DATASETS = ("cifar10", "cifar100", "stl10")
-
-    def __init__(
-        self,
-        dataset: str = "cifar10",
-        root: str | None = None,
-        batch_size: int = 256,
-        image_size: int = 32,
-        mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465),
-        std: tuple[float, ...] = (0.2470, 0.2435, 0.2616),
-        num_workers: int | None = None,
-        subset: int | None = None,
-        eval_train_subset: int | None = None,
-        eval_test_subset: int | None = None,
-        download: bool = False,
-        views: MultiViewTransform | None = None,
-        seed: int = 0,
-    ):
-        if dataset not in self.DATASETS:
-            raise ValueError(f"data.dataset={dataset!r}: expected one of {self.DATASETS}")
-        if root is None:
-            raise ValueError(f"data.root is not set: expected the directory that holds (or will hold) {dataset}")
-        super().__init__(
-            root, batch_size, image_size, mean, std, num_workers, subset, eval_train_subset, eval_test_subset,
-            download, views, seed,
-        )  # fmt: skip
-        self.dataset = dataset
-
-    def load_splits(self):
-        root = Path(self.root)
-        if (root / "train").is_dir() or (root / "test").is_dir():  # an ImageFolder tree (possibly incomplete)
-            return _imagefolder_splits(root, "train", "test")
-        if not root.is_dir() and not self.download:
-            raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")
-        import torchvision.datasets as tvd
-
-        try:
-            if self.dataset == "stl10":
-                train, test, labelled = (
-                    tvd.STL10(str(root), split=s, download=self.download) for s in ("train+unlabeled", "test", "train")
-                )
-                return tuple(self._tensor(d.data, d.labels, d.classes) for d in (train, test, labelled))
-            cls = tvd.CIFAR10 if self.dataset == "cifar10" else tvd.CIFAR100
-            train, test = (cls(str(root), train=t, download=self.download) for t in (True, False))
-        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
-            raise FileNotFoundError(
-                f"data.root={root}: no {self.dataset} found ({e}); expected torchvision's files or an ImageFolder "
-                "tree train/<class>/, test/<class>/ — pass data.download=true to fetch it"
-            ) from None
-        to_chw = lambda d: torch.from_numpy(d).permute(0, 3, 1, 2)  # noqa: E731 (N, H, W, C) -> (N, C, H, W)
-        return (self._tensor(to_chw(train.data), train.targets, train.classes),
-                self._tensor(to_chw(test.data), test.targets, test.classes))  # fmt: skip
-
-    @staticmethod
-    def _tensor(images, labels, classes) -> TensorImages:
-        images = torch.as_tensor(images).contiguous()
-        return TensorImages(images, torch.as_tensor(np.asarray(labels), dtype=torch.long), list(classes))
-
-
-class ImageFolderDataModule(SSLDataModule):
-    """Any ImageFolder tree ``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``.
-
-    Args:
-        train_dir, val_dir: split folder names under ``root``.
-    """
-
-    crop_fraction = 0.875
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 256,
-        image_size: int = 224,
-        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-        std: tuple[float, ...] = (0.229, 0.224, 0.225),
-        num_workers: int | None = None,
-        subset: int | None = None,
-        eval_train_subset: int | None = None,
-        eval_test_subset: int | None = None,
-        download: bool = False,
-        views: MultiViewTransform | None = None,
-        seed: int = 0,
-        train_dir: str = "train",
-        val_dir: str = "val",
-    ):
-        if root is None:
-            raise ValueError("data.root is not set: expected a directory with train/<class>/ and val/<class>/")
-        if download:
-            raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
-        super().__init__(
-            root, batch_size, image_size, mean, std, num_workers, subset, eval_train_subset, eval_test_subset,
-            download, views, seed,
-        )  # fmt: skip
-        self.train_dir, self.val_dir = train_dir, val_dir
-
-    def load_splits(self):
-        root = Path(self.root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root={root}: directory does not exist")
-        return _imagefolder_splits(root, self.train_dir, self.val_dir)

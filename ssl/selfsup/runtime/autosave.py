@@ -47,10 +47,10 @@ def writes_directory(strategy) -> bool:
 def save_atomically(trainer: L.Trainer, path: Path) -> None:
     """``trainer.save_checkpoint(path)`` (every rank takes part) so that ``path`` is the old or the new checkpoint."""
     if not writes_directory(trainer.strategy):
-        trainer.save_checkpoint(path)  # selfsup.runtime.checkpoint.AtomicCheckpointIO: temporary file + rename
+        trainer.save_checkpoint(path, weights_only=False)  # AtomicCheckpointIO: temporary file + rename
         return
     tmp = path.with_name(f".{path.name}.{trainer.global_step}.tmp")  # the same name on every rank
-    trainer.save_checkpoint(tmp)  # ends with a barrier: every shard is written
+    trainer.save_checkpoint(tmp, weights_only=False)  # ends with a barrier: every shard is written
     if trainer.is_global_zero:
         swap_in(tmp, path)
     trainer.strategy.barrier("selfsup.save_atomically")

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_PATTERN = re.compile(r"^\..+\.\d+\.tmp$")  # .<name>.<pid>.tmp
+FULL_BELOW = 1 << 20  # a write that failed with less than this free (before its partial file is removed): disk full
 
 
 class NoSpaceError(OSError):
     """The disk filled up while writing ``path``; the previous version of the file is untouched."""
 
-    def __init__(self, path: Path, needed: int | None = None):
+    def __init__(self, path: Path):
         free = shutil.disk_usage(path.parent).free
-        need = f", {needed / 2**20:.1f} MiB needed" if needed else ""
         super().__init__(errno.ENOSPC, f"no space left on {path.parent} writing {path.name} "
-                                       f"({free / 2**20:.1f} MiB free{need}); the previous {path.name} is kept")
+                                       f"({free / 2**20:.1f} MiB free); the previous {path.name} is kept")
 
     def __str__(self) -> str:
         return self.strerror
@@ -55,14 +55,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except OSError as e:
-        size = tmp.stat().st_size if tmp.exists() else None
+    except BaseException as e:
+        # torch.save reports a full disk as a RuntimeError of its zip writer: judge by the space left
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            isinstance(e, OSError | RuntimeError) and shutil.disk_usage(path.parent).free < FULL_BELOW)
         tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(path, size) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if full:
+            raise NoSpaceError(path) from None
         raise
     _fsync_dir(path.parent)
     return path

@@ -39,6 +39,9 @@ SAFE_ON_RESUME = (
 )  # fmt: skip
 
 
+_THIS_INVOCATION = ("run_dir", "resume", "ckpt_path")  # how this command was started, not the run's settings
+
+
 @dataclass
 class Plan:
     """What ``selfsup-train`` will do: the config to build, the checkpoint to continue from (None: a new run) and
@@ -102,7 +105,7 @@ def _resume_plan(cfg: DictConfig, overrides: list[str] | None, path: Path) -> Pl
     touched = [""] if overrides is None else [_touched(cfg, o) for o in overrides]
     result, changes, refused = copy.deepcopy(saved), {}, []
     for key in _differences(current, saved):
-        if not any(_related(key, t) for t in touched if t is not None):
+        if key in _THIS_INVOCATION or not any(_related(key, t) for t in touched if t is not None):
             continue  # not on the command line: the run's own value stands
         old, new = _get(saved, key), _get(current, key)
         if any(key == s or key.startswith(s + ".") for s in SAFE_ON_RESUME):
@@ -118,7 +121,7 @@ def _resume_plan(cfg: DictConfig, overrides: list[str] | None, path: Path) -> Pl
             "run keeps its config; only trainer.max_epochs/max_steps, the process count, data.root/num_workers, "
             "logging and checkpoint settings may change — start a new run (another hydra.run.dir) to change it"
         )
-    for key in ("run_dir", "resume", "ckpt_path"):
+    for key in _THIS_INVOCATION:
         result[key] = current[key]
     new_cfg = OmegaConf.create(result)
     OmegaConf.set_struct(new_cfg, True)

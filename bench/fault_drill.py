@@ -1,0 +1,243 @@
+"""Fault drill: break training runs the way a hostile or unlucky user would, and print what each fault cost.
+
+    .venv/bin/python bench/fault_drill.py [--kills 10] [--seed 0] [--out bench/FAULTS.md]
+
+Every case runs the real console scripts in subprocesses on the quickstart data (a 3-block CNN, 32 pairs a step,
+10 steps an epoch, 4 epochs). A run that is interrupted is then resumed with ``resume=true`` and compared with an
+uninterrupted run of the same config: "data lost" is "none" only when the resumed run's loss curve, validation rows
+and final weights equal the uninterrupted run's bit for bit and metrics.csv holds every step exactly once.
+
+Cases: SIGKILL at random moments (default checkpoint cadence: every epoch), SIGTERM during the first, a middle
+and the last step of an epoch, a non-finite loss (learning rate 1e30), a full disk (a small tmpfs: needs root and
+mount permission, skipped otherwise), two trainings in one directory, a booby-trapped checkpoint given to
+selfsup-train / selfsup-eval / selfsup-export, and a corrupt image under 2 loader workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = [
+    "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0", "+backbone.width=8",
+    "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64", "callbacks.progress=null",
+    "report_baseline=false", "trainer.max_epochs=4", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
+    "trainer.log_every_n_steps=1", "logger.csv.flush_logs_every_n_steps=1", "trainer.enable_model_summary=false",
+]  # fmt: skip
+TOTAL_STEPS = 40
+
+
+def cli(module: str, *args: str, wait: bool = True, **kw):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", module, *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, **kw)
+
+
+def train(run_dir: Path, *extra: str, wait: bool = True):
+    return cli("selfsup.train", *BASE, *extra, f"hydra.run.dir={run_dir}", wait=wait)
+
+
+def logged(run_dir: Path) -> dict:
+    """{(step, key): value} of metrics.csv, and the list of steps with a training loss (with repeats)."""
+    if not (run_dir / "metrics.csv").is_file():
+        return {"rows": {}, "steps": []}
+    with open(run_dir / "metrics.csv") as f:
+        records = list(csv.DictReader(f))
+    rows = {(int(r["step"]), k): float(v) for r in records for k, v in r.items() if v and k not in ("step", "epoch")}
+    return {"rows": rows, "steps": [int(r["step"]) for r in records if r.get("train/loss")]}
+
+
+def ckpt_step(run_dir: Path) -> int | None:
+    path = run_dir / "checkpoints" / "last.ckpt"
+    return torch.load(path, weights_only=True)["global_step"] if path.is_file() else None
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def same_as(reference: Path, run_dir: Path) -> str:
+    """"none" when run_dir equals the reference bit for bit, else what differs."""
+    a, b = logged(reference), logged(run_dir)
+    if sorted(b["steps"]) != list(range(TOTAL_STEPS)):
+        return f"steps logged {len(b['steps'])}, expected each of {TOTAL_STEPS} once"
+    if a["rows"] != b["rows"]:
+        return f"{sum(a['rows'].get(k) != v for k, v in b['rows'].items())} metric values differ"
+    wa, wb = weights(reference), weights(run_dir)
+    if wa.keys() != wb.keys() or not all(torch.equal(wa[k], wb[k]) for k in wa):
+        return "final weights differ"
+    return "none"
+
+
+def last_line(proc) -> str:
+    lines = (proc.stderr or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+# -- cases -----------------------------------------------------------------------------------------------------------
+
+
+def kill_9(reference: Path, work: Path, rng: random.Random, n: int) -> list[tuple]:
+    rows = []
+    for i in range(n):
+        run_dir = work / f"kill{i}"
+        proc = train(run_dir, wait=False)
+        while not logged(run_dir)["steps"] and proc.poll() is None:  # started training
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        at, saved = max(logged(run_dir)["steps"], default=-1) + 1, ckpt_step(run_dir)
+        if at >= TOTAL_STEPS:
+            rows.append((f"SIGKILL #{i + 1}: too late (run had finished)", "finished", 0, "none"))
+            continue
+        resumed = train(run_dir, "resume=true")
+        if saved is None:  # killed before the first checkpoint: resume refuses, a new run starts over
+            outcome = "resume refused (no checkpoint yet)" if resumed.returncode == 2 else f"exit {resumed.returncode}"
+            shutil.rmtree(run_dir)
+            train(run_dir)
+            rows.append((f"SIGKILL at step {at} (before the first checkpoint)", outcome + "; rerun", at,
+                         same_as(reference, run_dir)))  # fmt: skip
+            continue
+        outcome = "resumed" if resumed.returncode == 0 else f"resume exit {resumed.returncode}: {last_line(resumed)}"
+        rows.append((f"SIGKILL at step {at} (last.ckpt at {saved})", outcome, at - saved, same_as(reference, run_dir)))
+    return rows
+
+
+def sigterm(reference: Path, work: Path) -> list[tuple]:
+    """SIGTERM (scontrol requeue, preemption) sent during a step by tests.runtime.test_resume.SignalAt."""
+    rows = []
+    for step, where in ((10, "first step of epoch 2"), (14, "mid-epoch"), (19, "last step of epoch 2")):
+        run_dir = work / f"term{step}"
+        proc = train(run_dir, "+callbacks.signal._target_=tests.runtime.test_resume.SignalAt",
+                     f"+callbacks.signal.step={step}")  # fmt: skip
+        saved = ckpt_step(run_dir)
+        resumed = train(run_dir, "resume=true")
+        outcome = f"exit {proc.returncode}, then " + ("resumed" if not resumed.returncode else
+                                                      f"resume exit {resumed.returncode}")  # fmt: skip
+        rows.append((f"SIGTERM during step {step} ({where})", outcome, step + 1 - (saved or 0),
+                     same_as(reference, run_dir)))  # fmt: skip
+    return rows
+
+
+def non_finite(work: Path) -> tuple:
+    run_dir = work / "nan"
+    proc = train(run_dir, "optim.lr=1e30", "optim.warmup_epochs=0", "callbacks.last.every_n_train_steps=1")
+    saved = ckpt_step(run_dir)
+    finite = saved is not None and all(torch.isfinite(v).all() for v in weights(run_dir).values()
+                                       if v.is_floating_point())  # fmt: skip
+    at = max(logged(run_dir)["steps"], default=-1) + 1
+    outcome = f"exit {proc.returncode}: {last_line(proc)[:90]}"
+    return ("NaN loss (optim.lr=1e30)", outcome, at - (saved or 0),
+            "none (last.ckpt finite)" if finite or saved is None else "last.ckpt holds NaN")  # fmt: skip
+
+
+def full_disk(work: Path) -> tuple:
+    mount = work / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=280k", "tmpfs", str(mount)], capture_output=True).returncode:
+        return ("full disk (280 kB tmpfs)", "skipped: cannot mount a tmpfs here", "-", "-")
+    try:
+        run_dir = mount / "run"
+        proc = train(run_dir, "callbacks.last.every_n_train_steps=3", "callbacks.best=null")
+        saved = ckpt_step(run_dir)
+        left = sorted(os.listdir(run_dir / "checkpoints"))
+        at = max(logged(run_dir)["steps"], default=-1) + 1
+        data = "none (last.ckpt intact, no temporary left)" if saved and left == ["last.ckpt"] else f"left {left}"
+        return ("full disk (280 kB tmpfs)", f"exit {proc.returncode}: {last_line(proc)[:90]}", at - (saved or 0), data)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def two_runs(reference: Path, work: Path) -> tuple:
+    run_dir = work / "twice"
+    first = train(run_dir, wait=False)
+    while ckpt_step(run_dir) is None and first.poll() is None:
+        time.sleep(0.05)
+    second = train(run_dir, "resume=true")
+    first.wait()
+    outcome = f"second: exit {second.returncode}: {last_line(second)[:80]}"
+    return ("two trainings in one run dir", outcome, 0, same_as(reference, run_dir))
+
+
+def malicious(work: Path) -> tuple:
+    marker = work / "trap-fired"
+    evil = work / "evil.ckpt"
+    code = (f"import torch, pathlib\nclass T:\n    def __reduce__(self): return (pathlib.Path.touch, "
+            f"(pathlib.Path({str(marker)!r}),))\ntorch.save({{'state_dict': {{}}, 'selfsup': {{'config': {{}}}}, "
+            f"'x': T()}}, {str(evil)!r})")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+    codes = [
+        cli("selfsup.train", f"ckpt_path={evil}", f"hydra.run.dir={work / 'evil-run'}").returncode,
+        cli("selfsup.evaluate", f"checkpoint={evil}").returncode,
+        cli("selfsup.export", f"checkpoint={evil}", f"out={work / 'e.safetensors'}").returncode,
+    ]
+    fired = marker.exists()
+    return ("booby-trapped .ckpt to train/eval/export", f"exit codes {codes}; trap fired: {fired}", 0,
+            "none" if not fired else "CODE RAN")  # fmt: skip
+
+
+def corrupt_image(work: Path) -> tuple:
+    import numpy as np
+    from PIL import Image
+
+    root = work / "images"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.jpg")
+    (root / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    proc = cli("selfsup.train", "data=imagefolder", f"data.root={root}", "data.batch_size=13", "data.image_size=16",
+               "data.num_workers=2", "backbone=small_cnn", "trainer.max_epochs=1", "callbacks.progress=null",
+               f"hydra.run.dir={work / 'img-run'}")  # fmt: skip
+    named = "broken.jpg" in last_line(proc)
+    return ("corrupt image, 2 loader workers", f"exit {proc.returncode}, file named: {named}", "-", "none")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="also write the table as markdown here")
+    args = ap.parse_args()
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="selfsup-faults-") as tmp:
+        work = Path(tmp)
+        reference = work / "reference"
+        if train(reference).returncode:
+            raise SystemExit("the uninterrupted reference run failed")
+        rows = kill_9(reference, work, random.Random(args.seed), args.kills)
+        rows += sigterm(reference, work)
+        rows += [non_finite(work), full_disk(work), two_runs(reference, work), malicious(work), corrupt_image(work)]
+    header = ("case", "outcome", "steps lost", "data lost")
+    table = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
+    table += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    text = "\n".join(table)
+    print(text)
+    print(f"\n{len(rows)} cases in {time.time() - t0:.0f} s")
+    if args.out is not None:
+        args.out.write_text(
+            f"# Fault drill\n\n`{' '.join(['.venv/bin/python', 'bench/fault_drill.py', *sys.argv[1:]])}` on "
+            f"{time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs). Quickstart data, 10 steps an epoch, 4 epochs; the "
+            "default checkpoint cadence (every epoch). \"data lost: none\" = the resumed run equals an uninterrupted "
+            f"one bit for bit (losses, validation rows, weights).\n\n{text}\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

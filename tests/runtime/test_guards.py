@@ -1,0 +1,86 @@
+"""A non-finite loss stops the run (one line, naming the step) before it reaches the weights; or is skipped."""
+
+import os
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from selfsup.config import ROOT
+from selfsup.runtime.guards import NonFiniteLoss
+from tests.config_utils import compose_train
+from tests.test_train import TINY
+
+
+class PoisonAt(L.Callback):
+    """Put a NaN into the first view of optimiser step ``step``; record the weights and optimiser state around it."""
+
+    def __init__(self, step: int):
+        self.step, self.seen = step, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step in (self.step, self.step + 1):
+            state = {k: v.clone() for k, v in module.state_dict().items()}
+            opt = trainer.optimizers[0].state_dict()["state"]
+            self.seen[trainer.global_step] = (state, {k: {n: t.clone() for n, t in s.items()} for k, s in opt.items()})
+        if trainer.global_step == self.step:
+            batch["views"][0][0].fill_(float("nan"))
+
+
+def test_first_non_finite_loss_stops_with_the_step_and_keeps_the_finite_checkpoint(tmp_path):
+    poison = PoisonAt(13)
+    cfg = compose_train(TINY + ["callbacks.last.every_n_train_steps=4"], tmp_path)
+    from selfsup import train
+
+    datamodule, module, trainer = train.build(cfg)
+    trainer.callbacks.append(poison)
+    with pytest.raises(NonFiniteLoss, match=r"training loss is nan at step 13 \(epoch 1\): stopped before it changed "
+                                            r"the weights; .*last.ckpt holds step 12"):  # fmt: skip
+        trainer.fit(module, datamodule=datamodule)
+    state, _ = poison.seen[13]
+    after = module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())  # the NaN never reached the weights
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 12
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_skipped_step_leaves_weights_and_optimiser_state_alone(tmp_path):
+    poison = PoisonAt(5)
+    cfg = compose_train(TINY + ["trainer.max_epochs=1", "callbacks.nonfinite.max_skips=1"], tmp_path)
+    from selfsup import train
+
+    datamodule, module, trainer = train.build(cfg)
+    trainer.callbacks.append(poison)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 10  # the step is counted (schedule and data order move on)
+    (w5, opt5), (w6, opt6) = poison.seen[5], poison.seen[6]
+    assert all(torch.equal(w5[k], w6[k]) for k in w5)
+    assert all(torch.equal(opt5[p][n], opt6[p][n]) for p in opt5 for n in opt5[p])
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"]["NonFiniteGuard"]["skipped"] == 1
+
+
+def test_huge_learning_rate_ends_in_one_line_from_the_cli(tmp_path):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, "-m", "selfsup.train", *TINY, "optim.lr=1e30", "optim.warmup_epochs=0",
+           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("selfsup-train: error: training loss is nan at step "), last
+    assert "RankMe" not in proc.stderr
+
+
+def test_bad_max_skips_is_refused(tmp_path):
+    with pytest.raises(Exception, match=r"callbacks.nonfinite.max_skips=-1: expected an integer >= 0"):
+        train_build(compose_train(TINY + ["callbacks.nonfinite.max_skips=-1"], tmp_path))
+
+
+def train_build(cfg):
+    from selfsup.train import build
+
+    return build(cfg)

@@ -1,0 +1,222 @@
+"""Resume continues a run exactly: at every position of an epoch, under accumulation, with loader workers, on the
+device-view path, with its own saved config — and refuses what would silently change the run."""
+
+import csv
+import signal
+
+import lightning as L
+import pytest
+import torch
+
+from selfsup.runtime.preemption import Preempted
+from selfsup.train import run
+from tests.config_utils import compose_train
+from tests.test_train import TINY, losses, weights
+
+THREE_EPOCHS = TINY + ["trainer.max_epochs=3"]  # 10 optimiser steps an epoch, validation after each
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` to this process at the start of optimiser step ``step`` (as SLURM would, mid-step)."""
+
+    def __init__(self, step: int, signum: str = "SIGTERM"):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step and batch_idx % trainer.accumulate_grad_batches == 0:
+            signal.raise_signal(getattr(signal, self.signum))
+
+
+def rows(run_dir):
+    """Every logged value of metrics.csv as {(step, key): value}."""
+    with open(run_dir / "metrics.csv") as f:
+        return {(int(r["step"]), k): float(v) for r in csv.DictReader(f) for k, v in r.items()
+                if v and k not in ("step", "epoch")}  # fmt: skip
+
+
+def saved_step(run_dir) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def assert_same_run(a, b):
+    assert losses(a) == losses(b)  # same data order, LR schedule and steps: bit for bit
+    assert rows(a) == rows(b)  # validation and probe metrics too
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def signal_then_resume(overrides, run_dir, step):
+    stop = ["+callbacks.signal._target_=tests.runtime.test_resume.SignalAt", f"+callbacks.signal.step={step}"]
+    with pytest.raises(Preempted):
+        run(compose_train(overrides + stop, run_dir))
+    assert saved_step(run_dir) == step + 1
+    run(compose_train(overrides + ["resume=true"], run_dir), ["resume=true"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    runs = {}
+
+    def get(name, overrides):
+        if name not in runs:
+            runs[name] = tmp_path_factory.mktemp(name)
+            run(compose_train(overrides, runs[name]))
+        return runs[name]
+
+    return get
+
+
+# the checkpoint's step -> where it falls in epoch 1 (steps 10..19)
+POSITIONS = {11: "after the first step", 15: "mid-epoch", 19: "before the last step", 20: "on the last step"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ckpt_step", sorted(POSITIONS), ids=[POSITIONS[s] for s in sorted(POSITIONS)])
+def test_preempted_anywhere_in_an_epoch_resumes_bit_for_bit(ckpt_step, reference, tmp_path):
+    """A signal during step ckpt_step - 1 saves last.ckpt at ckpt_step; the resumed run equals the uninterrupted
+    one — losses, validation rows and weights. (ckpt_step=20 is the case that used to skip epoch 2's data.)"""
+    signal_then_resume(THREE_EPOCHS, tmp_path, ckpt_step - 1)
+    assert_same_run(reference("three", THREE_EPOCHS), tmp_path)
+
+
+@pytest.mark.slow
+def test_crash_between_epochs_resumes_from_the_epoch_checkpoint(reference, tmp_path):
+    """Killed after epoch 1 ended (its last.ckpt written, validation done) and before epoch 2's first step."""
+    with pytest.raises(RuntimeError, match="interrupted at step 20"):
+        run(compose_train(THREE_EPOCHS + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+                                          "+callbacks.stop.step=20"], tmp_path))  # fmt: skip
+    assert saved_step(tmp_path) == 20
+    run(compose_train(THREE_EPOCHS + ["resume=true"], tmp_path))  # every key given: the crash callback goes
+    assert_same_run(reference("three", THREE_EPOCHS), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ckpt_step", [7, 10], ids=["mid-epoch", "on the last step"])
+def test_resume_under_gradient_accumulation(ckpt_step, reference, tmp_path):
+    """accumulate_grad_batches=2 (5 optimiser steps an epoch): checkpoints fall on optimiser steps only."""
+    accumulate = THREE_EPOCHS + ["trainer.accumulate_grad_batches=2", "data.batch_size=16"]
+    signal_then_resume(accumulate, tmp_path, ckpt_step - 1)
+    assert_same_run(reference("accumulate", accumulate), tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_of_a_step_limited_run(reference, tmp_path):
+    """trainer.max_steps (Lightning's iteration-based mode) with the checkpoint on an epoch's last step."""
+    steps = TINY + ["trainer.max_epochs=-1", "trainer.max_steps=25"]
+    signal_then_resume(steps, tmp_path, 9)
+    assert_same_run(reference("steps", steps), tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_with_loader_workers(reference, tmp_path):
+    workers = THREE_EPOCHS + ["data.num_workers=2"]
+    signal_then_resume(workers, tmp_path, 14)
+    assert_same_run(reference("three", THREE_EPOCHS), tmp_path)  # workers change nothing either
+
+
+@pytest.mark.slow
+def test_resume_on_the_device_view_path(reference, tmp_path):
+    """views=gpu_simclr (batched views after the transfer; here on the CPU): the same exact resume."""
+    device = THREE_EPOCHS + ["views=gpu_simclr", "views.sampler=exact"]
+    signal_then_resume(device, tmp_path, 19)
+    assert_same_run(reference("device", device), tmp_path)
+
+
+# -- the run's own config ------------------------------------------------------------------------------------------
+
+
+def interrupted(run_dir, step=14, overrides=THREE_EPOCHS):
+    """A run of ``overrides`` preempted during ``step`` (last.ckpt at step + 1)."""
+    stop = ["+callbacks.signal._target_=tests.runtime.test_resume.SignalAt", f"+callbacks.signal.step={step}"]
+    with pytest.raises(Preempted):
+        run(compose_train(overrides + stop, run_dir))
+    return run_dir
+
+
+def snapshot(run_dir):
+    """Bytes of every file under .hydra/ and metrics.csv (what a refused command must leave alone)."""
+    files = sorted((run_dir / ".hydra").iterdir()) + [run_dir / "metrics.csv"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.mark.slow
+def test_resume_true_restores_the_runs_own_config(reference, tmp_path):
+    """`resume=true hydra.run.dir=<run>` alone: the defaults would compose another run (other data size, width,
+    optimiser); the saved config is what continues — bit for bit — and .hydra/config.yaml is not rewritten."""
+    interrupted(tmp_path)
+    before = (tmp_path / ".hydra" / "config.yaml").read_bytes()
+    run(compose_train(["resume=true"], tmp_path), ["resume=true"])  # the default config, but for resume=true
+    assert_same_run(reference("three", THREE_EPOCHS), tmp_path)
+    assert (tmp_path / ".hydra" / "config.yaml").read_bytes() == before
+    from omegaconf import OmegaConf
+
+    (entry,) = OmegaConf.to_container(OmegaConf.load(tmp_path / ".hydra" / "resumes.yaml"))
+    assert entry["step"] == 15 and entry["overrides"] == ["resume=true"] and entry["changed"] == {}
+
+
+def test_resume_refuses_a_changed_setting_and_records_a_safe_one(tmp_path):
+    interrupted(tmp_path, step=3)
+    before = snapshot(tmp_path)
+    refused = {
+        "optim.lr=0.5": r"resume: optim.lr=0.5 differs from the run's optim.lr=0.002",
+        "objective=vicreg": r"resume: objective._target_=selfsup.objectives.VICRegLoss differs",
+        "data.batch_size=16": r"resume: the run trained with 32 rows a step; now 16",
+    }
+    for override, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            run(compose_train(["resume=true", override], tmp_path), ["resume=true", override])
+        assert snapshot(tmp_path) == before, override  # nothing written, nothing truncated
+    run(compose_train(["resume=true", "trainer.max_epochs=1"], tmp_path), ["resume=true", "trainer.max_epochs=1"])
+    from omegaconf import OmegaConf
+
+    (entry,) = OmegaConf.to_container(OmegaConf.load(tmp_path / ".hydra" / "resumes.yaml"))
+    assert entry["changed"] == {"trainer.max_epochs": [3, 1]}
+    assert saved_step(tmp_path) == 10  # the shorter run ended with epoch 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["selfsup"]["config"]["trainer"]["max_epochs"] == 1  # the next resume continues from this
+
+
+def test_resume_without_a_checkpoint_in_a_used_directory_stops(tmp_path):
+    """Killed before its first checkpoint: resume=true says so instead of silently starting over."""
+    with pytest.raises(RuntimeError, match="interrupted at step 3"):
+        run(compose_train(TINY + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=3"],
+                          tmp_path))  # fmt: skip
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(FileNotFoundError, match=r"resume=true: hydra.run.dir=.* holds a run .* but no "
+                                                r"checkpoints/last.ckpt to continue from"):  # fmt: skip
+        run(compose_train(TINY + ["resume=true"], tmp_path), ["resume=true"])
+    run(compose_train(TINY + ["resume=true", "trainer.max_steps=2"], tmp_path / "fresh"))  # an empty dir: a new run
+    assert saved_step(tmp_path / "fresh") == 2
+
+
+@pytest.mark.slow
+def test_a_copied_run_continues_in_its_new_directory(reference, tmp_path):
+    """A run copied elsewhere resumes there: checkpoints go to the copy under the same names (no last-v1.ckpt),
+    and the original is not touched."""
+    import shutil
+
+    original = interrupted(tmp_path / "original")
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    run(compose_train(["resume=true"], copy), ["resume=true"])
+    assert_same_run(reference("three", THREE_EPOCHS), copy)
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    ckpt = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["selfsup"]["config"]["run_dir"] == str(copy)
+    assert ckpt["selfsup"]["config"]["callbacks"]["last"]["dirpath"] == str(copy / "checkpoints")
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_process_run_resumes_bit_for_bit(tmp_path):
+    """2 gloo processes: crash at step 17 with checkpoints every 5 steps; the resume equals the uninterrupted run."""
+    ddp = THREE_EPOCHS + ["trainer=ddp_cpu", "data.batch_size=16", "callbacks.last.every_n_train_steps=5"]
+    run(compose_train(ddp, tmp_path / "whole"))
+    with pytest.raises(Exception, match="interrupted at step 17"):  # raised in the spawned ranks
+        run(compose_train(ddp + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=17"],
+                          tmp_path / "cut"))  # fmt: skip
+    assert saved_step(tmp_path / "cut") == 15
+    run(compose_train(ddp + ["resume=true"], tmp_path / "cut"))
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
