@@ -163,15 +163,19 @@ def full_disk(work: Path) -> tuple:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def two_runs(reference: Path, work: Path) -> tuple:
+def two_runs(work: Path) -> tuple:
+    """A second `selfsup-train resume=true` into the directory of a live (long) run."""
     run_dir = work / "twice"
-    first = train(run_dir, wait=False)
+    first = train(run_dir, "trainer.max_epochs=30", wait=False)
     while ckpt_step(run_dir) is None and first.poll() is None:
         time.sleep(0.05)
     second = train(run_dir, "resume=true")
     first.wait()
-    outcome = f"second: exit {second.returncode}: {last_line(second)[:80]}"
-    return ("two trainings in one run dir", outcome, 0, same_as(reference, run_dir))
+    steps = logged(run_dir)["steps"]
+    intact = first.returncode == 0 and sorted(steps) == list(range(300))
+    outcome = f"second: exit {second.returncode}: {last_line(second)[22:90]}; first: exit {first.returncode}"
+    return ("two trainings in one run dir", outcome, 0, "none (first run's metrics intact)" if intact else
+            f"first run: {len(steps)} logged steps")  # fmt: skip
 
 
 def malicious(work: Path) -> tuple:
@@ -223,7 +227,7 @@ def main() -> None:
             raise SystemExit("the uninterrupted reference run failed")
         rows = kill_9(reference, work, random.Random(args.seed), args.kills)
         rows += sigterm(reference, work)
-        rows += [non_finite(work), full_disk(work), two_runs(reference, work), malicious(work), corrupt_image(work)]
+        rows += [non_finite(work), full_disk(work), two_runs(work), malicious(work), corrupt_image(work)]
     header = ("case", "outcome", "steps lost", "data lost")
     table = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
     table += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]

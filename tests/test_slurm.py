@@ -102,7 +102,8 @@ def test_sbatch_template_two_ranks_requeue_themselves_on_usr1(slurm, tmp_path):
         subprocess.run(["scancel", job], env=slurm, timeout=15)  # never leave a job running after a failure
     text = log.read_text()
     assert "requeued SLURM job" in text and f"selfsup: job {job} restart 1" in text, text[-3000:]
-    assert "[rank: 1]" in text and len(set(re.findall(r"saved .* at step (\d+) after SIGUSR1", text))) == 1
+    saved = re.findall(r"rank (\d): saved .* at step (\d+) after SIGUSR1", text)
+    assert sorted(r for r, _ in saved) == ["0", "1"] and len({s for _, s in saved}) == 1, text[-3000:]
     assert "resuming from" in text, text[-3000:]
     assert sorted(steps_logged(run_dir)) == list(range(30)), text[-3000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 30

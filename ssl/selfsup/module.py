@@ -19,6 +19,7 @@ from torch import nn
 
 import selfsup
 from selfsup import distributed
+from selfsup.data.datamodules import batches_per_epoch
 from selfsup.metrics import knn_top1, rankme
 from selfsup.objectives import call_objective
 from selfsup.optim import OptimizerSpec
@@ -187,9 +188,7 @@ class SSLModule(L.LightningModule):
         ``trainer.estimated_stepping_batches``, which would build the train loader before a resumed run's
         loader state is restored."""
         trainer = self.trainer
-        batches = trainer.datamodule.steps_per_epoch(trainer.world_size)
-        limit = trainer.limit_train_batches
-        batches = int(batches * limit) if isinstance(limit, float) else min(batches, int(limit))
+        batches = batches_per_epoch(trainer.datamodule.steps_per_epoch(trainer.world_size), trainer.limit_train_batches)
         per_epoch = max(1, batches // trainer.accumulate_grad_batches)
         total = trainer.max_steps if trainer.max_steps > 0 else per_epoch * max(1, trainer.max_epochs or 1)
         return per_epoch, total

@@ -101,10 +101,17 @@ def test_resume_under_gradient_accumulation(ckpt_step, reference, tmp_path):
 
 @pytest.mark.slow
 def test_resume_of_a_step_limited_run(reference, tmp_path):
-    """trainer.max_steps (Lightning's iteration-based mode) with the checkpoint on an epoch's last step."""
+    """trainer.max_steps (Lightning's iteration-based mode): preempted on an epoch's last step, and killed after the
+    epoch-end checkpoint."""
     steps = TINY + ["trainer.max_epochs=-1", "trainer.max_steps=25"]
-    signal_then_resume(steps, tmp_path, 9)
-    assert_same_run(reference("steps", steps), tmp_path)
+    signal_then_resume(steps, tmp_path / "signal", 9)
+    assert_same_run(reference("steps", steps), tmp_path / "signal")
+    with pytest.raises(RuntimeError, match="interrupted at step 12"):
+        run(compose_train(steps + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=12"],
+                          tmp_path / "crash"))  # fmt: skip
+    assert saved_step(tmp_path / "crash") == 10
+    run(compose_train(steps + ["resume=true"], tmp_path / "crash"))
+    assert_same_run(reference("steps", steps), tmp_path / "crash")
 
 
 @pytest.mark.slow

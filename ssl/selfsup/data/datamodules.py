@@ -103,6 +103,13 @@ DATASETS = {"digits": _digits, "cifar10": _torchvision, "cifar100": _torchvision
 CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
 
 
+def batches_per_epoch(batches: int, limit: int | float | None) -> int:
+    """Training batches an epoch runs under Lightning's ``trainer.limit_train_batches`` (a fraction or a count)."""
+    if limit is None:
+        return batches
+    return int(batches * limit) if isinstance(limit, float) else min(batches, int(limit))
+
+
 def _count(key: str, value, minimum: int = 1, allow_none: bool = True):
     if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         return value
@@ -241,17 +248,17 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
 
         def position() -> tuple[int, int]:
-            """(epoch, batches of it already trained on), from the optimiser step count alone: Lightning's epoch
-            and batch counters of a restored checkpoint are adjusted only after the loader's first iterator exists
-            (a checkpoint on the last step of an epoch read as "epoch e, all done" and skipped epoch e + 1)."""
+            """(epoch, batches of it already trained on), from the optimiser step count and the sampler's length
+            alone: Lightning's epoch and batch counters (and its batch count) of a restored checkpoint are settled
+            only after the loader's first iterator exists (a checkpoint on the last step of an epoch read as
+            "epoch e, all done" and skipped epoch e + 1; one taken after the epoch replayed it)."""
             if trainer is None:
                 return 0, 0
-            batches = trainer.num_training_batches
-            if not batches or batches == float("inf"):
-                return trainer.current_epoch, 0
-            steps = -(-batches // trainer.accumulate_grad_batches)  # optimiser steps per epoch (last one partial)
-            epoch, step_in_epoch = divmod(trainer.global_step, steps)
-            return epoch, min(step_in_epoch * trainer.accumulate_grad_batches, batches)
+            batches, accumulate = batches_per_epoch(len(sampler), trainer.limit_train_batches), \
+                trainer.accumulate_grad_batches  # fmt: skip
+            steps = -(-batches // accumulate)  # optimiser steps per epoch (the last one may be partial)
+            epoch, step_in_epoch = divmod(trainer.global_step, max(1, steps))
+            return epoch, min(step_in_epoch * accumulate, batches)
 
         self.device_views = None
         if use_device_views(self.views, trainer, self.views_on_device):

@@ -4,6 +4,8 @@
 ``last.ckpt`` is written at the end of an optimiser step — never in the middle of gradient accumulation — when any
 of these holds: every ``every_n_train_steps`` steps, at the end of every ``every_n_epochs``-th epoch, when
 ``every_n_minutes`` have passed since the previous save, on a preemption signal, and at the last step of the run.
+A save that falls on an epoch's last step waits for that epoch's validation (``on_train_epoch_end``), so a crash
+right after it loses no validation either; a preemption signal is answered at once.
 So a crash (kill -9, a node failure) loses at most the steps since the last of those. A checkpoint whose weights
 hold NaN/Inf is never written: the previous one stays. Sharded strategies (DeepSpeed, FSDP with sharded state)
 write a directory; it is written under a temporary name and swapped in.
@@ -128,6 +130,7 @@ class LastCheckpoint(L.Callback):
         self.saved_step: int | None = None
         self._saved_at = time.monotonic()
         self._stop: int | None = None
+        self._pending = False  # a save due at an epoch's last step, made once its validation has run
 
     # -- signals -----------------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -158,17 +161,36 @@ class LastCheckpoint(L.Callback):
         signalled, timed = any_rank(trainer, self.flag.received is not None, timed)
         final = (trainer.max_steps > 0 and step >= trainer.max_steps) or (
             epoch_end and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1)
-        keep = epoch_end and self.keep_every_n_epochs and (epoch + 1) % self.keep_every_n_epochs == 0
-        if (signalled or timed or final or keep or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
-                or (epoch_end and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0)):  # fmt: skip
-            saved = self.save(trainer, pl_module)
-            if saved and keep and trainer.is_global_zero:
-                _keep_copy(self.path, self.dirpath / f"epoch{epoch:04d}.ckpt")
+        due = (signalled or timed or final or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
+               or (epoch_end and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0)
+               or (epoch_end and self._keep(epoch)))  # fmt: skip
+        if due and epoch_end and not signalled:
+            self._pending = True  # after this epoch's validation (on_train_epoch_end): a kill then loses none of it
+        elif due:
+            self.save(trainer, pl_module)
         if signalled:
             self._stop = self.flag.received or signal.SIGTERM  # SIGTERM where only another rank got the signal
-            log.warning("saved %s at step %d after %s", self.path, step, signal.Signals(self._stop).name)
+            log.warning("rank %d: saved %s at step %d after %s", trainer.global_rank, self.path, step,
+                        signal.Signals(self._stop).name)  # fmt: skip
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        epoch = trainer.current_epoch
+        if self.save(trainer, pl_module) and self._keep(epoch) and trainer.is_global_zero:
+            _keep_copy(self.path, self.dirpath / f"epoch{epoch:04d}.ckpt")
+
+    def _keep(self, epoch: int) -> bool:
+        return bool(self.keep_every_n_epochs) and (epoch + 1) % self.keep_every_n_epochs == 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # Metrics are logged at Lightning's count of batches that stepped the optimiser; after a restore from a
+        # checkpoint taken at an epoch's end it is one ahead (its restart adds one for a save made mid-step). It
+        # equals the optimiser step by definition: keep the two together.
+        loop = trainer.fit_loop.epoch_loop
+        if loop._batches_that_stepped != trainer.global_step:
+            loop._batches_that_stepped = trainer.global_step
         if self._stop is not None:  # stop before the next step, once this step's metrics reached the loggers
             self.flag.hand_over(self._stop, trainer.is_global_zero)
             raise Preempted(self._stop)
