@@ -119,11 +119,11 @@ def kill_9(reference: Path, work: Path, rng: random.Random, n: int) -> list[tupl
 
 
 def sigterm(reference: Path, work: Path) -> list[tuple]:
-    """SIGTERM (scontrol requeue, preemption) sent during a step by tests.runtime.test_resume.SignalAt."""
+    """SIGTERM (scontrol requeue, preemption) sent during a step by tests.runs.SignalAt."""
     rows = []
     for step, where in ((10, "first step of epoch 2"), (14, "mid-epoch"), (19, "last step of epoch 2")):
         run_dir = work / f"term{step}"
-        proc = train(run_dir, "+callbacks.signal._target_=tests.runtime.test_resume.SignalAt",
+        proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt",
                      f"+callbacks.signal.step={step}")  # fmt: skip
         saved = ckpt_step(run_dir)
         resumed = train(run_dir, "resume=true")

@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))  # tests.config_utils composes configs exactly lik
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.data.sources import stratified_first  # noqa: E402
-from selfsup.features import extract  # noqa: E402
+from selfsup.evaluate.features import extract  # noqa: E402
 from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
 from selfsup.train import build, run  # noqa: E402
 
 PRED = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:512,out_dim:64}"
-EMA = "momentum={_target_:selfsup.module.MomentumSpec,base:0.99,final:1.0}"
+EMA = "momentum={_target_:selfsup.train.module.MomentumSpec,base:0.99,final:1.0}"
 METHODS = {
     "simclr (info_nce)": ["objective=info_nce"],
     "moco v3 (info_nce cross + EMA)": ["objective=moco_v3", PRED, EMA],

@@ -39,3 +39,25 @@ def known_warnings_quiet():
     from selfsup.runtime.warnings import quiet_known_warnings
 
     quiet_known_warnings()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a tmpfs of that size (e.g. "280k") mounted below tmp_path, unmounted afterwards; the test
+    is skipped where this machine does not let us mount one (root and mount permission are needed)."""
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str):
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)

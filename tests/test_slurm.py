@@ -16,7 +16,7 @@ import torch
 from selfsup.config import ROOT
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.test_train import TINY, losses
+from tests.runs import TINY, losses
 
 # No reruns: a requeue landing at an epoch boundary used to resume one epoch short (the loader read Lightning's
 # epoch counter before Lightning adjusted it); the loader position now comes from the step count, and

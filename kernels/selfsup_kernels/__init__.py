@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup_kernels._inputs import DTYPES
 from selfsup_kernels.debiased_info_nce_ref import debiased_info_nce_ref
 from selfsup_kernels.info_nce_ref import info_nce_ref
 
 IMPLS = ("auto", "torch", "triton")
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check_impl(impl: str) -> str:
@@ -24,7 +24,7 @@ def _check_impl(impl: str) -> str:
 
 def _use_triton(impl: str, x: torch.Tensor) -> bool:
     if _check_impl(impl) == "auto":
-        return x.is_cuda and x.dtype in _TRITON_DTYPES
+        return x.is_cuda and x.dtype in DTYPES
     return impl == "triton"
 
 

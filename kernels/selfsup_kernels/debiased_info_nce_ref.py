@@ -1,4 +1,4 @@
-"""THE PyTorch reference for the debiased / hard-negative InfoNCE op (CONTRACT.md, `DebiasedInfoNCELoss`).
+"""THE PyTorch reference for the debiased / hard-negative InfoNCE op (docs/api.md, `DebiasedInfoNCELoss`).
 
 Same rows-vs-keys convention as :mod:`selfsup_kernels.info_nce_ref`: rows ``a, b`` (N, D) are this process's
 anchors, ``keys_a, keys_b`` (M, D) the (possibly gathered) global batch and ``offset`` the position of the local

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from selfsup_kernels import info_nce_triton as base
-from selfsup_kernels.info_nce_triton import DTYPES, LOG2E, _dot, _interpreting, _row_layout, _scores
+from selfsup_kernels._inputs import check_rows, interpreting
+from selfsup_kernels.info_nce_triton import LOG2E, _dot, _row_layout, _scores
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -211,7 +212,7 @@ class DebiasedInfoNCEFunction(torch.autograd.Function):
         stats = torch.empty(2 * n, 4, device=a.device, dtype=torch.float32)  # m, α, γ, δ per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
         consts = dict(D=d, HARD=beta > 0, SYMMETRIC=symmetric,
-                      UPCAST=_interpreting() and a.dtype == torch.bfloat16,
+                      UPCAST=interpreting() and a.dtype == torch.bfloat16,
                       PREC="ieee" if a.dtype == torch.float32 else "tf32")
         args = (q, k, stats, row_loss, n, m, offset, LOG2E / temperature, 1.0 / temperature, tau_plus, beta,
                 float(2 * m - 2), q.stride(0), k.stride(0))
@@ -249,28 +250,10 @@ def debiased_info_nce_triton(
 
     Inputs must be L2-normalised, one dtype in {fp32, fp16, bf16}, on CUDA (or the CPU under TRITON_INTERPRET=1).
     """
-    symmetric = (keys_a is None or keys_a is a) and (keys_b is None or keys_b is b) and offset == 0
-    keys_a = a if keys_a is None else keys_a
-    keys_b = b if keys_b is None else keys_b
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature}: expected a value > 0")
     if not 0 <= tau_plus < 1:
         raise ValueError(f"tau_plus={tau_plus}: expected a value in [0, 1)")
     if not beta >= 0:
         raise ValueError(f"beta={beta}: expected a value >= 0")
-    if a.dim() != 2 or b.shape != a.shape:
-        raise ValueError(f"a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}: expected two equal (N, D) shapes")
-    if keys_a.shape != keys_b.shape or keys_a.dim() != 2 or keys_a.shape[1] != a.shape[1]:
-        raise ValueError(f"keys_a.shape={tuple(keys_a.shape)}, keys_b.shape={tuple(keys_b.shape)}: expected two "
-                         f"equal (M, {a.shape[1]}) shapes")
-    if keys_a.shape[0] < 2:
-        raise ValueError(f"keys_a.shape[0]={keys_a.shape[0]}: debiased InfoNCE needs at least 2 pairs (M >= 2)")
-    if not 0 <= offset <= keys_a.shape[0] - a.shape[0]:
-        raise ValueError(f"offset={offset}: expected 0 <= offset <= M - N = {keys_a.shape[0] - a.shape[0]}")
-    dtypes = {t.dtype for t in (a, b, keys_a, keys_b)}
-    if len(dtypes) != 1 or a.dtype not in DTYPES:
-        raise ValueError(f"dtypes={sorted(map(str, dtypes))}: expected one dtype among {[str(t) for t in DTYPES]}")
-    if not (a.is_cuda or _interpreting()):
-        raise ValueError(f"device={a.device}: expected CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature, min_keys=2)
     return DebiasedInfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), float(tau_plus),
                                          float(beta), symmetric)

@@ -1,4 +1,4 @@
-"""THE PyTorch reference for the InfoNCE op (CONTRACT.md, `InfoNCELoss`).
+"""THE PyTorch reference for the InfoNCE op (docs/api.md, `InfoNCELoss`).
 
 Rows are this process's anchors, keys the (possibly gathered) global batch. With ``offset`` the position of the
 local rows inside the keys, one process (rows == keys, offset 0) gives the plain loss and every rank of a process

@@ -45,14 +45,10 @@ import torch
 import triton
 import triton.language as tl
 
+from selfsup_kernels._inputs import check_rows, interpreting
 from selfsup_kernels.info_nce_ref import NEGATIVES, REDUCTIONS
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.0 / math.log(2.0)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -269,7 +265,7 @@ AUTOTUNE_ENV = "SELFSUP_KERNELS_AUTOTUNE"  # =1: autotune BLOCK_M/BLOCK_N/warps/
 
 def _config(kernel, d: int) -> tuple[dict, bool]:
     """(launch meta-parameters, autotune the tile sizes?) for one kernel at feature dimension ``d``."""
-    if _interpreting():
+    if interpreting():
         cfg = dict(INTERPRETER_BLOCKS)
         if kernel is _fwd_kernel:
             del cfg["BLOCK_DO"]
@@ -329,7 +325,7 @@ class InfoNCEFunction(torch.autograd.Function):
         lse = torch.empty(2 * n, device=a.device, dtype=torch.float32)  # base-2 LSE per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
         cross = negatives == "cross"
-        consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, UPCAST=_interpreting() and a.dtype == torch.bfloat16,
+        consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, UPCAST=interpreting() and a.dtype == torch.bfloat16,
                       PREC="ieee" if a.dtype == torch.float32 else "tf32")
         args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
         _launch(_fwd_kernel, n if cross else 2 * n, 2 if cross else 1, d, args, consts)
@@ -385,28 +381,10 @@ def info_nce_triton(
     ``TRITON_INTERPRET=1``). Gradients flow to all four tensors; when the keys are the rows themselves (one
     process: ``keys_a is a``) autograd accumulates them into ``a, b``.
     """
-    symmetric = (keys_a is None or keys_a is a) and (keys_b is None or keys_b is b) and offset == 0
-    keys_a = a if keys_a is None else keys_a
-    keys_b = b if keys_b is None else keys_b
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature}: expected a value > 0")
-    if a.dim() != 2 or b.shape != a.shape:
-        raise ValueError(f"a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}: expected two equal (N, D) shapes")
-    if keys_a.shape != keys_b.shape or keys_a.dim() != 2 or keys_a.shape[1] != a.shape[1]:
-        raise ValueError(f"keys_a.shape={tuple(keys_a.shape)}, keys_b.shape={tuple(keys_b.shape)}: expected two "
-                         f"equal (M, {a.shape[1]}) shapes")
-    if not 0 <= offset <= keys_a.shape[0] - a.shape[0]:
-        raise ValueError(f"offset={offset}: expected 0 <= offset <= M - N = {keys_a.shape[0] - a.shape[0]}")
-    dtypes = {t.dtype for t in (a, b, keys_a, keys_b)}
-    if len(dtypes) != 1 or a.dtype not in DTYPES:
-        raise ValueError(f"dtypes={sorted(map(str, dtypes))}: expected one dtype among {[str(t) for t in DTYPES]}")
-    if not (a.is_cuda or _interpreting()):
-        raise ValueError(f"device={a.device}: expected CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
-    if a.shape[0] == 0:
-        raise ValueError("a.shape[0]=0: expected at least one anchor pair")
+    keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature)
     return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, reduction,
                                  symmetric)

@@ -3,7 +3,7 @@
 Objectives call :func:`gather_with_grad` on their (already normalised) inputs and compute the loss of their
 local anchor rows against the gathered global batch. Because the backward pass *sums* the incoming gradients of
 all ranks, each rank's local input receives ``world_size * dL_global / dz_r`` — exactly what DDP's gradient
-averaging turns into the single-process gradient (CONTRACT.md, "Objectives").
+averaging turns into the single-process gradient (docs/api.md, "Objectives").
 """
 
 from __future__ import annotations

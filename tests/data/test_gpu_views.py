@@ -303,3 +303,20 @@ def test_device_views_choice():
     assert use_device_views(cpu_views, None, "true") and not use_device_views(gpu_views, None, "false")
     with pytest.raises(ValueError, match="views_on_device"):
         use_device_views(cpu_views, None, "yes")
+
+
+def test_device_path_settings_are_config_keys(tmp_path):
+    """data.views_on_device and data.resident reach the datamodule from the config (no hidden class attributes)."""
+    from selfsup.train import build
+    from tests.config_utils import compose_train, tiny_imagefolder
+
+    cfg = compose_train(["data.batch_size=32", "data.views_on_device=true"], tmp_path / "run")
+    datamodule, _, _ = build(cfg)
+    raw = next(iter(datamodule.train_dataloader()))
+    assert datamodule.device_views is not None and raw["key"].shape == (32, 3)  # CPU views, converted, on device
+    assert [v.shape for v in datamodule.on_after_batch_transfer(raw, 0)["views"]] == [(32, 3, 16, 16)] * 2
+    root = tiny_imagefolder(tmp_path / "folder", per_class=4)
+    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=4", "data.image_size=16",
+                         "data.views_on_device=true", "data.resident=true"], tmp_path / "run2")  # fmt: skip
+    with pytest.raises(ValueError, match="data.resident=true: the training split is not held in memory"):
+        build(cfg)[0].train_dataloader()

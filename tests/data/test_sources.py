@@ -1,5 +1,5 @@
-"""Image files that cannot be read: named in one line (from DataLoader workers too), found up front by
-data.verify=true, left out by data.skip_bad=true."""
+"""Image sources: non-image files skipped with a count; image files that cannot be read named in one line (from
+DataLoader workers too), found up front by data.verify=true, left out by data.skip_bad=true."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import pytest
 from selfsup.config import ROOT
 from selfsup.data import SSLDataModule
 from selfsup.data.sources import FileImages, check_image
-from tests.config_utils import tiny_imagefolder
+from selfsup.train import build
+from tests.config_utils import compose_train, tiny_imagefolder
 
 
 @pytest.fixture
@@ -65,3 +66,14 @@ def test_corrupt_image_ends_training_in_one_line_naming_it(damaged, tmp_path, wo
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("selfsup-train: error: cannot decode image ") and str(damaged) in last, last
     assert "data.skip_bad=true" in last and "worker" not in last
+
+
+def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
+    root = tiny_imagefolder(tmp_path / "data", per_class=3)
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=2", "data.image_size=32"],
+                        tmp_path / "run")  # fmt: skip
+    datamodule, _, _ = build(cfg)
+    with caplog.at_level("WARNING"):
+        assert len(datamodule.splits[0]) == 6
+    assert "skipped 1 non-image files" in caplog.text

@@ -76,3 +76,12 @@ def test_bad_shared_views_are_refused():
         MultiViewTransform({"v1": simclr()}, shared=["c1"], shared_chunks=2)
     with pytest.raises(ValueError, match="views.shared_chunks"):
         MultiViewTransform({"v1": simclr()}, shared=["v1"])
+
+
+def test_slots_name_the_parameter_layout():
+    from selfsup.data.views import PARAM_NAMES, Slot
+
+    slots = {name: i for name, i in vars(Slot).items() if isinstance(i, int) and name.isupper()}
+    assert len(slots) == NUM_PARAMS and all(PARAM_NAMES[i] == name.lower() for name, i in slots.items())
+    assert [PARAM_NAMES[i] for i in range(NUM_PARAMS)[Slot.CROP]] == ["crop_x0", "crop_y0", "crop_w", "crop_h"]
+    assert [PARAM_NAMES[i] for i in range(NUM_PARAMS)[Slot.JITTER]] == ["brightness", "contrast", "saturation", "hue"]

@@ -129,7 +129,7 @@ def test_public_api_and_loss_module(negatives):
         loss.backward()
         grads[impl] = (loss.detach(), za.grad, zb.grad)
         za, zb = leaves([z_a, z_b])
-        module_loss = InfoNCELoss(0.2, negatives, backend=impl)(za, zb)
+        module_loss = InfoNCELoss(0.2, negatives, impl=impl)(za, zb)
         module_loss.backward()
         torch.testing.assert_close(module_loss.detach(), grads[impl][0], rtol=1e-6, atol=0)
         torch.testing.assert_close(za.grad, grads[impl][1], rtol=1e-6, atol=1e-9)
@@ -148,7 +148,7 @@ def test_auto_uses_reference_on_cpu_and_float64():
     "call,match",
     [
         (lambda a, b: info_nce(a, b, impl="cuda"), "impl='cuda'"),
-        (lambda a, b: InfoNCELoss(backend="fast"), "objective.backend='fast'"),
+        (lambda a, b: InfoNCELoss(impl="fast"), "objective.impl='fast'"),
         (lambda a, b: info_nce_triton(a, b, negatives="some"), "negatives='some'"),
         (lambda a, b: info_nce_triton(a, b, temperature=0.0), "temperature=0.0"),
         (lambda a, b: info_nce_triton(a.double(), b.double()), "dtypes="),
@@ -187,10 +187,10 @@ def test_gpu_single_process_matches_reference(n, d, negatives, dtype):
 
 @gpu
 @needs_cuda
-def test_gpu_auto_backend_and_no_quadratic_memory():
+def test_gpu_auto_impl_and_no_quadratic_memory():
     n, d = 16384, 128  # the reference would hold several (2N)² = 4 GiB fp32 matrices
     z_a, z_b = (torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-    loss_fn = InfoNCELoss(0.1, backend="auto")
+    loss_fn = InfoNCELoss(0.1, impl="auto")
     loss_fn(z_a, z_b).backward()  # warm-up / autotune
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -208,7 +208,7 @@ def _ddp_triton_loss_and_grad(rank, world, z_a, z_b, negatives):
     n = z_a.shape[0] // world
     a = z_a[rank * n : (rank + 1) * n].clone().requires_grad_()
     b = z_b[rank * n : (rank + 1) * n].clone().requires_grad_()
-    loss = InfoNCELoss(0.3, negatives, backend="triton")(a, b)  # gathered keys, offset = rank·n: the dK kernel
+    loss = InfoNCELoss(0.3, negatives, impl="triton")(a, b)  # gathered keys, offset = rank·n: the dK kernel
     loss.backward()
     return loss.detach(), a.grad, b.grad
 
@@ -221,7 +221,7 @@ def test_two_processes_equal_one(negatives):
     g = torch.Generator().manual_seed(1)
     z_a, z_b = torch.randn(2, 22, 9, generator=g)  # 11 rows per rank: ragged tiles on every rank
     ref_a, ref_b = leaves([z_a, z_b], torch.float64)
-    ref = InfoNCELoss(0.3, negatives, backend="torch")(ref_a, ref_b)
+    ref = InfoNCELoss(0.3, negatives, impl="torch")(ref_a, ref_b)
     ref.backward()
     out = run_distributed(_ddp_triton_loss_and_grad, 2, z_a, z_b, negatives)
     assert torch.stack([o[0] for o in out]).double().mean().item() == pytest.approx(ref.item(), rel=1e-5)

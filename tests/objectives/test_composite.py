@@ -20,7 +20,9 @@ CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "objective"
 
 
 def test_care_config_is_infonce_plus_weighted_care():
-    objective = instantiate(OmegaConf.load(CONF / "care.yaml"))
+    # the chunk count comes from the views config it runs with (views=care: views.shared_chunks=16)
+    views, care = OmegaConf.load(CONF.parent / "views" / "care.yaml"), OmegaConf.load(CONF / "care.yaml")
+    objective = instantiate(OmegaConf.create({"views": views, "objective": care}).objective)
     assert isinstance(objective, CompositeObjective) and objective.num_views == 4
     z = [randn(32, 6, seed=i) for i in range(4)]
     total = objective.forward_views(z)

@@ -15,8 +15,7 @@ from selfsup.config import ROOT
 from selfsup.runtime.autosave import LastCheckpoint, recover_swaps, swap_in
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.runtime.test_resume import THREE_EPOCHS, assert_same_run, saved_step
-from tests.test_train import TINY
+from tests.runs import THREE_EPOCHS, TINY, assert_same_run, saved_step
 
 
 def train_cli(overrides, run_dir, **kw):
@@ -62,7 +61,7 @@ def test_time_based_saves_and_kept_epoch_copies(tmp_path):
     """every_n_minutes: a save whenever that long passed since the last (here every step); keep_every_n_epochs:
     epoch copies that later saves of last.ckpt do not change."""
     overrides = TINY + ["callbacks.last.every_n_minutes=1e-6", "callbacks.last.keep_every_n_epochs=1",
-                        "+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=13"]  # fmt: skip
+                        "+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=13"]  # fmt: skip
     with pytest.raises(RuntimeError, match="interrupted at step 13"):
         run(compose_train(overrides, tmp_path))
     assert saved_step(tmp_path) == 13  # the step just before the crash
@@ -82,7 +81,7 @@ def test_bad_checkpoint_settings_are_refused(tmp_path):
 
 def test_stale_temporaries_go_when_a_run_takes_the_directory(tmp_path, caplog):
     with pytest.raises(RuntimeError):
-        run(compose_train(TINY + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=12"],
+        run(compose_train(TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"],
                           tmp_path))  # fmt: skip
     stale = tmp_path / "checkpoints" / ".last.ckpt.99999.tmp"
     stale.write_bytes(b"\0" * 2**20)  # what a write killed by SIGKILL leaves
@@ -107,26 +106,16 @@ def test_directory_swap_survives_a_crash_between_its_renames(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=280k", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.slow
 def test_full_disk_during_training(small_disk):
+    disk = small_disk("280k")
     """The first checkpoint (~170 kB) fits, the next one does not: one line naming the directory, exit 2, and the
     previous last.ckpt intact (no temporary file left)."""
-    proc = train_cli(TINY + ["callbacks.last.every_n_train_steps=3", "callbacks.best=null"], small_disk / "run")
+    proc = train_cli(TINY + ["callbacks.last.every_n_train_steps=3", "callbacks.best=null"], disk / "run")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last == (f"selfsup-train: error: no space left on {small_disk / 'run' / 'checkpoints'} writing last.ckpt "
+    assert last == (f"selfsup-train: error: no space left on {disk / 'run' / 'checkpoints'} writing last.ckpt "
                     f"({last.split('(')[1].split(')')[0]}); the previous last.ckpt is kept"), last  # fmt: skip
-    assert saved_step(small_disk / "run") == 3
-    assert sorted(os.listdir(small_disk / "run" / "checkpoints")) == ["last.ckpt"]
+    assert saved_step(disk / "run") == 3
+    assert sorted(os.listdir(disk / "run" / "checkpoints")) == ["last.ckpt"]

@@ -11,7 +11,7 @@ import torch
 from selfsup.config import ROOT
 from selfsup.runtime.guards import NonFiniteLoss
 from tests.config_utils import compose_train
-from tests.test_train import TINY
+from tests.runs import TINY
 
 
 class PoisonAt(L.Callback):

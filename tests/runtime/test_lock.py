@@ -12,7 +12,7 @@ import pytest
 from selfsup.config import ROOT
 from selfsup.runtime import lock as lock_mod
 from selfsup.runtime.lock import RunDirBusy, RunLock
-from tests.test_train import TINY
+from tests.runs import TINY
 
 HOLD = "import sys, time; from selfsup.runtime.lock import RunLock; l = RunLock(sys.argv[1]); l.acquire(); " \
        "print('held', flush=True); time.sleep(60)"  # fmt: skip

@@ -1,52 +1,17 @@
 """Resume continues a run exactly: at every position of an epoch, under accumulation, with loader workers, on the
 device-view path, with its own saved config — and refuses what would silently change the run."""
 
-import csv
-import signal
-
-import lightning as L
 import pytest
 import torch
 
 from selfsup.runtime.preemption import Preempted
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.test_train import TINY, losses, weights
-
-THREE_EPOCHS = TINY + ["trainer.max_epochs=3"]  # 10 optimiser steps an epoch, validation after each
-
-
-class SignalAt(L.Callback):
-    """Send ``signum`` to this process at the start of optimiser step ``step`` (as SLURM would, mid-step)."""
-
-    def __init__(self, step: int, signum: str = "SIGTERM"):
-        self.step, self.signum = step, signum
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.step and batch_idx % trainer.accumulate_grad_batches == 0:
-            signal.raise_signal(getattr(signal, self.signum))
-
-
-def rows(run_dir):
-    """Every logged value of metrics.csv as {(step, key): value}."""
-    with open(run_dir / "metrics.csv") as f:
-        return {(int(r["step"]), k): float(v) for r in csv.DictReader(f) for k, v in r.items()
-                if v and k not in ("step", "epoch")}  # fmt: skip
-
-
-def saved_step(run_dir) -> int:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-
-
-def assert_same_run(a, b):
-    assert losses(a) == losses(b)  # same data order, LR schedule and steps: bit for bit
-    assert rows(a) == rows(b)  # validation and probe metrics too
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+from tests.runs import THREE_EPOCHS, TINY, assert_same_run, saved_step
 
 
 def signal_then_resume(overrides, run_dir, step):
-    stop = ["+callbacks.signal._target_=tests.runtime.test_resume.SignalAt", f"+callbacks.signal.step={step}"]
+    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", f"+callbacks.signal.step={step}"]
     with pytest.raises(Preempted):
         run(compose_train(overrides + stop, run_dir))
     assert saved_step(run_dir) == step + 1
@@ -83,7 +48,7 @@ def test_preempted_anywhere_in_an_epoch_resumes_bit_for_bit(ckpt_step, reference
 def test_crash_between_epochs_resumes_from_the_epoch_checkpoint(reference, tmp_path):
     """Killed after epoch 1 ended (its last.ckpt written, validation done) and before epoch 2's first step."""
     with pytest.raises(RuntimeError, match="interrupted at step 20"):
-        run(compose_train(THREE_EPOCHS + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+        run(compose_train(THREE_EPOCHS + ["+callbacks.stop._target_=tests.runs.InterruptAt",
                                           "+callbacks.stop.step=20"], tmp_path))  # fmt: skip
     assert saved_step(tmp_path) == 20
     run(compose_train(THREE_EPOCHS + ["resume=true"], tmp_path))  # every key given: the crash callback goes
@@ -107,7 +72,7 @@ def test_resume_of_a_step_limited_run(reference, tmp_path):
     signal_then_resume(steps, tmp_path / "signal", 9)
     assert_same_run(reference("steps", steps), tmp_path / "signal")
     with pytest.raises(RuntimeError, match="interrupted at step 12"):
-        run(compose_train(steps + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=12"],
+        run(compose_train(steps + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"],
                           tmp_path / "crash"))  # fmt: skip
     assert saved_step(tmp_path / "crash") == 10
     run(compose_train(steps + ["resume=true"], tmp_path / "crash"))
@@ -134,7 +99,7 @@ def test_resume_on_the_device_view_path(reference, tmp_path):
 
 def interrupted(run_dir, step=14, overrides=THREE_EPOCHS):
     """A run of ``overrides`` preempted during ``step`` (last.ckpt at step + 1)."""
-    stop = ["+callbacks.signal._target_=tests.runtime.test_resume.SignalAt", f"+callbacks.signal.step={step}"]
+    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", f"+callbacks.signal.step={step}"]
     with pytest.raises(Preempted):
         run(compose_train(overrides + stop, run_dir))
     return run_dir
@@ -186,7 +151,7 @@ def test_resume_refuses_a_changed_setting_and_records_a_safe_one(tmp_path):
 def test_resume_without_a_checkpoint_in_a_used_directory_stops(tmp_path):
     """Killed before its first checkpoint: resume=true says so instead of silently starting over."""
     with pytest.raises(RuntimeError, match="interrupted at step 3"):
-        run(compose_train(TINY + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=3"],
+        run(compose_train(TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=3"],
                           tmp_path))  # fmt: skip
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(FileNotFoundError, match=r"resume=true: hydra.run.dir=.* holds a run .* but no "
@@ -222,7 +187,7 @@ def test_two_process_run_resumes_bit_for_bit(tmp_path):
     ddp = THREE_EPOCHS + ["trainer=ddp_cpu", "data.batch_size=16", "callbacks.last.every_n_train_steps=5"]
     run(compose_train(ddp, tmp_path / "whole"))
     with pytest.raises(Exception, match="interrupted at step 17"):  # raised in the spawned ranks
-        run(compose_train(ddp + ["+callbacks.stop._target_=tests.test_train.InterruptAt", "+callbacks.stop.step=17"],
+        run(compose_train(ddp + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=17"],
                           tmp_path / "cut"))  # fmt: skip
     assert saved_step(tmp_path / "cut") == 15
     run(compose_train(ddp + ["resume=true"], tmp_path / "cut"))

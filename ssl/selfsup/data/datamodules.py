@@ -1,8 +1,8 @@
 """The training datamodule: digits (offline default), CIFAR-10/100, STL-10 and any ImageFolder — one class, the
 datasets differ only in where their images come from (:data:`DATASETS`).
 
-It yields CONTRACT.md training batches ``{"views", "params", "label", "index"}`` and, for validation, two loaders of
-un-augmented images: the kNN bank (training split) and the queries (held-out split).
+It yields training batches ``{"views", "params", "label", "index"}`` (docs/api.md, "Batch format") and, for
+validation, two loaders of un-augmented images: the kNN bank (training split) and the queries (held-out split).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from selfsup.data.batches import BatchPlan
 from selfsup.data.datasets import (
     EvalDataset,
     GlobalBatchSampler,
@@ -103,13 +104,6 @@ DATASETS = {"digits": _digits, "cifar10": _torchvision, "cifar100": _torchvision
 CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
 
 
-def batches_per_epoch(batches: int, limit: int | float | None) -> int:
-    """Training batches an epoch runs under Lightning's ``trainer.limit_train_batches`` (a fraction or a count)."""
-    if limit is None:
-        return batches
-    return int(batches * limit) if isinstance(limit, float) else min(batches, int(limit))
-
-
 def _count(key: str, value, minimum: int = 1, allow_none: bool = True):
     if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         return value
@@ -134,11 +128,14 @@ class SSLDataModule(L.LightningDataModule):
         verify: check every image file before training (parallel header checks); unreadable ones are listed.
         skip_bad: with ``verify``, leave unreadable images out (with a warning counting them) instead of stopping.
         train_dir, val_dir: split folder names under ``root`` (ImageFolder trees).
+        views_on_device: augment training batches on the training device after the transfer: ``auto`` (GPU views
+            as configured, CPU views too when the trainer runs on CUDA), ``true`` or ``false``
+            (:func:`selfsup.data.device_loader.use_device_views`).
+        resident: on the device path, keep the training split on the device (null: whenever it is held in memory).
         views: the multi-view transform of training samples (null for evaluation-only use).
         seed: seeds shuffling and every augmentation draw.
     """
 
-    views_on_device = "auto"  # selfsup.data.device_loader.use_device_views: "auto", "true" or "false"
     device_views = None
 
     def __init__(
@@ -158,6 +155,8 @@ class SSLDataModule(L.LightningDataModule):
         skip_bad: bool = False,
         train_dir: str = "train",
         val_dir: str = "val",
+        views_on_device: str = "auto",
+        resident: bool | None = None,
         views: MultiViewTransform | None = None,
         seed: int = 0,
     ):
@@ -179,7 +178,9 @@ class SSLDataModule(L.LightningDataModule):
         self.subset, self.eval_train_subset, self.eval_test_subset = subset, eval_train_subset, eval_test_subset
         self.download, self.verify, self.skip_bad = download, verify or skip_bad, skip_bad
         self.train_dir, self.val_dir = train_dir, val_dir
+        self.views_on_device, self.resident = views_on_device, resident
         self.views, self.seed = views, seed
+        self.plan: BatchPlan | None = None  # set by selfsup.train.build, else derived in batch_plan()
         self.crop_fraction = CROP_FRACTION.get(dataset, 1.0)
         self._splits, self._eval_train = None, None
 
@@ -206,8 +207,9 @@ class SSLDataModule(L.LightningDataModule):
         return self._splits
 
     def setup(self, stage: str | None = None) -> None:
-        """Load and validate the splits (missing folders, empty classes, subset size) before anything runs."""
-        self.check_batch_size(self.trainer.world_size if self.trainer is not None else 1)
+        """Load and validate the splits and the batch plan (missing folders, empty classes, sizes) before anything
+        runs."""
+        self.batch_plan()
 
     @property
     def num_classes(self) -> int:
@@ -218,57 +220,47 @@ class SSLDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     # -- loaders ------------------------------------------------------------------------------------------------
-    def check_batch_size(self, world_size: int) -> None:
-        n, global_batch = len(self.splits[0]), self.batch_size * world_size
-        if global_batch > n:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} x {world_size} process(es) is larger than the training set "
-                f"({n} images): lower data.batch_size or raise data.subset"
-            )
-        chunks = self.views.shared_chunks if self.views is not None else None
-        if chunks and global_batch // chunks < 2:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} x {world_size} process(es) = {global_batch} rows is too small for "
-                f"views.shared_chunks={chunks}: expected at least 2 rows per chunk ({2 * chunks} in all)"
-            )
-
-    def steps_per_epoch(self, world_size: int) -> int:
-        return len(self.splits[0]) // (self.batch_size * world_size)
+    def batch_plan(self) -> BatchPlan:
+        """The run's :class:`~selfsup.data.batches.BatchPlan`: the one ``selfsup.train.build`` set (with
+        ``global_batch_size``), else derived from ``batch_size`` and the attached trainer."""
+        if self.plan is None:
+            trainer = self.trainer
+            self.plan = BatchPlan.derive(
+                batch_size=self.batch_size, num_samples=len(self.splits[0]), world_size=self._world()[0],
+                accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
+                limit_train_batches=trainer.limit_train_batches if trainer is not None else None,
+                max_steps=trainer.max_steps if trainer is not None else -1,
+                max_epochs=trainer.max_epochs if trainer is not None else 1,
+                shared_chunks=self.views.shared_chunks if self.views is not None else None,
+            )  # fmt: skip
+        return self.plan
 
     def train_dataloader(self) -> DataLoader:
         """CPU path: workers augment each sample. Device path (``use_device_views``: GPU views, or any views when
         the trainer runs on CUDA): raw images + keys, augmented in :meth:`on_after_batch_transfer`."""
         if self.views is None:
             raise ValueError("data.views is not set: training needs a views config (e.g. views=simclr)")
-        world_size, rank = self._world()
-        self.check_batch_size(world_size)
+        plan, (world_size, rank), trainer = self.batch_plan(), self._world(), self.trainer
         sampler = GlobalBatchSampler(
-            len(self.splits[0]), self.batch_size, world_size, rank, self.seed, True, self.views.shared_chunks
+            len(self.splits[0]), plan.per_device, world_size, rank, self.seed, True, self.views.shared_chunks
         )
-        trainer = self.trainer
 
         def position() -> tuple[int, int]:
-            """(epoch, batches of it already trained on), from the optimiser step count and the sampler's length
-            alone: Lightning's epoch and batch counters (and its batch count) of a restored checkpoint are settled
-            only after the loader's first iterator exists (a checkpoint on the last step of an epoch read as
-            "epoch e, all done" and skipped epoch e + 1; one taken after the epoch replayed it)."""
-            if trainer is None:
-                return 0, 0
-            batches, accumulate = batches_per_epoch(len(sampler), trainer.limit_train_batches), \
-                trainer.accumulate_grad_batches  # fmt: skip
-            steps = -(-batches // accumulate)  # optimiser steps per epoch (the last one may be partial)
-            epoch, step_in_epoch = divmod(trainer.global_step, max(1, steps))
-            return epoch, min(step_in_epoch * accumulate, batches)
+            """(epoch, batches of it already trained on) from the optimiser step count and the plan alone:
+            Lightning's epoch and batch counters of a restored checkpoint are settled only after the loader's first
+            iterator exists (read from them, a checkpoint on an epoch's last step skipped the next epoch and one
+            taken after the epoch replayed it)."""
+            return plan.position(trainer.global_step) if trainer is not None else (0, 0)
 
         self.device_views = None
         if use_device_views(self.views, trainer, self.views_on_device):
-            self.device_views = DeviceViews(self.splits[0], self.views, self.seed)
+            self.device_views = DeviceViews(self.splits[0], self.views, self.seed, self.resident)
             return self.device_views.loader(sampler, position, self.num_workers)
         dataset = MultiViewDataset(self.splits[0], self.views, self.seed)
         return ResumableLoader(dataset, sampler, position, self.num_workers, pin_memory=torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Device path: the raw batch, now on the training device, becomes the CONTRACT.md batch."""
+        """Device path: the raw batch, now on the training device, becomes the training batch (docs/api.md)."""
         if self.device_views is not None and isinstance(batch, dict) and "key" in batch:
             return self.device_views(batch)
         return batch

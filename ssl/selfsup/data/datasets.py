@@ -18,7 +18,7 @@ from selfsup.data.views import MultiViewTransform
 
 
 class MultiViewDataset(Dataset):
-    """``dataset[(epoch, index, chunk)]`` → one sample of the CONTRACT.md batch format."""
+    """``dataset[(epoch, index, chunk)]`` → one sample of the training batch format (docs/api.md)."""
 
     def __init__(self, source, transform: MultiViewTransform, seed: int):
         self.source, self.transform, self.seed = source, transform, seed

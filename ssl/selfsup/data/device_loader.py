@@ -3,9 +3,10 @@
 The loader yields ``{"key" (B, 3) = (epoch, index, chunk), "label" (B,), "index" (B,)}`` plus ``"image"`` — uint8
 (B, 3, H, W), or a list of (3, H_i, W_i) when sizes differ — unless the split lives in memory: then the whole split
 is copied once to the training device and rows are gathered there, so a step moves only keys (no workers, no
-per-sample Python). After Lightning moves the batch, :class:`DeviceViews` turns it into the CONTRACT.md batch
-``{"views", "params", "label", "index"}``. Sample keys come from the same ``GlobalBatchSampler``, so data order,
-resume and DDP sharding are those of the CPU path; ImageFolder decoding stays in CPU workers.
+per-sample Python). After Lightning moves the batch, :class:`DeviceViews` turns it into the training batch
+``{"views", "params", "label", "index"}`` (docs/api.md, "Batch format"). Sample keys come from the same
+``GlobalBatchSampler``, so data order, resume and DDP sharding are those of the CPU path; ImageFolder decoding stays
+in CPU workers.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class DeviceViews:
         self.views = GpuMultiViewTransform.from_transform(views)
         self.images = in_memory(source)
         if resident and self.images is None:
-            raise ValueError("views.resident=true: the training split is not held in memory (an ImageFolder)")
+            raise ValueError("data.resident=true: the training split is not held in memory (an ImageFolder)")
         self.resident = self.images is not None if resident is None else resident
         self._device_images: torch.Tensor | None = None
 
@@ -106,7 +107,7 @@ class DeviceViews:
         return self._device_images
 
     def __call__(self, batch: dict) -> dict:
-        """Raw batch (already on the training device) → CONTRACT.md batch."""
+        """Raw batch (already on the training device) → the training batch (docs/api.md)."""
         images = self.device_images(batch["key"].device) if self.resident else None
         return augment_batch(batch, self.views, self.seed, images)
 

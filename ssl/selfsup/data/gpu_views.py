@@ -8,8 +8,9 @@ images live on:
   matrices (B, S, H) and (B, S, W) holding torchvision's antialiased bilinear filter (triangle of width
   max(1, scale), what ``resize(antialias=True)`` uses) restricted to the crop box; a flip reverses Wx's rows.
   Exact for up- and down-scaling and for mixed source sizes (rows padded to the largest image).
-- colour jitter: brightness, contrast, saturation, hue in each row's own order ``JITTER_ORDERS[p[9]]`` (four
-  steps; at step k every row runs the op its order names, identity factors elsewhere; hue via batched RGB↔HSV).
+- colour jitter: brightness, contrast, saturation, hue in each row's own order
+  ``JITTER_ORDERS[p[Slot.JITTER_ORDER]]`` (four steps; at step k every row runs the op its order names, identity
+  factors elsewhere; hue via batched RGB↔HSV).
 - grayscale, Gaussian blur (per-row sigma, separable: two batched matmuls with banded (S, S) matrices that fold
   in the reflect padding), solarise (128/255), rotation (nearest, zero fill), then ``(x / 255 - mean) / std``.
 
@@ -37,7 +38,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, MultiViewTransform, ViewAugment, generator_for
+from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, MultiViewTransform, Slot, ViewAugment, generator_for
 
 SAMPLERS = ("counter", "exact")
 _MASK32 = 0xFFFFFFFF
@@ -111,9 +112,9 @@ class GpuViewAugment(ViewAugment):
         left = torch.where(any_ok, left, torch.div(W - w, 2, rounding_mode="floor"))
 
         p = torch.zeros(B, NUM_PARAMS, dtype=torch.float64, device=dev)
-        p[:, 0], p[:, 1], p[:, 2], p[:, 3] = left / W, top / H, w / W, h / H
+        p[:, Slot.CROP] = torch.stack([left / W, top / H, w / W, h / H], dim=1)
         k = a + 2
-        p[:, 4] = (u[:, k] < self.flip_p).double()
+        p[:, Slot.FLIP] = (u[:, k] < self.flip_p).double()
         jitter = u[:, k + 1] < self.jitter_p
         lo = lambda s: max(0.0, 1 - s)  # noqa: E731
         factors = (
@@ -121,16 +122,18 @@ class GpuViewAugment(ViewAugment):
             (lo(self.saturation), 1 + self.saturation), (-self.hue, self.hue),
         )  # fmt: skip
         for i, (f_lo, f_hi) in enumerate(factors):
-            p[:, 5 + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], 1.0 if i < 3 else 0.0)
-        p[:, 9] = torch.where(
+            identity = 1.0 if i < 3 else 0.0  # factors 1, hue shift 0
+            p[:, Slot.BRIGHTNESS + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], identity)
+        p[:, Slot.JITTER_ORDER] = torch.where(
             jitter, torch.floor(u[:, k + 6] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0
         )
-        p[:, 10] = (u[:, k + 7] < self.grayscale_p).double()
+        p[:, Slot.GRAYSCALE] = (u[:, k + 7] < self.grayscale_p).double()
         blur = u[:, k + 8] < self.blur_p
-        p[:, 11] = torch.where(blur, self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, k + 9], 0.0)
-        p[:, 12] = (u[:, k + 10] < self.solarize_p).double()
+        sigma_lo, sigma_hi = self.blur_sigma
+        p[:, Slot.BLUR_SIGMA] = torch.where(blur, sigma_lo + (sigma_hi - sigma_lo) * u[:, k + 9], 0.0)
+        p[:, Slot.SOLARIZE] = (u[:, k + 10] < self.solarize_p).double()
         if self.rotation > 0:
-            p[:, 13] = -self.rotation + 2 * self.rotation * u[:, k + 11]
+            p[:, Slot.ROTATION] = -self.rotation + 2 * self.rotation * u[:, k + 11]
         return p.float()  # the CPU path stores float32 too
 
     # -- application ------------------------------------------------------------------------------------------
@@ -161,31 +164,31 @@ class GpuViewAugment(ViewAugment):
         x = self._resized_crop(x, sizes, p, quant)  # (B, 3, S, S)
         # colour jitter: four steps; at each, every row runs the op its own order names (rows at the op's identity
         # value skip it, as ViewAugment.apply does), so each row is touched by at most four ops in all
-        order = _ORDERS.to(dev)[p[:, 9].long()]  # (B, 4)
+        order = _ORDERS.to(dev)[p[:, Slot.JITTER_ORDER].long()]  # (B, 4)
         ident = (1.0, 1.0, 1.0, 0.0)
         for step in range(4):
             for o in range(4):
-                rows = torch.nonzero((order[:, step] == o) & (p[:, 5 + o] != ident[o]))[:, 0]
+                rows = torch.nonzero((order[:, step] == o) & (p[:, Slot.BRIGHTNESS + o] != ident[o]))[:, 0]
                 if rows.numel():
-                    f = p[rows, 5 + o]
+                    f = p[rows, Slot.BRIGHTNESS + o]
                     xr = (
                         _adjust_hue(x[rows], f, quant)
                         if o == 3
                         else _BLENDS[o](x[rows], f.view(-1, 1, 1, 1), bound, floor)
                     )
                     x.index_copy_(0, rows, xr)
-        gray = p[:, 10] > 0
+        gray = p[:, Slot.GRAYSCALE] > 0
         if bool(gray.any()):
             x = torch.where(gray.view(B, 1, 1, 1), floor(_gray(x)).expand_as(x), x)
-        rows = torch.nonzero(p[:, 11] > 0)[:, 0]
+        rows = torch.nonzero(p[:, Slot.BLUR_SIGMA] > 0)[:, 0]
         if rows.numel():
             if self.blur_kernel // 2 >= self.size:
                 raise ValueError(f"views.size={self.size}: too small for a {self.blur_kernel}-pixel blur kernel")
             blurred = _gaussian_blur(x[rows], p[rows, 11], self.blur_kernel, torch.float64 if quant else torch.float32)
             x.index_copy_(0, rows, torch.round(blurred) if quant else blurred)
-        sol = (p[:, 12] > 0).view(B, 1, 1, 1)
+        sol = (p[:, Slot.SOLARIZE] > 0).view(B, 1, 1, 1)
         x = torch.where(sol & (x >= (128.0 if quant else 128.0 / 255.0)), bound - x, x)
-        rows = torch.nonzero(p[:, 13] != 0)[:, 0]
+        rows = torch.nonzero(p[:, Slot.ROTATION] != 0)[:, 0]
         if rows.numel():
             x.index_copy_(0, rows, _rotate(x[rows], p[rows, 13]))
         mean = torch.tensor(self.mean, device=dev, dtype=torch.float32).view(1, -1, 1, 1)
@@ -198,13 +201,13 @@ class GpuViewAugment(ViewAugment):
         """Crop box → size x size with antialiased bilinear weights, flipping via Wx; (B, 3, S, S)."""
         H, W = sizes[:, 0].double(), sizes[:, 1].double()
         # integer box exactly as ViewAugment.apply rounds it (Python round = half-even = torch.round)
-        left, top = torch.round(p[:, 0].double() * W), torch.round(p[:, 1].double() * H)
-        w, h = torch.round(p[:, 2].double() * W), torch.round(p[:, 3].double() * H)
+        left, top = torch.round(p[:, Slot.CROP_X0].double() * W), torch.round(p[:, Slot.CROP_Y0].double() * H)
+        w, h = torch.round(p[:, Slot.CROP_W].double() * W), torch.round(p[:, Slot.CROP_H].double() * H)
         if bool(((w < 1) | (h < 1) | (left + w > W) | (top + h > H)).any()):
             raise ValueError("params[:, 0:4]: crop box outside the image or empty (expected fractions in [0, 1])")
         wy = _aa_weights(top, h, self.size, x.shape[2])  # (B, S, Hmax)
         wx = _aa_weights(left, w, self.size, x.shape[3])  # (B, S, Wmax)
-        wx = torch.where((p[:, 4] > 0).view(-1, 1, 1), wx.flip(1), wx)
+        wx = torch.where((p[:, Slot.FLIP] > 0).view(-1, 1, 1), wx.flip(1), wx)
         if quant:  # ATen's uint8 kernel: int16 fixed-point weights, horizontal pass rounded, then vertical
             wx, wy = _fixed_point(wx), _fixed_point(wy)
         # uint8: float64 keeps the integer sums exact (fp32 holds 24 bits; TF32 would lose more on a GPU)
@@ -468,7 +471,7 @@ def as_gpu_view(view: ViewAugment) -> GpuViewAugment:
 
 
 def augment_batch(batch: dict, views: GpuMultiViewTransform, seed: int, images: torch.Tensor | None = None) -> dict:
-    """A raw device batch ``{"image" | (images), "key", "label", "index"}`` → the CONTRACT.md training batch.
+    """A raw device batch ``{"image" | (images), "key", "label", "index"}`` → the training batch (docs/api.md).
 
     Args:
         batch: from ``selfsup.data.device_loader``: ``key`` (B, 3) = (epoch, index, chunk); ``image`` uint8

@@ -43,6 +43,17 @@ PARAM_NAMES = (
     "jitter_order", "grayscale", "blur_sigma", "solarize", "rotation",
 )  # fmt: skip
 NUM_PARAMS = len(PARAM_NAMES)
+
+
+class Slot:
+    """Where each parameter sits in a view's vector (``p[Slot.FLIP]``, ``p[:, Slot.CROP]``): the table above."""
+
+    CROP_X0, CROP_Y0, CROP_W, CROP_H, FLIP, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(9)
+    JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION = range(9, NUM_PARAMS)
+    CROP = slice(CROP_X0, CROP_H + 1)  # x0, y0, w, h
+    JITTER = slice(BRIGHTNESS, HUE + 1)  # brightness, contrast, saturation, hue: JITTER_ORDERS' op indices 0-3
+
+
 JITTER_ORDERS = tuple(itertools.permutations(range(4)))  # 0 brightness, 1 contrast, 2 saturation, 3 hue
 
 
@@ -147,48 +158,48 @@ class ViewAugment:
         """Draw one parameter vector (``NUM_PARAMS``,) for a source image of ``height`` x ``width``."""
         p = torch.zeros(NUM_PARAMS)
         top, left, h, w = self._crop(g, height, width)
-        p[0:4] = torch.tensor([left / width, top / height, w / width, h / height])
-        p[4] = float(_coin(g, self.flip_p))
-        p[5:9] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        p[Slot.CROP] = torch.tensor([left / width, top / height, w / width, h / height])
+        p[Slot.FLIP] = float(_coin(g, self.flip_p))
+        p[Slot.JITTER] = torch.tensor([1.0, 1.0, 1.0, 0.0])
         if _coin(g, self.jitter_p):
-            p[5] = _uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
-            p[6] = _uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
-            p[7] = _uniform(g, max(0.0, 1 - self.saturation), 1 + self.saturation)
-            p[8] = _uniform(g, -self.hue, self.hue)
-            p[9] = float(torch.randint(0, len(JITTER_ORDERS), (), generator=g))
-        p[10] = float(_coin(g, self.grayscale_p))
+            p[Slot.BRIGHTNESS] = _uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
+            p[Slot.CONTRAST] = _uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
+            p[Slot.SATURATION] = _uniform(g, max(0.0, 1 - self.saturation), 1 + self.saturation)
+            p[Slot.HUE] = _uniform(g, -self.hue, self.hue)
+            p[Slot.JITTER_ORDER] = float(torch.randint(0, len(JITTER_ORDERS), (), generator=g))
+        p[Slot.GRAYSCALE] = float(_coin(g, self.grayscale_p))
         if _coin(g, self.blur_p):
-            p[11] = _uniform(g, *self.blur_sigma)
-        p[12] = float(_coin(g, self.solarize_p))
+            p[Slot.BLUR_SIGMA] = _uniform(g, *self.blur_sigma)
+        p[Slot.SOLARIZE] = float(_coin(g, self.solarize_p))
         if self.rotation > 0:
-            p[13] = _uniform(g, -self.rotation, self.rotation)
+            p[Slot.ROTATION] = _uniform(g, -self.rotation, self.rotation)
         return p
 
     # -- application ------------------------------------------------------------------------------------------
     def apply(self, img: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Apply parameters ``p`` to a uint8 image (3, H, W); returns a normalised float image (3, size, size)."""
         _, height, width = img.shape
-        left, top = round(float(p[0]) * width), round(float(p[1]) * height)
-        w, h = round(float(p[2]) * width), round(float(p[3]) * height)
+        left, top = round(float(p[Slot.CROP_X0]) * width), round(float(p[Slot.CROP_Y0]) * height)
+        w, h = round(float(p[Slot.CROP_W]) * width), round(float(p[Slot.CROP_H]) * height)
         x = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
-        if p[4] > 0:
+        if p[Slot.FLIP] > 0:
             x = TF.horizontal_flip(x)
         ops = (  # an op at its identity value (1, 1, 1, 0) is skipped
-            lambda t: TF.adjust_brightness(t, float(p[5])) if p[5] != 1 else t,
-            lambda t: TF.adjust_contrast(t, float(p[6])) if p[6] != 1 else t,
-            lambda t: TF.adjust_saturation(t, float(p[7])) if p[7] != 1 else t,
-            lambda t: TF.adjust_hue(t, float(p[8])) if p[8] != 0 else t,
+            lambda t: TF.adjust_brightness(t, float(p[Slot.BRIGHTNESS])) if p[Slot.BRIGHTNESS] != 1 else t,
+            lambda t: TF.adjust_contrast(t, float(p[Slot.CONTRAST])) if p[Slot.CONTRAST] != 1 else t,
+            lambda t: TF.adjust_saturation(t, float(p[Slot.SATURATION])) if p[Slot.SATURATION] != 1 else t,
+            lambda t: TF.adjust_hue(t, float(p[Slot.HUE])) if p[Slot.HUE] != 0 else t,
         )
-        for i in JITTER_ORDERS[int(p[9])]:
+        for i in JITTER_ORDERS[int(p[Slot.JITTER_ORDER])]:
             x = ops[i](x)
-        if p[10] > 0:
+        if p[Slot.GRAYSCALE] > 0:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
-        if p[11] > 0:
-            x = TF.gaussian_blur(x, [self.blur_kernel, self.blur_kernel], [float(p[11])] * 2)
-        if p[12] > 0:
+        if p[Slot.BLUR_SIGMA] > 0:
+            x = TF.gaussian_blur(x, [self.blur_kernel, self.blur_kernel], [float(p[Slot.BLUR_SIGMA])] * 2)
+        if p[Slot.SOLARIZE] > 0:
             x = TF.solarize(x, threshold=128)
-        if p[13] != 0:
-            x = TF.rotate(x, float(p[13]))
+        if p[Slot.ROTATION] != 0:
+            x = TF.rotate(x, float(p[Slot.ROTATION]))
         return TF.normalize(x.float().div_(255), self.mean, self.std)
 
     def __call__(self, img: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

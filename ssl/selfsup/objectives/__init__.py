@@ -1,4 +1,4 @@
-"""Objectives: one ``nn.Module`` per file, ``forward(z_a, z_b, **extras) -> 0-dim Tensor`` (CONTRACT.md)."""
+"""Objectives: one ``nn.Module`` per file, ``forward(z_a, z_b, **extras) -> 0-dim Tensor`` (docs/api.md)."""
 
 from selfsup.objectives.barlow_twins import BarlowTwinsLoss
 from selfsup.objectives.care import CAREEquivarianceLoss

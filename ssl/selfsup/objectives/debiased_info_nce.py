@@ -26,10 +26,10 @@ class DebiasedInfoNCELoss(nn.Module):
         temperature: τ > 0 dividing the cosine similarities.
         tau_plus: τ⁺ in [0, 1), the assumed class prior of a "negative" being a false negative (0 = no debiasing).
         beta: β ≥ 0, the hardness concentration of the negative weights (0 = DCL, no reweighting).
-        backend: ``"torch"`` the reference, ``"triton"`` the fused kernel, ``"auto"`` the kernel on CUDA.
+        impl: ``"torch"`` the reference, ``"triton"`` the fused kernel, ``"auto"`` the kernel on CUDA.
     """
 
-    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 0.0, backend: str = "auto"):
+    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 0.0, impl: str = "auto"):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"objective.temperature={temperature}: expected a value > 0")
@@ -40,17 +40,17 @@ class DebiasedInfoNCELoss(nn.Module):
         self.temperature = temperature
         self.tau_plus = tau_plus
         self.beta = beta
-        if backend not in IMPLS:
-            raise ValueError(f"objective.backend={backend!r}: expected one of {IMPLS}")
-        self.backend = backend
+        if impl not in IMPLS:
+            raise ValueError(f"objective.impl={impl!r}: expected one of {IMPLS}")
+        self.impl = impl
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)  # (N, D)
         keys_a, keys_b = distributed.gather_with_grad(a), distributed.gather_with_grad(b)  # (M, D), M = world * N
         offset = distributed.rank() * a.shape[0]
         return debiased_info_nce_rows(
-            a, b, keys_a, keys_b, offset, self.temperature, self.tau_plus, self.beta, self.backend
+            a, b, keys_a, keys_b, offset, self.temperature, self.tau_plus, self.beta, self.impl
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, tau_plus={self.tau_plus}, beta={self.beta}, backend={self.backend!r}"
+        return f"temperature={self.temperature}, tau_plus={self.tau_plus}, beta={self.beta}, impl={self.impl!r}"

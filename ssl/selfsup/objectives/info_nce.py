@@ -23,27 +23,27 @@ class InfoNCELoss(nn.Module):
         temperature: τ > 0 dividing the cosine similarities.
         negatives: ``"all"`` — 2N anchors, each against the 2N-2 other samples of both views plus its positive;
             ``"cross"`` — symmetric cross-view cross-entropy ``0.5 * (CE(S_ab) + CE(S_ba))``.
-        backend: ``"torch"`` the reference, ``"triton"`` the fused kernel (never builds the (2N)² logits;
+        impl: ``"torch"`` the reference, ``"triton"`` the fused kernel (never builds the (2N)² logits;
             :mod:`selfsup_kernels.info_nce_triton`), ``"auto"`` the kernel on CUDA, else the reference.
     """
 
-    def __init__(self, temperature: float = 0.5, negatives: str = "all", backend: str = "auto"):
+    def __init__(self, temperature: float = 0.5, negatives: str = "all", impl: str = "auto"):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"objective.temperature={temperature}: expected a value > 0")
         if negatives not in NEGATIVES:
             raise ValueError(f"objective.negatives={negatives!r}: expected one of {NEGATIVES}")
-        if backend not in IMPLS:
-            raise ValueError(f"objective.backend={backend!r}: expected one of {IMPLS}")
+        if impl not in IMPLS:
+            raise ValueError(f"objective.impl={impl!r}: expected one of {IMPLS}")
         self.temperature = temperature
         self.negatives = negatives
-        self.backend = backend
+        self.impl = impl
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)  # (N, D)
         keys_a, keys_b = distributed.gather_with_grad(a), distributed.gather_with_grad(b)  # (M, D), M = world * N
         offset = distributed.rank() * a.shape[0]
-        return info_nce_rows(a, b, keys_a, keys_b, offset, self.temperature, self.negatives, self.backend)
+        return info_nce_rows(a, b, keys_a, keys_b, offset, self.temperature, self.negatives, self.impl)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, negatives={self.negatives!r}, backend={self.backend!r}"
+        return f"temperature={self.temperature}, negatives={self.negatives!r}, impl={self.impl!r}"

@@ -67,8 +67,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
+def atomic_write_text(path: str | os.PathLike, data: str | bytes) -> Path:
+    """``data`` (text, UTF-8 encoded, or bytes) to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,7 +6,7 @@ from hydra.errors import InstantiationException
 
 from selfsup.train import build, run
 from tests.config_utils import compose_train
-from tests.test_train import TINY, losses, weights
+from tests.runs import TINY, losses, weights
 
 STEPS = ["trainer.max_steps=6", "trainer.max_epochs=-1", "global_batch_size=32"]
 
@@ -33,7 +33,7 @@ def test_fsdp_equals_ddp_equals_one_process(tmp_path):
 
 
 def test_fsdp_strategy_is_built_on_the_cpu(tmp_path):
-    from selfsup.strategies import FSDPStrategy
+    from selfsup.runtime.strategies import FSDPStrategy
 
     _, _, trainer = build(compose_train(TINY + ["trainer=fsdp_cpu"], tmp_path))
     assert isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size == 2
@@ -53,7 +53,7 @@ def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
     and weights as an uninterrupted run, and zero_to_checkpoint / selfsup-eval's loader give back the encoder."""
     pytest.importorskip("deepspeed", reason="pip install selfsup[deepspeed]")
     from selfsup.runtime.checkpoint import backbone_from, load, zero_to_checkpoint
-    from selfsup.strategies import DeepSpeedStrategy
+    from selfsup.runtime.strategies import DeepSpeedStrategy
 
     overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1",
                         "trainer.max_steps=7", "callbacks.last.every_n_train_steps=4"]  # fmt: skip
@@ -63,7 +63,7 @@ def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
     run(compose_train(overrides, tmp_path / "whole"))
     cut = tmp_path / "cut"
     with pytest.raises(RuntimeError, match="interrupted at step 6"):
-        run(compose_train(overrides + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+        run(compose_train(overrides + ["+callbacks.stop._target_=tests.runs.InterruptAt",
                                        "+callbacks.stop.step=6"], cut))  # fmt: skip
     assert (cut / "checkpoints" / "last.ckpt").is_dir() and load(cut)["global_step"] == 4
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporary left
@@ -77,3 +77,8 @@ def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
     assert torch.equal(encoder.state_dict()["features.0.weight"], resumed["state_dict"]["backbone.features.0.weight"])
     with pytest.raises(FileNotFoundError, match="not a DeepSpeed ZeRO checkpoint directory"):
         zero_to_checkpoint(tmp_path, tmp_path / "x.ckpt")
+
+
+def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true with accelerator=cpu and 2 processes"):
+        build(compose_train(TINY + ["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], tmp_path))

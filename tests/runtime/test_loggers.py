@@ -7,7 +7,7 @@ import torch
 
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.test_train import TINY
+from tests.runs import TINY
 
 
 def wandb_history(path):
@@ -45,7 +45,7 @@ def test_wandb_offline_logs_the_training_and_a_resume_continues_the_same_run(tmp
     pytest.importorskip("wandb")
     logger = ["logger=wandb", "trainer.max_epochs=1", "callbacks.last.every_n_train_steps=5"]
     with pytest.raises(RuntimeError, match="interrupted at step 7"):
-        run(compose_train(TINY + logger + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+        run(compose_train(TINY + logger + ["+callbacks.stop._target_=tests.runs.InterruptAt",
                                            "+callbacks.stop.step=7"], tmp_path))  # fmt: skip
     run(compose_train(TINY + logger + ["resume=true"], tmp_path))
     logs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # one per start (unless in the same second)

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 import selfsup
 from selfsup import evaluate as ev
-from selfsup import report
 from selfsup.config import CONF_DIR
+from selfsup.evaluate import report
 from selfsup.metrics import knn_top1, linear_probe, rankme
 
 DIGITS = {
@@ -93,8 +93,10 @@ def test_features_are_cached_and_invalidated_by_a_new_checkpoint(run, monkeypatc
     cfg = eval_cfg(f"checkpoint={run}", "eval.knn_k=[5]", "eval.linear=false", "eval.plots=false")
     first = ev.evaluate(cfg)
     calls = []
-    real_extract = ev.extract
-    monkeypatch.setattr(ev, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
+    from selfsup.evaluate import features as ev_features
+
+    real_extract = ev_features.extract
+    monkeypatch.setattr(ev_features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
     assert ev.evaluate(cfg)["knn_top1"] == first["knn_top1"] and calls == []
     make_run(run, seed=1)  # new weights, new mtime
     os.utime(run / "checkpoints" / "last.ckpt", ns=(1, 1))

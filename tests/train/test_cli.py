@@ -1,52 +1,16 @@
-"""End-to-end training: run directory, exact resume, 2 processes == 1 process, bad input."""
+"""selfsup-train end to end: the run directory, exact resume, 2 processes == 1 process, bad input in one line."""
 
-import csv
 import os
 import subprocess
 import sys
 
-import lightning as L
 import pytest
 import torch
 
 from selfsup.config import ROOT
 from selfsup.train import build, run
-from tests.config_utils import compose_train, tiny_imagefolder
-
-# digits, a BatchNorm-free CNN and projector, 32 pairs a step: ~0.1 s a step on the CPU
-TINY = [
-    "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0",
-    "+backbone.width=8", "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64",
-    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.progress=null",
-    "report_baseline=false", "trainer.max_epochs=2", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
-]  # fmt: skip
-
-
-class InterruptAt(L.Callback):
-    """Simulate a preempted job: fail at the start of optimiser step ``step`` (after step-1 was checkpointed)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"interrupted at step {self.step}")
-
-
-def losses(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
-def val_metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/knn_top1")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
-
-
-def weights(run_dir):
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    return {k: v for k, v in state.items() if not k.startswith("probe.")}
+from tests.config_utils import compose_train
+from tests.runs import TINY, losses, val_metrics, weights
 
 
 def test_run_writes_run_directory(tmp_path):
@@ -58,20 +22,18 @@ def test_run_writes_run_directory(tmp_path):
     assert ckpt["selfsup"]["config"]["backbone"]["name"] == "small_cnn"
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
-
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     """Stop at step 13 (epoch 1, batch 3) with checkpoints every 4 steps; resume=true finishes bit for bit."""
     every4 = ["callbacks.last.every_n_train_steps=4", "callbacks.last.every_n_epochs=null"]
     run(compose_train(TINY + every4, tmp_path / "a"))
     with pytest.raises(RuntimeError, match="interrupted at step 13"):
-        run(compose_train(TINY + every4 + ["+callbacks.stop._target_=tests.test_train.InterruptAt",
+        run(compose_train(TINY + every4 + ["+callbacks.stop._target_=tests.runs.InterruptAt",
                                            "+callbacks.stop.step=13"], tmp_path / "b"))  # fmt: skip
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
     run(compose_train(TINY + every4 + ["resume=true"], tmp_path / "b"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # same data order, LR schedule and steps
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
 
 @pytest.mark.ddp
 @pytest.mark.slow
@@ -93,7 +55,6 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
 
-
 def test_views_do_not_depend_on_workers(tmp_path):
     cfg = compose_train(TINY, tmp_path)
     batches = []
@@ -104,7 +65,6 @@ def test_views_do_not_depend_on_workers(tmp_path):
     for a, b in zip(batches[0]["views"] + batches[0]["params"], batches[1]["views"] + batches[1]["params"]):
         assert torch.equal(a, b)
     assert torch.equal(batches[0]["index"], batches[1]["index"])
-
 
 def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.root=.*does not exist"):
@@ -128,23 +88,10 @@ def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="edited.ckpt: checkpoint of another architecture"):
         run(compose_train([f"ckpt_path={tmp_path / 'edited.ckpt'}"], tmp_path / "r5"), [f"ckpt_path={tmp_path}"])
 
-
-def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
-    root = tiny_imagefolder(tmp_path / "data", per_class=3)
-    (root / "train" / "a" / "notes.txt").write_text("not an image")
-    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=2", "data.image_size=32"],
-                        tmp_path / "run")  # fmt: skip
-    datamodule, _, _ = build(cfg)
-    with caplog.at_level("WARNING"):
-        assert len(datamodule.splits[0]) == 6
-    assert "skipped 1 non-image files" in caplog.text
-
-
 def cli(*args, cwd=ROOT):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
     return subprocess.run([sys.executable, "-m", "selfsup.train", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)  # fmt: skip
-
 
 @pytest.mark.parametrize(
     "args,message",
@@ -171,7 +118,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert all(line.startswith(("GPU available", "TPU available")) for line in lines[:-1]), lines
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / ".hydra").exists()
 
-
 def test_cli_help_lists_every_recipe():
     proc = cli("--help")
     assert proc.returncode == 0
@@ -179,7 +125,6 @@ def test_cli_help_lists_every_recipe():
 
     for recipe in RECIPES_DIR.rglob("*.yaml"):
         assert f"recipes={recipe.relative_to(RECIPES_DIR).with_suffix('')}" in proc.stdout
-
 
 def test_cli_refused_new_run_leaves_the_used_directory_alone(tmp_path):
     """A new run into a directory that holds one stops before writing anything: .hydra/ and metrics.csv keep
@@ -191,9 +136,3 @@ def test_cli_refused_new_run_leaves_the_used_directory_alone(tmp_path):
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()
              and p.name != "train.log"}  # fmt: skip
     assert after == {p: v for p, v in before.items() if p.name != "train.log"}
-
-
-def test_batch_too_small_for_shared_chunks_is_refused(tmp_path):
-    cfg = compose_train(TINY + ["views=care", "objective=care", "data.batch_size=16"], tmp_path)
-    with pytest.raises(ValueError, match=r"too small for views.shared_chunks=16: expected at least 2 rows per chunk"):
-        run(cfg)

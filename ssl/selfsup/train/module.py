@@ -19,10 +19,9 @@ from torch import nn
 
 import selfsup
 from selfsup import distributed
-from selfsup.data.datamodules import batches_per_epoch
 from selfsup.metrics import knn_top1, rankme
 from selfsup.objectives import call_objective
-from selfsup.optim import OptimizerSpec
+from selfsup.train.optim import OptimizerSpec
 
 
 class MomentumSpec:
@@ -144,7 +143,7 @@ class SSLModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.momentum is None:
             return
-        tau = self.momentum.at(self.global_step, self._steps()[1])
+        tau = self.momentum.at(self.global_step, self.trainer.datamodule.batch_plan().total_steps)
         with torch.no_grad():
             for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
                 for p_o, p_t in zip(online.parameters(), target.parameters()):
@@ -183,23 +182,11 @@ class SSLModule(L.LightningModule):
         self.log_dict(metrics, prog_bar=True, sync_dist=True)  # equal on every rank (gathered): the mean is a no-op
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
-    def _steps(self) -> tuple[int, int]:
-        """(optimiser steps per epoch, in the whole run) from the datamodule — not from
-        ``trainer.estimated_stepping_batches``, which would build the train loader before a resumed run's
-        loader state is restored."""
-        trainer = self.trainer
-        batches = batches_per_epoch(trainer.datamodule.steps_per_epoch(trainer.world_size), trainer.limit_train_batches)
-        per_epoch = max(1, batches // trainer.accumulate_grad_batches)
-        total = trainer.max_steps if trainer.max_steps > 0 else per_epoch * max(1, trainer.max_epochs or 1)
-        return per_epoch, total
-
     def configure_optimizers(self):
-        trainer, dm = self.trainer, self.trainer.datamodule
-        per_epoch, total = self._steps()
+        plan = self.trainer.datamodule.batch_plan()  # selfsup.data.batches.BatchPlan: the run's batch facts
         online = [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target_"))]
         probe = list(self.probe.parameters()) if self.probe is not None else []
-        global_batch = dm.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        opt, sched = self.optim.build(online, probe, global_batch, total, per_epoch)
+        opt, sched = self.optim.build(online, probe, plan.global_batch, plan.total_steps, plan.steps_per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from selfsup.optim import LARS, OptimizerSpec, warmup_cosine
+from selfsup.train.optim import LARS, OptimizerSpec, warmup_cosine
 
 
 def test_lars_step_matches_the_formula():

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from selfsup.export import export, load_encoder, main
 from selfsup.runtime import checkpoint as ckpt_io
-from tests.test_evaluate import make_run
+from tests.evaluate.test_evaluate import make_run
 
 
 def trained_backbone(run):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.runtime import files
+from selfsup.runtime.files import atomic_write_text
 
 # Metric columns of run and sweep tables, in display order: key → header.
 METRIC_COLUMNS = {
@@ -33,14 +33,9 @@ METRIC_COLUMNS = {
 ACCURACY_KEYS = ("knn_top1", "knn_top1_k20", "linear_top1")
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """``data`` to ``path`` atomically (:func:`selfsup.runtime.files.atomic_write`)."""
-    files.atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
-
-
 def write_json(path: str | os.PathLike, obj) -> None:
     """Strict JSON (NaN and ±Inf, which JSON has no words for, become null)."""
-    atomic_write(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _json_safe(x):
@@ -243,15 +238,15 @@ def write_run_report(
     for name, png, heading in plots:
         if png is None:
             continue
-        atomic_write(out_dir / f"report_{name}.png", png)
+        atomic_write_text(out_dir / f"report_{name}.png", png)
         md += [f"## {heading}", "", f"![{heading}](report_{name}.png)", ""]
         hp.append(f"<h2>{html.escape(heading)}</h2>{_img(png, heading)}")
     if details:
         block = json.dumps(_json_safe(details), indent=2)
         md += ["## Details", "", "```json", block, "```", ""]
         hp.append(f"<h2>Details</h2><pre>{html.escape(block)}</pre>")
-    atomic_write(out_dir / "report.md", "\n".join(md))
-    atomic_write(out_dir / "report.html", _html_page(title, hp))
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
+    atomic_write_text(out_dir / "report.html", _html_page(title, hp))
     return out_dir / "report.md", out_dir / "report.html"
 
 
@@ -351,6 +346,6 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
         f"<h2>Selecting a run without labels</h2>{_html_table(sel_header, sel_rows)}",
     ]
     out_dir = Path(out_dir)
-    atomic_write(out_dir / "report.md", "\n".join(md) + "\n")
-    atomic_write(out_dir / "report.html", _html_page(title, hp))
+    atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out_dir / "report.html", _html_page(title, hp))
     return out_dir / "report.md", out_dir / "report.html"

@@ -18,82 +18,21 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.config import CONF_DIR
-from selfsup.errors import one_line_errors, run_hydra_app
-from selfsup.launch import per_device_batch
-from selfsup.loggers import RunCSVLogger, finish_loggers
-from selfsup.module import SSLModule
 from selfsup.runtime import checkpoint as ckpt_io
-from selfsup.runtime.autosave import LastCheckpoint, recover_swaps
+from selfsup.runtime.autosave import recover_swaps
+from selfsup.runtime.errors import one_line_errors, run_hydra_app
 from selfsup.runtime.files import atomic_write_text, remove_stale_temps
 from selfsup.runtime.lock import RunLock
+from selfsup.runtime.loggers import RunCSVLogger, finish_loggers
 from selfsup.runtime.resume import Plan, plan, record
 from selfsup.runtime.warnings import quiet_known_warnings
-from selfsup.strategies import check_sync_batchnorm
+from selfsup.train.build import build
+from selfsup.train.module import SSLModule
 
 log = logging.getLogger("selfsup.train")
-
-
-def check_trainer(trainer_cfg: DictConfig) -> None:
-    """Run lengths Lightning would accept but that train nothing (``max_steps=0``) or that it fails on late."""
-    for key, minimum in (("max_steps", -1), ("max_epochs", -1)):
-        value = trainer_cfg.get(key)
-        if value is None and key == "max_epochs":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value == 0 or value < minimum:
-            raise ValueError(
-                f"trainer.{key}={value}: expected a positive integer (or -1: no limit; the other of "
-                "trainer.max_steps/max_epochs ends the run)"
-            )
-
-
-def build(cfg: DictConfig):
-    """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate.
-
-    ``cfg`` is not modified: the per-process batch derived from ``global_batch_size`` goes to the datamodule.
-    Bad values fail before the Trainer starts printing.
-    """
-    check_trainer(cfg.trainer)
-    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
-    needed = getattr(objective, "num_views", 2)
-    if needed > len(views):
-        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
-                         f"config with {needed} (e.g. views=care for objective=care)")
-    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
-    module = SSLModule(
-        backbone=instantiate(cfg.backbone),
-        projector=instantiate(cfg.projector),
-        objective=objective,
-        optim=instantiate(cfg.optim),
-        num_classes=datamodule.num_classes if cfg.online_probe else 0,
-        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
-        momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
-        symmetric=cfg.symmetric,
-    )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
-        raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
-                         "checkpoints/last.ckpt, which resume and preemption need)")  # fmt: skip
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=str(cfg.run_dir),
-        callbacks=callbacks,
-        logger=[instantiate(lg, save_dir=str(cfg.run_dir)) for lg in cfg.logger.values() if lg is not None],
-        plugins=[ckpt_io.AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
-    )
-    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
-    if cfg.get("global_batch_size") is not None:  # per-process batch from nodes x devices x accumulation
-        datamodule.batch_size = per_device_batch(cfg.global_batch_size, trainer.world_size,
-                                                 trainer.accumulate_grad_batches)  # fmt: skip
-    module.run_info = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "global_batch": datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches,
-    }
-    return datamodule, module, trainer
 
 
 def check_resumable(p: Plan, module: SSLModule, trainer: L.Trainer) -> None:
@@ -145,29 +84,6 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, p: Plan, overrides: list[str
         atomic_write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
 
 
-def baseline_table(datamodule, backbone_init, backbone_trained) -> dict:
-    """kNN top-1 and RankMe of the encoder at random init versus trained, on the held-out split."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from selfsup.features import extract
-    from selfsup.metrics import knn_top1, rankme
-
-    train_ds, test_ds = datamodule.eval_datasets()
-    rows = {}
-    for name, encoder in (("random init", backbone_init), ("trained", backbone_trained)):
-        f_train, y_train = extract(encoder, train_ds)
-        f_test, y_test = extract(encoder, test_ds)
-        rows[name] = {"knn_top1": knn_top1(f_train, y_train, f_test, y_test), "rankme": rankme(f_test).item()}
-    table = Table(title="Encoder on the held-out split (kNN k=200, T=0.07; RankMe of backbone features)")
-    for col in ("encoder", "kNN top-1", "RankMe"):
-        table.add_column(col, justify="right")
-    for name, m in rows.items():
-        table.add_row(name, f"{100 * m['knn_top1']:.1f}%", f"{m['rankme']:.1f}")
-    Console().print(table)
-    return rows
-
-
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     """Train one run; returns ``cfg.optimize_metric`` from the final metrics (for sweepers), if set.
 
@@ -198,6 +114,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
             raise
         finish_loggers(trainer)
         if cfg.report_baseline and trainer.is_global_zero:
+            from selfsup.evaluate.baseline import baseline_table
+
             rows = baseline_table(datamodule, backbone_init, module.backbone)
             atomic_write_text(run_dir / "baseline.json", json.dumps(rows, indent=2))
     if cfg.optimize_metric is not None:

@@ -22,9 +22,9 @@ from safetensors.torch import save
 from torch import nn
 
 import selfsup
-from selfsup.errors import one_line_errors
 from selfsup.models.backbones import TORCHVISION_PREFIX
 from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime.errors import one_line_errors
 from selfsup.runtime.files import atomic_write
 
 log = logging.getLogger("selfsup.export")

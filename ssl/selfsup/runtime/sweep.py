@@ -1,5 +1,5 @@
-"""Scale-out glue: the global batch over nodes x devices, and Hydra launchers that check every job of a sweep
-before anything is submitted. (Preemption and requeue: ``selfsup.runtime.preemption``.)
+"""Sweeps: Hydra launchers (local, SLURM) check every job of a sweep before anything is submitted, and sweep run
+directories are named by the swept keys only. (Preemption and requeue: ``selfsup.runtime.preemption``.)
 """
 
 from __future__ import annotations
@@ -12,21 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from hydra.experimental.callback import Callback
-
-
-# -- the global batch ----------------------------------------------------------------------------------------------
-def per_device_batch(global_batch_size: int, world_size: int, accumulate: int) -> int:
-    """``global_batch_size`` split over ``world_size`` processes x ``accumulate`` micro-batches, exactly."""
-    if not isinstance(global_batch_size, int) or global_batch_size < 1:
-        raise ValueError(f"global_batch_size={global_batch_size}: expected a positive integer or null")
-    parts = world_size * accumulate
-    if global_batch_size % parts or global_batch_size // parts < 2:
-        raise ValueError(
-            f"global_batch_size={global_batch_size}: not divisible by {world_size} process(es) (trainer.num_nodes x "
-            f"trainer.devices) x trainer.accumulate_grad_batches={accumulate} in batches of at least 2 rows; "
-            f"expected a multiple of {parts}, at least {2 * parts}"
-        )
-    return global_batch_size // parts
 
 
 # -- launchers: check every job before anything is submitted ------------------------------------------------------
@@ -77,7 +62,7 @@ class SweepCheck(Callback):
             for overrides in sweep_jobs(config):
                 check_job(_loader().load_sweep_config(config, list(overrides)), overrides)
         except Exception as e:  # noqa: BLE001 — composition errors and our ValueErrors both end here
-            from selfsup.errors import _user_error, one_line
+            from selfsup.runtime.errors import _user_error, one_line
 
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

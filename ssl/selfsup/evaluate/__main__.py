@@ -1,0 +1,5 @@
+"""python -m selfsup.evaluate"""
+
+from selfsup.evaluate.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""``selfsup-eval checkpoint=<ckpt | run dir | sweep dir | random> [data=<name>] [eval.*]``.
+
+Frozen features of the train and held-out splits are extracted once (cached on disk, keyed by checkpoint path +
+mtime, data config and transform), then: RankMe of the embeddings and of the backbone features (float64, on a seeded
+sample of ``eval.rankme_samples`` training rows — the paper's 25,600), weighted kNN top-1 (k=200 and 20, T=0.07)
+and a linear probe on backbone features (``eval.protocol=fast``: full-batch L-BFGS with an L2 sweep; ``sgd``: the
+standard SGD protocol). Writes ``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
+
+A sweep directory (run dirs below it, each with ``checkpoints/last.ckpt`` and ``.hydra/``) is evaluated run by
+run, then ranked by RankMe with each run's overridden hyper-parameters and the Spearman / Kendall correlation
+between RankMe and probe accuracy (``sweep.json`` + reports in the sweep dir).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from selfsup.config import CONF_DIR
+from selfsup.evaluate import report
+from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features
+from selfsup.evaluate.probes import sgd_probe_augmented
+from selfsup.evaluate.targets import Target, resolve_targets, run_dir_of
+from selfsup.metrics import knn_top1, linear_probe, linear_probe_sgd, rankme, singular_values
+from selfsup.runtime.errors import one_line_errors, run_hydra_app
+from selfsup.runtime.warnings import quiet_known_warnings
+
+log = logging.getLogger("selfsup.eval")
+
+PROTOCOLS = ("fast", "sgd")
+
+
+def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
+    """(metrics, artefacts for the report) of one encoder."""
+    e = cfg.eval
+    if e.protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={e.protocol!r}: expected one of {PROTOCOLS}")
+    need_labels = bool(e.knn or e.linear)
+    data = eval_data_config(cfg, target)
+    train_ds, test_ds = build_eval_datasets(data, need_labels)
+    t0 = time.perf_counter()
+    feats = features(target, data, train_ds, test_ds, cfg)
+    timings = {"features": time.perf_counter() - t0}
+    tr, te = feats["train"], feats["test"]
+
+    n = tr["embedding"].shape[0]
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(e.seed))[: min(int(e.rankme_samples), n)]
+    sv = {"embedding": singular_values(tr["embedding"][rows]), "backbone": singular_values(tr["backbone"][rows])}
+    metrics = {
+        "rankme": rankme(tr["embedding"][rows]).item(),
+        "rankme_backbone": rankme(tr["backbone"][rows]).item(),
+    }
+    if e.knn:
+        t = time.perf_counter()
+        metrics["knn_k"] = [int(k) for k in e.knn_k]
+        for i, k in enumerate(e.knn_k):
+            acc = knn_top1(
+                tr["backbone"], tr["labels"], te["backbone"], te["labels"], k=int(k), temperature=e.temperature
+            )
+            metrics[f"knn_top1_k{k}"] = acc
+            if i == 0:
+                metrics["knn_top1"] = acc
+        timings["knn"] = time.perf_counter() - t
+    if e.linear:
+        t = time.perf_counter()
+        if e.protocol == "fast":
+            probe = linear_probe(
+                tr["backbone"], tr["labels"], te["backbone"], te["labels"], **OmegaConf.to_container(e.probe)
+            )
+            metrics.update(linear_top1=probe["top1"], linear_val_top1=probe["val_top1"], linear_l2=probe["l2"])
+        elif e.sgd.augment:
+            num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
+            probe = sgd_probe_augmented(target.backbone, train_ds, feats, cfg, num_classes)
+            metrics["linear_top1"] = probe["top1"]
+        else:
+            sgd = {k: v for k, v in OmegaConf.to_container(e.sgd).items() if k != "augment"}
+            probe = linear_probe_sgd(tr["backbone"], tr["labels"], te["backbone"], te["labels"], seed=e.seed, **sgd)
+            metrics["linear_top1"] = probe["top1"]
+        timings["linear"] = time.perf_counter() - t
+    metrics.update(
+        protocol=e.protocol,
+        num_train=n,
+        num_test=te["embedding"].shape[0],
+        backbone_dim=tr["backbone"].shape[1],
+        embedding_dim=tr["embedding"].shape[1],
+        rankme_samples=len(rows),
+        checkpoint=target.source,
+        data=data.get("_target_"),
+        data_root=data.get("root"),
+        seconds=timings,
+    )
+    return metrics, {"singular_values": sv, "test_embedding": te["embedding"], "test_labels": te["labels"],
+                     "classes": list(test_ds.source.classes), "data": data}  # fmt: skip
+
+
+def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfig) -> None:
+    """Reports first, metrics.json last (atomic): a metrics.json exists only for a finished evaluation."""
+    spectrum = embedding_map = None
+    if cfg.eval.plots:
+        spectrum = report.spectrum_png(artefacts["singular_values"])
+        embedding_map = report.embedding_map_png(
+            artefacts["test_embedding"], artefacts["test_labels"], artefacts["classes"], cfg.eval.map_points,
+            cfg.eval.seed,
+        )  # fmt: skip
+    curves = None
+    csv_path = run_dir_of(Path(target.source)) / "metrics.csv" if target.source != "random" else None
+    if cfg.eval.plots and csv_path is not None and csv_path.is_file():
+        curves = report.curves_png(report.read_metrics_csv(csv_path))
+    details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
+    report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details,
+                            curves)  # fmt: skip
+    report.write_json(target.out_dir / "metrics.json", metrics)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate every target of ``cfg.checkpoint``; returns the metrics (a sweep: the ranking summary)."""
+    quiet_known_warnings()
+    targets, sweep_dir = resolve_targets(cfg)
+    results, metrics = [], {}
+    for target in targets:
+        log.info("evaluating %s (%s)", target.name, target.source)
+        metrics, artefacts = evaluate_target(target, cfg)
+        write_outputs(target, metrics, artefacts, cfg)
+        log.info("%s: %s", target.name, _summary(metrics))
+        results.append({"name": target.name, "overrides": target.overrides, **metrics})
+    if sweep_dir is None:
+        return metrics
+    out = Path(cfg.out) if cfg.out is not None else sweep_dir
+    summary = report.sweep_summary(results)
+    report.write_sweep_report(out, f"selfsup-eval sweep: {sweep_dir}", summary)
+    report.write_json(out / "sweep.json", summary)
+    for acc, by in summary["correlations"].items():
+        c = by.get("rankme", {})
+        log.info("RankMe vs %s: Spearman %.3f, Kendall %.3f (%d runs)", acc, c.get("spearman", math.nan),
+                 c.get("kendall", math.nan), c.get("n", 0))  # fmt: skip
+    return summary
+
+
+def _summary(metrics: dict) -> str:
+    keys = [k for k in report.METRIC_COLUMNS if k in metrics]
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@one_line_errors("selfsup-eval")
+def _app(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def data_key_overrides(argv: list[str]) -> list[str]:
+    """``data.<key>=v`` without ``data=<name>`` overrides the run's saved data config: Hydra needs it spelled
+    ``+data.<key>=v`` (the eval config has no data node until one is chosen)."""
+    if any(a.split("=", 1)[0] in ("data", "+data") for a in argv):
+        return argv
+    return [f"+{a}" if a.startswith("data.") and "=" in a else a for a in argv]
+
+
+def main() -> None:
+    sys.argv[1:] = data_key_overrides(sys.argv[1:])
+    run_hydra_app(_app, "selfsup-eval")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Frozen features: extraction (shared by validation tables, ``selfsup-eval`` and the quickstart report), the data
+an evaluation runs on, and the on-disk feature cache of ``selfsup-eval``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from selfsup.evaluate.targets import Target
+from selfsup.runtime.files import atomic_write
+
+log = logging.getLogger("selfsup.eval")
+
+# Data options that do not change the images a datamodule's evaluation splits yield (left out of the cache key).
+_DATA_KEYS_NOT_IN_KEY = ("batch_size", "num_workers", "download", "views", "seed", "subset", "verify", "skip_bad",
+                         "views_on_device", "resident")  # fmt: skip
+
+
+@torch.no_grad()
+def extract(
+    encoder: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    description: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, F) float32 on the CPU, labels (N,)) of ``encoder`` in eval mode over ``(image, label)`` items."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    feats, labels = [], []
+    batches = loader
+    if progress:
+        from rich.progress import track
+
+        batches = track(loader, description=description, total=len(loader))
+    for x, y in batches:
+        feats.append(encoder(x.to(device, non_blocking=True)).float().flatten(1).cpu())
+        labels.append(torch.as_tensor(y))
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+class Encoder(nn.Module):
+    """Backbone features and projector embeddings in one pass: (B, F + D) = [f ‖ projector(f)]."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module | None):
+        super().__init__()
+        self.backbone, self.projector = backbone, projector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x).flatten(1)  # (B, F)
+        return f if self.projector is None else torch.cat([f, self.projector(f)], dim=1)
+
+
+def eval_data_config(cfg: DictConfig, target: Target) -> dict:
+    """The data config to evaluate on: ``data=<name>`` if given, else the run's (``data.<key>=...`` overrides
+    either; the run's caps on validation sets do not apply); images at the encoder's size/stats."""
+    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
+    trained = target.train_config.get("data") or {}
+    if "_target_" in given:  # data=<name>: another (transfer) dataset
+        missing = sorted(OmegaConf.missing_keys(cfg.data))
+        if missing:
+            raise ValueError(f"data.{missing[0]} is not set (???): pass data.{missing[0]}=<value>")
+        data = given
+    elif trained:
+        data = {**trained, "eval_train_subset": None, "eval_test_subset": None, **given}
+    else:
+        raise ValueError(f"data is not set: checkpoint={target.source} saves no data config; pass data=<name>")
+    if cfg.eval.image_size is not None:
+        data["image_size"] = int(cfg.eval.image_size)
+    elif "image_size" in trained:
+        data["image_size"] = trained["image_size"]
+    for key in ("mean", "std"):  # the statistics the encoder was trained with
+        if key in trained:
+            data[key] = trained[key]
+    data.pop("views", None)
+    return data
+
+
+def build_eval_datasets(data: dict, need_labels: bool):
+    """(train, test) evaluation datasets of a data config; one-line errors for missing splits or labels."""
+    try:
+        dm = instantiate(data, views=None, num_workers=0, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, ValueError | FileNotFoundError):
+            raise cause from None
+        raise ValueError(f"data: cannot build {data.get('_target_')}: {str(e).splitlines()[-1]}") from None
+    train, test = dm.eval_datasets()
+    if need_labels:
+        for split, ds in (("train", train), ("held-out", test)):
+            labels = ds.source.labels
+            if (labels < 0).any():
+                raise ValueError(
+                    f"data={data.get('_target_')} root={data.get('root')}: the {split} split has "
+                    f"{int((labels < 0).sum())} unlabeled images; kNN and linear probes need labels "
+                    "(eval.knn=false eval.linear=false computes RankMe only)"
+                )
+    return train, test
+
+
+def _transform_id(ds) -> dict:
+    return {
+        "size": ds.size, "resize": ds.resize, "mean": list(ds.mean), "std": list(ds.std), "n": len(ds),
+        "classes": list(ds.source.classes),
+    }  # fmt: skip
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"eval.device={name!r}: expected auto, cpu, cuda or cuda:<i>") from None
+
+
+def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> dict:
+    """``{"train"|"test": {"backbone": (N, F), "embedding": (N, D), "labels": (N,)}}``, from the cache when the
+    key (checkpoint + mtime, data, transform) matches."""
+    key_parts = {
+        "target": target.cache_id,
+        "data": {k: v for k, v in data.items() if k not in _DATA_KEYS_NOT_IN_KEY},
+        "train": _transform_id(train_ds),
+        "test": _transform_id(test_ds),
+    }
+    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    cache = target.out_dir / "eval_cache" / f"{digest}.pt"
+    if cfg.eval.cache and cache.is_file():
+        try:
+            cached = torch.load(cache, map_location="cpu", weights_only=True)
+            if cached.get("key") == json.loads(json.dumps(key_parts, sort_keys=True, default=str)):
+                log.info("features from cache %s", cache)
+                return cached
+        except Exception as e:  # noqa: BLE001 — a damaged cache file is re-extracted
+            log.warning("ignoring unreadable feature cache %s (%s)", cache, e)
+    encoder = Encoder(target.backbone, target.projector)
+    device = device_of(cfg.eval.device)
+    width = target.backbone.num_features
+    out = {"key": json.loads(json.dumps(key_parts, sort_keys=True, default=str))}
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        both, labels = extract(
+            encoder, ds, batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, device=device,
+            progress=sys.stderr.isatty(), description=f"{target.name}: {split} features",
+        )  # fmt: skip
+        log.info("%s: %s features %s", target.name, split, tuple(both.shape))
+        embedding = both[:, width:] if target.projector is not None else both
+        out[split] = {"backbone": both[:, :width].contiguous(), "embedding": embedding.contiguous(), "labels": labels}
+    encoder.cpu()
+    if cfg.eval.cache:
+        atomic_write(cache, lambda f: torch.save(out, f))
+    return out

@@ -1,0 +1,108 @@
+"""What ``selfsup-eval checkpoint=...`` names: a checkpoint file, a run directory, a sweep directory (runs at any
+depth below it) or ``random`` (the same encoder at random initialisation) — each resolved into a :class:`Target`
+whose encoder is built at once, so bad input fails before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from selfsup.runtime import checkpoint as ckpt_io
+
+
+@dataclass
+class Target:
+    """One encoder to evaluate: where it came from, its training config and where its results go."""
+
+    name: str
+    out_dir: Path
+    backbone: nn.Module
+    projector: nn.Module | None
+    train_config: dict
+    source: str  # checkpoint file, or "random"
+    cache_id: dict = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """``<run>/checkpoints/x.ckpt`` → ``<run>``; a checkpoint elsewhere → its folder."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def find_runs(sweep_dir: Path) -> list[Path]:
+    """Run directories (holding ``checkpoints/last.ckpt``) at any depth below ``sweep_dir``, sorted."""
+    found = {p.parent.parent for p in sweep_dir.rglob("last.ckpt") if p.parent.name == "checkpoints"}
+    return sorted(found, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(sweep_dir).parts])
+
+
+def _read_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [str(o) for o in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
+
+
+def load_checkpoint_target(path: Path, name: str, out_dir: Path) -> Target:
+    """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files)."""
+    ckpt = ckpt_io.load(path, "checkpoint")
+    config = ckpt["selfsup"]["config"]
+    if not isinstance(config, dict) or "backbone" not in config:
+        raise ValueError(f"checkpoint={path}: the saved training config has no 'backbone' entry")
+    try:
+        backbone = ckpt_io.backbone_from(ckpt, path)
+        projector = None
+        if config.get("projector") is not None:
+            projector = instantiate(config["projector"])(in_dim=backbone.num_features)
+            state = {k[len("projector.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("projector.")}
+            projector.load_state_dict(state)
+            projector.eval()
+    except RuntimeError as e:  # load_state_dict: missing / unexpected / mismatched keys
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"checkpoint={path}: weights do not fit the saved architecture ({first})") from None
+    stat = path.stat()
+    cache_id = {"checkpoint": str(path.resolve()), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
+    run_dir = run_dir_of(path)
+    return Target(name, out_dir, backbone, projector, config, str(path), cache_id, _read_overrides(run_dir))
+
+
+def random_target(cfg: DictConfig, out_dir: Path) -> Target:
+    torch.manual_seed(cfg.eval.seed)
+    backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    backbone = instantiate(cfg.backbone).eval()
+    config = {"backbone": backbone_cfg}
+    cache_id = {"checkpoint": "random", "backbone": backbone_cfg, "seed": int(cfg.eval.seed)}
+    return Target(f"random {backbone_cfg.get('name', '')}".strip(), out_dir, backbone, None, config, "random", cache_id)
+
+
+def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
+    """The encoders named by ``checkpoint=`` (built now, so bad input fails before anything is written) and the
+    sweep directory when it names one."""
+    if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
+        raise ValueError("checkpoint is not set: expected checkpoint=<file.ckpt | run dir | sweep dir | random>")
+    out = Path(cfg.out) if cfg.out is not None else None
+    if str(cfg.checkpoint) == "random":
+        name = str(OmegaConf.select(cfg, "backbone.name", default="encoder")).replace("/", "_")
+        return [random_target(cfg, out or Path("runs") / f"random-{name}")], None
+    path = Path(str(cfg.checkpoint)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
+    if path.is_file() or ckpt_io.is_sharded(path) or (path / "checkpoints" / "last.ckpt").exists():
+        ckpt = ckpt_io.resolve(path, "checkpoint")
+        return [load_checkpoint_target(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt))], None
+    runs = find_runs(path)
+    if not runs:
+        raise FileNotFoundError(
+            f"checkpoint={path}: a directory without checkpoints/last.ckpt and without run dirs below it; expected "
+            "a .ckpt file, a run dir or a sweep dir"
+        )
+    targets = []
+    for run in runs:
+        name = str(run.relative_to(path))
+        run_out = out / name if out is not None else run
+        targets.append(load_checkpoint_target(run / "checkpoints" / "last.ckpt", name, run_out))
+    return targets, path

@@ -1,0 +1,5 @@
+"""python -m selfsup.export"""
+
+from selfsup.export import main
+
+main()

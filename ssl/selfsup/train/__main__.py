@@ -1,0 +1,5 @@
+"""python -m selfsup.train"""
+
+from selfsup.train.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""Instantiate a composed training config: datamodule, module, trainer — and the run's batch facts, once."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from selfsup.data.batches import BatchPlan
+from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime.autosave import LastCheckpoint
+from selfsup.runtime.strategies import check_sync_batchnorm
+from selfsup.train.module import SSLModule
+
+
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """Run lengths Lightning would accept but that train nothing (``max_steps=0``) or that it fails on late."""
+    for key, minimum in (("max_steps", -1), ("max_epochs", -1)):
+        value = trainer_cfg.get(key)
+        if value is None and key == "max_epochs":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value == 0 or value < minimum:
+            raise ValueError(
+                f"trainer.{key}={value}: expected a positive integer (or -1: no limit; the other of "
+                "trainer.max_steps/max_epochs ends the run)"
+            )
+
+
+def build(cfg: DictConfig):
+    """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate.
+
+    ``cfg`` is not modified: the batch facts (``global_batch_size`` split over the processes, steps per epoch and
+    per run) go to ``datamodule.plan``. Bad values fail before the Trainer starts printing.
+    """
+    check_trainer(cfg.trainer)
+    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
+    needed = getattr(objective, "num_views", 2)
+    if needed > len(views):
+        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
+                         f"config with {needed} (e.g. views=care for objective=care)")
+    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
+    module = SSLModule(
+        backbone=instantiate(cfg.backbone),
+        projector=instantiate(cfg.projector),
+        objective=objective,
+        optim=instantiate(cfg.optim),
+        num_classes=datamodule.num_classes if cfg.online_probe else 0,
+        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
+        momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
+        symmetric=cfg.symmetric,
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
+        raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
+                         "checkpoints/last.ckpt, which resume and preemption need)")  # fmt: skip
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=str(cfg.run_dir),
+        callbacks=callbacks,
+        logger=[instantiate(lg, save_dir=str(cfg.run_dir)) for lg in cfg.logger.values() if lg is not None],
+        plugins=[ckpt_io.AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
+    )
+    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
+    datamodule.plan = BatchPlan.derive(  # the one place the batch facts are derived
+        batch_size=cfg.data.batch_size, global_batch_size=cfg.get("global_batch_size"),
+        num_samples=len(datamodule.splits[0]), world_size=trainer.world_size,
+        accumulate=trainer.accumulate_grad_batches, limit_train_batches=trainer.limit_train_batches,
+        max_steps=trainer.max_steps, max_epochs=trainer.max_epochs, shared_chunks=views.shared_chunks,
+    )  # fmt: skip
+    module.run_info = {"config": OmegaConf.to_container(cfg, resolve=True),
+                       "global_batch": datamodule.plan.global_batch}  # fmt: skip
+    return datamodule, module, trainer
