@@ -27,6 +27,7 @@ from selfsup.runtime.errors import one_line_errors, run_hydra_app
 from selfsup.runtime.files import atomic_write_text, remove_stale_temps
 from selfsup.runtime.lock import RunLock
 from selfsup.runtime.loggers import RunCSVLogger, finish_loggers
+from selfsup.runtime.preemption import Preempted
 from selfsup.runtime.resume import Plan, plan, record
 from selfsup.runtime.warnings import quiet_known_warnings
 from selfsup.train.build import build
@@ -109,8 +110,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
         backbone_init = copy.deepcopy(module.backbone) if cfg.report_baseline else None
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=p.ckpt_path)
-        except BaseException:
-            finish_loggers(trainer, failed=True)
+        except BaseException as e:
+            finish_loggers(trainer, failed=not isinstance(e, Preempted))  # a preempted run continues later
             raise
         finish_loggers(trainer)
         if cfg.report_baseline and trainer.is_global_zero:
