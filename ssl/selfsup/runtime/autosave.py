@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from selfsup.runtime.files import _fsync_dir
+from selfsup.runtime.files import fsync_dir
 from selfsup.runtime.preemption import PREEMPTION_SIGNALS, Preempted, SignalFlag
 
 log = logging.getLogger("selfsup.autosave")
@@ -66,7 +66,7 @@ def swap_in(new: Path, path: Path) -> None:
             shutil.rmtree(old)
         os.rename(path, old)
     os.rename(new, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old.exists():
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 

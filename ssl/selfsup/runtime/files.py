@@ -63,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         if full:
             raise NoSpaceError(path) from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -72,7 +72,7 @@ def atomic_write_text(path: str | os.PathLike, data: str | bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist the rename itself (a crash right after ``os.replace`` must not bring the old file back)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
