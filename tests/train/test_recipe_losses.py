@@ -20,7 +20,8 @@ def shrunk(recipe: str, tmp_path, cifar10_root) -> list[str]:
     a tiny ImageFolder at 64 px; chunk-shared views: 2 rows a chunk)."""
     cfg = compose_train([f"recipes={recipe}"], tmp_path / "probe")
     extra = ["trainer=cpu", "data.num_workers=0", "trainer.max_steps=3", "trainer.limit_val_batches=0",
-             "callbacks.progress=null", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]  # fmt: skip
+             "callbacks.progress=null", "trainer.enable_model_summary=false",
+             "trainer.log_every_n_steps=1"]  # fmt: skip
     if cfg.data.dataset == "imagefolder":
         root = tiny_imagefolder(tmp_path / "folder", per_class=6)
         extra += [f"data.root={root}", "data.batch_size=4", "data.image_size=64"]
