@@ -30,10 +30,10 @@ from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
 from selfsup.train import build, run  # noqa: E402
 
 PRED = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:512,out_dim:64}"
-EMA = "momentum={_target_:selfsup.train.module.MomentumSpec,base:0.99,final:1.0}"
+EMA = "target=ema"
 METHODS = {
     "simclr (info_nce)": ["objective=info_nce"],
-    "moco v3 (info_nce cross + EMA)": ["objective=moco_v3", PRED, EMA],
+    "moco v3 (info_nce cross + EMA)": ["objective=moco_v3", PRED, EMA, "target.base=0.99"],
     "dcl (debiased_info_nce)": ["objective=debiased_info_nce"],
     "hcl (debiased, beta=1)": ["objective=debiased_info_nce", "objective.beta=1.0"],
     "barlow_twins": ["objective=barlow_twins", "objective.lambd=0.0078"],  # 1/D at D=128
@@ -42,8 +42,9 @@ METHODS = {
     "ldreg (+ info_nce)": ["objective=ldreg"],
     "care (+ info_nce)": ["objective=care", "views=care"],
     "sie": ["objective=sie", "objective.inv_dim=32", "objective.equi_dim=32", "projector.out_dim=64"],
-    "byol (negative_cosine + EMA)": ["objective=negative_cosine", PRED, EMA],
-    "simsiam (negative_cosine)": ["objective=negative_cosine", "objective.offset=0.0", "objective.scale=1.0", PRED],
+    "byol (negative_cosine + EMA)": ["objective=negative_cosine", PRED, EMA, "target.base=0.99"],
+    "simsiam (negative_cosine)": ["objective=negative_cosine", "objective.offset=0.0", "objective.scale=1.0", PRED,
+                                  "target=stopgrad"],
 }
 
 

@@ -24,3 +24,14 @@ def assert_matches(fn, ref, *inputs, rtol=1e-10, atol=1e-12, grad_inputs=None):
     for i, g, g_ref in zip(grad_inputs, grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
     return out
+
+
+def batch_of(z, feats=None, params=None, num_global=None, cls=None):
+    """A one-branch :class:`~selfsup.objectives.ViewBatch` (no predictor, no target) of the views ``z``."""
+    from selfsup.objectives import ViewBatch
+
+    n = len(z)
+    g = n if num_global is None else num_global
+    feats = list(feats) if feats is not None else [None] * n
+    params = list(params) if params is not None else [None] * n
+    return (cls or ViewBatch)(list(z), list(z), list(z[:g]), feats, params, g)

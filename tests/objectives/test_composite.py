@@ -12,9 +12,10 @@ from selfsup.objectives import (
     LDRegLoss,
     SIELoss,
     VICRegLoss,
+    ViewBatch,
     call_objective,
 )
-from tests.objectives.helpers import randn
+from tests.objectives.helpers import batch_of, randn
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "objective"
 
@@ -25,7 +26,7 @@ def test_care_config_is_infonce_plus_weighted_care():
     objective = instantiate(OmegaConf.create({"views": views, "objective": care}).objective)
     assert isinstance(objective, CompositeObjective) and objective.num_views == 4
     z = [randn(32, 6, seed=i) for i in range(4)]
-    total = objective.forward_views(z)
+    total = objective.forward_views(batch_of(z))
     nce, care = InfoNCELoss(0.5)(z[0], z[1]), CAREEquivarianceLoss(16)(z[2], z[3])
     torch.testing.assert_close(total, nce + 0.03 * care)
     assert set(objective.last_terms) == {"info_nce", "care"}
@@ -35,7 +36,7 @@ def test_care_config_is_infonce_plus_weighted_care():
     with pytest.raises(ValueError, match="forward_views"):
         objective(z[0], z[1])
     with pytest.raises(ValueError, match="4 views"):
-        objective.forward_views(z[:3])
+        objective.forward_views(batch_of(z[:3]))
 
 
 def test_gradients_flow_to_each_view_with_its_weight():
@@ -43,7 +44,7 @@ def test_gradients_flow_to_each_view_with_its_weight():
         {"a": {"loss": VICRegLoss(), "weight": 0.5, "views": [0, 1]}, "b": {"loss": VICRegLoss(), "views": [1, 2]}}
     )
     z = [randn(6, 4, seed=i).requires_grad_() for i in range(3)]
-    objective.forward_views(z).backward()
+    objective.forward_views(batch_of(z)).backward()
     ref = [x.detach().clone().requires_grad_() for x in z]
     (0.5 * VICRegLoss()(ref[0], ref[1]) + VICRegLoss()(ref[1], ref[2])).backward()
     for x, r in zip(z, ref, strict=True):
@@ -62,16 +63,16 @@ def test_extras_are_routed_per_term():
     params = [randn(6, 3, seed=20 + i) for i in range(3)]
     calls = []
 
-    def transform_fn(i, j):
-        calls.append((i, j))
-        return params[j] - params[i]
+    class Recording(ViewBatch):
+        def transform(self, i, j):
+            calls.append((i, j))
+            return super().transform(i, j)
 
-    total = objective.forward_views(z, feats, transform_fn=transform_fn)
+    total = objective.forward_views(batch_of(z, feats, params, cls=Recording))
+    # the batch carries the recorded params of every view: transform = params[j] − params[i]
     expected = sie(z[0], z[2], params[2] - params[0]) + 2.0 * ldreg(z[1], z[0], feats[1], feats[0])
     torch.testing.assert_close(total, expected)
     assert calls == [(0, 2)]  # only the term whose forward takes a transform
-    # the module passes the recorded params of every view: transform = params[j] − params[i]
-    torch.testing.assert_close(objective.forward_views(z, feats, params), expected)
 
 
 def test_two_view_forward():

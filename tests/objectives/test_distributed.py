@@ -20,6 +20,7 @@ from selfsup.objectives import (
     VICRegLoss,
 )
 from tests.distributed_utils import run_distributed
+from tests.objectives.helpers import batch_of
 
 N, D, F, P, WORLD = 12, 6, 5, 3, 2  # global pairs, embedding, feature and transform-parameter sizes
 
@@ -72,7 +73,7 @@ def evaluate(objectives, z, feats, params):
         ts = [x.clone().requires_grad_() for x in params]
         objective.zero_grad()
         if isinstance(objective, CompositeObjective):
-            loss = objective.forward_views(zs, fs, ts)
+            loss = objective.forward_views(batch_of(zs, fs, ts))
             inputs = zs + ts
         elif isinstance(objective, SIELoss):
             loss = objective(zs[0], zs[1], ts[1] - ts[0])

@@ -386,6 +386,7 @@ class GpuMultiViewTransform(MultiViewTransform):
             different sizes (multi-crop: 2 global + k local views).
         shared: names of the views that share one draw across each chunk of the global batch (CARE).
         shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
+        global_views: how many leading views are global (the rest: local crops); null: all.
         sampler: ``"counter"`` (batched, on the device) or ``"exact"`` (``ViewAugment.sample``'s CPU generators:
             the CPU pipeline's very parameters).
         on_device: ask the datamodule to ship raw uint8 images and augment after the batch transfer (the
@@ -397,6 +398,7 @@ class GpuMultiViewTransform(MultiViewTransform):
         views: Mapping[str, ViewAugment] | Sequence[ViewAugment],
         shared: Sequence[str] | None = None,
         shared_chunks: int | None = None,
+        global_views: int | None = None,
         sampler: str = "counter",
         on_device: bool = True,
     ):
@@ -404,7 +406,7 @@ class GpuMultiViewTransform(MultiViewTransform):
             raise ValueError(f"views.sampler={sampler!r}: expected one of {SAMPLERS}")
         if not isinstance(views, Mapping):
             views = {f"v{i + 1}": v for i, v in enumerate(views)}
-        super().__init__({k: as_gpu_view(v) for k, v in views.items()}, shared, shared_chunks)
+        super().__init__({k: as_gpu_view(v) for k, v in views.items()}, shared, shared_chunks, global_views)
         self.sampler, self.on_device = sampler, on_device
 
     @classmethod
@@ -413,7 +415,7 @@ class GpuMultiViewTransform(MultiViewTransform):
         if isinstance(t, GpuMultiViewTransform):
             return t
         shared = [n for n, s in zip(t.names, t.shared) if s]
-        return cls(dict(zip(t.names, t.views)), shared or None, t.shared_chunks, sampler)
+        return cls(dict(zip(t.names, t.views)), shared or None, t.shared_chunks, t.global_views, sampler)
 
     def sample(self, seed: int, keys: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
         """Parameters of every view: V x (B, NUM_PARAMS) for sample keys (B, 3) = (epoch, index, chunk) and source

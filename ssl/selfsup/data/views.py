@@ -215,6 +215,8 @@ class MultiViewTransform:
             keys, e.g. ``views.views.v1.blur_p``; a list works too and names its views v1, v2, ...).
         shared: names of the views that share one draw across each chunk of the global batch (CARE).
         shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
+        global_views: how many leading views are global (multi-crop: the rest are local crops that only students
+            see); null: all of them.
     """
 
     def __init__(
@@ -222,6 +224,7 @@ class MultiViewTransform:
         views: Mapping[str, ViewAugment] | Sequence[ViewAugment],
         shared: Sequence[str] | None = None,
         shared_chunks: int | None = None,
+        global_views: int | None = None,
     ):
         if not isinstance(views, Mapping):
             views = {f"v{i + 1}": v for i, v in enumerate(views)}
@@ -232,10 +235,13 @@ class MultiViewTransform:
             raise ValueError(f"views.shared={list(shared)}: {unknown} are not view names {list(views)}")
         if shared and not (shared_chunks and shared_chunks >= 1):
             raise ValueError(f"views.shared_chunks={shared_chunks}: shared views need a chunk count >= 1")
+        if global_views is not None and not (isinstance(global_views, int) and 1 <= global_views <= len(views)):
+            raise ValueError(f"views.global_views={global_views!r}: expected 1 to {len(views)} (the views) or null")
         self.names = list(views)
         self.views = list(views.values())
         self.shared = [name in (shared or ()) for name in self.names]
         self.shared_chunks = shared_chunks if shared else None
+        self.global_views = global_views
 
     def __len__(self) -> int:
         return len(self.views)

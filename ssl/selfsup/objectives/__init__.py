@@ -1,8 +1,9 @@
 """Objectives: one ``nn.Module`` per file, ``forward(z_a, z_b, **extras) -> 0-dim Tensor`` (docs/api.md)."""
 
 from selfsup.objectives.barlow_twins import BarlowTwinsLoss
+from selfsup.objectives.base import Objective, ViewBatch, call_objective
 from selfsup.objectives.care import CAREEquivarianceLoss
-from selfsup.objectives.composite import CompositeObjective, call_objective
+from selfsup.objectives.composite import CompositeObjective
 from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
 from selfsup.objectives.info_nce import InfoNCELoss
 from selfsup.objectives.intl import INTLLoss
@@ -20,7 +21,9 @@ __all__ = [
     "InfoNCELoss",
     "LDRegLoss",
     "NegativeCosineLoss",
+    "Objective",
     "SIELoss",
     "VICRegLoss",
+    "ViewBatch",
     "call_objective",
 ]

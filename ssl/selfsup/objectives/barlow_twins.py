@@ -12,15 +12,15 @@ global loss. ``route`` picks how Σ_{i≠j} C_ij² is computed (same value, see 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from selfsup import distributed
 from selfsup.objectives._gram import check_route, off_diagonal_sq_sum
+from selfsup.objectives.base import Objective
 
 BN_EPS = 1e-5  # nn.BatchNorm1d default, as in the official code
 
 
-class BarlowTwinsLoss(nn.Module):
+class BarlowTwinsLoss(Objective):
     """Redundancy reduction on the cross-correlation matrix of the two views.
 
     Args:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
+from selfsup.objectives.base import Objective
 
 
-class CAREEquivarianceLoss(nn.Module):
+class CAREEquivarianceLoss(Objective):
     """Mean over chunks of the squared difference between the two views' within-chunk Gram matrices.
 
     Args:

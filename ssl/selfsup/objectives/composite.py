@@ -9,59 +9,24 @@ every term, for logging (``train/<name>``).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-EXTRAS = ("feats_a", "feats_b", "transform")
+from selfsup.objectives.base import Objective, ViewBatch, mean_over, score_pair
+
 TERM_KEYS = ("loss", "weight", "views")
 
 
-def _forward_parameters(objective: nn.Module) -> tuple[dict[str, inspect.Parameter], bool]:
-    params = dict(inspect.signature(objective.forward).parameters)
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return params, var_kw
-
-
-def accepts(objective: nn.Module, name: str) -> bool:
-    """Whether ``objective.forward`` takes the keyword ``name``."""
-    params, var_kw = _forward_parameters(objective)
-    return name in params or var_kw
-
-
-def call_objective(
-    objective: nn.Module,
-    z_a: torch.Tensor,
-    z_b: torch.Tensor,
-    feats_a: torch.Tensor | None = None,
-    feats_b: torch.Tensor | None = None,
-    transform: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``objective(z_a, z_b, **extras)`` with only the extras its ``forward`` names (``feats_a``, ``feats_b``,
-    ``transform``); raises ValueError when it requires one that is None."""
-    params, var_kw = _forward_parameters(objective)
-    given = {"feats_a": feats_a, "feats_b": feats_b, "transform": transform}
-    kwargs = {}
-    for key, value in given.items():
-        if key not in params and not var_kw:
-            continue
-        if value is not None:
-            kwargs[key] = value
-        elif key in params and params[key].default is inspect.Parameter.empty:
-            raise ValueError(f"{type(objective).__name__}.forward needs {key!r}, which was not given")
-    return objective(z_a, z_b, **kwargs)
-
-
-class CompositeObjective(nn.Module):
+class CompositeObjective(Objective):
     """Weighted terms, each an objective applied to one pair of views.
 
-    Call ``forward_views(z, feats, params)`` with the embeddings of ALL views (``z[i]`` (N, D) of view i),
-    optionally their backbone features ``feats[i]`` (N, F) and recorded augmentation parameters ``params[i]``
-    (N, P). A term on views (i, j) whose objective takes ``transform`` gets ``params[j] − params[i]``, or
-    ``transform_fn(i, j)`` when that callable is given. ``forward(z_a, z_b, ...)`` is the two-view form: views 0
-    and 1, allowed only when every term uses them.
+    ``forward_views(batch)`` (:class:`~selfsup.objectives.base.ViewBatch`) scores each term on its views (i, j) —
+    queries of view i against keys of view j, with that pair's extras (a term whose objective takes ``transform``
+    gets ``params[j] − params[i]``); where queries and keys come from different branches and the batch is symmetric,
+    in both orders, averaged. ``forward(z_a, z_b, ...)`` is the two-view form: views 0 and 1, allowed only when every
+    term uses them.
 
     Args:
         terms: name → ``{"loss": objective, "weight": float ≥ 0 (default 1.0), "views": [i, j] (default [0, 1])}``.
@@ -103,29 +68,14 @@ class CompositeObjective(nn.Module):
         """How many views the terms use (max index + 1)."""
         return 1 + max(max(v) for v in self.views.values())
 
-    def forward_views(
-        self,
-        z: Sequence[torch.Tensor],
-        feats: Sequence[torch.Tensor] | None = None,
-        params: Sequence[torch.Tensor] | None = None,
-        transform_fn: Callable[[int, int], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        if len(z) < self.num_views:
-            raise ValueError(f"CompositeObjective: the terms use {self.num_views} views, got {len(z)}")
-        if transform_fn is None and params is not None:
-            transform_fn = lambda i, j: params[j] - params[i]  # noqa: E731
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        if len(batch.q) < self.num_views:
+            raise ValueError(f"CompositeObjective: the terms use {self.num_views} views, got {len(batch.q)}")
         total, last = None, {}
         for name, loss in self.losses.items():
             i, j = self.views[name]
-            transform = transform_fn(i, j) if transform_fn is not None and accepts(loss, "transform") else None
-            value = call_objective(
-                loss,
-                z[i],
-                z[j],
-                feats_a=None if feats is None else feats[i],
-                feats_b=None if feats is None else feats[j],
-                transform=transform,
-            )
+            orders = [(i, j)] if batch.one_branch or not batch.symmetric else [(i, j), (j, i)]
+            value = mean_over([score_pair(loss, batch, a, b) for a, b in orders])
             last[name] = value.detach()
             total = self.weights[name] * value if total is None else total + self.weights[name] * value
         self.last_terms = last
@@ -143,14 +93,9 @@ class CompositeObjective(nn.Module):
             raise ValueError(
                 f"CompositeObjective: the terms use {self.num_views} views; call forward_views with all of them"
             )
-        feats = None if feats_a is None and feats_b is None else [feats_a, feats_b]
-
-        def transform_fn(i: int, j: int) -> torch.Tensor | None:
-            if (i, j) != (0, 1):
-                raise ValueError(f"CompositeObjective: a transform was given for views (0, 1), a term uses ({i}, {j})")
-            return transform
-
-        return self.forward_views([z_a, z_b], feats, transform_fn=None if transform is None else transform_fn)
+        z, feats = [z_a, z_b], [feats_a, feats_b]
+        params = [torch.zeros_like(transform), transform] if transform is not None else [None, None]
+        return self.forward_views(ViewBatch(z, z, z, feats, params, num_global=2))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}: weight={self.weights[name]}, views={list(self.views[name])}" for name in self.losses)

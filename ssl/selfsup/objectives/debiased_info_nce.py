@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
+from selfsup.objectives.base import Objective
 from selfsup_kernels import IMPLS, debiased_info_nce_rows
 
 
-class DebiasedInfoNCELoss(nn.Module):
+class DebiasedInfoNCELoss(Objective):
     """Debiased / hard-negative NT-Xent over the global batch (2N anchors, M = 2N − 2 negatives each).
 
     ``Ng = max((Σ w·neg − τ⁺·M·pos) / (1 − τ⁺), M·e^{−1/τ})``, ``loss = mean −log(pos / (pos + Ng))``,

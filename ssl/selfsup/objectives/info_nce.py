@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
+from selfsup.objectives.base import Objective
 from selfsup_kernels import IMPLS, info_nce_rows
 from selfsup_kernels.info_nce_ref import NEGATIVES
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(Objective):
     """NT-Xent over the global batch.
 
     Args:

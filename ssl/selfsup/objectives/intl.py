@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
+from selfsup.objectives.base import Objective
 
 
 def iter_norm(x: torch.Tensor, iters: int) -> torch.Tensor:
@@ -43,7 +43,7 @@ def trace_loss(t: torch.Tensor) -> torch.Tensor:
     return (tc.pow(2).sum(dim=1) / (t.shape[1] - 1) - 1).pow(2).sum()
 
 
-class INTLLoss(nn.Module):
+class INTLLoss(Objective):
     """Spectral transformation by IterNorm plus trace loss.
 
     Args:

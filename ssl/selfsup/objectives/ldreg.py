@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
+from selfsup.objectives.base import Objective
 from selfsup_kernels.info_nce_ref import info_nce_ref
 
 ESTIMATORS = ("mom", "mle")
@@ -38,7 +38,7 @@ def lid(queries: torch.Tensor, reference: torch.Tensor, self_idx: torch.Tensor, 
     return -k / torch.log(a[:, : k - 1] / a[:, k - 1 :] + 1e-4).sum(dim=1)
 
 
-class LDRegLoss(nn.Module):
+class LDRegLoss(Objective):
     """NT-Xent plus a reward for high local intrinsic dimensionality of the backbone features.
 
     Args:

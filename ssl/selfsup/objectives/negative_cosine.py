@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from selfsup.objectives.base import Objective
 
 
-class NegativeCosineLoss(nn.Module):
+class NegativeCosineLoss(Objective):
     """Args:
     offset: constant added (2 for BYOL's normalised MSE, 0 for SimSiam).
     scale: factor of the mean cosine (> 0).

@@ -26,6 +26,7 @@ from torch import nn
 
 from selfsup import distributed
 from selfsup.objectives._gram import check_route
+from selfsup.objectives.base import Objective
 from selfsup.objectives.vicreg import check_nonnegative, covariance_term, variance_term
 
 
@@ -35,7 +36,7 @@ def _check_dim(key: str, value: int) -> int:
     return value
 
 
-class SIELoss(nn.Module):
+class SIELoss(Objective):
     """VICReg on the full embedding, invariance on the inv part, hypernetwork-predicted equivariance on the rest.
 
     Args:

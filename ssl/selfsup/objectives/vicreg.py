@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed
 from selfsup.objectives._gram import check_route, off_diagonal_sq_sum
+from selfsup.objectives.base import Objective
 
 
 def variance_term(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ def check_nonnegative(**values: float) -> None:
             raise ValueError(f"objective.{key}={value}: expected a value >= 0")
 
 
-class VICRegLoss(nn.Module):
+class VICRegLoss(Objective):
     """Variance-Invariance-Covariance regularisation.
 
     Args:

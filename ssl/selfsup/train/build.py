@@ -45,8 +45,11 @@ def build(cfg: DictConfig):
         optim=instantiate(cfg.optim),
         num_classes=datamodule.num_classes if cfg.online_probe else 0,
         predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
-        momentum=instantiate(cfg.momentum) if cfg.momentum is not None else None,
+        target=instantiate(cfg.target),
+        memory=instantiate(cfg.memory),
         symmetric=cfg.symmetric,
+        global_views=views.global_views,
+        batch_views=cfg.batch_views,
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:

@@ -1,15 +1,19 @@
-"""SSLModule: backbone → projector [→ predictor] → objective, with an online probe and kNN/RankMe validation.
+"""SSLModule: a method made of parts — none of them named here.
 
-A method is a projector, an objective and (optionally) a predictor and a momentum target:
-SimCLR/Barlow/VICReg/... use neither; SimSiam a predictor and stop-gradient; BYOL and MoCo v3 a predictor and an
-EMA target network. Everything else — optimiser groups, schedules, probe, validation, checkpoint metadata — lives
-here once.
+    views ─► backbone ─► projector ─► [predictor] ─► queries q          (online branch, every view)
+    global views ─► target (none | stopgrad | ema) ─► keys k             (conf/target/)
+    (q, k, features, parameters) ─► memory (none | key_queue | support_set | swav) ─► objective.forward_views
+                                                                          (conf/memory/, conf/objective/)
+
+A method is a recipe that picks the parts: SimCLR = projector + info_nce; SimSiam = projector + predictor +
+stopgrad + negative_cosine; BYOL = ... + ema; MoCo v2 = projector + ema + key_queue + info_nce (queue negatives);
+NNCLR = projector + predictor + support_set + info_nce; DINO = DINO head + ema + multi-crop + dino; SwAV = projector
++ swav memory + multi-crop + swav. Everything else — optimiser groups, schedules, the online probe, validation,
+checkpoint metadata — lives here once.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -20,25 +24,10 @@ from torch import nn
 import selfsup
 from selfsup import distributed
 from selfsup.metrics import knn_top1, rankme
-from selfsup.objectives import call_objective
+from selfsup.objectives import ViewBatch
+from selfsup.train.memory import Memory
 from selfsup.train.optim import OptimizerSpec
-
-
-class MomentumSpec:
-    """EMA target network (BYOL/MoCo v3): τ goes from ``base`` to ``final`` on a cosine over the run.
-
-    Args:
-        base: momentum at step 0 (BYOL: 0.996, MoCo v3: 0.99).
-        final: momentum at the last step.
-    """
-
-    def __init__(self, base: float = 0.996, final: float = 1.0):
-        if not (0 <= base <= final <= 1):
-            raise ValueError(f"momentum.base={base}, momentum.final={final}: expected 0 <= base <= final <= 1")
-        self.base, self.final = base, final
-
-    def at(self, step: int, total: int) -> float:
-        return self.final - (self.final - self.base) * (math.cos(math.pi * min(step, total) / max(1, total)) + 1) / 2
+from selfsup.train.target import Target
 
 
 def _out_dim(head: nn.Module, in_dim: int) -> int:
@@ -50,19 +39,20 @@ def _out_dim(head: nn.Module, in_dim: int) -> int:
 
 
 class SSLModule(L.LightningModule):
-    """Self-supervised training of ``backbone`` with ``objective`` on the first two views (and more for
-    objectives that take them, e.g. CARE's chunk-shared views).
+    """Self-supervised training of ``backbone`` by the parts of a method (module docstring).
 
     Args:
         backbone: encoder with ``num_features`` (selfsup.models.build_backbone).
-        projector: builder ``in_dim -> nn.Module`` (a Hydra partial of selfsup.models.mlp).
-        objective: a selfsup.objectives module.
+        projector: builder ``in_dim -> nn.Module`` (a Hydra partial of selfsup.models.mlp or dino_head).
+        objective: a selfsup.objectives.Objective.
         optim: optimiser, LR scaling and schedule.
         num_classes: classes of the online linear probe on detached backbone features (0: no probe).
-        predictor: builder ``in_dim -> nn.Module`` applied to online projections (BYOL, SimSiam, MoCo v3).
-        momentum: EMA target network for the second branch (BYOL, MoCo v3); without it and with a predictor
-            the targets are the detached online projections (SimSiam).
-        symmetric: also score (view 1, view 0) and average both directions (predictor/momentum methods).
+        predictor: builder ``in_dim -> nn.Module`` applied to online projections (BYOL, SimSiam, MoCo v3, NNCLR).
+        target: the key branch (selfsup.train.target; default: none).
+        memory: state kept between steps (selfsup.train.memory; default: none).
+        symmetric: score both view orders where queries and keys come from different branches.
+        global_views: how many leading views are global (keys and teachers see only those; default: all).
+        batch_views: one backbone call per resolution for views of equal size (multi-crop), instead of one per view.
         run_info: stored in every checkpoint as ``checkpoint["selfsup"]``: the resolved training config
             (``"config"``) and the global batch it trains with (``"global_batch"``).
     """
@@ -75,8 +65,11 @@ class SSLModule(L.LightningModule):
         optim: OptimizerSpec,
         num_classes: int = 0,
         predictor: Callable[[int], nn.Module] | None = None,
-        momentum: MomentumSpec | None = None,
+        target: Target | None = None,
+        memory: Memory | None = None,
         symmetric: bool = True,
+        global_views: int | None = None,
+        batch_views: bool = False,
         run_info: dict | None = None,
     ):
         super().__init__()
@@ -85,11 +78,12 @@ class SSLModule(L.LightningModule):
         proj_dim = _out_dim(self.projector, backbone.num_features)
         self.predictor = predictor(in_dim=proj_dim) if predictor is not None else None
         self.objective = objective
-        self.optim, self.momentum, self.symmetric = optim, momentum, symmetric
+        self.target = target if target is not None else Target()
+        self.target.attach(self.backbone, self.projector)
+        self.memory = memory if memory is not None else Memory()
+        self.memory.attach(proj_dim)
+        self.optim, self.symmetric, self.global_views, self.batch_views = optim, symmetric, global_views, batch_views
         self.probe = nn.Linear(backbone.num_features, num_classes) if num_classes > 0 else None
-        if momentum is not None:
-            self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-            self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.run_info = run_info or {}
         self._val_outputs: dict[int, list] = {}
 
@@ -98,36 +92,40 @@ class SSLModule(L.LightningModule):
         """Backbone features (B, F) — what evaluation and export use."""
         return self.backbone(x)
 
-    def _targets(self, views: list[torch.Tensor], z: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.momentum is not None:
-            with torch.no_grad():
-                return [self.target_projector(self.target_backbone(v)) for v in views]
-        return [zi.detach() for zi in z] if self.predictor is not None else z
+    def _features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone features of every view: one call per view, or per run of equal-sized views (``batch_views``)."""
+        if not self.batch_views:
+            return [self.backbone(v) for v in views]
+        feats, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+                end += 1
+            feats.extend(self.backbone(torch.cat(views[start:end])).chunk(end - start))
+            start = end
+        return feats
 
-    def _score(self, a, b, feats_a, feats_b, params_a, params_b) -> torch.Tensor:
-        # transform (B, P): the difference of the two views' recorded augmentation parameters (SIE)
-        return call_objective(self.objective, a, b, feats_a, feats_b, transform=params_b - params_a)
+    def step_outputs(self, batch: dict) -> ViewBatch:
+        """The parts applied to a training batch: what the objective's ``forward_views`` receives."""
+        views, params = batch["views"], batch["params"]
+        n_global = self.global_views or len(views)
+        feats = self._features(views)  # V x (B, F)
+        z = [self.projector(f) for f in feats]  # V x (B, D)
+        q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
+        k = self.target.keys(views[:n_global], z[:n_global])  # G x (B, D)
+        out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric)
+        return self.memory.prepare(out, self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        views, params = batch["views"], batch["params"]
-        feats = [self.backbone(v) for v in views]  # V x (B, F)
-        z = [self.projector(f) for f in feats]  # V x (B, D)
-        if self.predictor is not None or self.momentum is not None:  # BYOL, SimSiam, MoCo v3
-            q = [self.predictor(zi) if self.predictor is not None else zi for zi in z[:2]]
-            k = self._targets(views[:2], z[:2])
-            loss = self._score(q[0], k[1], feats[0], feats[1], params[0], params[1])
-            if self.symmetric:
-                loss = 0.5 * (loss + self._score(q[1], k[0], feats[1], feats[0], params[1], params[0]))
-        elif hasattr(self.objective, "forward_views"):  # composite objectives use any views they name
-            loss = self.objective.forward_views(z, feats, params)
-        else:
-            loss = self._score(z[0], z[1], feats[0], feats[1], params[0], params[1])
+        out = self.step_outputs(batch)
+        loss = self.objective.forward_views(out)
+        self.memory.update(out, self.current_epoch)
         for name, value in getattr(self.objective, "last_terms", {}).items():
             self.log(f"train/{name}", value, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.probe is not None:
-            loss = loss + self._probe_step(feats[0].detach(), batch["label"])
+            loss = loss + self._probe_step(out.feats[0].detach(), batch["label"])
         return loss
 
     def _probe_step(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -141,16 +139,10 @@ class SSLModule(L.LightningModule):
         return probe_loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.momentum is None:
-            return
-        tau = self.momentum.at(self.global_step, self.trainer.datamodule.batch_plan().total_steps)
-        with torch.no_grad():
-            for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
-                for p_o, p_t in zip(online.parameters(), target.parameters()):
-                    p_t.lerp_(p_o, 1 - tau)
-                for b_o, b_t in zip(online.buffers(), target.buffers()):
-                    b_t.copy_(b_o)
-        self.log("train/momentum", tau)
+        tau = self.target.step(self.backbone, self.projector, self.global_step,
+                               self.trainer.datamodule.batch_plan().total_steps)  # fmt: skip
+        if tau is not None:
+            self.log("train/momentum", tau)
 
     # -- validation: kNN top-1 of held-out images against the training bank, RankMe of embeddings ---------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -184,7 +176,7 @@ class SSLModule(L.LightningModule):
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def configure_optimizers(self):
         plan = self.trainer.datamodule.batch_plan()  # selfsup.data.batches.BatchPlan: the run's batch facts
-        online = [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target_"))]
+        online = [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target."))]
         probe = list(self.probe.parameters()) if self.probe is not None else []
         opt, sched = self.optim.build(online, probe, plan.global_batch, plan.total_steps, plan.steps_per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

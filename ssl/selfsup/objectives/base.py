@@ -1,0 +1,133 @@
+"""The one call path of every objective: ``SSLModule`` hands what a step produced (:class:`ViewBatch`) to
+``objective.forward_views``; the default in :class:`Objective` scores pairs of views with the objective's own
+``forward(z_a, z_b, **extras)`` and averages them.
+
+Which pairs (:meth:`ViewBatch.pairs`): queries come from every view, keys from the global views only (teachers never
+see local crops). With one branch — no predictor, no target network, so a query and its key are the same tensor —
+each unordered pair with a global view is scored once: (0, 1) for two views, all 2·L + 1 pairs for 2 global and
+L local crops (SwAV's multi-crop applied to SimCLR, Caron et al. 2020, arXiv:2006.09882, §4.2). With two branches
+(a predictor and/or a target) every (query view, other global key view) pair is scored, which for two views is
+BYOL's symmetrised loss ``(L(q0, k1) + L(q1, k0)) / 2`` (Grill et al. 2020, eq. 2 and its symmetrisation);
+``symmetric=false`` keeps (0, 1) only (MoCo v2's one direction).
+
+The extras an objective's ``forward`` may name come from here too: ``feats_a``, ``feats_b`` (backbone features of
+the two views), ``transform`` (``params[j] - params[i]``, the one place the augmentation-parameter difference is
+computed — SIE) and whatever the run's memory part adds (``ViewBatch.extras``, e.g. MoCo v2's ``queue``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ViewBatch:
+    """One training step's outputs, per view, global views first.
+
+    Attributes:
+        z: online projections of every view, V x (B, D).
+        q: what queries the loss: the predictor's outputs where there is one, else ``z`` (the same tensors).
+        k: the target branch's outputs on the global views, G x (B, D): ``z[:G]`` itself for no target, detached
+            for stop-gradient, the EMA network's for an EMA target (after the memory part: nearest neighbours).
+        feats: backbone features of every view, V x (B, F).
+        params: recorded augmentation parameters of every view, V x (B, P).
+        num_global: G, the global views (teachers and keys see only these).
+        symmetric: score both orders of a pair when queries and keys come from different branches.
+        extras: named tensors for the objective's ``forward`` (a memory part's queue, its scores).
+    """
+
+    z: list[torch.Tensor]
+    q: list[torch.Tensor]
+    k: list[torch.Tensor]
+    feats: list[torch.Tensor]
+    params: list[torch.Tensor | None]
+    num_global: int
+    symmetric: bool = True
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def one_branch(self) -> bool:
+        """Queries and keys are the same tensors (no predictor, no target network)."""
+        return all(self.q[j] is self.k[j] for j in range(len(self.k)))
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(query view, key view) pairs an objective scores by default (see the module docstring)."""
+        views, n_global = len(self.q), len(self.k)
+        if self.one_branch:
+            return [(j, i) for j in range(n_global) for i in range(j + 1, views)]
+        if not self.symmetric:
+            return [(0, 1)]
+        return [(i, j) for i in range(views) for j in range(n_global) if i != j]
+
+    def key(self, j: int) -> torch.Tensor:
+        """The key of view j: the target branch's for a global view; with one branch a local view's own output."""
+        return self.k[j] if j < len(self.k) else self.q[j]
+
+    def transform(self, i: int, j: int) -> torch.Tensor:
+        """The augmentation-parameter difference of views i → j, (B, P): what SIE's hypernetwork reads (None when
+        the parameters are not known)."""
+        if self.params[i] is None or self.params[j] is None:
+            return None
+        return self.params[j] - self.params[i]
+
+
+def _forward_parameters(objective: nn.Module) -> tuple[dict[str, inspect.Parameter], bool]:
+    params = dict(inspect.signature(objective.forward).parameters)
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return params, var_kw
+
+
+def accepts(objective: nn.Module, name: str) -> bool:
+    """Whether ``objective.forward`` takes the keyword ``name``."""
+    params, var_kw = _forward_parameters(objective)
+    return name in params or var_kw
+
+
+def call_objective(
+    objective: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, feats_a: torch.Tensor | None = None,
+    feats_b: torch.Tensor | None = None, transform: torch.Tensor | None = None, **more,
+) -> torch.Tensor:  # fmt: skip
+    """``objective(z_a, z_b, **extras)`` with only the extras its ``forward`` names (``feats_a``, ``feats_b``,
+    ``transform`` and any ``more``); a ValueError when it requires one that is missing or None."""
+    params, var_kw = _forward_parameters(objective)
+    extras = {"feats_a": feats_a, "feats_b": feats_b, "transform": transform, **more}
+    kwargs = {}
+    for key, value in extras.items():
+        if key not in params and not var_kw:
+            continue
+        if value is not None:
+            kwargs[key] = value
+    for key, p in params.items():
+        if key not in ("self", "z_a", "z_b") and p.default is inspect.Parameter.empty and key not in kwargs and \
+                p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):  # fmt: skip
+            raise ValueError(f"{type(objective).__name__}.forward needs {key!r}, which was not given")
+    return objective(z_a, z_b, **kwargs)
+
+
+def score_pair(objective: nn.Module, batch: ViewBatch, i: int, j: int) -> torch.Tensor:
+    """``objective`` on query view i against key view j, with the extras of that pair."""
+    transform = batch.transform(i, j) if accepts(objective, "transform") else None
+    return call_objective(objective, batch.q[i], batch.key(j), feats_a=batch.feats[i], feats_b=batch.feats[j],
+                          transform=transform, **batch.extras)  # fmt: skip
+
+
+def mean_over(values: list[torch.Tensor]) -> torch.Tensor:
+    """Their mean, summed in order (one value: itself)."""
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total if len(values) == 1 else total / len(values)
+
+
+class Objective(nn.Module):
+    """Base of every objective: ``forward(z_a, z_b, **extras)`` is the loss of one pair of views;
+    :meth:`forward_views` applies it to a step's pairs (module docstring). ``num_views``: the views it needs."""
+
+    num_views = 2
+
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        return mean_over([score_pair(self, batch, i, j) for i, j in batch.pairs()])

@@ -1,0 +1,113 @@
+"""State a method keeps between steps (``conf/memory/``): a queue of keys, a support set, prototypes.
+
+Every memory is global over ranks — each rank enqueues the whole global batch (``distributed.gather``), so all
+ranks hold the same rows and a 2-process run equals the 1-process run — and lives in buffers of the module, so it is
+saved in every checkpoint and a resumed run continues with it bit for bit.
+
+- ``none`` (:class:`Memory`): nothing kept.
+- ``key_queue`` (:class:`KeyQueue`): MoCo's queue of past keys (He et al. 2020, arXiv:1911.05722, Algorithm 1;
+  facebookresearch/moco ``builder.py::_dequeue_and_enqueue``), handed to the objective as ``queue`` (negatives).
+- ``support_set`` (:class:`SupportSet`): NNCLR's support set (Dwibedi et al. 2021, arXiv:2104.14548, §3): each key is
+  replaced by its nearest neighbour (cosine) among past embeddings.
+- ``swav`` (:class:`SwAVPrototypes`): SwAV's prototypes, L2-normalised before every step, and its feature queue
+  (Caron et al. 2020, arXiv:2006.09882; facebookresearch/swav ``main_swav.py::train``): queries and keys become
+  prototype scores, the queue's scores go to the objective as ``queue_scores``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import distributed
+from selfsup.objectives.base import ViewBatch
+
+
+class Memory(nn.Module):
+    """No memory: the batch passes unchanged."""
+
+    def attach(self, dim: int) -> None:
+        """Called once by the module with the projection width."""
+
+    def check(self, global_batch: int) -> None:
+        """Refuse sizes that cannot work with ``global_batch`` rows a step (one line)."""
+
+    def prepare(self, batch: ViewBatch, epoch: int) -> ViewBatch:
+        """The batch the objective sees (keys replaced, extras added)."""
+        return batch
+
+    def update(self, batch: ViewBatch, epoch: int) -> None:
+        """After the loss: enqueue this step's rows (all ranks the same global rows)."""
+
+
+class _Queue(Memory):
+    """A ring buffer ``bank`` (size, dim) of L2-normalised rows, oldest overwritten first."""
+
+    def __init__(self, size: int, key: str):
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"memory.size={size!r}: expected a positive integer")
+        self.size, self._key = size, key
+
+    def attach(self, dim: int) -> None:
+        # random unit rows to start with, as MoCo's queue and lightly's memory bank
+        self.register_buffer("bank", F.normalize(torch.randn(self.size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def check(self, global_batch: int) -> None:
+        if self.size < global_batch:
+            raise ValueError(f"memory.size={self.size}: smaller than the global batch ({global_batch} rows); expected "
+                             f"at least {global_batch}")  # fmt: skip
+
+    @torch.no_grad()
+    def enqueue(self, rows: torch.Tensor) -> None:
+        rows = F.normalize(distributed.gather(rows.detach()).to(self.bank.dtype), dim=1)  # (N_global, D)
+        n, start = rows.shape[0], int(self.ptr)
+        idx = (start + torch.arange(n, device=rows.device)) % self.size
+        self.bank[idx] = rows
+        self.ptr.fill_((start + n) % self.size)
+
+
+class KeyQueue(_Queue):
+    """MoCo's queue: the keys of past steps are the negatives (``queue`` extra) of this one.
+
+    Args:
+        size: keys kept (65536 on ImageNet, 4096 on CIFAR-10).
+    """
+
+    def __init__(self, size: int = 65536):
+        super().__init__(size, "queue")
+
+    def prepare(self, batch, epoch):
+        batch.extras["queue"] = self.bank.clone()  # the negatives before this step's keys enter
+        return batch
+
+    def update(self, batch, epoch):
+        for j in sorted({j for _, j in batch.pairs()}):  # the key views this step scored
+            self.enqueue(batch.k[j])
+
+
+class SupportSet(_Queue):
+    """NNCLR's support set: every key becomes its nearest neighbour (cosine) among the stored projections; after the
+    step the first view's projections are stored.
+
+    Args:
+        size: projections kept (98304 in the paper on ImageNet).
+    """
+
+    def __init__(self, size: int = 98304):
+        super().__init__(size, "support")
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D) → the nearest support rows (B, D), detached."""
+        scores = F.normalize(z.detach(), dim=1) @ self.bank.to(z.dtype).T  # (B, size)
+        return self.bank[scores.argmax(dim=1)].to(z.dtype)
+
+    def prepare(self, batch, epoch):
+        batch.k = [self.nearest(kj) for kj in batch.k]
+        return batch
+
+    def update(self, batch, epoch):
+        self.enqueue(batch.z[0])
