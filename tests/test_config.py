@@ -16,7 +16,9 @@ GROUP_OPTIONS = sorted(
 )
 NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp"), ("trainer", "deepspeed_stage_2"),
               ("trainer", "deepspeed_stage_3")}  # fmt: skip
-COMPANIONS = {("objective", "care"): ["views=care"], ("objective", "sie"): ["projector.out_dim=2048"]}
+COMPANIONS = {("objective", "care"): ["views=care"], ("objective", "sie"): ["projector.out_dim=2048"],
+              ("memory", "swav"): ["objective=swav"], ("objective", "swav"): ["memory=swav"],
+              ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"]}  # fmt: skip
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from selfsup_kernels._inputs import DTYPES
 from selfsup_kernels.debiased_info_nce_ref import debiased_info_nce_ref
-from selfsup_kernels.info_nce_ref import info_nce_ref
+from selfsup_kernels.info_nce_ref import info_nce_queue_ref, info_nce_ref
 
 IMPLS = ("auto", "torch", "triton")
 
@@ -39,8 +39,12 @@ def info_nce_rows(
     impl: str = "auto",
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`."""
-    if _use_triton(impl, a):
+    """InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`. The fused
+    kernel computes ``all`` and ``cross``; ``one_way`` always runs on the reference."""
+    if negatives == "one_way" and impl == "triton":
+        raise ValueError("impl='triton' with negatives='one_way': the fused kernel computes all and cross; use "
+                         "impl=auto or torch")  # fmt: skip
+    if negatives != "one_way" and _use_triton(impl, a):
         from selfsup_kernels.info_nce_triton import info_nce_triton  # imports triton only when asked for
 
         return info_nce_triton(a, b, keys_a, keys_b, offset, temperature, negatives, reduction)
@@ -74,4 +78,7 @@ def debiased_info_nce_rows(
     return debiased_info_nce_ref(a, b, keys_a, keys_b, offset, temperature, tau_plus, beta)
 
 
-__all__ = ["IMPLS", "debiased_info_nce_ref", "debiased_info_nce_rows", "info_nce", "info_nce_ref", "info_nce_rows"]
+__all__ = [
+    "IMPLS", "debiased_info_nce_ref", "debiased_info_nce_rows", "info_nce", "info_nce_queue_ref", "info_nce_ref",
+    "info_nce_rows",
+]  # fmt: skip

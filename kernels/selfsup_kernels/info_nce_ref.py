@@ -13,6 +13,13 @@ keys of both views except itself, the positive being the other view of the same 
 ``negatives="cross"`` (symmetric cross-view form, as in MoCo v3 / CLIP): ``0.5 * (CE(S_ab) + CE(S_ba))`` with
 ``S_ab = a Bᵀ / τ`` and the diagonal (shifted by ``offset``) as targets.
 
+``negatives="one_way"``: ``CE(S_ab)`` alone — queries ``a`` against the keys of ``b`` (MoCo v3's
+``contrastive_loss(q, k)`` without its 2τ factor, facebookresearch/moco-v3 ``moco/builder.py``).
+
+:func:`info_nce_queue_ref` is MoCo's form (He et al. 2020, arXiv:1911.05722, Algorithm 1;
+facebookresearch/moco ``moco/builder.py::forward``): each query's positive is its own key, the negatives are a
+queue of past keys — ``l = CE([q·k, q·queueᵀ] / τ, 0)``.
+
 Inputs must already be L2-normalised; computation runs in the inputs' dtype (float64 for golden tests).
 """
 
@@ -21,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NEGATIVES = ("all", "cross")
+NEGATIVES = ("all", "cross", "one_way")
 REDUCTIONS = ("mean", "none")
 
 
@@ -38,7 +45,7 @@ def info_nce_ref(
     """Mean InfoNCE over the local anchors ``a, b`` (N, D) against keys ``keys_a, keys_b`` (M, D).
 
     ``reduction="none"`` returns the per-anchor losses instead: (2N,) ordered ``[a rows, b rows]`` for ``"all"``,
-    (N,) ``0.5 * (l_ab + l_ba)`` per pair for ``"cross"``.
+    (N,) ``0.5 * (l_ab + l_ba)`` per pair for ``"cross"``, (N,) ``l_ab`` for ``"one_way"``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
@@ -46,8 +53,10 @@ def info_nce_ref(
     keys_b = b if keys_b is None else keys_b
     n, m = a.shape[0], keys_a.shape[0]
     pos = torch.arange(n, device=a.device) + offset  # (N,) index of each row's positive among M keys
-    if negatives == "cross":
+    if negatives in ("cross", "one_way"):
         loss_ab = F.cross_entropy(a @ keys_b.T / temperature, pos, reduction=reduction)  # (N, M) logits
+        if negatives == "one_way":
+            return loss_ab
         loss_ba = F.cross_entropy(b @ keys_a.T / temperature, pos, reduction=reduction)
         return 0.5 * (loss_ab + loss_ba)
     if negatives != "all":
@@ -59,3 +68,11 @@ def info_nce_ref(
     pos_idx = torch.cat([pos + m, pos])  # the other view of the same image
     logits = logits.masked_fill(F.one_hot(self_idx, 2 * m).bool(), float("-inf"))
     return F.cross_entropy(logits, pos_idx, reduction=reduction)
+
+
+def info_nce_queue_ref(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE: mean over the rows of ``q`` (N, D) of ``CE([q_i·k_i, q_i·queueᵀ] / τ, 0)`` with ``k`` (N, D)
+    the positives and ``queue`` (K, D) the negatives, all L2-normalised."""
+    pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    logits = torch.cat([pos, q @ queue.T], dim=1) / temperature  # (N, 1 + K)
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

@@ -51,6 +51,16 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks (a new tensor, no gradients: running statistics such as DINO's centre); ``x``
+    itself without a process group."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` (equal shapes) concatenated along dim 0 in rank order; identity without a process group."""
     if world_size() == 1:

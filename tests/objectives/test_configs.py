@@ -21,6 +21,8 @@ EXPECTED = {
     "sie": "SIELoss",
     "intl": "INTLLoss",
     "ldreg": "LDRegLoss",
+    "dino": "DINOLoss",
+    "swav": "SwAVLoss",
 }
 
 
@@ -31,8 +33,10 @@ def test_expected_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_instantiates_and_mirrors_constructor(path):
     cfg = OmegaConf.load(path)
-    # care.yaml reads its chunk count from the views config it runs with (views=care: 16)
-    objective = instantiate(OmegaConf.create({"views": {"shared_chunks": 16}, "objective": cfg}).objective)
+    # care.yaml reads its chunk count from the views config it runs with (views=care: 16), dino.yaml its width
+    # from the projector
+    cfg = OmegaConf.create({"views": {"shared_chunks": 16}, "projector": {"out_dim": 64}, "objective": cfg}).objective
+    objective = instantiate(cfg)
     cls = get_class(cfg._target_)
     assert type(objective) is cls and cls is getattr(objectives, cls.__name__)
     if path.stem in EXPECTED:

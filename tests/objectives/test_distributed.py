@@ -12,11 +12,13 @@ from selfsup.objectives import (
     CAREEquivarianceLoss,
     CompositeObjective,
     DebiasedInfoNCELoss,
+    DINOLoss,
     InfoNCELoss,
     INTLLoss,
     LDRegLoss,
     NegativeCosineLoss,
     SIELoss,
+    SwAVLoss,
     VICRegLoss,
 )
 from tests.distributed_utils import run_distributed
@@ -30,6 +32,8 @@ def make_objectives() -> dict[str, torch.nn.Module]:
     return {
         "info_nce_all": InfoNCELoss(0.3, "all"),
         "info_nce_cross": InfoNCELoss(0.3, "cross"),
+        "info_nce_one_way": InfoNCELoss(0.3, "one_way"),
+        "info_nce_queue": InfoNCELoss(0.3, "queue"),  # per row: each query, its key and the (global) queue
         "dcl": DebiasedInfoNCELoss(0.5, 0.1, 0.0),
         "dcl_clamped": DebiasedInfoNCELoss(0.5, 0.6, 0.0),
         "hcl": DebiasedInfoNCELoss(0.5, 0.1, 1.0),
@@ -45,6 +49,9 @@ def make_objectives() -> dict[str, torch.nn.Module]:
         "ldreg_mom": LDRegLoss(0.2, 0.5, 64, "mom"),  # k clipped to 2N − 2 of the GLOBAL batch
         "ldreg_mle": LDRegLoss(0.2, 0.5, 7, "mle"),
         "negative_cosine": NegativeCosineLoss(2.0, 2.0),
+        "dino": DINOLoss(D, teacher_temp=0.05).double(),  # 2 global + 2 local crops; the centre from the global batch
+        "swav": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # codes by Sinkhorn over the global batch
+        "swav_queue": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # ... with a queue in front
         "composite": CompositeObjective(
             {
                 "info_nce": {"loss": InfoNCELoss(0.5), "weight": 1.0, "views": [0, 1]},
@@ -53,6 +60,12 @@ def make_objectives() -> dict[str, torch.nn.Module]:
             }
         ),
     }
+
+
+def make_queue():
+    """The same 8 past rows on every rank (a memory part's queue is global)."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(8, D, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
 def make_inputs():
@@ -75,6 +88,16 @@ def evaluate(objectives, z, feats, params):
         if isinstance(objective, CompositeObjective):
             loss = objective.forward_views(batch_of(zs, fs, ts))
             inputs = zs + ts
+        elif isinstance(objective, DINOLoss):
+            loss = objective(zs, [x.detach() for x in zs[:2]])  # teachers: the global views (no gradient)
+            inputs = zs
+        elif isinstance(objective, SwAVLoss):
+            queue = [torch.nn.functional.normalize(q, dim=1) for q in make_queue()] if name == "swav_queue" else None
+            loss = objective(zs, queue)
+            inputs = zs
+        elif name == "info_nce_queue":
+            loss = objective(zs[0], zs[1], queue=make_queue()[0])
+            inputs = zs[:2]
         elif isinstance(objective, SIELoss):
             loss = objective(zs[0], zs[1], ts[1] - ts[0])
             inputs = zs[:2] + ts[:2]
@@ -87,7 +110,8 @@ def evaluate(objectives, z, feats, params):
         loss.backward()
         grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in inputs]
         param_grads = {k: p.grad.clone() for k, p in objective.named_parameters() if p.grad is not None}
-        out[name] = (loss.detach(), grads, param_grads)
+        state = {k: b.clone() for k, b in objective.named_buffers()}  # DINO's centre after the step
+        out[name] = (loss.detach(), grads, param_grads, state)
     return out
 
 
@@ -109,7 +133,7 @@ def results():
 @pytest.mark.parametrize("name", list(make_objectives()))
 def test_two_processes_equal_one(results, name):
     single, ranks = results
-    loss, grads, param_grads = single[name]
+    loss, grads, param_grads, state = single[name]
     per_rank = [r[name] for r in ranks]
     torch.testing.assert_close(torch.stack([r[0] for r in per_rank]).mean(), loss, rtol=0, atol=1e-9)
     for i, g in enumerate(grads):
@@ -119,3 +143,6 @@ def test_two_processes_equal_one(results, name):
     for key, g in param_grads.items():  # DDP averages parameter gradients over ranks
         mean = torch.stack([r[2][key] for r in per_rank]).mean(0)
         torch.testing.assert_close(mean, g, rtol=0, atol=1e-9, msg=lambda m, key=key: f"{key}: {m}")
+    for key, value in state.items():  # running state (DINO's centre) is the same on every rank: the global batch's
+        for r in per_rank:
+            torch.testing.assert_close(r[3][key], value, rtol=0, atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")

@@ -1,4 +1,4 @@
 from selfsup.models.backbones import SmallCNN, build_backbone
-from selfsup.models.heads import mlp
+from selfsup.models.heads import DINOHead, dino_head, mlp
 
-__all__ = ["SmallCNN", "build_backbone", "mlp"]
+__all__ = ["DINOHead", "SmallCNN", "build_backbone", "dino_head", "mlp"]

@@ -31,6 +31,9 @@ def build_backbone(
     in_chans: int = 3,
     width: int | None = None,
     norm: str | None = None,
+    img_size: int | None = None,
+    patch_size: int | None = None,
+    dynamic_img_size: bool | None = None,
 ) -> nn.Module:
     """Build an encoder without classification head.
 
@@ -42,6 +45,9 @@ def build_backbone(
         pretrained: load the library's pretrained weights (needs internet on first use).
         in_chans: input channels.
         width, norm: ``small_cnn`` only (defaults 32 and ``"batch"``).
+        img_size, patch_size, dynamic_img_size: timm vision transformers: the input size the position embedding is
+            made for, the patch size (4 for 32 px CIFAR images), and interpolating the position embedding for
+            other input sizes (multi-crop's local views).
     """
     if name == "small_cnn":
         if pretrained:
@@ -57,6 +63,8 @@ def build_backbone(
             raise ValueError(f"backbone.name={name}: {tv_name!r} is not in torchvision.models.list_models()")
         if in_chans != 3:
             raise ValueError(f"backbone.in_chans={in_chans}: torchvision backbones take 3 channels")
+        if img_size is not None or patch_size is not None or dynamic_img_size is not None:
+            raise ValueError(f"backbone.img_size/patch_size/dynamic_img_size: timm ViTs only, not backbone.name={name}")
         model = torchvision.models.get_model(tv_name, weights="DEFAULT" if pretrained else None)
         for head in ("fc", "classifier", "heads", "head"):
             if hasattr(model, head):
@@ -65,12 +73,18 @@ def build_backbone(
         if cifar_stem:
             _cifar_stem(model, name, in_chans)
         model.eval()
+        side = getattr(model, "image_size", 64)  # torchvision's ViTs take their own size only
         with torch.no_grad():
-            model.num_features = model(torch.zeros(2, 3, 64, 64)).flatten(1).shape[1]
+            model.num_features = model(torch.zeros(2, 3, side, side)).flatten(1).shape[1]
         return model.train()
     if not timm.is_model(name):
         raise ValueError(f"backbone.name={name}: not a timm model (see timm.list_models()) nor torchvision/<name>")
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    vit = {k: v for k, v in dict(img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size).items()
+           if v is not None}  # fmt: skip
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **vit)
+    except TypeError as e:  # a model whose constructor has no such argument
+        raise ValueError(f"backbone.name={name}: does not take {sorted(vit)} ({e})") from None
     if cifar_stem:
         _cifar_stem(model, name, in_chans)
     return model

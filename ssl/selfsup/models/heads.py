@@ -1,7 +1,9 @@
-"""The one MLP builder for projectors and predictors."""
+"""Heads on the backbone: the one MLP builder for projectors and predictors, and DINO's head."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,3 +37,50 @@ def mlp(
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, arXiv:2104.14294; facebookresearch/dino
+    ``vision_transformer.py::DINOHead``): an MLP (Linear → [BN] → GELU, ``num_layers - 1`` times, then Linear to
+    ``bottleneck_dim``), L2 normalisation, and a weight-normalised linear layer ``last_layer`` to ``out_dim`` logits
+    whose norm is fixed at 1 when ``norm_last_layer``. Linear weights start from a truncated normal (std 0.02),
+    biases at 0.
+
+    Args:
+        in_dim: input width (filled in by the module).
+        out_dim: number of output logits K (65,536 for ViT-S/16 on ImageNet).
+        hidden_dim: width of the hidden layers.
+        bottleneck_dim: width before the last layer.
+        num_layers: linear layers of the MLP part (>= 1).
+        batch_norm: BatchNorm1d after each hidden layer (DINO's ResNet-50 setting).
+        norm_last_layer: keep the last layer's weight norm at 1 (more stable; DINO's ViT-S default).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True):  # fmt: skip
+        super().__init__()
+        if num_layers < 1 or out_dim < 1:
+            raise ValueError(f"projector.num_layers={num_layers}, projector.out_dim={out_dim}: expected >= 1")
+        layers, dim = [], in_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(dim, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batch_norm else []) + [nn.GELU()]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        with torch.no_grad():
+            self.last_layer.parametrizations.weight.original0.fill_(1.0)  # the norm g of every output row
+        self.last_layer.parametrizations.weight.original0.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+def dino_head(in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+              num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> DINOHead:  # fmt: skip
+    """:class:`DINOHead` (a builder like :func:`mlp`, for ``projector=dino_head``)."""
+    return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, num_layers, batch_norm, norm_last_layer)

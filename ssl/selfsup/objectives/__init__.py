@@ -5,17 +5,20 @@ from selfsup.objectives.base import Objective, ViewBatch, call_objective
 from selfsup.objectives.care import CAREEquivarianceLoss
 from selfsup.objectives.composite import CompositeObjective
 from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
+from selfsup.objectives.dino import DINOLoss
 from selfsup.objectives.info_nce import InfoNCELoss
 from selfsup.objectives.intl import INTLLoss
 from selfsup.objectives.ldreg import LDRegLoss
 from selfsup.objectives.negative_cosine import NegativeCosineLoss
 from selfsup.objectives.sie import SIELoss
+from selfsup.objectives.swav import SwAVLoss
 from selfsup.objectives.vicreg import VICRegLoss
 
 __all__ = [
     "BarlowTwinsLoss",
     "CAREEquivarianceLoss",
     "CompositeObjective",
+    "DINOLoss",
     "DebiasedInfoNCELoss",
     "INTLLoss",
     "InfoNCELoss",
@@ -23,6 +26,7 @@ __all__ = [
     "NegativeCosineLoss",
     "Objective",
     "SIELoss",
+    "SwAVLoss",
     "VICRegLoss",
     "ViewBatch",
     "call_objective",

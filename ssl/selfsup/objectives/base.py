@@ -125,9 +125,11 @@ def mean_over(values: list[torch.Tensor]) -> torch.Tensor:
 
 class Objective(nn.Module):
     """Base of every objective: ``forward(z_a, z_b, **extras)`` is the loss of one pair of views;
-    :meth:`forward_views` applies it to a step's pairs (module docstring). ``num_views``: the views it needs."""
+    :meth:`forward_views` applies it to a step's pairs (module docstring). ``num_views``: the views it needs;
+    ``takes_local_views``: whether multi-crop's local views can be among them."""
 
     num_views = 2
+    takes_local_views = True
 
     def forward_views(self, batch: ViewBatch) -> torch.Tensor:
         return mean_over([score_pair(self, batch, i, j) for i, j in batch.pairs()])

@@ -32,6 +32,8 @@ class CompositeObjective(Objective):
         terms: name → ``{"loss": objective, "weight": float ≥ 0 (default 1.0), "views": [i, j] (default [0, 1])}``.
     """
 
+    takes_local_views = False  # every term names its views
+
     def __init__(self, terms: Mapping[str, Mapping]):
         super().__init__()
         if not terms:

@@ -37,9 +37,12 @@ def build(cfg: DictConfig):
     if needed > len(views):
         raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
                          f"config with {needed} (e.g. views=care for objective=care)")
+    check_local_views(views, objective)
     datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
+    backbone = instantiate(cfg.backbone)
+    check_patch_size(backbone, views)
     module = SSLModule(
-        backbone=instantiate(cfg.backbone),
+        backbone=backbone,
         projector=instantiate(cfg.projector),
         objective=objective,
         optim=instantiate(cfg.optim),
@@ -70,6 +73,34 @@ def build(cfg: DictConfig):
         accumulate=trainer.accumulate_grad_batches, limit_train_batches=trainer.limit_train_batches,
         max_steps=trainer.max_steps, max_epochs=trainer.max_epochs, shared_chunks=views.shared_chunks,
     )  # fmt: skip
+    module.memory.check(datamodule.plan.global_batch)
     module.run_info = {"config": OmegaConf.to_container(cfg, resolve=True),
                        "global_batch": datamodule.plan.global_batch}  # fmt: skip
     return datamodule, module, trainer
+
+
+def check_local_views(views, objective) -> None:
+    """Local crops (views past ``views.global_views``) only for objectives that score pairs of any views."""
+    n_global = views.global_views or len(views)
+    if n_global < len(views) and not getattr(objective, "takes_local_views", True):
+        raise ValueError(
+            f"views: {len(views) - n_global} local crops ({views.names[n_global:]}) but objective "
+            f"{type(objective).__name__} scores fixed views and cannot take them; use views with global views only"
+        )
+
+
+def check_patch_size(backbone, views) -> None:
+    """A vision transformer's patch size divides every view's size (and a fixed-size ViT gets its own size)."""
+    patch_embed = getattr(backbone, "patch_embed", None)
+    if patch_embed is None or not hasattr(patch_embed, "patch_size"):
+        return
+    patch = int(patch_embed.patch_size[0])
+    dynamic = bool(getattr(backbone, "dynamic_img_size", False))
+    fixed = getattr(patch_embed, "img_size", None)
+    for name, view in zip(views.names, views.views):
+        if view.size % patch:
+            raise ValueError(f"views.views.{name}.size={view.size}: not a multiple of the ViT's patch size {patch} "
+                             "(backbone.patch_size)")  # fmt: skip
+        if not dynamic and fixed is not None and view.size != int(fixed[0]):
+            raise ValueError(f"views.views.{name}.size={view.size}: the ViT is built for {int(fixed[0])} px; set "
+                             "backbone.dynamic_img_size=true (multi-crop) or backbone.img_size")  # fmt: skip

@@ -11,7 +11,8 @@ saved in every checkpoint and a resumed run continues with it bit for bit.
   replaced by its nearest neighbour (cosine) among past embeddings.
 - ``swav`` (:class:`SwAVPrototypes`): SwAV's prototypes, L2-normalised before every step, and its feature queue
   (Caron et al. 2020, arXiv:2006.09882; facebookresearch/swav ``main_swav.py::train``): queries and keys become
-  prototype scores, the queue's scores go to the objective as ``queue_scores``.
+  prototype scores, the queue's scores go to the objective as ``queue_scores``. (SwAV keeps one queue per GPU of
+  that GPU's features; here one global queue of the same total length: every rank the same rows.)
 """
 
 from __future__ import annotations
@@ -111,3 +112,57 @@ class SupportSet(_Queue):
 
     def update(self, batch, epoch):
         self.enqueue(batch.z[0])
+
+
+class SwAVPrototypes(Memory):
+    """SwAV's prototypes and feature queue. Before every step the prototypes are L2-normalised; the queries and keys
+    become the scores ``normalize(z) · prototypesᵀ`` (V x (B, K)); once the queue of the ``crops_for_assign`` views
+    is full its scores go to the objective as ``queue_scores``; after the step the normalised features of those views
+    enter the queue (from ``queue_start_epoch`` on, newest first).
+
+    Args:
+        num_prototypes: K (3000 on ImageNet).
+        queue_size: features kept per assigned view (0: no queue; SwAV: 3840 with small batches).
+        queue_start_epoch: the epoch the queue starts filling (SwAV: 15).
+        crops_for_assign: the views whose codes are computed (as the objective's).
+    """
+
+    def __init__(self, num_prototypes: int = 3000, queue_size: int = 0, queue_start_epoch: int = 15,
+                 crops_for_assign: tuple[int, ...] = (0, 1)):  # fmt: skip
+        super().__init__()
+        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
+            raise ValueError(f"memory.num_prototypes={num_prototypes!r}: expected a positive integer")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError(f"memory.queue_size={queue_size!r}: expected an integer >= 0 (0: no queue)")
+        self.num_prototypes, self.queue_size, self.queue_start_epoch = num_prototypes, queue_size, queue_start_epoch
+        self.crops_for_assign = tuple(int(i) for i in crops_for_assign)
+
+    def attach(self, dim: int) -> None:
+        self.prototypes = nn.Linear(dim, self.num_prototypes, bias=False)
+        self.register_buffer("queue", torch.zeros(len(self.crops_for_assign), self.queue_size, dim))
+
+    def check(self, global_batch: int) -> None:
+        if 0 < self.queue_size < global_batch:
+            raise ValueError(f"memory.queue_size={self.queue_size}: smaller than the global batch ({global_batch} "
+                             f"rows); expected 0 (no queue) or at least {global_batch}")  # fmt: skip
+
+    def prepare(self, batch, epoch):
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        embedding = [F.normalize(z, dim=1) for z in batch.z]
+        scores = [self.prototypes(e) for e in embedding]  # V x (B, K)
+        batch.q, batch.k = scores, scores[: batch.num_global]
+        if self.queue_size and bool((self.queue[:, -1] != 0).all()):  # full: SwAV uses it from then on
+            batch.extras["queue_scores"] = [self.queue[n] @ self.prototypes.weight.T for n in range(len(self.queue))]
+        self._embedding = embedding  # what update() enqueues
+        return batch
+
+    @torch.no_grad()
+    def update(self, batch, epoch):
+        embedding, self._embedding = self._embedding, None
+        if not self.queue_size or epoch < self.queue_start_epoch:
+            return
+        for n, i in enumerate(self.crops_for_assign):
+            rows = distributed.gather(embedding[i].detach()).to(self.queue.dtype)  # (N_global, D)
+            self.queue[n, rows.shape[0] :] = self.queue[n, : -rows.shape[0]].clone()
+            self.queue[n, : rows.shape[0]] = rows

@@ -138,8 +138,12 @@ class SSLModule(L.LightningModule):
         self.log("train/probe_top1", (logits.argmax(1) == labels[known]).float().mean(), sync_dist=True)
         return probe_loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        tau = self.target.step(self.backbone, self.projector, self.global_step,
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The target follows the online weights right after they change: before on_train_batch_end, where callbacks
+        # save checkpoints (a checkpoint must hold the target of the same step), and once per optimiser step under
+        # gradient accumulation. Lightning counts this step after the hook returns: + 1.
+        tau = self.target.step(self.backbone, self.projector, self.global_step + 1,
                                self.trainer.datamodule.batch_plan().total_steps)  # fmt: skip
         if tau is not None:
             self.log("train/momentum", tau)

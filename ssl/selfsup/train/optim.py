@@ -66,6 +66,8 @@ class OptimizerSpec:
         warmup_epochs: linear warm-up length (capped at the run's length).
         min_lr_ratio: final LR as a fraction of the peak.
         probe_lr: learning rate of the online linear probe (not scaled, no weight decay).
+        weight_decay_end: the weight decay at the last step, reached on a cosine from ``weight_decay`` (DINO's ViTs:
+            0.04 → 0.4, facebookresearch/dino ``main_dino.py`` + ``utils.cosine_scheduler``); null: constant.
     """
 
     NAMES = ("lars", "sgd", "adamw")
@@ -84,6 +86,7 @@ class OptimizerSpec:
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
         probe_lr: float = 0.1,
+        weight_decay_end: float | None = None,
     ):
         if name not in self.NAMES:
             raise ValueError(f"optim.name={name!r}: expected one of {self.NAMES}")
@@ -96,7 +99,7 @@ class OptimizerSpec:
         self.name, self.lr, self.lr_scaling, self.weight_decay = name, lr, lr_scaling, weight_decay
         self.momentum, self.betas, self.eta = momentum, tuple(betas), eta
         self.exclude_bias_and_norm, self.warmup_epochs = exclude_bias_and_norm, warmup_epochs
-        self.min_lr_ratio, self.probe_lr = min_lr_ratio, probe_lr
+        self.min_lr_ratio, self.probe_lr, self.weight_decay_end = min_lr_ratio, probe_lr, weight_decay_end
 
     def scaled_lr(self, global_batch: int) -> float:
         factor = {"linear": global_batch / 256, "sqrt": math.sqrt(global_batch / 256), "none": 1.0}
@@ -107,7 +110,7 @@ class OptimizerSpec:
         for p in params:
             if p.requires_grad:
                 (excluded if self.exclude_bias_and_norm and p.ndim <= 1 else regular).append(p)
-        groups = [dict(params=regular, weight_decay=self.weight_decay, lars=True, lr=lr)]
+        groups = [dict(params=regular, weight_decay=self.weight_decay, lars=True, lr=lr, decayed=True)]
         if excluded:
             groups.append(dict(params=excluded, weight_decay=0.0, lars=False, lr=lr))
         probe = [p for p in probe_params if p.requires_grad]
@@ -126,7 +129,27 @@ class OptimizerSpec:
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
         warmup = min(int(round(self.warmup_epochs * steps_per_epoch)), max(0, total_steps - 1))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup, total_steps, self.min_lr_ratio)
-        )
-        return opt, sched
+        lr_fn = lambda step: warmup_cosine(step, warmup, total_steps, self.min_lr_ratio)  # noqa: E731
+        if self.weight_decay_end is None:
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_fn)
+        return opt, WeightDecaySchedule(opt, lr_fn, self.weight_decay, self.weight_decay_end, total_steps)
+
+
+class WeightDecaySchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The LR schedule of ``lr_lambda``, and the decayed groups' weight decay on a cosine from ``start`` at step 0 to
+    ``end`` at ``total`` (DINO's ``utils.cosine_scheduler`` for the weight decay, without warm-up)."""
+
+    def __init__(self, optimizer, lr_lambda, start: float, end: float, total: int):
+        self.wd_start, self.wd_end, self.wd_total = start, end, max(1, total)
+        super().__init__(optimizer, lr_lambda)
+
+    def weight_decay(self, step: int) -> float:
+        progress = min(step, self.wd_total) / self.wd_total
+        return self.wd_end + 0.5 * (self.wd_start - self.wd_end) * (1 + math.cos(math.pi * progress))
+
+    def step(self, epoch=None) -> None:
+        super().step(epoch)
+        wd = self.weight_decay(self.last_epoch)
+        for group in self.optimizer.param_groups:
+            if group.get("decayed"):
+                group["weight_decay"] = wd

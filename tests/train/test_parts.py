@@ -1,0 +1,159 @@
+"""The parts of a method: the EMA target against a hand-written loop, the memories (global over ranks, saved and
+resumed bit for bit), and the settings refused at build."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.objectives import ViewBatch
+from selfsup.train import build, run
+from selfsup.train.memory import KeyQueue, SupportSet, SwAVPrototypes
+from selfsup.train.target import EMATarget, StopGradTarget, Target
+from tests.config_utils import compose_train
+from tests.runs import TINY, SignalAt, assert_same_run, saved_step  # noqa: F401  (SignalAt: a callback target)
+
+
+def test_ema_target_follows_byols_update_and_schedule():
+    """τ_k = 1 − (1 − τ_base)(cos(πk/K) + 1)/2 (BYOL §3.1) and ξ ← τ ξ + (1 − τ) θ after every step."""
+    torch.manual_seed(0)
+    backbone, projector = nn.Linear(4, 3), nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    target = EMATarget(base=0.9, final=1.0)
+    target.attach(backbone, projector)
+    xi = [p.detach().clone() for p in list(backbone.parameters()) + list(projector.parameters())]
+    total = 5
+    for k in range(total):
+        with torch.no_grad():  # an optimiser step moves the online weights
+            for p in list(backbone.parameters()) + list(projector.parameters()):
+                p.add_(torch.randn_like(p))
+            projector[1].running_mean.add_(1.0)
+        tau = target.step(backbone, projector, k, total)
+        expected_tau = 1 - (1 - 0.9) * (math.cos(math.pi * k / total) + 1) / 2
+        assert tau == pytest.approx(expected_tau, abs=1e-15)
+        theta = [p.detach() for p in list(backbone.parameters()) + list(projector.parameters())]
+        xi = [tau * x + (1 - tau) * t for x, t in zip(xi, theta, strict=True)]
+    got = list(target.backbone.parameters()) + list(target.projector.parameters())
+    for g, e in zip(got, xi, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    assert torch.equal(target.projector[1].running_mean, projector[1].running_mean)  # buffers copied
+    assert not any(p.requires_grad for p in target.parameters())
+    with pytest.raises(ValueError, match="target.base=0.9, target.final=0.5"):
+        EMATarget(0.9, 0.5)
+
+
+def test_targets_give_the_keys_they_promise():
+    z = [torch.randn(3, 2, requires_grad=True) for _ in range(2)]
+    assert Target().keys([], z) is z
+    assert all(k.requires_grad is False and torch.equal(k, zi) for k, zi in zip(StopGradTarget().keys([], z), z))
+
+
+def batch(z, k=None):
+    return ViewBatch(z, z, k if k is not None else z[:2], [None] * len(z), [None] * len(z), 2)
+
+
+def test_key_queue_is_a_ring_of_normalised_keys_handed_to_the_objective():
+    queue = KeyQueue(size=5)
+    queue.attach(3)
+    keys = [torch.randn(2, 3) for _ in range(2)]
+    b = queue.prepare(ViewBatch(keys, [k + 1 for k in keys], keys, [None] * 2, [None] * 2, 2, symmetric=False), 0)
+    assert torch.equal(b.extras["queue"], queue.bank)
+    queue.update(b, 0)  # symmetric=False: pairs [(0, 1)] -> the keys of view 1 enter
+    torch.testing.assert_close(queue.bank[:2], torch.nn.functional.normalize(keys[1], dim=1))
+    assert int(queue.ptr) == 2
+    for _ in range(2):
+        queue.update(b, 0)
+    assert int(queue.ptr) == 1  # 6 rows into 5 slots: wrapped
+    torch.testing.assert_close(queue.bank[0], torch.nn.functional.normalize(keys[1], dim=1)[1])
+
+
+def test_support_set_replaces_keys_by_their_nearest_neighbour():
+    support = SupportSet(size=4)
+    support.attach(2)
+    support.bank.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    z = [torch.tensor([[0.9, 0.2], [0.1, -2.0]]), torch.tensor([[-3.0, 0.1], [0.2, 0.9]])]
+    b = support.prepare(batch(z), 0)
+    assert torch.equal(b.k[0], torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    assert torch.equal(b.k[1], torch.tensor([[-1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_swav_prototypes_normalise_score_and_queue():
+    swav = SwAVPrototypes(num_prototypes=4, queue_size=4, queue_start_epoch=1)
+    swav.attach(3)
+    z = [torch.randn(2, 3) for _ in range(3)]
+    b = swav.prepare(batch(z), epoch=0)
+    torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(b.q[2], torch.nn.functional.normalize(z[2], dim=1) @ swav.prototypes.weight.T)
+    assert "queue_scores" not in b.extras
+    swav.update(b, epoch=0)  # before queue_start_epoch: nothing enters
+    assert not swav.queue.any()
+    for _ in range(2):
+        swav.update(swav.prepare(batch(z), epoch=1), epoch=1)
+    assert swav.queue.any(dim=2).all()  # full: 2 steps x 2 rows
+    assert len(swav.prepare(batch(z), epoch=1).extras["queue_scores"]) == 2
+
+
+QUEUE = TINY + ["target=ema", "memory=key_queue", "memory.size=64", "objective.negatives=queue",
+                "objective.temperature=0.2", "symmetric=false", "trainer.max_epochs=3"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_run_with_a_full_queue_resumes_bit_for_bit(tmp_path):
+    """MoCo v2's parts on digits; preempted mid-epoch 2 when the 64-row queue has long been full: the resumed run
+    equals the uninterrupted one, queue included."""
+    run(compose_train(QUEUE, tmp_path / "whole"))
+    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14"]
+    from selfsup.runtime.preemption import Preempted
+
+    with pytest.raises(Preempted):
+        run(compose_train(QUEUE + stop, tmp_path / "cut"))
+    run(compose_train(QUEUE + ["resume=true"], tmp_path / "cut"))
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    queues = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
+              for d in (tmp_path / "whole", tmp_path / "cut")]  # fmt: skip
+    assert torch.equal(*queues)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_processes_fill_the_same_queue_as_one(tmp_path):
+    """The queue is global: 2 processes x 16 rows enqueue what 1 process x 32 rows does (BatchNorm-free model)."""
+    steps = ["trainer.max_epochs=1"] + QUEUE[len(TINY):-1]
+    run(compose_train(TINY + steps, tmp_path / "one"))
+    run(compose_train(TINY + steps + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
+    banks = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
+             for d in (tmp_path / "one", tmp_path / "two")]  # fmt: skip
+    torch.testing.assert_close(banks[1], banks[0], rtol=1e-4, atol=1e-5)
+    from tests.runs import losses
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) and all(two[s] == pytest.approx(one[s], rel=1e-4, abs=1e-5) for s in one)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["memory=key_queue", "memory.size=16"], r"memory.size=16: smaller than the global batch \(32 rows\)"),
+        (["memory=swav", "objective=swav", "memory.num_prototypes=0"], r"memory.num_prototypes=0: expected a positive"),
+        (["views=multicrop", "objective=moco_v3"], r"6 local crops .* CompositeObjective .* cannot take them"),
+        (["backbone=vit_tiny_cifar", "data.image_size=18", "~backbone.width", "~backbone.norm"],
+         r"views.views.v1.size=18: not a multiple of the ViT's patch size 4"),
+    ],
+    ids=["queue-smaller-than-batch", "no-prototypes", "local-crops-for-composite", "vit-patch"],
+)  # fmt: skip
+def test_bad_method_settings_are_refused_at_build(overrides, message, tmp_path):
+    with pytest.raises(Exception, match=message):  # a ValueError (inside Hydra's InstantiationException)
+        build(compose_train(TINY + overrides, tmp_path))
+
+
+def test_multicrop_runs_one_backbone_call_per_resolution(tmp_path):
+    cfg = compose_train(TINY + ["views=multicrop", "batch_views=true", "views.views.l1.size=8"], tmp_path)
+    _, module, _ = build(cfg)
+    calls = []
+    module.backbone.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)] + [torch.randn(4, 3, 8, 8) for _ in range(6)]
+    out = module.step_outputs({"views": views, "params": [torch.zeros(4, 14)] * 8})
+    assert calls == [(8, 3, 16, 16), (24, 3, 8, 8)]
+    assert len(out.q) == 8 and len(out.k) == 2 and out.pairs()[:2] == [(0, 1), (0, 2)] and len(out.pairs()) == 13
+    assert copy.deepcopy(out.num_global) == 2
