@@ -157,3 +157,23 @@ def test_multicrop_runs_one_backbone_call_per_resolution(tmp_path):
     assert calls == [(8, 3, 16, 16), (24, 3, 8, 8)]
     assert len(out.q) == 8 and len(out.k) == 2 and out.pairs()[:2] == [(0, 1), (0, 2)] and len(out.pairs()) == 13
     assert copy.deepcopy(out.num_global) == 2
+
+
+@pytest.mark.slow
+def test_dino_with_a_cifar_vit_trains_on_cifar10_and_exports_to_timm(tmp_path, cifar10_root):
+    """recipes=cifar10/dino with the 4-px-patch ViT-Ti (multi-crop 32 + 16 px): a few steps without NaN on the
+    CIFAR-10 ImageFolder, and the encoder exported to timm gives the trained features."""
+    from selfsup.export import export, load_encoder
+    from selfsup.runtime.checkpoint import backbone_from, load
+    from tests.runs import losses
+
+    overrides = ["recipes=cifar10/dino", "backbone=vit_tiny_cifar", "backbone.cifar_stem=false", "data.subset=64",
+                 f"data.root={cifar10_root}", "data.batch_size=8", "data.num_workers=0", "trainer=cpu",
+                 "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "callbacks.progress=null",
+                 "projector.out_dim=256", "projector.hidden_dim=128", "optim=adamw"]  # fmt: skip
+    run(compose_train(overrides, tmp_path / "run"))
+    assert sorted(losses(tmp_path / "run")) == [0, 1, 2]
+    assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
+    out = export(tmp_path / "run", tmp_path / "vit.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(load_encoder(out)(x), backbone_from(load(tmp_path / "run"))(x))

@@ -5,9 +5,11 @@ Writes the backbone's weights under timm's own key names (our backbones *are* ti
 
     timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"), num_classes=0)
 
-rebuilds the encoder. The safetensors metadata records ``timm_name``, ``in_chans``, ``cifar_stem`` and
-``num_features``. A backbone trained with ``cifar_stem=true`` has a 3x3 first conv that plain timm does not build:
-use :func:`load_encoder`, which swaps the stem before loading.
+rebuilds the encoder. The safetensors metadata records ``timm_name``, ``in_chans``, ``cifar_stem``,
+``num_features`` and, for vision transformers built for other sizes, ``img_size``, ``patch_size`` and
+``dynamic_img_size`` (pass them to ``timm.create_model`` too, or use :func:`load_encoder`). A backbone trained with
+``cifar_stem=true`` has a 3x3 first conv that plain timm does not build: use :func:`load_encoder`, which swaps the
+stem before loading.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from selfsup.runtime.files import atomic_write
 log = logging.getLogger("selfsup.export")
 
 USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>"
+VIT_ARGS = ("img_size", "patch_size", "dynamic_img_size")
 
 
 def timm_name(backbone_cfg: dict, key: str = "checkpoint") -> str:
@@ -65,6 +68,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
         "cifar_stem": str(bool(backbone_cfg.get("cifar_stem", False))).lower(),
         "num_features": str(backbone.num_features),
         "selfsup_version": selfsup.__version__,
+        # vision transformers built for another input size or patch (timm.create_model's own arguments)
+        **{k: str(backbone_cfg[k]) for k in VIT_ARGS if backbone_cfg.get(k) is not None},
     }
     atomic_write(out, lambda f: f.write(save(state, metadata=metadata)))  # the usual file mode, not 0600
     if metadata["cifar_stem"] == "true":
@@ -86,7 +91,8 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
     if "timm_name" not in meta:
         raise ValueError(f"path={path}: no 'timm_name' in the safetensors metadata (not written by selfsup-export)")
     in_chans = int(meta.get("in_chans", 3))
-    model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans)
+    vit = {k: (meta[k] == "True") if k == "dynamic_img_size" else int(meta[k]) for k in VIT_ARGS if k in meta}
+    model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans, **vit)
     if meta.get("cifar_stem") == "true":
         _cifar_stem(model, meta["timm_name"], in_chans)
     from safetensors.torch import load_file
