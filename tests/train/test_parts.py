@@ -170,7 +170,8 @@ def test_dino_with_a_cifar_vit_trains_on_cifar10_and_exports_to_timm(tmp_path, c
     overrides = ["recipes=cifar10/dino", "backbone=vit_tiny_cifar", "backbone.cifar_stem=false", "data.subset=64",
                  f"data.root={cifar10_root}", "data.batch_size=8", "data.num_workers=0", "trainer=cpu",
                  "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
-                 "callbacks.progress=null", "projector.out_dim=256", "projector.hidden_dim=128", "optim=adamw"]  # fmt: skip
+                 "callbacks.progress=null", "projector.out_dim=256", "projector.hidden_dim=128",
+                 "optim=adamw"]  # fmt: skip
     run(compose_train(overrides, tmp_path / "run"))
     assert sorted(losses(tmp_path / "run")) == [0, 1, 2]
     assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
