@@ -31,9 +31,10 @@ from selfsup.train import build, run  # noqa: E402
 
 PRED = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:512,out_dim:64}"
 EMA = "target=ema"
+MULTICROP = ["views=multicrop", "views.views.l1.size=8", "batch_views=true"]  # 2 x 16 px + 6 x 8 px
 METHODS = {
     "simclr (info_nce)": ["objective=info_nce"],
-    "moco v3 (info_nce cross + EMA)": ["objective=moco_v3", PRED, EMA, "target.base=0.99"],
+    "moco v3 (one-way info_nce + EMA)": ["objective=moco_v3", PRED, EMA, "target.base=0.99"],
     "dcl (debiased_info_nce)": ["objective=debiased_info_nce"],
     "hcl (debiased, beta=1)": ["objective=debiased_info_nce", "objective.beta=1.0"],
     "barlow_twins": ["objective=barlow_twins", "objective.lambd=0.0078"],  # 1/D at D=128
@@ -45,6 +46,13 @@ METHODS = {
     "byol (negative_cosine + EMA)": ["objective=negative_cosine", PRED, EMA, "target.base=0.99"],
     "simsiam (negative_cosine)": ["objective=negative_cosine", "objective.offset=0.0", "objective.scale=1.0", PRED,
                                   "target=stopgrad"],
+    "moco v2 (EMA + key queue)": [EMA, "target.base=0.99", "memory=key_queue", "memory.size=1024",
+                                  "objective.negatives=queue", "objective.temperature=0.2", "symmetric=false"],
+    "nnclr (support set)": [PRED, "memory=support_set", "memory.size=1024", "objective.negatives=cross",
+                            "objective.temperature=0.2"],
+    "dino (multi-crop, EMA teacher)": ["projector=dino_head", "projector.hidden_dim=512", "projector.bottleneck_dim=64",
+                                       "projector.out_dim=1024", EMA, "objective=dino", *MULTICROP],
+    "swav (multi-crop, prototypes)": ["memory=swav", "memory.num_prototypes=100", "objective=swav", *MULTICROP],
 }
 
 

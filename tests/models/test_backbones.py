@@ -35,3 +35,27 @@ def test_mlp_shapes():
 def test_bad_backbones_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(**kwargs)
+
+
+def test_vision_transformers_take_small_and_multi_crop_inputs():
+    """timm's ViT-Ti with 4 px patches at 32 px (an 8x8 grid) interpolates its position embedding for 16 px local
+    crops; torchvision's ViT builds (its feature width probed at its own 224 px)."""
+    vit = build_backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, dynamic_img_size=True)
+    assert vit.patch_embed.patch_size == (4, 4) and vit.pos_embed.shape[1] == 1 + 8 * 8
+    for side in (32, 16):
+        assert vit(torch.zeros(2, 3, side, side)).shape == (2, vit.num_features) == (2, 192)
+    assert build_backbone("torchvision/vit_b_16").num_features == 768
+    with pytest.raises(ValueError, match="timm ViTs only"):
+        build_backbone("torchvision/resnet18", patch_size=4)
+
+
+def test_dino_head_normalises_and_fixes_the_last_layer_norm():
+    from selfsup.models import dino_head
+
+    head = dino_head(in_dim=16, out_dim=10, hidden_dim=32, bottleneck_dim=8, num_layers=3)
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad and torch.equal(g, torch.ones_like(g))
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(10))  # every output row: norm 1
+    assert head(torch.randn(4, 16)).shape == (4, 10)
+    free = dino_head(in_dim=16, out_dim=10, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad

@@ -50,3 +50,21 @@ def test_spec_groups_scaling_and_warmup_cap():
 def test_bad_optimiser_settings_are_refused(kwargs, key):
     with pytest.raises(ValueError, match=key):
         OptimizerSpec(**kwargs)
+
+
+def test_weight_decay_follows_dinos_cosine():
+    """optim.weight_decay_end: the decayed groups' weight decay goes from weight_decay to weight_decay_end on
+    DINO's cosine (utils.cosine_scheduler: end + 0.5 (start − end)(1 + cos(π i / n))); the excluded groups stay at 0."""
+    import math
+
+    model = torch.nn.Linear(3, 2)
+    spec = OptimizerSpec(name="adamw", lr=1e-3, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=0)
+    opt, sched = spec.build(model.parameters(), [], 256, total_steps=10, steps_per_epoch=5)
+    seen = []
+    for _ in range(10):
+        seen.append([g["weight_decay"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for i, (decayed, excluded) in enumerate(seen):
+        assert decayed == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * i / 10)))
+        assert excluded == 0.0
