@@ -89,7 +89,7 @@ def main() -> None:
     for name, overrides in METHODS.items():
         if args.only and not any(name.startswith(p) for p in args.only.split(",")):
             continue
-        run_dir = Path(args.run_root) / name.split()[0]
+        run_dir = Path(args.run_root) / name.split(" (")[0].replace(" ", "_")  # "moco v2" and "moco v3" apart
         cfg = compose_train(common + overrides + ["resume=true"], run_dir)
         start = time.time()
         run(cfg)

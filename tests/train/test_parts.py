@@ -178,3 +178,22 @@ def test_dino_with_a_cifar_vit_trains_on_cifar10_and_exports_to_timm(tmp_path, c
     out = export(tmp_path / "run", tmp_path / "vit.safetensors")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(load_encoder(out)(x), backbone_from(load(tmp_path / "run"))(x))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [["objective=info_nce"], ["objective=barlow_twins"], ["objective=vicreg"],
+     ["objective=negative_cosine", "target=ema", "predictor={_target_:selfsup.models.mlp,_partial_:true,"
+      "hidden_dim:32,out_dim:64}"]],
+    ids=["simclr", "barlow_twins", "vicreg", "byol"],
+)  # fmt: skip
+def test_multicrop_trains_pair_scoring_methods(method, tmp_path):
+    """views=multicrop (2 x 16 px + 6 x 8 px) with SimCLR (all pairs with a global view), Barlow Twins and VICReg
+    (averaged over those pairs) and BYOL (every view's prediction against the other global view's target)."""
+    from tests.runs import losses
+
+    overrides = TINY + method + ["views=multicrop", "views.views.l1.size=8", "batch_views=true",
+                                 "trainer.max_steps=2", "trainer.limit_val_batches=0"]  # fmt: skip
+    run(compose_train(overrides, tmp_path))
+    got = losses(tmp_path)
+    assert sorted(got) == [0, 1] and all(math.isfinite(v) for v in got.values())

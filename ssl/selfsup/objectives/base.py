@@ -5,10 +5,10 @@
 Which pairs (:meth:`ViewBatch.pairs`): queries come from every view, keys from the global views only (teachers never
 see local crops). With one branch — no predictor, no target network, so a query and its key are the same tensor —
 each unordered pair with a global view is scored once: (0, 1) for two views, all 2·L + 1 pairs for 2 global and
-L local crops (SwAV's multi-crop applied to SimCLR, Caron et al. 2020, arXiv:2006.09882, §4.2). With two branches
-(a predictor and/or a target) every (query view, other global key view) pair is scored, which for two views is
-BYOL's symmetrised loss ``(L(q0, k1) + L(q1, k0)) / 2`` (Grill et al. 2020, eq. 2 and its symmetrisation);
-``symmetric=false`` keeps (0, 1) only (MoCo v2's one direction).
+L local crops (SwAV's multi-crop, Caron et al. 2020, arXiv:2006.09882 §3.2, which the paper also applies to
+SimCLR). With two branches (a predictor and/or a target) every (query view, other global key view) pair is scored,
+which for two views is BYOL's symmetrised loss ``(L(q0, k1) + L(q1, k0)) / 2`` (Grill et al. 2020, eq. 2 and its
+symmetrisation) and for multi-crop DINO's pairing; ``symmetric=false`` keeps (0, 1) only (MoCo v2's one direction).
 
 The extras an objective's ``forward`` may name come from here too: ``feats_a``, ``feats_b`` (backbone features of
 the two views), ``transform`` (``params[j] - params[i]``, the one place the augmentation-parameter difference is
