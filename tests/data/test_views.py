@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -85,3 +87,36 @@ def test_slots_name_the_parameter_layout():
     assert len(slots) == NUM_PARAMS and all(PARAM_NAMES[i] == name.lower() for name, i in slots.items())
     assert [PARAM_NAMES[i] for i in range(NUM_PARAMS)[Slot.CROP]] == ["crop_x0", "crop_y0", "crop_w", "crop_h"]
     assert [PARAM_NAMES[i] for i in range(NUM_PARAMS)[Slot.JITTER]] == ["brightness", "contrast", "saturation", "hue"]
+
+
+def test_relative_transform_by_hand():
+    from selfsup.data.views import RELATIVE_NAMES, relative_transform
+
+    #                     x0   y0   w     h    flip bri  con  sat  hue   order gray blur solar rot
+    a = torch.tensor([[0.1, 0.2, 0.5, 0.4, 0.0, 0.8, 1.0, 1.0, 0.1, 3.0, 1.0, 0.0, 0.0, -10.0]], dtype=torch.float64)
+    b = torch.tensor([[0.3, 0.1, 0.25, 0.8, 1.0, 1.2, 1.0, 0.5, -0.05, 17.0, 0.0, 1.5, 1.0, 20.0]], dtype=torch.float64)
+    got = dict(zip(RELATIVE_NAMES, relative_transform(a, b)[0].tolist(), strict=True))
+    expected = {
+        "one": 1.0,
+        "shift_x": ((0.3 + 0.125) - (0.1 + 0.25)) / 0.5,  # centre shift in widths of the first crop
+        "shift_y": ((0.1 + 0.4) - (0.2 + 0.2)) / 0.4,
+        "log_scale_w": math.log(0.5), "log_scale_h": math.log(2.0),
+        "flip": 1.0, "log_brightness": math.log(1.5), "log_contrast": 0.0, "log_saturation": math.log(0.5),
+        "hue": -0.15, "grayscale": -1.0, "blur_sigma": 1.5, "solarize": 1.0, "rotation": 30 / 180,
+    }  # fmt: skip
+    assert got == pytest.approx(expected, abs=1e-12)  # the jitter order (3 -> 17) is not in it
+    assert relative_transform(b, b)[0].tolist() == [1.0] + [0.0] * (len(RELATIVE_NAMES) - 1)  # identity
+
+
+def test_relative_transform_of_default_views_is_of_order_one():
+    from selfsup.data.views import relative_transform
+
+    aug = simclr()
+    p = [
+        torch.stack([aug.sample(torch.Generator().manual_seed(2 * i + v), 32, 40) for i in range(500)]) for v in (0, 1)
+    ]
+    code = relative_transform(*p)
+    raw = p[1] - p[0]
+    assert raw.abs().max() > 10  # what SIE read before: jitter-order and rotation differences dwarf the rest
+    assert code.abs().max() < 4 and (code[:, 1:].std(0) < 1.5).all()
+    assert (code[:, 1:].std(0) > 0).sum() >= 12  # every applied augmentation moves its entry

@@ -5,6 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from selfsup.data.views import NUM_PARAMS, relative_transform
 from selfsup.objectives import (
     CAREEquivarianceLoss,
     CompositeObjective,
@@ -53,14 +54,14 @@ def test_gradients_flow_to_each_view_with_its_weight():
 
 def test_extras_are_routed_per_term():
     torch.manual_seed(0)
-    sie = SIELoss(2, 2, 3).double()
+    sie = SIELoss(2, 2, NUM_PARAMS).double()
     ldreg = LDRegLoss(0.5, 0.1, 4)
     objective = CompositeObjective(
         {"sie": {"loss": sie, "weight": 1.0, "views": [0, 2]}, "ld": {"loss": ldreg, "weight": 2.0, "views": [1, 0]}}
     )
     z = [randn(6, 4, seed=i) for i in range(3)]
     feats = [randn(6, 5, seed=10 + i) for i in range(3)]
-    params = [randn(6, 3, seed=20 + i) for i in range(3)]
+    params = [randn(6, NUM_PARAMS, seed=20 + i).abs() + 0.5 for i in range(3)]  # positive jitter factors
     calls = []
 
     class Recording(ViewBatch):
@@ -69,8 +70,8 @@ def test_extras_are_routed_per_term():
             return super().transform(i, j)
 
     total = objective.forward_views(batch_of(z, feats, params, cls=Recording))
-    # the batch carries the recorded params of every view: transform = params[j] − params[i]
-    expected = sie(z[0], z[2], params[2] - params[0]) + 2.0 * ldreg(z[1], z[0], feats[1], feats[0])
+    # the batch carries the recorded params of every view: transform = their relative transform
+    expected = sie(z[0], z[2], relative_transform(params[0], params[2])) + 2.0 * ldreg(z[1], z[0], feats[1], feats[0])
     torch.testing.assert_close(total, expected)
     assert calls == [(0, 2)]  # only the term whose forward takes a transform
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from selfsup.data.views import NUM_PARAMS
 from selfsup.objectives import (
     BarlowTwinsLoss,
     CAREEquivarianceLoss,
@@ -24,7 +25,7 @@ from selfsup.objectives import (
 from tests.distributed_utils import run_distributed
 from tests.objectives.helpers import batch_of
 
-N, D, F, P, WORLD = 12, 6, 5, 3, 2  # global pairs, embedding, feature and transform-parameter sizes
+N, D, F, P, WORLD = 12, 6, 5, NUM_PARAMS, 2  # global pairs, embedding, feature and parameter sizes
 
 
 def make_objectives() -> dict[str, torch.nn.Module]:
@@ -73,7 +74,7 @@ def make_inputs():
     z = [torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(4)]
     z[1][:6] = z[0][:6] + 0.01 * torch.randn(6, D, generator=g, dtype=torch.float64)  # binds the DCL clamp
     feats = [torch.randn(N, F, generator=g, dtype=torch.float64) for _ in range(4)]
-    params = [torch.randn(N, P, generator=g, dtype=torch.float64) for _ in range(4)]
+    params = [torch.rand(N, P, generator=g, dtype=torch.float64) + 0.5 for _ in range(4)]  # jitter factors > 0
     return z, feats, params
 
 

@@ -56,6 +56,49 @@ class Slot:
 
 JITTER_ORDERS = tuple(itertools.permutations(range(4)))  # 0 brightness, 1 contrast, 2 saturation, 3 hue
 
+RELATIVE_NAMES = (
+    "one", "shift_x", "shift_y", "log_scale_w", "log_scale_h", "flip", "log_brightness", "log_contrast",
+    "log_saturation", "hue", "grayscale", "blur_sigma", "solarize", "rotation",
+)  # fmt: skip
+
+
+def relative_transform(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor:
+    """The transform taking view ``p_from`` to view ``p_to``, (B, NUM_PARAMS) → (B, len(RELATIVE_NAMES)), scaled so
+    that every entry is of order 1 and the identity is ``[1, 0, ..., 0]`` (docs/params.md, "Relative transform").
+
+    The crop enters as the second box's centre shift and log size ratio in units of the first box; jitter factors as
+    log ratios; flip, grayscale and solarise as differences in {-1, 0, 1}; hue and blur sigma as differences;
+    rotation as a difference in half turns. The constant 1 lets a linear hypernetwork (SIE) map the identity to a
+    non-zero matrix, as the identity quaternion (1, 0, 0, 0) does in SIE's 3DIEBench. The jitter order, an index
+    into a list of permutations, has no meaningful difference and is left out.
+    """
+    a, b = p_from, p_to
+
+    def log_ratio(slot: int) -> torch.Tensor:
+        return torch.log(b[:, slot].clamp_min(1e-2) / a[:, slot].clamp_min(1e-2))
+
+    def centre(p: torch.Tensor, origin: int, size: int) -> torch.Tensor:
+        return p[:, origin] + p[:, size] / 2
+
+    width, height = a[:, Slot.CROP_W].clamp_min(1e-3), a[:, Slot.CROP_H].clamp_min(1e-3)
+    columns = [
+        torch.ones_like(a[:, 0]),
+        (centre(b, Slot.CROP_X0, Slot.CROP_W) - centre(a, Slot.CROP_X0, Slot.CROP_W)) / width,
+        (centre(b, Slot.CROP_Y0, Slot.CROP_H) - centre(a, Slot.CROP_Y0, Slot.CROP_H)) / height,
+        log_ratio(Slot.CROP_W),
+        log_ratio(Slot.CROP_H),
+        b[:, Slot.FLIP] - a[:, Slot.FLIP],
+        log_ratio(Slot.BRIGHTNESS),
+        log_ratio(Slot.CONTRAST),
+        log_ratio(Slot.SATURATION),
+        b[:, Slot.HUE] - a[:, Slot.HUE],
+        b[:, Slot.GRAYSCALE] - a[:, Slot.GRAYSCALE],
+        b[:, Slot.BLUR_SIGMA] - a[:, Slot.BLUR_SIGMA],
+        b[:, Slot.SOLARIZE] - a[:, Slot.SOLARIZE],
+        (b[:, Slot.ROTATION] - a[:, Slot.ROTATION]) / 180,
+    ]
+    return torch.stack(columns, dim=1)
+
 
 def generator_for(*key: int) -> torch.Generator:
     """A CPU generator seeded from a tuple of non-negative ints (order matters, collisions are negligible)."""

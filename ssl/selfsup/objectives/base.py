@@ -11,8 +11,8 @@ which for two views is BYOL's symmetrised loss ``(L(q0, k1) + L(q1, k0)) / 2`` (
 symmetrisation) and for multi-crop DINO's pairing; ``symmetric=false`` keeps (0, 1) only (MoCo v2's one direction).
 
 The extras an objective's ``forward`` may name come from here too: ``feats_a``, ``feats_b`` (backbone features of
-the two views), ``transform`` (``params[j] - params[i]``, the one place the augmentation-parameter difference is
-computed — SIE) and whatever the run's memory part adds (``ViewBatch.extras``, e.g. MoCo v2's ``queue``).
+the two views), ``transform`` (the relative transform of the two views' recorded parameters, encoded in one place —
+SIE) and whatever the run's memory part adds (``ViewBatch.extras``, e.g. MoCo v2's ``queue``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from selfsup.data.views import relative_transform
 
 
 @dataclass
@@ -68,11 +70,11 @@ class ViewBatch:
         return self.k[j] if j < len(self.k) else self.q[j]
 
     def transform(self, i: int, j: int) -> torch.Tensor:
-        """The augmentation-parameter difference of views i → j, (B, P): what SIE's hypernetwork reads (None when
-        the parameters are not known)."""
+        """The transform of view i → view j, (B, 14) (``selfsup.data.views.relative_transform``): what SIE's
+        hypernetwork reads (None when the parameters are not known)."""
         if self.params[i] is None or self.params[j] is None:
             return None
-        return self.params[j] - self.params[i]
+        return relative_transform(self.params[i], self.params[j])
 
 
 def _forward_parameters(objective: nn.Module) -> tuple[dict[str, inspect.Parameter], bool]:

@@ -42,7 +42,8 @@ class SIELoss(Objective):
     Args:
         inv_dim: > 0, size of the invariant part (the first ``inv_dim`` columns of z).
         equi_dim: > 0, size of the equivariant part (the last ``equi_dim`` columns of z).
-        transform_dim: > 0, size of the transform parameters passed to ``forward``.
+        transform_dim: > 0, size of the transform passed to ``forward`` (14 for ``SSLModule``'s relative transform,
+            ``selfsup.data.views.relative_transform``).
         sim_coeff: ≥ 0, weight of the invariance MSE (and, times ``equi_factor``, of the equivariance MSE).
         equi_factor: ≥ 0, relative weight of the equivariance MSE.
         std_coeff: ≥ 0, weight of the variance hinges (embeddings and predictions).
