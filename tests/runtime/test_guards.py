@@ -1,6 +1,7 @@
 """A non-finite loss stops the run (one line, naming the step) before it reaches the weights; or is skipped."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from selfsup.config import ROOT
 from selfsup.runtime.guards import NonFiniteLoss
 from tests.config_utils import compose_train
-from tests.runs import TINY
+from tests.runs import TINY, rows
 
 
 class PoisonAt(L.Callback):
@@ -84,3 +85,52 @@ def train_build(cfg):
     from selfsup.train import build
 
     return build(cfg)
+
+
+def test_collapse_measures_of_known_embeddings():
+    from selfsup.runtime.guards import CollapseMonitor
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(512, 16, generator=g)
+    std, rank = CollapseMonitor.measure(spread)
+    assert std == pytest.approx(1.0, abs=0.05) and rank > 14  # isotropic: every direction used
+    std, rank = CollapseMonitor.measure(torch.ones(64, 16) + 1e-6 * torch.randn(64, 16, generator=g))
+    assert std < 1e-4 and rank < 1.01  # one point
+    flat = torch.randn(512, 2, generator=g) @ torch.randn(2, 16, generator=g)  # collapsed onto a plane
+    assert CollapseMonitor.measure(flat)[1] <= 2.0
+
+
+PRED = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:512,out_dim:64}"
+NO_STOPGRAD = ["objective=negative_cosine", "objective.offset=0.0", "objective.scale=1.0", PRED, "target=none"]
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam_without_stopgrad"])
+def test_a_collapsing_run_is_warned_about_once_with_its_step(method, tmp_path, caplog):
+    """SimSiam without its stop-gradient collapses (Chen & He 2021, §4.1); SimCLR at the same budget does not."""
+    from selfsup.train import run
+
+    overrides = NO_STOPGRAD if method != "simclr" else []
+    cfg = compose_train(["recipes=quickstart", "report_baseline=false", "trainer.max_steps=22", "data.num_workers=0",
+                         "callbacks.progress=null", "callbacks.collapse.every_n_steps=3", "trainer.log_every_n_steps=1",
+                         "trainer.limit_val_batches=0", *overrides], tmp_path)  # fmt: skip
+    with caplog.at_level("WARNING", logger="selfsup.guards"):
+        run(cfg)
+    warned = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    logged = rows(tmp_path)
+    std = {step: v for (step, key), v in logged.items() if key == "train/embed_std"}
+    assert {k for _, k in logged} >= {"train/embed_std", "train/rankme"}
+    if method == "simclr":
+        assert not warned and min(std.values()) > 0.5
+    else:
+        assert len(warned) == 1 and "\n" not in warned[0]
+        assert re.match(r"the representation collapsed at step (\d+): train/embed_std 0\.0\d\d", warned[0]), warned
+        assert min(std.values()) < 0.1
+
+
+def test_bad_collapse_settings_are_refused():
+    from selfsup.runtime.guards import CollapseMonitor
+
+    for kwargs, key in ((dict(every_n_steps=-1), "every_n_steps"), (dict(min_std=2.0), "min_std"),
+                        (dict(min_rankme=-1.0), "min_rankme")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"callbacks.collapse.{key}="):
+            CollapseMonitor(**kwargs)

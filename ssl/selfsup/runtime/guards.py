@@ -1,5 +1,5 @@
 """Guards that stop a run going bad: a non-finite training loss stops it (or skips the step) before the weights see
-it, so that the checkpoints keep the last finite state."""
+it, so that the checkpoints keep the last finite state; a collapsing representation is logged and warned about."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
+from selfsup.metrics import rankme
 from selfsup.runtime.autosave import LastCheckpoint, any_rank
 
 log = logging.getLogger("selfsup.guards")
@@ -67,3 +69,67 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = int(state.get("skipped", 0))
+
+
+class CollapseMonitor(L.Callback):
+    """Log how spread out the training projections are, and warn once when the representation collapses.
+
+    Every ``every_n_steps`` optimiser steps (from step 1), on the first view's projections of the step's local
+    batch (what ``SSLModule.training_step`` returns as ``"z"``):
+
+    - ``train/embed_std``: the per-dimension standard deviation of the L2-normalised projections, averaged over the
+      D dimensions and multiplied by sqrt(D): about 1 when the embeddings spread over the sphere, 0 when they
+      collapse to one point (the collapse diagnostic of SimSiam, Chen & He 2021, arXiv:2011.10566 §4.1, whose
+      healthy value 1/sqrt(D) this scales to 1);
+    - ``train/rankme``: RankMe of the batch's projections (``selfsup.metrics.rankme``): at most min(batch, D); 1 for
+      a point, k for a collapse onto k dimensions.
+
+    The first time ``embed_std < min_std`` or ``rankme <= min_rankme``, one warning line names the step and both
+    values (once per run, kept across resumes).
+
+    Args:
+        every_n_steps: how often to measure (optimiser steps; 0 turns the monitor off).
+        min_std: warn below this ``train/embed_std``.
+        min_rankme: warn at or below this ``train/rankme``.
+    """
+
+    def __init__(self, every_n_steps: int = 10, min_std: float = 0.1, min_rankme: float = 2.0):
+        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
+            raise ValueError(f"callbacks.collapse.every_n_steps={every_n_steps}: expected an integer >= 0")
+        if not 0 <= min_std < 1:
+            raise ValueError(f"callbacks.collapse.min_std={min_std}: expected a value in [0, 1)")
+        if not min_rankme >= 0:
+            raise ValueError(f"callbacks.collapse.min_rankme={min_rankme}: expected a value >= 0")
+        self.every_n_steps, self.min_std, self.min_rankme = every_n_steps, min_std, min_rankme
+        self.warned_at: int | None = None
+        self._measured_at: int | None = None
+
+    @staticmethod
+    def measure(z: torch.Tensor) -> tuple[float, float]:
+        """(embed_std, rankme) of a (B, D) batch of projections."""
+        z = z.detach().float()
+        std = F.normalize(z, dim=1).std(dim=0).mean() * z.shape[1] ** 0.5
+        return std.item(), rankme(z).item()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step  # optimiser steps done, this one included
+        if not self.every_n_steps or (step - 1) % self.every_n_steps or step == self._measured_at:
+            return  # off, not a measuring step, or a micro-batch of an accumulated step already measured
+        z = outputs.get("z") if isinstance(outputs, dict) else None
+        if z is None or z.shape[0] < 2:
+            return
+        self._measured_at = step
+        std, rank = self.measure(z)
+        pl_module.log_dict({"train/embed_std": std, "train/rankme": rank}, sync_dist=True)
+        if self.warned_at is None and (std < self.min_std or rank <= self.min_rankme):
+            self.warned_at = step
+            if trainer.is_global_zero:
+                log.warning("the representation collapsed at step %d: train/embed_std %.3f (callbacks.collapse."
+                            "min_std=%g), train/rankme %.2f (min_rankme=%g); check the method's stop-gradient, "
+                            "predictor and LR", step, std, self.min_std, rank, self.min_rankme)  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {"warned_at": self.warned_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warned_at = state.get("warned_at")

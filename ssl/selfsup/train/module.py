@@ -126,7 +126,7 @@ class SSLModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.probe is not None:
             loss = loss + self._probe_step(out.feats[0].detach(), batch["label"])
-        return loss
+        return {"loss": loss, "z": out.z[0].detach()}  # z: for callbacks (runtime/guards.py CollapseMonitor)
 
     def _probe_step(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         known = labels >= 0
