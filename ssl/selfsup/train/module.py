@@ -25,6 +25,7 @@ import selfsup
 from selfsup import distributed
 from selfsup.metrics import knn_top1, rankme
 from selfsup.objectives import ViewBatch
+from selfsup.train.grad_cache import grad_cache_backward
 from selfsup.train.memory import Memory
 from selfsup.train.optim import OptimizerSpec
 from selfsup.train.target import Target
@@ -55,6 +56,8 @@ class SSLModule(L.LightningModule):
         batch_views: one backbone call per resolution for views of equal size (multi-crop), instead of one per view.
         run_info: stored in every checkpoint as ``checkpoint["selfsup"]``: the resolved training config
             (``"config"``) and the global batch it trains with (``"global_batch"``).
+        grad_cache_chunks: compute each batch in this many chunks with gradient caching (``train/grad_cache.py``):
+            the loss and gradient of the whole batch with the activation memory of one chunk (None: off).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class SSLModule(L.LightningModule):
         global_views: int | None = None,
         batch_views: bool = False,
         run_info: dict | None = None,
+        grad_cache_chunks: int | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -86,6 +90,8 @@ class SSLModule(L.LightningModule):
         self.probe = nn.Linear(backbone.num_features, num_classes) if num_classes > 0 else None
         self.run_info = run_info or {}
         self._val_outputs: dict[int, list] = {}
+        self.grad_cache_chunks = grad_cache_chunks
+        self.automatic_optimization = not grad_cache_chunks  # gradient caching runs its own backward passes
 
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,17 +122,39 @@ class SSLModule(L.LightningModule):
         out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric)
         return self.memory.prepare(out, self.current_epoch)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        if self.grad_cache_chunks:
+            return self._grad_cache_step(batch)
         out = self.step_outputs(batch)
         loss = self.objective.forward_views(out)
         self.memory.update(out, self.current_epoch)
+        self._log_step(loss)
+        if self.probe is not None:
+            loss = loss + self._probe_step(out.feats[0].detach(), batch["label"])
+        return {"loss": loss, "z": out.z[0].detach()}  # z: for callbacks (runtime/guards.py CollapseMonitor)
+
+    def _log_step(self, loss: torch.Tensor) -> None:
         for name, value in getattr(self.objective, "last_terms", {}).items():
             self.log(f"train/{name}", value, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        if self.probe is not None:
-            loss = loss + self._probe_step(out.feats[0].detach(), batch["label"])
-        return {"loss": loss, "z": out.z[0].detach()}  # z: for callbacks (runtime/guards.py CollapseMonitor)
+
+    def _grad_cache_step(self, batch: dict) -> dict:
+        """One optimiser step on the whole batch computed in ``grad_cache_chunks`` chunks (manual optimisation)."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad(set_to_none=True)
+
+        def backward(loss: torch.Tensor, whole: ViewBatch) -> None:
+            if self.probe is not None:
+                loss = loss + self._probe_step(whole.feats[0].detach(), batch["label"])
+            self.manual_backward(loss)
+
+        loss, whole = grad_cache_backward(self, batch, self.grad_cache_chunks, backward)
+        self._log_step(loss)
+        opt.step()
+        sched.step()
+        self._step_target(self.global_step)  # manual optimisation: the step is counted once opt.step() returns
+        return {"loss": loss, "z": whole.z[0].detach()}
 
     def _probe_step(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         known = labels >= 0
@@ -143,8 +171,10 @@ class SSLModule(L.LightningModule):
         # The target follows the online weights right after they change: before on_train_batch_end, where callbacks
         # save checkpoints (a checkpoint must hold the target of the same step), and once per optimiser step under
         # gradient accumulation. Lightning counts this step after the hook returns: + 1.
-        tau = self.target.step(self.backbone, self.projector, self.global_step + 1,
-                               self.trainer.datamodule.batch_plan().total_steps)  # fmt: skip
+        self._step_target(self.global_step + 1)
+
+    def _step_target(self, step: int) -> None:
+        tau = self.target.step(self.backbone, self.projector, step, self.trainer.datamodule.batch_plan().total_steps)
         if tau is not None:
             self.log("train/momentum", tau)
 
