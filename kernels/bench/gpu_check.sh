@@ -56,8 +56,9 @@ write_results() {
 nvidia-smi >"$LOG/smi.txt" 2>&1
 write_results
 
-timeout "$T_TESTS" $PY -m pytest -m gpu tests/kernels -q -rfEs -p no:cacheprovider >"$LOG/tests.txt" 2>&1
-section "pytest -m gpu tests/kernels" "$LOG/tests.txt" $?
+timeout "$T_TESTS" $PY -m pytest -m gpu tests/kernels tests/data tests/train -q -rfEs -p no:cacheprovider \
+  >"$LOG/tests.txt" 2>&1  # tests/train: SyncBatchNorm 2 GPUs == 1 (skips on a 1-GPU machine)
+section "pytest -m gpu tests/kernels tests/data tests/train" "$LOG/tests.txt" $?
 write_results
 
 timeout "$T_BENCH" $PY kernels/bench/bench_info_nce.py --cell-budget-s 2 >"$LOG/bench.txt" 2>&1

@@ -119,7 +119,14 @@ def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
         assert set(json.loads((sweep / str(i) / "metrics.json").read_text())) >= {"rankme", "knn_top1", "linear_top1"}
     saved = json.loads((sweep / "sweep.json").read_text())
     corr = saved["correlations"]["linear_top1"]["rankme"]
-    assert corr["n"] == 4 and -1 <= corr["spearman"] <= 1 and -1 <= corr["kendall"] <= 1
+    by_rankme = [r["linear_top1"] for r in summary["runs"]]  # runs sorted by RankMe, descending
+    # by hand: Spearman = 1 - 6 Σd² / (n(n² - 1)) with d the rank differences (no ties among 4 random encoders),
+    # Kendall = (concordant - discordant) / 6 pairs
+    rank_acc = [sorted(by_rankme, reverse=True).index(v) for v in by_rankme]
+    spearman = 1 - 6 * sum((i - r) ** 2 for i, r in enumerate(rank_acc)) / (4 * 15)
+    signs = [1 if by_rankme[i] > by_rankme[j] else -1 for i in range(4) for j in range(i + 1, 4)]
+    assert len(set(by_rankme)) == 4 and corr["n"] == 4
+    assert corr["spearman"] == pytest.approx(spearman) and corr["kendall"] == pytest.approx(sum(signs) / 6)
     md = (sweep / "report.md").read_text()
     assert "objective.temperature" in md and "Spearman" in md and "Kendall" in md
     assert all(f"| {t} |" in md for t in ("0.1", "0.2", "0.5", "1.0"))
@@ -239,6 +246,8 @@ def test_rank_correlations_and_selection():
     assert report.rank_correlations([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]) == {"spearman": 1.0, "kendall": 1.0, "n": 4}
     anti = report.rank_correlations([1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1])
     assert anti["spearman"] == pytest.approx(-1) and anti["kendall"] == pytest.approx(-1)
+    one_swap = report.rank_correlations([1, 2, 3, 4], [1, 3, 2, 4])  # Σd² = 2: 1 - 6·2/60; 5 of 6 pairs agree
+    assert one_swap["spearman"] == pytest.approx(0.8) and one_swap["kendall"] == pytest.approx(4 / 6)
     assert report.rank_correlations([1, 2], [1, 2])["n"] == 2  # too few: NaN
     runs = [{"name": n, "rankme": r, "linear_top1": a} for n, r, a in (("a", 5.0, 0.5), ("b", 9.0, 0.4), ("c", 7, 0.6))]
     summary = report.sweep_summary(runs)
@@ -327,3 +336,51 @@ def test_sweep_runs_are_found_at_any_depth_and_sweep_json_is_strict(tmp_path):
     assert "NaN" not in text
     saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert saved["correlations"]["linear_top1"]["rankme"]["spearman"] is None
+
+
+def test_extract_equals_a_manual_forward_pass_in_eval_mode():
+    """Features in dataset order, of the encoder in eval mode (BatchNorm running statistics), whatever the batch size;
+    the encoder's mode is restored."""
+    from selfsup.evaluate.features import extract
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.BatchNorm1d(6))
+    encoder[2].running_mean.uniform_(-1, 1)  # eval mode must use these, not the batch's statistics
+    images = torch.randn(11, 3, 2, 2)
+    dataset = [(images[i], i % 3) for i in range(11)]
+    with torch.no_grad():
+        expected = torch.cat([encoder.eval()(images[i : i + 1]) for i in range(11)])
+    encoder.train()
+    for batch_size in (1, 4, 11):
+        feats, labels = extract(encoder, dataset, batch_size=batch_size)
+        torch.testing.assert_close(feats, expected, rtol=1e-6, atol=1e-6)
+        assert labels.tolist() == [i % 3 for i in range(11)] and encoder.training
+
+
+def test_feature_cache_is_invalidated_when_the_images_or_the_transform_change(run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from selfsup.evaluate import features as ev_features
+    from tests.config_utils import tiny_imagefolder
+
+    folder = tiny_imagefolder(tmp_path / "folder", per_class=6)
+    calls = []
+    real_extract = ev_features.extract
+    monkeypatch.setattr(ev_features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
+
+    def evaluate(*more):
+        cfg = eval_cfg(f"checkpoint={run}", "data=imagefolder", f"data.root={folder}", "eval.knn_k=[3]",
+                       "eval.linear=false", "eval.plots=false", f"out={tmp_path / 'out'}", *more)
+        before = len(calls)
+        metrics = ev.evaluate(cfg)
+        return len(calls) - before, metrics  # extractions: 2 (train and test split) or 0 (cache)
+
+    assert evaluate()[0] == 2 and evaluate()[0] == 0
+    image = folder / "val" / "a" / "0.jpg"
+    Image.new("RGB", (48, 40), (250, 10, 10)).save(image)  # one image replaced in place
+    os.utime(image, ns=(10**18, 10**18))
+    assert evaluate()[0] == 2 and evaluate()[0] == 0
+    Image.new("RGB", (48, 40), (10, 250, 10)).save(folder / "train" / "b" / "new.jpg")  # one image added
+    assert evaluate()[0] == 2
+    assert evaluate("eval.image_size=24")[0] == 2  # another transform (the size; mean/std follow the encoder)
+    assert evaluate("eval.image_size=24")[0] == 0 and evaluate()[0] == 0  # both keys stay cached

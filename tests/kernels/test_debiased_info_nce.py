@@ -5,6 +5,8 @@ D > BLOCK_D, offset ≠ 0 with gathered keys, the single-process symmetric path;
 τ⁺ = 0 (no debiasing), τ⁺ > 0 and a τ⁺ large enough that the clamp binds for some anchors.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,12 @@ def test_clamp_binds_for_some_anchors(tau_plus):
     tensors = make_inputs(9, 9, 5, 0, torch.float64, seed=1)
     w = torch.linspace(0, 1, 9, dtype=torch.float64)[:, None]
     a, b = (F.normalize(t, dim=1) for t in (tensors[0], w * tensors[0] + (1 - w) * tensors[1]))
+    z, m, t = torch.cat([a, b]), 16, 0.2  # 2·9 − 2 negatives an anchor
+    e = torch.exp(z @ z.T / t)
+    pos = torch.exp((a * b).sum(1) / t).repeat(2)
+    neg = e.sum(1) - e.diagonal() - pos
+    binding = (neg - tau_plus * m * pos) / (1 - tau_plus) < m * math.exp(-1 / t)
+    assert int(binding.sum()) == {0.1: 7, 0.5: 13}[tau_plus]
     mine = leaves([a, b], torch.float32)
     out = debiased_info_nce_triton(*mine, None, None, 0, 0.2, tau_plus, 0.0)
     out.backward()

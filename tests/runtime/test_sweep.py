@@ -8,7 +8,7 @@ import pytest
 
 from selfsup.config import ROOT
 from selfsup.runtime.sweep import sweep_jobs
-from tests.runs import TINY
+from tests.runs import TINY, val_metrics
 
 
 def check_sweep(overrides, run_dir, params=None):
@@ -82,9 +82,16 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     from omegaconf import OmegaConf
 
     result = OmegaConf.load(sweep / "optimization_results.yaml")
-    assert result.best_value > 1.0  # RankMe of 64-d projections: between 1 and 64
-    assert set(result.best_params) == {"objective.temperature", "optim.lr"}
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    trials = {}  # each trial's last val/rankme, and the values Optuna chose for it
+    for trial in ("0", "1"):
+        chosen = dict(o.split("=", 1) for o in OmegaConf.load(sweep / trial / ".hydra" / "overrides.yaml"))
+        trials[trial] = (val_metrics(sweep / trial)["val/rankme"], chosen)
+    best = max(trials.values(), key=lambda t: t[0])
+    assert min(t[0] for t in trials.values()) < best[0]  # two different trials: the direction matters
+    assert result.best_value == pytest.approx(best[0])  # maximised, not minimised
+    assert {k: str(v) for k, v in result.best_params.items()} == {k: best[1][k] for k in result.best_params}
+    assert set(result.best_params) == {"objective.temperature", "optim.lr"}
 
 @pytest.mark.slow
 def test_sweep_runs_are_named_by_the_swept_keys_only(tmp_path):

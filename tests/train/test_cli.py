@@ -55,6 +55,52 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
 
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_cpu_processes_normalise_batchnorm_per_process(tmp_path):
+    """README "2 processes with BatchNorm": on CPU (gloo, no SyncBatchNorm) each process normalises its half of the
+    global batch with its own statistics; the loss is then gathered over the whole batch. So the 2-process loss is
+    the 1-process model run on each half separately — not the 1-process loss with statistics of all 32 rows."""
+    with_bn = [o for o in TINY if o not in ("+backbone.norm=none", "projector.batch_norm=false")]
+    steps = ["trainer.max_steps=1", "trainer.limit_val_batches=0"]
+    run(compose_train(with_bn + steps, tmp_path / "one"))
+    run(compose_train(with_bn + steps + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
+    one, two = losses(tmp_path / "one")[0], losses(tmp_path / "two")[0]
+
+    import lightning as L
+
+    cfg = compose_train(with_bn + steps, tmp_path / "ref")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # as run() does: the same initial weights
+    datamodule, module, _ = build(cfg)
+    views = next(iter(datamodule.train_dataloader()))["views"]
+
+    def loss_with_bn_over(halves: int) -> float:
+        z = [torch.cat([module.projector(module.backbone(part)) for part in v.chunk(halves)]) for v in views]
+        return module.objective(z[0], z[1]).item()
+
+    with torch.no_grad():
+        assert one == pytest.approx(loss_with_bn_over(1), rel=1e-5)  # the reference reproduces the 1-process run
+        assert two == pytest.approx(loss_with_bn_over(2), rel=1e-5)  # per-process statistics
+    assert abs(two - one) > 1e-3 * abs(one)  # and that is a different loss
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_with_syncbatchnorm_equal_one(tmp_path):
+    """trainer=ddp turns SyncBatchNorm on: 2 GPUs x 16 rows normalise with the statistics of all 32, so the loss is
+    the 1-GPU loss (float32; kernels/bench/gpu_check.sh runs it where a machine has 2 GPUs)."""
+    with_bn = [o for o in TINY if o not in ("+backbone.norm=none", "projector.batch_norm=false")]
+    steps = ["trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.precision=32-true",
+             "trainer.log_every_n_steps=1"]  # fmt: skip
+    run(compose_train(with_bn + steps + ["trainer=gpu", "trainer.devices=1"], tmp_path / "one"))
+    run(compose_train(with_bn + steps + ["trainer=ddp", "trainer.devices=2", "trainer.strategy=ddp_spawn",
+                                         "data.batch_size=16"], tmp_path / "two"))  # fmt: skip
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [0, 1, 2]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+
+
 def test_views_do_not_depend_on_workers(tmp_path):
     cfg = compose_train(TINY, tmp_path)
     batches = []

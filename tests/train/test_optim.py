@@ -19,6 +19,27 @@ def test_lars_step_matches_the_formula():
     torch.testing.assert_close(b.detach(), b0 - 0.5 * gb)  # excluded: plain momentum SGD
 
 
+def test_lars_momentum_buffer_over_several_steps():
+    """Three steps with new gradients: μ ← m·μ + g̃ carries the earlier steps (facebookresearch/barlowtwins
+    ``main.py::LARS``), for the adapted group and the plain one."""
+    torch.manual_seed(0)
+    w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    opt = LARS([dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+               lr=0.5, momentum=0.9, eta=0.02)  # fmt: skip
+    ref_w, ref_b = w.detach().clone(), b.detach().clone()
+    mu_w, mu_b = torch.zeros_like(ref_w), torch.zeros_like(ref_b)
+    for _ in range(3):
+        w.grad, b.grad = torch.randn(4, 3), torch.randn(4)
+        g = w.grad + 0.1 * ref_w
+        mu_w = 0.9 * mu_w + g * (0.02 * ref_w.norm() / g.norm())
+        mu_b = 0.9 * mu_b + b.grad
+        ref_w, ref_b = ref_w - 0.5 * mu_w, ref_b - 0.5 * mu_b
+        opt.step()
+        torch.testing.assert_close(w.detach(), ref_w)
+        torch.testing.assert_close(b.detach(), ref_b)
+    assert not torch.allclose(mu_w, g * (0.02 * ref_w.norm() / g.norm()))  # the buffer is not the last step alone
+
+
 def test_schedule_warms_up_then_decays_to_min():
     mult = [warmup_cosine(s, 10, 110, 0.1) for s in range(110)]
     assert mult[0] == pytest.approx(0.1) and mult[9] == pytest.approx(1.0)

@@ -197,3 +197,104 @@ def test_multicrop_trains_pair_scoring_methods(method, tmp_path):
     run(compose_train(overrides, tmp_path))
     got = losses(tmp_path)
     assert sorted(got) == [0, 1] and all(math.isfinite(v) for v in got.values())
+
+
+# -- SSLModule against hand-written loops of the official algorithms (float64, tiny networks) ----------------------
+def tiny_module(predictor: bool, target: Target, offset: float = 0.0, scale: float = 1.0):
+    from selfsup.objectives import NegativeCosineLoss
+    from selfsup.train.module import SSLModule
+    from selfsup.train.optim import OptimizerSpec
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+    backbone.num_features = 5
+    head = lambda in_dim: nn.Sequential(nn.Linear(in_dim, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))  # noqa: E731
+    module = SSLModule(backbone, head, NegativeCosineLoss(offset, scale), OptimizerSpec(),
+                       predictor=(lambda in_dim: head(in_dim)) if predictor else None, target=target)  # fmt: skip
+    return module.double()
+
+
+def module_loss(module, x1, x2):
+    return module.objective.forward_views(module.step_outputs({"views": [x1, x2], "params": [None, None]}))
+
+
+def D(p, z):
+    """SimSiam's D (Chen & He 2021, Algorithm 1): negative cosine similarity, z detached."""
+    return -(nn.functional.normalize(p, dim=1) * nn.functional.normalize(z.detach(), dim=1)).sum(1).mean()
+
+
+def grads(params):
+    return [p.grad.clone() if p.grad is not None else None for p in params]
+
+
+def test_simsiam_module_equals_algorithm_1():
+    module = tiny_module(predictor=True, target=StopGradTarget())
+    f = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.projector))  # the hand-written copy
+    h = copy.deepcopy(module.predictor)
+    x1, x2 = (torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    loss = module_loss(module, x1, x2)
+    loss.backward()
+    z1, z2 = f(x1), f(x2)
+    p1, p2 = h(z1), h(z2)
+    reference = D(p1, z2) / 2 + D(p2, z1) / 2
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    ours = grads([*module.backbone.parameters(), *module.projector.parameters(), *module.predictor.parameters()])
+    theirs = grads([*f.parameters(), *h.parameters()])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # without the stop-gradient the encoder's gradient differs: the test can tell the two apart
+    no_stop = tiny_module(predictor=True, target=Target())
+    module_loss(no_stop, x1, x2).backward()
+    assert not torch.allclose(no_stop.backbone[0].weight.grad, ours[0])
+
+
+def test_byol_module_equals_the_symmetrised_loss_and_update():
+    """BYOL (Grill et al. 2020, eq. 2 and §3.1): L = ‖q̄(z1) − z̄'2‖² + ‖q̄(z2) − z̄'1‖² (here averaged over the two
+    orders, with the 2 − 2 cos form), keys from the EMA network; after each SGD step ξ ← τ ξ + (1 − τ) θ."""
+    module = tiny_module(predictor=True, target=EMATarget(base=0.9), offset=2.0, scale=2.0)
+    online = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.projector))
+    q = copy.deepcopy(module.predictor)
+    ema = copy.deepcopy(online).requires_grad_(False)
+    opt_ours = torch.optim.SGD([p for n, p in module.named_parameters() if not n.startswith("target.")], lr=0.1)
+    opt_ref = torch.optim.SGD([*online.parameters(), *q.parameters()], lr=0.1)
+    total = 4
+    for k in range(total):
+        x1, x2 = (torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(10 * k + s))
+                  for s in (1, 2))  # fmt: skip
+        opt_ours.zero_grad()
+        opt_ref.zero_grad()
+        loss = module_loss(module, x1, x2)
+        loss.backward()
+        with torch.no_grad():
+            k1, k2 = ema(x1), ema(x2)
+        regress = lambda p, z: (2 - 2 * nn.functional.cosine_similarity(p, z, dim=1)).mean()  # noqa: E731
+        reference = (regress(q(online(x1)), k2) + regress(q(online(x2)), k1)) / 2
+        reference.backward()
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-10)
+        opt_ours.step()
+        opt_ref.step()
+        tau = module.target.step(module.backbone, module.projector, k + 1, total)  # what optimizer_step calls
+        assert tau == pytest.approx(1 - 0.1 * (math.cos(math.pi * (k + 1) / total) + 1) / 2)
+        with torch.no_grad():
+            for xi, theta in zip(ema.parameters(), online.parameters(), strict=True):
+                xi.mul_(tau).add_((1 - tau) * theta)
+            for b_t, b_o in zip(ema.buffers(), online.buffers(), strict=True):
+                b_t.copy_(b_o)
+    ours = [*module.target.backbone.parameters(), *module.target.projector.parameters()]
+    for a, b in zip(ours, ema.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(ours[0], module.backbone[0].weight)  # the target lags the online network
+
+
+def test_the_online_probe_does_not_train_the_encoder(tmp_path):
+    """The probe reads detached features: with and without it, the encoder and heads take the same steps."""
+    steps = ["trainer.max_steps=4", "trainer.limit_val_batches=0"]
+    run(compose_train(TINY + steps + ["online_probe=true"], tmp_path / "probe"))
+    run(compose_train(TINY + steps + ["online_probe=false"], tmp_path / "none"))
+    with_probe, without = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                           for d in ("probe", "none"))  # fmt: skip
+    assert any(k.startswith("probe.") for k in with_probe) and not any(k.startswith("probe.") for k in without)
+    assert {k for k in with_probe if not k.startswith("probe.")} == set(without)
+    for key, value in without.items():
+        assert torch.equal(with_probe[key], value), key

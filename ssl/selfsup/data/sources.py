@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -63,6 +64,15 @@ class FileImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """What the files are now: a digest of every path with its size and modification time (a file replaced,
+        added or removed changes it); feature caches key on it."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:20]
 
     def image(self, i: int) -> torch.Tensor:
         path = self.paths[i]
@@ -132,6 +142,16 @@ class Subset:
 
     def image(self, i: int) -> torch.Tensor:
         return self.source.image(int(self.indices[i]))
+
+    def fingerprint(self) -> str:
+        rows = hashlib.sha256(np.ascontiguousarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:20]
+        return f"{fingerprint(self.source)}:{rows}"
+
+
+def fingerprint(source) -> str:
+    """A source's content digest where it can change under the same config (image folders, subsets of them); ""
+    for in-memory sources loaded from fixed files (digits, torchvision's datasets)."""
+    return source.fingerprint() if hasattr(source, "fingerprint") else ""
 
 
 def stratified_first(labels: torch.Tensor, k: int) -> np.ndarray:

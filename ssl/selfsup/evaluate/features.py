@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup.data.sources import fingerprint
 from selfsup.evaluate.targets import Target
 from selfsup.runtime.files import atomic_write
 
@@ -114,7 +115,7 @@ def build_eval_datasets(data: dict, need_labels: bool):
 def _transform_id(ds) -> dict:
     return {
         "size": ds.size, "resize": ds.resize, "mean": list(ds.mean), "std": list(ds.std), "n": len(ds),
-        "classes": list(ds.source.classes),
+        "classes": list(ds.source.classes), "content": fingerprint(ds.source),
     }  # fmt: skip
 
 
@@ -129,7 +130,7 @@ def device_of(name: str) -> torch.device:
 
 def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> dict:
     """``{"train"|"test": {"backbone": (N, F), "embedding": (N, D), "labels": (N,)}}``, from the cache when the
-    key (checkpoint + mtime, data, transform) matches."""
+    key (checkpoint + mtime, data config, transform, the image files' paths, sizes and mtimes) matches."""
     key_parts = {
         "target": target.cache_id,
         "data": {k: v for k, v in data.items() if k not in _DATA_KEYS_NOT_IN_KEY},
