@@ -34,3 +34,27 @@ def test_each_row_uses_the_parts_of_its_recipe(name, tmp_path):
     if "multi-crop" not in name and "dino" not in name:
         expected["local_views"] = False  # rows without "multi-crop" in their name run the method on two views
     assert row == expected, name
+
+
+def table_rows(text: str) -> dict[str, list[float]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 3 and cells[1].endswith("%"):
+            rows[cells[0]] = [float(c.split()[0].rstrip("%")) for c in cells[1:]]
+    return rows
+
+
+def test_the_readme_shows_the_written_tables_and_every_method_beats_random_init():
+    """README "Every method beats random init on kNN (both k) and on the 5-label probe": checked on the table that
+    bench/objectives_table.py wrote, which the README must show unchanged (as it must show bench/PEERS.md)."""
+    readme = (ROOT / "README.md").read_text()
+    for name in ("OBJECTIVES.md", "PEERS.md"):
+        table = (ROOT / "bench" / name).read_text().split("\n", 2)[2].strip()
+        assert table in readme, f"README.md does not show bench/{name} as written: paste it again"
+    rows = table_rows((ROOT / "bench" / "OBJECTIVES.md").read_text())
+    baseline = rows.pop("random init (same CNN)")
+    rows.pop("raw pixels (16x16x3)")
+    assert set(rows) == set(METHODS)
+    for name, (knn, knn20, probe, *_) in rows.items():
+        assert knn > baseline[0] and knn20 > baseline[1] and probe > baseline[2], name
