@@ -121,6 +121,26 @@ PROMISES = {
         "tests/export/test_export.py::test_timm_loads_the_export_with_no_missing_keys_and_same_features",
         "tests/evaluate/test_evaluate.py::test_eval_and_export_of_a_trained_run_whose_data_moved",
     ],
+    "selfsup-eval checkpoint=<run dir> data.root=/new/place/of/the/data   # override fields of the saved data config": [
+        "tests/evaluate/test_evaluate.py::test_eval_and_export_of_a_trained_run_whose_data_moved",
+    ],
+    "selfsup-eval checkpoint=random backbone.name=resnet18 data=cifar10 data.root=...   # the random-init baseline": [
+        "tests/evaluate/test_evaluate.py::test_random_encoder_baseline",
+    ],
+    "the singular-value spectrum and a PCA\nmap": [
+        "tests/evaluate/test_evaluate.py::test_pca_map_and_spectrum_pngs",
+        "tests/evaluate/test_evaluate.py::test_run_dir_writes_metrics_matching_the_metric_functions",
+    ],
+    "DeepSpeed shard directories are read directly.": [
+        "tests/runtime/test_strategies.py::test_deepspeed_zero_resume_equals_the_uninterrupted_run",
+    ],
+    "the W&B run id derives from the run directory, so a\nresumed run continues its W&B run": [
+        "tests/runtime/test_loggers.py::test_wandb_offline_logs_the_training_and_a_resume_continues_the_same_run",
+    ],
+    "are the sharded alternatives to `trainer=ddp`": [
+        "tests/runtime/test_strategies.py::test_fsdp_equals_ddp_equals_one_process",
+        "tests/runtime/test_strategies.py::test_deepspeed_zero_resume_equals_the_uninterrupted_run",
+    ],
     # -- methods and objectives
     "Every objective is tested against its paper's official": [
         "tests/objectives/test_distributed.py::test_two_processes_equal_one",
@@ -143,6 +163,15 @@ PROMISES = {
         "tests/bench/test_objectives_table.py::test_the_readme_shows_the_written_tables_and_every_method_beats_random_init",
     ],
     # -- bad input
+    "Commands end with one line naming the key or file and what was expected": [
+        "tests/train/test_cli.py::test_cli_bad_input_is_one_line_and_exit_2",
+        "tests/train/test_cli.py::test_bad_input_is_refused_before_training",
+        "tests/evaluate/test_evaluate.py::test_cli_prints_one_line_error_and_exits_2",
+        "tests/export/test_export.py::test_export_errors",
+    ],
+    "`selfsup-train --help` lists them all": [
+        "tests/train/test_cli.py::test_cli_help_lists_every_recipe",
+    ],
     "A corrupt image is named,\nalso when a DataLoader worker hit it": [
         "tests/data/test_sources.py::test_corrupt_image_ends_training_in_one_line_naming_it",
     ],

@@ -74,8 +74,8 @@ class NonFiniteGuard(L.Callback):
 class CollapseMonitor(L.Callback):
     """Log how spread out the training projections are, and warn once when the representation collapses.
 
-    Every ``every_n_steps`` optimiser steps (from step 1), on the first view's projections of the step's local
-    batch (what ``SSLModule.training_step`` returns as ``"z"``):
+    Every ``every_n_steps`` optimiser steps (from step 1), on the first view's projections of the step's batch on
+    global rank 0 (what ``SSLModule.training_step`` returns as ``"z"``), logged in that step's row:
 
     - ``train/embed_std``: the per-dimension standard deviation of the L2-normalised projections, averaged over the
       D dimensions and multiplied by sqrt(D): about 1 when the embeddings spread over the sphere, 0 when they
@@ -120,7 +120,10 @@ class CollapseMonitor(L.Callback):
             return
         self._measured_at = step
         std, rank = self.measure(z)
-        pl_module.log_dict({"train/embed_std": std, "train/rankme": rank}, sync_dist=True)
+        # straight to the loggers, once, at the step's row: self.log would repeat the value on every later step of
+        # the epoch (Lightning keeps it in the epoch's results), which a resumed run would not repeat
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/embed_std": std, "train/rankme": rank}, step=step - 1)
         if self.warned_at is None and (std < self.min_std or rank <= self.min_rankme):
             self.warned_at = step
             if trainer.is_global_zero:
