@@ -11,6 +11,7 @@ from selfsup.data.batches import BatchPlan
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
+from selfsup.train.memory import Memory
 from selfsup.train.module import SSLModule
 
 log = logging.getLogger("selfsup.train")
@@ -57,7 +58,7 @@ def build(cfg: DictConfig):
         symmetric=cfg.symmetric,
         global_views=views.global_views,
         batch_views=cfg.batch_views,
-        grad_cache_chunks=check_grad_cache(cfg),
+        grad_cache_chunks=grad_cache_chunks(cfg),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
@@ -79,12 +80,7 @@ def build(cfg: DictConfig):
         max_steps=trainer.max_steps, max_epochs=trainer.max_epochs, shared_chunks=views.shared_chunks,
     )  # fmt: skip
     module.memory.check(datamodule.plan.global_batch)
-    if module.grad_cache_chunks and trainer.world_size > 1:
-        raise ValueError(f"grad_cache_chunks={module.grad_cache_chunks} with {trainer.world_size} processes: not "
-                         "supported (one process; several processes already share the global batch)")  # fmt: skip
-    if module.grad_cache_chunks and datamodule.plan.per_device % module.grad_cache_chunks:
-        raise ValueError(f"grad_cache_chunks={module.grad_cache_chunks}: the batch of {datamodule.plan.per_device} "
-                         "rows (data.batch_size) must split into equal chunks")  # fmt: skip
+    check_grad_cache(cfg, module, trainer, datamodule.plan)
     if trainer.accumulate_grad_batches > 1:
         log.warning("trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "
                     "of %d (fewer negatives); grad_cache_chunks=%d with data.batch_size=%d keeps the whole batch in "
@@ -96,27 +92,35 @@ def build(cfg: DictConfig):
     return datamodule, module, trainer
 
 
-def check_grad_cache(cfg: DictConfig) -> int | None:
-    """``grad_cache_chunks``: None, or an integer >= 1 (1: off), without gradient accumulation, gradient clipping by
-    the Trainer or a memory part (train/grad_cache.py); one process only (checked once the Trainer exists)."""
+def grad_cache_chunks(cfg: DictConfig) -> int | None:
+    """``grad_cache_chunks``: None, or an integer >= 1 (1: off); what it may run with: :func:`check_grad_cache`."""
     chunks = cfg.get("grad_cache_chunks")
     if chunks is None:
         return None
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"grad_cache_chunks={chunks!r}: expected null or an integer >= 1")
-    if chunks == 1:
-        return None
-    refusals = {
-        "trainer.accumulate_grad_batches": cfg.trainer.get("accumulate_grad_batches", 1) not in (1, None),
-        "trainer.gradient_clip_val": cfg.trainer.get("gradient_clip_val") is not None,
-        "memory": cfg.memory._target_ != "selfsup.train.memory.Memory",
-    }
-    for key, refused in refusals.items():
+    return chunks if chunks > 1 else None
+
+
+def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPlan) -> None:
+    """Gradient caching (train/grad_cache.py) runs on one process, without gradient accumulation, Trainer gradient
+    clipping or a memory part, on batches that split into equal chunks."""
+    chunks = module.grad_cache_chunks
+    if not chunks:
+        return
+    refusals = (
+        (trainer.accumulate_grad_batches > 1, f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}"),
+        (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
+        (type(module.memory) is not Memory, f"memory={cfg.memory._target_}"),
+        (trainer.world_size > 1, f"{trainer.world_size} processes"),
+    )
+    for refused, setting in refusals:
         if refused:
-            value = OmegaConf.select(cfg, "memory._target_" if key == "memory" else key)
-            raise ValueError(f"grad_cache_chunks={chunks} with {key}={value}: not supported (gradient caching runs "
-                             "without gradient accumulation, Trainer gradient clipping or a memory part)")  # fmt: skip
-    return chunks
+            raise ValueError(f"grad_cache_chunks={chunks} with {setting}: not supported (gradient caching runs on one "
+                             "process, without gradient accumulation, Trainer gradient clipping or a memory part)")
+    if plan.per_device % chunks:
+        raise ValueError(f"grad_cache_chunks={chunks}: the batch of {plan.per_device} rows (data.batch_size) must "
+                         "split into equal chunks")  # fmt: skip
 
 
 def check_local_views(views, objective) -> None:

@@ -6,7 +6,8 @@ Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limi
    backbone features; the target branch's keys);
 2. compute the loss on the whole batch from those embeddings, made leaves, and its gradient with respect to them
    (and to the objective's own parameters, e.g. SIE's hypernetwork);
-3. embed each chunk again, now with its graph, and backpropagate the cached gradient of its rows.
+3. run each chunk's online branch again, now with its graph, and backpropagate the cached gradient of its rows
+   (the target branch's keys carry no gradient: they are not computed again).
 
 The parameters' gradient is then that of the whole batch (chain rule: the loss depends on the parameters only
 through the embeddings), for batch-level objectives too — InfoNCE keeps all 2N − 2 negatives. Each chunk's second
@@ -69,11 +70,9 @@ def _whole(outs: list[ViewBatch]) -> ViewBatch:
     return ViewBatch(z, q, k, feats, params, first.num_global, first.symmetric)
 
 
-def _differentiable(out: ViewBatch) -> list[torch.Tensor]:
-    """The tensors of a ViewBatch that carry gradient to the parameters, in a fixed order (no duplicates)."""
-    tensors = [*out.z, *out.feats]
-    tensors += [q for q, z in zip(out.q, out.z, strict=True) if q is not z]
-    return tensors
+def _differentiable(feats: list, z: list, q: list) -> list[torch.Tensor]:
+    """The online branch's tensors that carry gradient to the parameters, in a fixed order (no duplicates)."""
+    return [*z, *feats, *(qi for qi, zi in zip(q, z, strict=True) if qi is not zi)]
 
 
 def grad_cache_backward(
@@ -96,12 +95,12 @@ def grad_cache_backward(
     whole = _whole(outs)
     loss = module.objective.forward_views(whole)
     backward(loss, whole)
-    leaves = _differentiable(whole)
+    leaves = _differentiable(whole.feats, whole.z, whole.q)
     start = 0
     for part, state in zip(parts, states, strict=True):
         rows = part["views"][0].shape[0]
         _set_rng_state(state)
-        tensors = _differentiable(module.step_outputs(part))
+        tensors = _differentiable(*module.online(part["views"]))  # keys are cached: no second target pass
         grads = [None if leaf.grad is None else leaf.grad[start : start + rows] for leaf in leaves]
         used = [(t, g) for t, g in zip(tensors, grads, strict=True) if g is not None]
         if used:

@@ -111,13 +111,19 @@ class SSLModule(L.LightningModule):
             start = end
         return feats
 
+    def online(self, views: list[torch.Tensor]) -> tuple[list, list, list]:
+        """The online branch on every view: backbone features V x (B, F), projections V x (B, D) and queries (the
+        predictor's outputs, or the projections themselves — the same tensors — without a predictor)."""
+        feats = self._features(views)
+        z = [self.projector(f) for f in feats]
+        q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
+        return feats, z, q
+
     def step_outputs(self, batch: dict) -> ViewBatch:
         """The parts applied to a training batch: what the objective's ``forward_views`` receives."""
         views, params = batch["views"], batch["params"]
         n_global = self.global_views or len(views)
-        feats = self._features(views)  # V x (B, F)
-        z = [self.projector(f) for f in feats]  # V x (B, D)
-        q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
+        feats, z, q = self.online(views)
         k = self.target.keys(views[:n_global], z[:n_global])  # G x (B, D)
         out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric)
         return self.memory.prepare(out, self.current_epoch)
