@@ -45,11 +45,11 @@ class Memory(nn.Module):
 class _Queue(Memory):
     """A ring buffer ``bank`` (size, dim) of L2-normalised rows, oldest overwritten first."""
 
-    def __init__(self, size: int, key: str):
+    def __init__(self, size: int):
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"memory.size={size!r}: expected a positive integer")
-        self.size, self._key = size, key
+        self.size = size
 
     def attach(self, dim: int) -> None:
         # random unit rows to start with, as MoCo's queue and lightly's memory bank
@@ -78,7 +78,7 @@ class KeyQueue(_Queue):
     """
 
     def __init__(self, size: int = 65536):
-        super().__init__(size, "queue")
+        super().__init__(size)
 
     def prepare(self, batch, epoch):
         batch.extras["queue"] = self.bank.clone()  # the negatives before this step's keys enter
@@ -98,7 +98,7 @@ class SupportSet(_Queue):
     """
 
     def __init__(self, size: int = 98304):
-        super().__init__(size, "support")
+        super().__init__(size)
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
