@@ -84,6 +84,13 @@ def quickstart(epochs: int) -> list[str]:
             "trainer.enable_model_summary=false"]  # fmt: skip
 
 
+def trained_backbone(cfg):
+    """Train ``cfg`` as selfsup-train does (resuming where its run directory stopped) and return the encoder as
+    selfsup-eval reads it from ``last.ckpt``."""
+    run(cfg)
+    return checkpoint.backbone_from(checkpoint.load(cfg.run_dir))
+
+
 def score(train_x, train_y, test_x, test_y) -> dict:
     few = torch.as_tensor(stratified_first(train_y, 5 * int(train_y.max() + 1)))
     probe = linear_probe(train_x[few], train_y[few], test_x, test_y, val_fraction=0.2)
@@ -125,11 +132,8 @@ def main() -> None:
             continue
         cfg = compose_train(common + overrides + ["resume=true"], run_dir)
         start = time.time()
-        run(cfg)
-        ckpt = checkpoint.load(run_dir / "checkpoints" / "last.ckpt")
-        datamodule, module, _ = build(cfg)
-        module.load_state_dict(ckpt["state_dict"])
-        rows[name] = score(*extract(module.backbone, train_ds), *extract(module.backbone, test_ds))
+        backbone = trained_backbone(cfg)
+        rows[name] = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
         rows[name]["seconds"] = time.time() - start
         done.write_text(json.dumps(rows[name]))
         print(name, rows[name], flush=True)

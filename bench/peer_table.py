@@ -36,12 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from objectives_table import quickstart, score  # noqa: E402
+from objectives_table import quickstart, score, trained_backbone  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
-from selfsup.runtime import checkpoint  # noqa: E402
-from selfsup.train import build, run  # noqa: E402
+from selfsup.train import build  # noqa: E402
 
 try:
     from lightly import loss as lightly_loss
@@ -147,13 +146,6 @@ def train_lightly(cfg, make_model) -> nn.Module:
     return model.backbone
 
 
-def train_ours(cfg, run_dir: Path) -> nn.Module:
-    run(cfg)
-    datamodule, module, _ = build(cfg)
-    module.load_state_dict(checkpoint.load(run_dir / "checkpoints" / "last.ckpt")["state_dict"])
-    return module.backbone
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -174,7 +166,7 @@ def main() -> None:
             train_ds, test_ds = build(cfg)[0].eval_datasets()
             for who in ("ours", "lightly"):
                 start = time.time()
-                backbone = train_ours(cfg, run_dir) if who == "ours" else train_lightly(cfg, make_model)
+                backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, make_model)
                 seconds = time.time() - start
                 result = score(*extract(backbone, train_ds), *extract(backbone, test_ds)) | {"seconds": seconds}
                 rows.setdefault((name, who), []).append(result)
