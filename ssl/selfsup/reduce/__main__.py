@@ -1,0 +1,5 @@
+"""python -m selfsup.reduce"""
+
+from selfsup.reduce.cli import main
+
+main()
