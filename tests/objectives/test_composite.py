@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from selfsup.data.views import NUM_PARAMS, relative_transform
+from selfsup.data.views import NUM_PARAMS, RELATIVE_NAMES, relative_transform
 from selfsup.objectives import (
     CAREEquivarianceLoss,
     CompositeObjective,
@@ -54,7 +54,7 @@ def test_gradients_flow_to_each_view_with_its_weight():
 
 def test_extras_are_routed_per_term():
     torch.manual_seed(0)
-    sie = SIELoss(2, 2, NUM_PARAMS).double()
+    sie = SIELoss(2, 2, len(RELATIVE_NAMES)).double()
     ldreg = LDRegLoss(0.5, 0.1, 4)
     objective = CompositeObjective(
         {"sie": {"loss": sie, "weight": 1.0, "views": [0, 2]}, "ld": {"loss": ldreg, "weight": 2.0, "views": [1, 0]}}

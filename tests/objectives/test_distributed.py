@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsup.data.views import NUM_PARAMS
+from selfsup.data.views import NUM_PARAMS, RELATIVE_NAMES
 from selfsup.objectives import (
     BarlowTwinsLoss,
     CAREEquivarianceLoss,
@@ -57,7 +57,7 @@ def make_objectives() -> dict[str, torch.nn.Module]:
             {
                 "info_nce": {"loss": InfoNCELoss(0.5), "weight": 1.0, "views": [0, 1]},
                 "care": {"loss": CAREEquivarianceLoss(3), "weight": 0.03, "views": [2, 3]},
-                "sie": {"loss": SIELoss(4, 2, P).double(), "weight": 0.5, "views": [1, 3]},
+                "sie": {"loss": SIELoss(4, 2, len(RELATIVE_NAMES)).double(), "weight": 0.5, "views": [1, 3]},
             }
         ),
     }

@@ -13,6 +13,8 @@ images live on:
   factors elsewhere; hue via batched RGB↔HSV).
 - grayscale, Gaussian blur (per-row sigma, separable: two batched matmuls with banded (S, S) matrices that fold
   in the reflect padding), solarise (128/255), rotation (nearest, zero fill), then ``(x / 255 - mean) / std``.
+- Randomized Quantization last, on the normalised rows that drew it (``selfsup.data.quantize``, per-row bin
+  counts padded to the view's largest), from uniforms the sampler supplies with the parameters.
 
 Arithmetic follows torchvision's dtype semantics: for uint8 input every op rounds/truncates like the uint8 kernels
 (values stay integers in float32: truncating blends, floored grey, rounded resize and blur), for float input in
@@ -24,7 +26,8 @@ exactly (tests/data/test_gpu_views.py states the tolerances). Resampling and blu
 Parameters come from one of two samplers with ``ViewAugment.sample``'s distributions:
 
 - ``"exact"``: ``ViewAugment.sample`` itself, one seeded CPU generator per (sample, view) — the identical draws
-  of the CPU pipeline (a Python loop: ~50 µs per view, fine for tests and small batches).
+  of the CPU pipeline (a Python loop: ~50 µs per view, fine for tests and small batches), quantization's
+  uniforms included (drawn from the same generator right after the parameters, as ``ViewAugment.__call__`` does).
 - ``"counter"`` (default): a counter-based hash of (seed, epoch, 0/1 tag, index or chunk, view, draw) computed
   batched on the device: still a pure function of the sample key (independent of processes, workers and
   restarts; ``shared`` views key on the chunk), but not the same numbers as the CPU generators.
@@ -38,6 +41,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from selfsup.data.quantize import quantize_with_uniforms
 from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, MultiViewTransform, Slot, ViewAugment, generator_for
 
 SAMPLERS = ("counter", "exact")
@@ -79,6 +83,24 @@ class GpuViewAugment(ViewAugment):
     # uniforms per row: crop (10 attempts x 2 + top, left), flip, jitter (coin, 4 factors, order), grey, blur
     # (coin, sigma), solarise, rotation
     NUM_DRAWS = 2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1
+    QUANT_CHANNELS = 3  # the views are RGB
+
+    @property
+    def num_draws(self) -> int:
+        """Uniforms per row: ``NUM_DRAWS``, plus (quant_p > 0 only) quantization's coin, bin count, then its cut
+        and value uniforms for the largest bin count m: 3 x (m − 1) + 3 x m. Column j's value does not depend on
+        how many are drawn, so views without quantization draw exactly what they drew before it existed."""
+        if self.quant_p <= 0:
+            return self.NUM_DRAWS
+        m = self.quant_bins[1]
+        return self.NUM_DRAWS + 2 + self.QUANT_CHANNELS * (2 * m - 1)
+
+    def quant_uniforms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantization's (cut (B, 3, m − 1), value (B, 3, m)) float32 uniforms from ``u`` (B, num_draws)."""
+        m, c, k = self.quant_bins[1], self.QUANT_CHANNELS, self.NUM_DRAWS + 2
+        cut = u[:, k : k + c * (m - 1)].reshape(-1, c, m - 1)
+        value = u[:, k + c * (m - 1) : k + c * (2 * m - 1)].reshape(-1, c, m)
+        return cut.float(), value.float()
 
     def sample_batch(self, u: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, NUM_DRAWS), for sources of the given sizes (B,).
@@ -134,24 +156,65 @@ class GpuViewAugment(ViewAugment):
         p[:, Slot.SOLARIZE] = (u[:, k + 10] < self.solarize_p).double()
         if self.rotation > 0:
             p[:, Slot.ROTATION] = -self.rotation + 2 * self.rotation * u[:, k + 11]
+        if self.quant_p > 0:
+            q = self.NUM_DRAWS
+            lo, hi = self.quant_bins
+            quant = u[:, q] < self.quant_p
+            bins = (lo + torch.floor(u[:, q + 1] * (hi - lo + 1))).clamp(max=hi)
+            p[:, Slot.QUANT] = quant.double()
+            p[:, Slot.QUANT_BINS] = torch.where(quant, bins, 0.0)
         return p.float()  # the CPU path stores float32 too
 
     # -- application ------------------------------------------------------------------------------------------
-    def apply(self, img: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """One image (3, H, W) → normalised view (3, size, size), through the batched path."""
-        return self.apply_batch(img[None], p[None])[0]
+    def apply(self, img: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One image (3, H, W) → normalised view (3, size, size), through the batched path; quantization draws
+        from ``generator`` exactly as :meth:`ViewAugment.apply` does."""
+        noise = None
+        if p[Slot.QUANT] > 0:
+            bins = int(p[Slot.QUANT_BINS])
+            cut = torch.rand(self.QUANT_CHANNELS, bins - 1, generator=generator)
+            value = torch.rand(self.QUANT_CHANNELS, bins, generator=generator)
+            noise = cut[None].to(img.device), value[None].to(img.device)
+        return self.apply_batch(img[None], p[None], noise)[0]
 
-    def apply_batch(self, images, params: torch.Tensor) -> torch.Tensor:
+    def apply_batch(self, images, params: torch.Tensor, quant_uniforms=None) -> torch.Tensor:
         """Apply per-row parameters ``params`` (B, NUM_PARAMS) to a batch; returns (B, 3, size, size) float32.
 
         Args:
             images: uint8 or float (in [0, 1]) tensor (B, 3, H, W), or a list of (3, H_i, W_i) tensors of one
                 dtype (mixed sizes are padded; each row's crop box is a fraction of its own size).
             params: parameter rows in ``selfsup.data.views``' layout, e.g. from :meth:`sample_batch`.
+            quant_uniforms: (cut (B, 3, m − 1), value (B, 3, m)) uniforms for the rows that quantise
+                (``params[:, Slot.QUANT]``), m ≥ their bin counts, e.g. from :meth:`quant_uniforms`; None: drawn
+                from torch's global generator.
         """
         x, sizes, quant = as_batch(images)  # (B, 3, Hmax, Wmax) float32, (B, 2) long, uint8 semantics
         with torch.autocast(x.device.type, enabled=False):  # exact arithmetic even inside a bf16 autocast region
-            return self._apply(x, sizes, quant, params)
+            x = self._apply(x, sizes, quant, params)
+            return self._quantize(x, params.to(x.device), quant_uniforms)
+
+    def _quantize(self, x: torch.Tensor, p: torch.Tensor, noise) -> torch.Tensor:
+        """Randomized Quantization of the rows whose ``QUANT`` slot is set, each with its own bin count."""
+        rows = torch.nonzero(p[:, Slot.QUANT] > 0)[:, 0]
+        if not rows.numel():
+            return x
+        bins = p[rows, Slot.QUANT_BINS].long()
+        if noise is None:
+            m = int(bins.max())
+            noise = (
+                torch.rand(len(rows), x.shape[1], m - 1, device=x.device),
+                torch.rand(len(rows), x.shape[1], m, device=x.device),
+            )
+        else:
+            cut, value = noise
+            if cut.shape[0] != x.shape[0] or value.shape[-1] != cut.shape[-1] + 1 or int(bins.max()) > value.shape[-1]:
+                raise ValueError(
+                    f"quant_uniforms: shapes {tuple(cut.shape)}, {tuple(value.shape)}; expected (B, 3, m - 1), "
+                    f"(B, 3, m) with B = {x.shape[0]} and m >= {int(bins.max())} (the largest bin count)"
+                )
+            noise = cut[rows].to(x.device), value[rows].to(x.device)
+        x.index_copy_(0, rows, quantize_with_uniforms(x[rows], noise[0], noise[1], bins))
+        return x
 
     def _apply(self, x: torch.Tensor, sizes: torch.Tensor, quant: bool, params: torch.Tensor) -> torch.Tensor:
         B, dev = x.shape[0], x.device
@@ -420,25 +483,42 @@ class GpuMultiViewTransform(MultiViewTransform):
     def sample(self, seed: int, keys: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
         """Parameters of every view: V x (B, NUM_PARAMS) for sample keys (B, 3) = (epoch, index, chunk) and source
         sizes (B, 2), on ``keys``' device."""
+        return self.sample_with_uniforms(seed, keys, sizes)[0]
+
+    def sample_with_uniforms(self, seed: int, keys: torch.Tensor, sizes: torch.Tensor):
+        """(parameters V x (B, NUM_PARAMS), quantization uniforms V x ((B, 3, m − 1), (B, 3, m)) or None for a view
+        with ``quant_p = 0``): :meth:`sample` plus the draws :meth:`GpuViewAugment.apply_batch` quantises with."""
         if keys.ndim != 2 or keys.shape[1] != 3:
             raise ValueError(f"keys: expected (B, 3) rows (epoch, index, chunk), got {tuple(keys.shape)}")
         keys = keys.long()
         epoch, index, chunk = keys.unbind(1)
-        out = []
+        out, noise = [], []
         for v, (view, shared) in enumerate(zip(self.views, self.shared)):
             by_chunk = (chunk >= 0) if shared else torch.zeros_like(chunk, dtype=torch.bool)
             if self.sampler == "exact":
-                rows = []
-                for e, i, c, s, (hh, ww) in zip(epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(),
-                                               sizes.tolist()):  # fmt: skip
-                    key = (seed, e, 1, c, v) if s else (seed, e, 0, i, v)  # = MultiViewTransform's keys
-                    rows.append(ViewAugment.sample(view, generator_for(*key), hh, ww))
+                rows, cuts, values = [], [], []
+                m, c = view.quant_bins[1], view.QUANT_CHANNELS
+                for e, i, ch, s, (hh, ww) in zip(epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(),
+                                                sizes.tolist()):  # fmt: skip
+                    key = (seed, e, 1, ch, v) if s else (seed, e, 0, i, v)  # = MultiViewTransform's keys
+                    g = generator_for(*key)
+                    rows.append(ViewAugment.sample(view, g, hh, ww))
+                    if view.quant_p > 0:  # ViewAugment.apply's next draws on the same generator, padded to m
+                        bins = max(int(rows[-1][Slot.QUANT_BINS]), 1)
+                        cut, value = torch.ones(c, m - 1), torch.ones(c, m)
+                        if rows[-1][Slot.QUANT] > 0:
+                            cut[:, : bins - 1] = torch.rand(c, bins - 1, generator=g)
+                            value[:, :bins] = torch.rand(c, bins, generator=g)
+                        cuts.append(cut)
+                        values.append(value)
                 out.append(torch.stack(rows).to(keys.device))
+                noise.append((torch.stack(cuts).to(keys.device), torch.stack(values).to(keys.device)) if cuts else None)
             else:
                 u = counter_uniforms(seed, epoch, by_chunk.long(), torch.where(by_chunk, chunk, index), v,
-                                     view.NUM_DRAWS)  # fmt: skip
+                                     view.num_draws)  # fmt: skip
                 out.append(view.sample_batch(u, sizes[:, 0], sizes[:, 1]))
-        return out
+                noise.append(view.quant_uniforms(u) if view.quant_p > 0 else None)
+        return out, noise
 
     def batch(self, images, seed: int, keys: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(views V x (B, 3, size_v, size_v), params V x (B, NUM_PARAMS)) for a batch of raw images.
@@ -451,10 +531,10 @@ class GpuMultiViewTransform(MultiViewTransform):
         x, sizes, _ = as_batch(images)
         if keys.shape[0] != x.shape[0]:
             raise ValueError(f"keys: {keys.shape[0]} rows for {x.shape[0]} images")
-        params = self.sample(seed, keys.to(x.device), sizes)
+        params, noise = self.sample_with_uniforms(seed, keys.to(x.device), sizes)
         if not isinstance(images, torch.Tensor):
             images = list(images)
-        return [view.apply_batch(images, p) for view, p in zip(self.views, params)], params
+        return [view.apply_batch(images, p, u) for view, p, u in zip(self.views, params, noise)], params
 
     def __call__(self, img: torch.Tensor, seed: int, epoch: int, index: int, chunk: int = -1):
         views, params = self.batch(img[None], seed, torch.tensor([[epoch, index, chunk]]))

@@ -22,10 +22,16 @@ index  name            meaning
 11     blur_sigma      Gaussian-blur sigma in pixels of the output (0 = no blur)
 12     solarize        1 if solarised (threshold 128 of 255)
 13     rotation        rotation angle in degrees (0 when unused)
+14     quant           1 if Randomized Quantization was applied
+15     quant_bins      number of quantization bins used (0 when not applied)
 =====  ==============  ====================================================================
 
 The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation) on uint8 images
-with ``torchvision.transforms.v2.functional``, then are scaled to [0, 1] and normalised.
+with ``torchvision.transforms.v2.functional``, then are scaled to [0, 1] and normalised. Randomized Quantization
+(``selfsup.data.quantize``) runs last, on the normalised float image: its per-channel [min, max] construction
+commutes with the per-channel normalisation, and it needs float values, not uint8 levels. Its cut points and bin
+values are not recorded (3 x (2 x bins − 1) numbers); they are drawn from the view's generator right after the
+parameters, so a (seed, epoch, index, view) key still fixes the whole view.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from selfsup.data.quantize import randomized_quantization
+
 PARAM_NAMES = (
     "crop_x0", "crop_y0", "crop_w", "crop_h", "flip", "brightness", "contrast", "saturation", "hue",
-    "jitter_order", "grayscale", "blur_sigma", "solarize", "rotation",
+    "jitter_order", "grayscale", "blur_sigma", "solarize", "rotation", "quant", "quant_bins",
 )  # fmt: skip
 NUM_PARAMS = len(PARAM_NAMES)
 
@@ -49,7 +57,7 @@ class Slot:
     """Where each parameter sits in a view's vector (``p[Slot.FLIP]``, ``p[:, Slot.CROP]``): the table above."""
 
     CROP_X0, CROP_Y0, CROP_W, CROP_H, FLIP, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(9)
-    JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION = range(9, NUM_PARAMS)
+    JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION, QUANT, QUANT_BINS = range(9, NUM_PARAMS)
     CROP = slice(CROP_X0, CROP_H + 1)  # x0, y0, w, h
     JITTER = slice(BRIGHTNESS, HUE + 1)  # brightness, contrast, saturation, hue: JITTER_ORDERS' op indices 0-3
 
@@ -130,7 +138,11 @@ class ViewAugment:
         blur_sigma: sigma range of the blur.
         solarize_p: probability of solarisation.
         rotation: maximal absolute rotation in degrees (0 = no rotation).
-        mean, std: per-channel normalisation applied last.
+        mean, std: per-channel normalisation.
+        quant_p: probability of Randomized Quantization (``selfsup.data.randomized_quantization``), applied after
+            the normalisation; 0 = off (and no random draws for it).
+        quant_bins: its number of bins: an int, or a range [min, max] each application draws from uniformly
+            (inclusive), as the paper's ablations vary it.
     """
 
     def __init__(
@@ -151,6 +163,8 @@ class ViewAugment:
         rotation: float = 0.0,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
+        quant_p: float = 0.0,
+        quant_bins: int | Sequence[int] = 8,
     ):
         if size < 1:
             raise ValueError(f"views.size={size}: expected a positive number of pixels")
@@ -159,13 +173,14 @@ class ViewAugment:
         if not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"views.ratio={list(ratio)}: expected 0 < min <= max")
         for key, p in dict(flip_p=flip_p, jitter_p=jitter_p, grayscale_p=grayscale_p, blur_p=blur_p,
-                           solarize_p=solarize_p).items():  # fmt: skip
+                           solarize_p=solarize_p, quant_p=quant_p).items():  # fmt: skip
             if not 0 <= p <= 1:
                 raise ValueError(f"views.{key}={p}: expected a probability in [0, 1]")
         if not 0 <= hue <= 0.5:
             raise ValueError(f"views.hue={hue}: expected a value in [0, 0.5]")
         if len(mean) != len(std):
             raise ValueError(f"views.mean/std: expected equal lengths, got {len(mean)} and {len(std)}")
+        self.quant_p, self.quant_bins = quant_p, _bin_range(quant_bins)
         self.size = int(size)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
@@ -216,11 +231,19 @@ class ViewAugment:
         p[Slot.SOLARIZE] = float(_coin(g, self.solarize_p))
         if self.rotation > 0:
             p[Slot.ROTATION] = _uniform(g, -self.rotation, self.rotation)
+        if _coin(g, self.quant_p):  # quant_p = 0: no draw, the stream of every existing config is unchanged
+            lo, hi = self.quant_bins
+            p[Slot.QUANT] = 1.0
+            p[Slot.QUANT_BINS] = float(lo if lo == hi else int(torch.randint(lo, hi + 1, (), generator=g)))
         return p
 
     # -- application ------------------------------------------------------------------------------------------
-    def apply(self, img: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Apply parameters ``p`` to a uint8 image (3, H, W); returns a normalised float image (3, size, size)."""
+    def apply(self, img: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply parameters ``p`` to a uint8 image (3, H, W); returns a normalised float image (3, size, size).
+
+        ``generator`` supplies Randomized Quantization's cut points and bin values when ``p[Slot.QUANT]`` is set
+        (torch's global generator when None); nothing else is random here.
+        """
         _, height, width = img.shape
         left, top = round(float(p[Slot.CROP_X0]) * width), round(float(p[Slot.CROP_Y0]) * height)
         w, h = round(float(p[Slot.CROP_W]) * width), round(float(p[Slot.CROP_H]) * height)
@@ -243,11 +266,27 @@ class ViewAugment:
             x = TF.solarize(x, threshold=128)
         if p[Slot.ROTATION] != 0:
             x = TF.rotate(x, float(p[Slot.ROTATION]))
-        return TF.normalize(x.float().div_(255), self.mean, self.std)
+        x = TF.normalize(x.float().div_(255), self.mean, self.std)
+        if p[Slot.QUANT] > 0:
+            x = randomized_quantization(x, int(p[Slot.QUANT_BINS]), generator)
+        return x
 
     def __call__(self, img: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.sample(g, img.shape[-2], img.shape[-1])
-        return self.apply(img, p), p
+        return self.apply(img, p, g), p  # quantization's draws follow the parameters' on the same generator
+
+
+def _bin_range(bins) -> tuple[int, int]:
+    """``views.quant_bins`` (an int or [min, max]) → (min, max)."""
+    if isinstance(bins, int) and not isinstance(bins, bool):
+        bins = (bins, bins)
+    ok = (
+        isinstance(bins, Sequence) and len(bins) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bins) and 1 <= bins[0] <= bins[1]
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(f"views.quant_bins={bins!r}: expected an int >= 1 or ints [min, max], 1 <= min <= max")
+    return int(bins[0]), int(bins[1])
 
 
 class MultiViewTransform:
