@@ -75,6 +75,10 @@ METHODS = {
     "swav (prototypes)": ("cifar10/swav", ["memory=swav", "memory.num_prototypes=300", "objective=swav"]),
     "swav (prototypes, multi-crop)": ("cifar10/swav", ["memory=swav", "memory.num_prototypes=300", "objective=swav",
                                                        *MULTICROP]),
+    # one view a step (views=diet, kept digit-safe by the quickstart's view overrides), no projector, weight decay
+    # 0.05 as recipes/digits/diet.yaml
+    "diet (N-way head, one view)": ("cifar10/diet", ["objective=diet", "projector=identity", "views=diet",
+                                                     "optim.weight_decay=0.05"]),
 }  # fmt: skip
 
 

@@ -18,7 +18,8 @@ NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp"), ("tra
               ("trainer", "deepspeed_stage_3")}  # fmt: skip
 COMPANIONS = {("objective", "care"): ["views=care"], ("objective", "sie"): ["projector.out_dim=2048"],
               ("memory", "swav"): ["objective=swav"], ("objective", "swav"): ["memory=swav"],
-              ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"]}  # fmt: skip
+              ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"],
+              ("views", "diet"): ["objective=diet"]}  # fmt: skip
 
 
 @pytest.fixture

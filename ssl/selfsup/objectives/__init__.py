@@ -5,7 +5,9 @@ from selfsup.objectives.base import Objective, ViewBatch, call_objective
 from selfsup.objectives.care import CAREEquivarianceLoss
 from selfsup.objectives.composite import CompositeObjective
 from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
+from selfsup.objectives.diet import DIETLoss
 from selfsup.objectives.dino import DINOLoss
+from selfsup.objectives.e2mc import E2MCLoss
 from selfsup.objectives.info_nce import InfoNCELoss
 from selfsup.objectives.intl import INTLLoss
 from selfsup.objectives.ldreg import LDRegLoss
@@ -18,8 +20,10 @@ __all__ = [
     "BarlowTwinsLoss",
     "CAREEquivarianceLoss",
     "CompositeObjective",
+    "DIETLoss",
     "DINOLoss",
     "DebiasedInfoNCELoss",
+    "E2MCLoss",
     "INTLLoss",
     "InfoNCELoss",
     "LDRegLoss",

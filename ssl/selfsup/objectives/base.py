@@ -40,6 +40,7 @@ class ViewBatch:
         num_global: G, the global views (teachers and keys see only these).
         symmetric: score both orders of a pair when queries and keys come from different branches.
         extras: named tensors for the objective's ``forward`` (a memory part's queue, its scores).
+        index: each row's global dataset index (B,) (``batch["index"]``; DIET's classes), None when not known.
     """
 
     z: list[torch.Tensor]
@@ -50,6 +51,7 @@ class ViewBatch:
     num_global: int
     symmetric: bool = True
     extras: dict = field(default_factory=dict)
+    index: torch.Tensor | None = None
 
     @property
     def one_branch(self) -> bool:

@@ -12,7 +12,7 @@ from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
 from selfsup.train.memory import Memory
-from selfsup.train.module import SSLModule
+from selfsup.train.module import SSLModule, _out_dim
 
 log = logging.getLogger("selfsup.train")
 
@@ -80,6 +80,10 @@ def build(cfg: DictConfig):
         max_steps=trainer.max_steps, max_epochs=trainer.max_epochs, shared_chunks=views.shared_chunks,
     )  # fmt: skip
     module.memory.check(datamodule.plan.global_batch)
+    if hasattr(objective, "attach"):  # a head over the training samples (DIET): N and the embedding width
+        objective.attach(
+            num_samples=len(datamodule.splits[0]), in_dim=_out_dim(module.projector, backbone.num_features)
+        )
     check_grad_cache(cfg, module, trainer, datamodule.plan)
     if trainer.accumulate_grad_batches > 1:
         log.warning("trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "

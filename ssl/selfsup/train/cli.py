@@ -30,6 +30,7 @@ from selfsup.runtime.loggers import RunCSVLogger, finish_loggers
 from selfsup.runtime.preemption import Preempted
 from selfsup.runtime.resume import Plan, plan, record
 from selfsup.runtime.warnings import quiet_known_warnings
+from selfsup.train import init_from
 from selfsup.train.build import build
 from selfsup.train.module import SSLModule
 
@@ -98,12 +99,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     cfg = p.cfg
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    init = init_from.apply(cfg, module, resumed=p.saved if p.ckpt_path is not None else None)
     if p.ckpt_path is not None:
         check_resumable(p, module, trainer)
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if trainer.is_global_zero else nullcontext():
         if trainer.is_global_zero:
             prepare_run_dir(run_dir, cfg, p, overrides)
+            init_from.write_record(run_dir, init)
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger) and p.ckpt_path is not None:
                 logger.keep_before_step = p.step

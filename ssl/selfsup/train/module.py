@@ -125,7 +125,7 @@ class SSLModule(L.LightningModule):
         n_global = self.global_views or len(views)
         feats, z, q = self.online(views)
         k = self.target.keys(views[:n_global], z[:n_global])  # G x (B, D)
-        out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric)
+        out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric, index=batch.get("index"))
         return self.memory.prepare(out, self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:

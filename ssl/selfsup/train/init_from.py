@@ -1,0 +1,127 @@
+"""``init_from=<checkpoint | run dir>``: a new run that starts from another run's weights — and nothing else.
+
+The weights of the built module (backbone, projector, predictor, the target branch, the objective's parameters and
+buffers) are copied from the checkpoint's ``state_dict``; the optimiser, LR schedule, step and epoch counters,
+data order and loggers start fresh (``trainer.fit`` without ``ckpt_path``), and two parts restart as in any new
+run: the online probe (``probe.*``: it scores the continued run) and the memory part (``memory.*``: queues of the old
+network's embeddings). What E2MC's continued pre-training needs (``docs/e2mc.md``), and any fine-tuning of a
+selfsup encoder with another recipe of the same architecture.
+
+The file is read by :func:`selfsup.runtime.checkpoint.load` (weights-only unpickling: a pickle that would run code
+is refused; a DeepSpeed shard directory is consolidated first) and must be a selfsup checkpoint. Every weight the
+new module has must be in it with the same shape; weights only the checkpoint has (a BYOL checkpoint's predictor
+and EMA teacher continued as SimCLR) are left out and listed. The source — path, sha256 of the file, its step and
+method — is recorded in ``checkpoint["selfsup"]["init_from"]`` of every checkpoint of the new run and in
+``<run dir>/.hydra/init_from.yaml``.
+
+Resume is separate (``selfsup.runtime.resume``): a resumed run continues from its own ``last.ckpt``; ``init_from``
+in its saved config is not applied again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from torch import nn
+
+from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime.files import atomic_write_text
+
+log = logging.getLogger("selfsup.train")
+
+FRESH_PREFIXES = ("probe.", "memory.")  # restart as in a new run; never copied
+KEY = "init_from"
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, or of a shard directory's files (relative name and content, in sorted order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed(keys: list[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{keys[:limit]}{more}"
+
+
+def load_weights(module: nn.Module, source) -> dict:
+    """Copy the weights of the selfsup checkpoint ``source`` (a ``.ckpt`` file, a run directory — its
+    ``checkpoints/last.ckpt`` — or a DeepSpeed shard directory) into ``module``; returns what was loaded (the record
+    kept in the run's checkpoints). One-line ValueError/FileNotFoundError for a missing file, a file that is not a
+    selfsup checkpoint or would run code, and for weights that are missing or have other shapes."""
+    path = ckpt_io.resolve(source, KEY)
+    ckpt = ckpt_io.load(path, KEY)
+    state = ckpt["state_dict"]
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FRESH_PREFIXES)}
+    found = {k: v for k, v in state.items() if not k.startswith(FRESH_PREFIXES)}
+    missing = sorted(expected.keys() - found.keys())
+    mismatched = [f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in sorted(expected.keys() & found.keys()) if found[k].shape != expected[k].shape]  # fmt: skip
+    saved_cfg = ckpt["selfsup"].get("config") or {}
+    if missing or mismatched:
+        backbone = (saved_cfg.get("backbone") or {}).get("name", "?")
+        raise ValueError(
+            f"{KEY}={source}: its weights do not fit this run's model (checkpoint backbone {backbone}): "
+            f"{len(missing)} missing {_listed(missing)}, {len(mismatched)} with other shapes (saved vs now) "
+            f"{_listed(mismatched)}: use the recipe/architecture the checkpoint was trained with"
+        )
+    bad = ckpt_io.non_finite({k: found[k] for k in expected})
+    if bad:
+        raise ValueError(f"{KEY}={source}: {len(bad)} weights hold NaN or Inf {_listed(bad)}: not a usable start")
+    left_out = sorted(found.keys() - expected.keys())
+    module.load_state_dict({k: found[k] for k in expected}, strict=False)  # not strict: probe/memory stay fresh
+    if left_out:
+        log.warning("%s=%s: %d weights of the checkpoint are not part of this model and were left out: %s",
+                    KEY, source, len(left_out), _listed(left_out))  # fmt: skip
+    objective = (saved_cfg.get("objective") or {}).get("_target_")
+    record = {
+        "path": str(path.resolve()),
+        "sha256": sha256(path),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "epoch": int(ckpt.get("epoch", 0)),
+        "objective": objective,
+        "loaded": len(expected),
+        "left_out": left_out,
+    }
+    log.info("%s: loaded %d weights from %s (step %d, sha256 %s); optimiser, schedule and step start fresh",
+             KEY, len(expected), path, record["global_step"], record["sha256"][:12])  # fmt: skip
+    return record
+
+
+def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
+    """For a NEW run with ``cfg.init_from`` set: load the weights into ``module`` and add the record to the
+    checkpoints' run info (``module.run_info["init_from"]``); returns the record (None when ``init_from`` is null).
+
+    ``resumed``: the ``checkpoint["selfsup"]`` entry of the checkpoint a resumed run continues from — then nothing
+    is loaded (Lightning restores the run's own weights), the run's original record is kept, and None returned."""
+    if resumed is not None:
+        if resumed.get(KEY) is not None:
+            module.run_info = {**getattr(module, "run_info", {}), KEY: resumed[KEY]}
+        return None
+    source = cfg.get(KEY)
+    if source is None:
+        if any(type(m).__name__ == "E2MCLoss" for m in module.modules()):
+            log.warning("%s=null: E2MC is a criterion for continuing a trained model (docs/e2mc.md), but this run "
+                        "starts from random weights; set %s=<checkpoint|run dir>", KEY, KEY)  # fmt: skip
+        return None
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"{KEY}={source!r}: expected the path of a selfsup checkpoint or run directory")
+    record = load_weights(module, source)
+    module.run_info = {**getattr(module, "run_info", {}), KEY: record}
+    return record
+
+
+def write_record(run_dir, record: dict | None) -> None:
+    """``<run dir>/.hydra/init_from.yaml``: where the run's weights came from."""
+    if record is not None:
+        atomic_write_text(Path(run_dir) / ".hydra" / "init_from.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
