@@ -207,3 +207,138 @@ def test_linear_probe_sgd_on_digits(digits):
     xtr, xte, ytr, yte = (torch.tensor(a) for a in digits)
     out = linear_probe_sgd(xtr, ytr, xte, yte, epochs=10)
     assert out["top1"] > 0.9
+
+
+# --- alpha_req ----------------------------------------------------------------------------------------------------
+
+
+def alpha_req_numpy(z: np.ndarray, first: int, last: int) -> tuple[float, float]:
+    """Reference written from the definition: numpy's biased covariance, eigvalsh, weighted least squares in
+    log-log with weights 1/k, scikit-learn's R² — independent of the torch code path."""
+    from sklearn.metrics import r2_score
+
+    lam = np.sort(np.linalg.eigvalsh(np.cov(np.asarray(z, np.float64), rowvar=False, bias=True)))[::-1]
+    k = np.arange(first, last + 1, dtype=np.float64)
+    y = np.log(lam[first - 1 : last])
+    x = np.stack([-np.log(k), np.ones_like(k)], axis=1)
+    w = 1 / k
+    coef = np.linalg.solve(x.T @ (x * w[:, None]), x.T @ (w * y))
+    return float(coef[0]), float(r2_score(y, x @ coef))
+
+
+def with_spectrum(lam: torch.Tensor, n: int, g) -> torch.Tensor:
+    """(n, D) rows whose biased covariance has exactly the eigenvalues lam (centred orthonormal columns)."""
+    d = lam.numel()
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    u = torch.linalg.qr(u - u.mean(0))[0]  # orthonormal columns, each summing to 0 (centred)
+    return math.sqrt(n) * u * lam.sqrt() @ orthonormal(d, d, g).T
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_alpha_req_recovers_an_exact_power_law(alpha):
+    g = torch.Generator().manual_seed(0)
+    lam = torch.arange(1, 129, dtype=torch.float64) ** -alpha
+    out = metrics.alpha_req(with_spectrum(lam, 400, g))
+    assert out["alpha"] == pytest.approx(alpha, rel=1e-9)
+    assert out["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert (out["first"], out["last"]) == (6, 100)
+
+
+def test_alpha_req_equals_the_numpy_reference_on_real_features(digits):
+    x_train = torch.from_numpy(digits[0]) @ torch.randn(64, 120, generator=torch.Generator().manual_seed(1))
+    out = metrics.alpha_req(x_train, fit_range=(3, 40))
+    alpha, r2 = alpha_req_numpy(x_train.numpy(), 3, 40)
+    assert out["alpha"] == pytest.approx(alpha, rel=1e-6) and out["r2"] == pytest.approx(r2, rel=1e-6)
+    assert out["alpha"] == pytest.approx(metrics.alpha_req(x_train.double(), fit_range=(3, 40))["alpha"], rel=1e-6)
+
+
+def test_alpha_req_clips_to_the_non_zero_spectrum_and_is_nan_for_a_collapse():
+    g = torch.Generator().manual_seed(0)
+    few_rows = torch.randn(30, 64, generator=g, dtype=torch.float64)  # covariance rank 29
+    assert metrics.alpha_req(few_rows)["last"] == 29
+    rank_two = torch.randn(200, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 64, generator=g).double()
+    out = metrics.alpha_req(rank_two)
+    assert math.isnan(out["alpha"]) and math.isnan(out["r2"]) and out["last"] == 2
+
+
+@pytest.mark.parametrize(
+    "z,kw,match",
+    [
+        (torch.randn(1, 8), {}, "N >= 2"),
+        (torch.randn(8), {}, "2-D"),
+        (torch.randn(20, 8), {"fit_range": (5, 5)}, "fit_range"),
+        (torch.randn(20, 8), {"fit_range": (0, 5)}, "fit_range"),
+        (torch.full((20, 8), float("nan")), {}, "NaN"),
+    ],
+)
+def test_alpha_req_rejects_bad_input(z, kw, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.alpha_req(z, **kw)
+
+
+# --- lidar --------------------------------------------------------------------------------------------------------
+
+
+def lidar_numpy(z: np.ndarray, delta: float, eps: float) -> float:
+    """LiDAR written from the paper's sums with numpy/scipy (float64): loops over classes, scipy's sqrtm."""
+    from scipy.linalg import sqrtm
+
+    z = np.asarray(z, np.float64)
+    n, q, d = z.shape
+    mu_i = z.mean(axis=1)
+    mu = mu_i.mean(axis=0)
+    sb = sum(np.outer(m - mu, m - mu) for m in mu_i) / n
+    sw = sum(np.outer(z[i, j] - mu_i[i], z[i, j] - mu_i[i]) for i in range(n) for j in range(q)) / (n * q)
+    sw = sw + delta * np.eye(d)
+    w = np.linalg.inv(np.real(sqrtm(sw)))
+    lam = np.clip(np.linalg.eigvalsh(w @ sb @ w), 0, None)
+    p = lam / lam.sum() + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def views_of(n, q, d, g, spread=1.0, noise=0.3):
+    centres = spread * torch.randn(n, 1, d, generator=g, dtype=torch.float64)
+    return centres + noise * torch.randn(n, q, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,q,d", [(20, 5, 8), (10, 3, 32), (50, 2, 16)])
+def test_lidar_equals_the_numpy_reference(n, q, d):
+    z = views_of(n, q, d, torch.Generator().manual_seed(n + d))
+    assert metrics.lidar(z).item() == pytest.approx(lidar_numpy(z.numpy(), 1e-4, 1e-8), rel=1e-8)
+    assert metrics.lidar(z, delta=0.5).item() == pytest.approx(lidar_numpy(z.numpy(), 0.5, 1e-8), rel=1e-8)
+    assert metrics.lidar(z.float()).item() == pytest.approx(metrics.lidar(z).item(), rel=1e-4)
+
+
+def test_lidar_counts_the_directions_that_separate_images_not_those_that_vary_within_them():
+    g = torch.Generator().manual_seed(0)
+    n, q = 200, 8
+    centres = torch.zeros(n, 1, 16, dtype=torch.float64)
+    centres[..., :3] = torch.randn(n, 1, 3, generator=g, dtype=torch.float64)  # images differ in 3 directions
+    z = centres + 0.1 * torch.randn(n, q, 16, generator=g, dtype=torch.float64)
+    assert 2.5 < metrics.lidar(z).item() < 3.5
+    # RankMe sees 16 directions of variance once views vary a lot within each image along the other 13
+    z[..., 3:] += 3 * torch.randn(n, q, 13, generator=g, dtype=torch.float64)
+    assert metrics.rankme(z.reshape(n * q, 16)).item() > 12
+    assert 2.5 < metrics.lidar(z).item() < 3.5
+
+
+def test_lidar_is_invariant_to_an_invertible_linear_map():
+    g = torch.Generator().manual_seed(1)
+    z = views_of(40, 6, 12, g)
+    a = torch.randn(12, 12, generator=g, dtype=torch.float64) + 3 * torch.eye(12, dtype=torch.float64)
+    assert metrics.lidar(z @ a, delta=1e-12).item() == pytest.approx(metrics.lidar(z, delta=1e-12).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "z,kw,match",
+    [
+        (torch.randn(10, 8), {}, "3-D"),
+        (torch.randn(1, 4, 8), {}, "n >= 2"),
+        (torch.randn(5, 1, 8), {}, "q >= 2"),
+        (torch.randn(5, 2, 8), {"delta": 0.0}, "delta"),
+        (torch.full((5, 2, 8), float("inf")), {}, "NaN or Inf"),
+    ],
+)
+def test_lidar_rejects_bad_input(z, kw, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.lidar(z, **kw)

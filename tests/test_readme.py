@@ -185,6 +185,37 @@ PROMISES = {
         "tests/runtime/test_files.py::test_enospc_becomes_one_line",
         "tests/runtime/test_autosave.py::test_full_disk_during_training",
     ],
+    # -- from the papers we build on
+    "with random cut points in the channel's [min, max], every value replaced by one drawn inside its bin": [
+        "tests/data/test_randomized_quantization.py::test_matches_the_float64_reference",
+        "tests/data/test_randomized_quantization.py::test_values_stay_in_each_channels_range_and_bins_bound_distinct_values",
+        "tests/data/test_randomized_quantization.py::test_counter_sampler_matches_cpu_distributions",
+    ],
+    "cross-entropy with label smoothing 0.8 on the dataset index": [
+        "tests/objectives/test_diet.py::test_value_and_gradients_match_the_float64_reference",
+        "tests/objectives/test_diet.py::test_each_index_is_the_class_of_its_head_row",
+    ],
+    "writes `encoder.safetensors`, `reduced.safetensors`, `summary.json`": [
+        "tests/reduce/test_cli.py::test_npy_in_vectors_and_encoder_out",
+        "tests/reduce/test_cli.py::test_eval_cache_dir_gives_train_and_test_vectors_with_labels",
+    ],
+    "(fresh optimiser, schedule and step 0;": [
+        "tests/train/test_init_from.py::test_loads_exactly_the_checkpoint_weights_from_a_file_or_a_run_dir",
+        "tests/train/test_init_from.py::test_a_run_from_init_starts_at_step_zero_with_a_fresh_optimiser",
+    ],
+    "a resume continues the run's own `last.ckpt`)": [
+        "tests/train/test_init_from.py::test_a_resumed_init_from_run_continues_its_own_run",
+    ],
+    "logged at validation (`val/alpha_req`, `val/lidar`, `label_free.*`), in `selfsup-eval`'s `metrics.json`": [
+        "tests/train/test_label_free.py::test_validation_logs_alpha_req_and_lidar_of_the_checkpointed_encoder",
+        "tests/evaluate/test_evaluate.py::test_run_dir_writes_metrics_matching_the_metric_functions",
+    ],
+    "which ranks the runs by each score (α-ReQ by closeness to α = 1)": [
+        "tests/evaluate/test_evaluate.py::test_rank_correlations_and_selection",
+    ],
+    "logs the top eigenvalues of the projections' covariance (`train/eigval_<k>`)": [
+        "tests/train/test_label_free.py::test_top_eigenvalues_of_the_projections_are_logged_descending",
+    ],
 }
 
 

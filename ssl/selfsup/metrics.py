@@ -1,6 +1,11 @@
 """Label-free and labelled quality measures of frozen representations — pure torch.
 
 - :func:`rankme` — effective rank of an embedding matrix (Garrido et al. 2023, arXiv:2210.02885).
+- :func:`alpha_req` — power-law decay α of the feature covariance's eigenspectrum, with the fit's R² (Agrawal et al.
+  2022, α-ReQ, NeurIPS; the fit of arnab39/reptrix ``alpha.py``).
+- :func:`lidar` — effective rank of the LDA matrix between augmented views of the same images (Thilak et al. 2023,
+  LiDAR, arXiv:2312.04000).
+- :func:`covariance_eigenvalues` — the eigenvalues those spectra (and the stepwise-learning logs) are made of.
 - :func:`knn_top1` — weighted k-NN vote on cosine similarities (Wu et al. 2018 InstDisc, arXiv:1805.01978;
   the protocol of facebookresearch/dino ``eval_knn.py::knn_classifier``).
 - :func:`linear_probe` — multinomial logistic regression on cached features, full batch with L-BFGS and an L2 sweep
@@ -59,9 +64,7 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     Returns:
         0-dim float64 tensor on z's device.
     """
-    sigma = singular_values(z, "rankme z")  # (min(N, D),)
-    p = sigma / sigma.sum().clamp_min(torch.finfo(torch.float64).tiny) + eps
-    return torch.exp(-(p * p.log()).sum())
+    return effective_rank(singular_values(z, "rankme z"), eps)  # σ: (min(N, D),)
 
 
 def singular_values(z: torch.Tensor, name: str = "z") -> torch.Tensor:
@@ -73,6 +76,113 @@ def singular_values(z: torch.Tensor, name: str = "z") -> torch.Tensor:
         raise ValueError(f"{name}: contains NaN or Inf, expected finite embeddings")
     gram = z.T @ z if z.shape[0] >= z.shape[1] else z @ z.T  # (min(N, D), min(N, D))
     return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
+
+
+def covariance_eigenvalues(z: torch.Tensor, name: str = "z") -> torch.Tensor:
+    """Eigenvalues of the (biased, 1/N) covariance of the rows of z, descending, float64: the squared singular
+    values of the centred matrix over N. There are min(N, D) of them (at most N - 1 non-zero)."""
+    _check_matrix(name, z)
+    centred = z.detach().to(torch.float64)
+    centred = centred - centred.mean(0)
+    return singular_values(centred, name).square() / z.shape[0]
+
+
+def effective_rank(values: torch.Tensor, eps: float) -> torch.Tensor:
+    """``exp(-Σ_k p_k log p_k)`` with ``p_k = v_k / ‖v‖₁ + eps`` over non-negative values (RankMe's and LiDAR's
+    entropy of a spectrum)."""
+    p = values / values.sum().clamp_min(torch.finfo(values.dtype).tiny) + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+def alpha_req(z: torch.Tensor, fit_range: Sequence[int] = (6, 100), rel_floor: float | None = None) -> dict:
+    """α-ReQ: the decay exponent α of a power law λ_k ∝ k^(-α) fitted to the eigenspectrum of the covariance of z.
+
+    Agrawal et al. 2022 ("α-ReQ: Assessing Representation Quality in Self-Supervised Learning by measuring
+    Eigenspectrum Decay", NeurIPS), with the fit of their group's reference code (arnab39/reptrix ``alpha.py``,
+    after Stringer et al. 2019): λ_k are the eigenvalues of the centred covariance, k their 1-based ranks; over the
+    ranks k in ``fit_range`` (inclusive), weighted least squares of ``log λ_k = -α log k + c`` with weights 1/k.
+    ``r2`` is the unweighted coefficient of determination of that line against log λ_k on the same ranks (reptrix
+    scores R² on a longer range; the fitted range is the one that means something for α). The range is clipped to
+    the eigenvalues above ``rel_floor · λ_1``: with N < D rows the covariance has at most N - 1 non-zero ones, and
+    below about 1000 × z's machine epsilon × λ_1 (1.2e-4 for float32) eigenvalues are round-off — they moved α from
+    11.2 to 11.7 between a 1- and a 2-process evaluation of the same float32 embeddings.
+    The paper finds linear-probe accuracy best near α ≈ 1: a slower decay (α < 1) spreads variance over noisy
+    directions, a faster one (α > 1) collapses the representation onto few.
+
+    Args:
+        z: (N, D) features, N >= 2, any float dtype and device.
+        fit_range: (first, last) 1-based eigenvalue ranks fitted (reptrix: 6 to 100, the tail past the first few).
+        rel_floor: eigenvalues below this fraction of the largest count as zero (None: 1000 × the machine epsilon
+            of z's dtype).
+
+    Returns:
+        ``{"alpha", "r2", "intercept", "first", "last"}`` (floats, the ranks actually fitted); alpha, r2 and
+        intercept are NaN when fewer than 3 ranks remain (a representation of rank < ``first + 2``).
+    """
+    first, last = (int(v) for v in fit_range)
+    if not 1 <= first < last:
+        raise ValueError(f"alpha_req fit_range={list(fit_range)}: expected 1-based ranks 1 <= first < last")
+    if z.ndim == 2 and z.shape[0] < 2:
+        raise ValueError(f"alpha_req z: got {z.shape[0]} row, expected N >= 2 rows (a covariance)")
+    lam = covariance_eigenvalues(z, "alpha_req z").cpu()
+    if rel_floor is None:
+        rel_floor = 1e3 * torch.finfo(z.dtype if z.is_floating_point() else torch.float32).eps
+    positive = int((lam > rel_floor * lam[0]).sum()) if lam[0] > 0 else 0
+    last = min(last, positive)
+    nan = float("nan")
+    if last - first + 1 < 3:
+        return {"alpha": nan, "r2": nan, "intercept": nan, "first": first, "last": last}
+    k = torch.arange(first, last + 1, dtype=torch.float64)
+    y = lam[first - 1 : last].log()
+    x = torch.stack([-k.log(), torch.ones_like(k)], dim=1)  # (K, 2): slope α, intercept c
+    w = 1 / k
+    alpha, intercept = torch.linalg.solve(x.T @ (x * w[:, None]), x.T @ (w * y)).tolist()
+    fit = x @ torch.tensor([alpha, intercept], dtype=torch.float64)
+    r2 = 1 - float(((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-300))
+    return {"alpha": alpha, "r2": r2, "intercept": intercept, "first": first, "last": last}
+
+
+def lidar(z_views: torch.Tensor, delta: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
+    """LiDAR: effective rank of the LDA matrix whose classes are the augmented views of each image.
+
+    Thilak et al. 2023 (arXiv:2312.04000, §3), for n images (surrogate classes) × q views with embeddings z_ij:
+    μ_i = mean_j z_ij, μ = mean_i μ_i; between-class Σ_b = 1/n Σ_i (μ_i − μ)(μ_i − μ)ᵀ; within-class
+    Σ_w = 1/(nq) Σ_ij (z_ij − μ_i)(z_ij − μ_i)ᵀ + δ·I; Σ_LiDAR = Σ_w^{-1/2} Σ_b Σ_w^{-1/2}; and with its
+    eigenvalues λ, ``exp(-Σ_k p_k log p_k)``, ``p_k = λ_k / ‖λ‖₁ + ε`` (RankMe's entropy). δ = 1e-4 and ε = 1e-8 as
+    stable-pretraining's ``callbacks/lidar.py`` (galilai-group/stable-pretraining), which divides by n − 1 and
+    n(q − 1) instead; those constant factors only rescale the spectrum against δ. Computed in float64; Σ_w^{-1/2}
+    from its eigendecomposition (reptrix's ``lidar.py`` calls ``torch.matrix_power(Σ_w, -0.5)``, which takes integer
+    powers only). Ranges over [1, min(n − 1, D)] up to the ε terms.
+
+    Args:
+        z_views: (n, q, D) embeddings: q augmented views of each of n images, n >= 2, q >= 2.
+        delta: δ > 0 added to the within-class covariance's diagonal (makes it invertible).
+        eps: ε added to every p_k.
+
+    Returns:
+        0-dim float64 tensor on z_views' device.
+    """
+    if not isinstance(z_views, torch.Tensor) or z_views.ndim != 3:
+        shape = tuple(z_views.shape) if isinstance(z_views, torch.Tensor) else type(z_views).__name__
+        raise ValueError(f"lidar z_views: got {shape}, expected a 3-D tensor (n images, q views, D)")
+    n, q, d = z_views.shape
+    if n < 2 or q < 2 or d < 1:
+        raise ValueError(f"lidar z_views: got shape {(n, q, d)}, expected n >= 2 images, q >= 2 views and D >= 1")
+    if not delta > 0:
+        raise ValueError(f"lidar delta={delta}: expected a value > 0")
+    z = z_views.detach().to(torch.float64)
+    if not torch.isfinite(z).all():
+        raise ValueError("lidar z_views: contains NaN or Inf, expected finite embeddings")
+    class_means = z.mean(dim=1)  # (n, D)
+    between = class_means - class_means.mean(dim=0)
+    sigma_b = between.T @ between / n  # (D, D)
+    within = (z - class_means[:, None]).reshape(n * q, d)
+    sigma_w = within.T @ within / (n * q) + delta * torch.eye(d, dtype=z.dtype, device=z.device)
+    w_eig, w_vec = torch.linalg.eigh(sigma_w)
+    w_inv_sqrt = (w_vec * w_eig.clamp_min(torch.finfo(z.dtype).tiny).rsqrt()) @ w_vec.T
+    m = w_inv_sqrt @ sigma_b @ w_inv_sqrt
+    lam = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0)
+    return effective_rank(lam, eps)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import selfsup
 from selfsup import evaluate as ev
 from selfsup.config import CONF_DIR
 from selfsup.evaluate import report
-from selfsup.metrics import knn_top1, linear_probe, rankme
+from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, rankme
 
 DIGITS = {
     "_target_": "selfsup.data.SSLDataModule", "dataset": "digits", "root": None, "batch_size": 64, "image_size": 16,
@@ -53,8 +53,10 @@ def make_run(run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem
 
 
 def eval_cfg(*overrides: str):
+    """The eval config; LiDAR on 50 images x 10 views unless a test sets eval.lidar.images (a forward pass each)."""
+    small = [] if any(o.startswith("eval.lidar.images") for o in overrides) else ["eval.lidar.images=50"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
+        return compose("eval", overrides=[*small, *overrides])
 
 
 @pytest.fixture
@@ -63,7 +65,8 @@ def run(tmp_path):
 
 
 def test_run_dir_writes_metrics_matching_the_metric_functions(run):
-    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50"))
+    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50",
+                                   "eval.lidar.images=300", "eval.lidar.views=4"))  # fmt: skip
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     for key in ("rankme", "rankme_backbone", "knn_top1", "knn_top1_k20", "linear_top1"):
@@ -82,6 +85,15 @@ def test_run_dir_writes_metrics_matching_the_metric_functions(run):
     assert on_disk["knn_top1_k20"] == knn_top1(tr["backbone"], tr["labels"], te["backbone"], te["labels"], k=20)
     probe = linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"], l2_grid=[1e-4, 1e-2], max_iter=50)
     assert on_disk["linear_top1"] == probe["top1"]
+    # α-ReQ on the RankMe rows; LiDAR on 4 views of each of the first 300 training images, cached with the rest
+    assert on_disk["alpha_req"] == pytest.approx(alpha_req(tr["embedding"])["alpha"], rel=1e-6)
+    assert on_disk["alpha_req_r2_backbone"] == pytest.approx(alpha_req(tr["backbone"])["r2"], rel=1e-6)
+    views = feats["lidar"]
+    assert views["embedding"].shape == (1200, 8) and (on_disk["lidar_images"], on_disk["lidar_views"]) == (300, 4)
+    assert on_disk["lidar"] == pytest.approx(lidar(views["embedding"].reshape(300, 4, 8)).item(), rel=1e-10)
+    assert torch.bincount(views["labels"]).tolist() == [120] * 10  # 30 images of each class, class by class
+    per_image = views["labels"].reshape(300, 4)
+    assert (per_image == per_image[:, :1]).all()  # the 10 rows of an image are views of one image
 
     md, html = (run / "report.md").read_text(), (run / "report.html").read_text()
     assert "RankMe (emb.)" in md and "report_spectrum.png" in md and "report_map.png" in md
@@ -101,7 +113,7 @@ def test_features_are_cached_and_invalidated_by_a_new_checkpoint(run, monkeypatc
     make_run(run, seed=1)  # new weights, new mtime
     os.utime(run / "checkpoints" / "last.ckpt", ns=(1, 1))
     second = ev.evaluate(cfg)
-    assert calls == [1, 1] and second["rankme"] != first["rankme"]
+    assert calls == [1, 1, 1] and second["rankme"] != first["rankme"]  # train, test, LiDAR views
 
 
 @pytest.mark.slow
@@ -252,8 +264,15 @@ def test_rank_correlations_and_selection():
     runs = [{"name": n, "rankme": r, "linear_top1": a} for n, r, a in (("a", 5.0, 0.5), ("b", 9.0, 0.4), ("c", 7, 0.6))]
     summary = report.sweep_summary(runs)
     assert [r["name"] for r in summary["runs"]] == ["b", "c", "a"]
-    assert summary["selection"]["linear_top1"] == {"by_rankme": 0.4, "best": 0.6, "regret": pytest.approx(0.2),
-                                                   "run": "b"}  # fmt: skip
+    assert summary["selection"]["linear_top1"] == {"rankme": {"chosen": 0.4, "best": 0.6, "regret": pytest.approx(0.2),
+                                                              "run": "b"}}  # fmt: skip
+    # α-ReQ ranks by closeness to 1; LiDAR by value; a score no run has is left out
+    runs = [{**r, "alpha_req": a, "lidar": v} for r, a, v in zip(runs, (1.4, 0.95, 2.0), (3.0, 1.0, 2.0))]
+    summary = report.sweep_summary(runs)
+    assert summary["ranks"]["alpha_req"] == {"b": 1, "a": 2, "c": 3}
+    assert summary["ranks"]["lidar"] == {"a": 1, "c": 2, "b": 3}
+    assert summary["selection"]["linear_top1"]["lidar"]["run"] == "a" and "lidar_backbone" not in summary["ranks"]
+    assert summary["correlations"]["linear_top1"]["alpha_req"]["spearman"] == pytest.approx(-1)
 
 
 def test_pca_map_and_spectrum_pngs():
@@ -262,6 +281,9 @@ def test_pca_map_and_spectrum_pngs():
     assert xy.shape == (300, 2) and abs(xy.mean()) < 1e-9
     assert report.embedding_map_png(z, torch.randint(0, 3, (300,)), ["a", "b", "c"], max_points=100)[:4] == b"\x89PNG"
     assert report.spectrum_png({"z": torch.tensor([3.0, 1.0, 0.0])})[:4] == b"\x89PNG"
+    series = {f"train/eigval_{k}": ([0, 10, 20], [1 / k, 2 / k, 0.0]) for k in (1, 2, 10)}
+    assert report.eigenvalues_png(series)[:4] == b"\x89PNG"
+    assert report.eigenvalues_png({"train/loss": ([0], [1.0])}) is None  # nothing logged: no plot
 
 
 # -- on runs written by selfsup-train -----------------------------------------------------------------------------
@@ -304,6 +326,7 @@ def test_eval_and_export_of_a_trained_run_whose_data_moved(tmp_path):
     assert metrics["data_root"] == moved and metrics["num_train"] == 16 and metrics["knn_k"] == [4, 2]
     md = (run_dir / "report.md").read_text()
     assert "## Training curves (metrics.csv)" in md and (run_dir / "report_curves.png").is_file()
+    assert "## Top eigenvalues of the embedding covariance during training" in md  # callbacks.collapse.eigenvalues
     assert "## PCA map of the test embeddings" in md and "Pca" not in md
     assert md.count("kNN top-1 (k=4)") == 1 and "knn_top1_k4" not in md and "knn_top1_k2" in md
 
@@ -373,14 +396,14 @@ def test_feature_cache_is_invalidated_when_the_images_or_the_transform_change(ru
                        "eval.linear=false", "eval.plots=false", f"out={tmp_path / 'out'}", *more)
         before = len(calls)
         metrics = ev.evaluate(cfg)
-        return len(calls) - before, metrics  # extractions: 2 (train and test split) or 0 (cache)
+        return len(calls) - before, metrics  # extractions: 3 (train, test, LiDAR's views) or 0 (cache)
 
-    assert evaluate()[0] == 2 and evaluate()[0] == 0
+    assert evaluate()[0] == 3 and evaluate()[0] == 0
     image = folder / "val" / "a" / "0.jpg"
     Image.new("RGB", (48, 40), (250, 10, 10)).save(image)  # one image replaced in place
     os.utime(image, ns=(10**18, 10**18))
-    assert evaluate()[0] == 2 and evaluate()[0] == 0
+    assert evaluate()[0] == 3 and evaluate()[0] == 0
     Image.new("RGB", (48, 40), (10, 250, 10)).save(folder / "train" / "b" / "new.jpg")  # one image added
-    assert evaluate()[0] == 2
-    assert evaluate("eval.image_size=24")[0] == 2  # another transform (the size; mean/std follow the encoder)
+    assert evaluate()[0] == 3
+    assert evaluate("eval.image_size=24")[0] == 3  # another transform (the size; mean/std follow the encoder)
     assert evaluate("eval.image_size=24")[0] == 0 and evaluate()[0] == 0  # both keys stay cached

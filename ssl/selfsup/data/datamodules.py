@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from selfsup.data.batches import BatchPlan
 from selfsup.data.datasets import (
+    AugmentedViews,
     EvalDataset,
     GlobalBatchSampler,
     MultiViewDataset,
@@ -181,6 +182,7 @@ class SSLDataModule(L.LightningDataModule):
         self.views_on_device, self.resident = views_on_device, resident
         self.views, self.seed = views, seed
         self.plan: BatchPlan | None = None  # set by selfsup.train.build, else derived in batch_plan()
+        self.lidar: tuple[int, int] | None = None  # (images, views) of val/lidar; set by selfsup.train.build
         self.crop_fraction = CROP_FRACTION.get(dataset, 1.0)
         self._splits, self._eval_train = None, None
 
@@ -276,14 +278,25 @@ class SSLDataModule(L.LightningDataModule):
             out.append(EvalDataset(source, self.image_size, self.mean, self.std, self.crop_fraction))
         return out[0], out[1]
 
+    def lidar_dataset(self) -> AugmentedViews | None:
+        """LiDAR's validation set (:attr:`lidar` = (n, q)): q views, drawn as the first training view is, of each of
+        the first n held-out images taken class by class; None when off or without training views."""
+        if self.lidar is None or self.views is None:
+            return None
+        test = self.splits[1]
+        n, q = self.lidar
+        return AugmentedViews(test, self.views.views[0], stratified_first(test.labels, min(n, len(test))), q, self.seed)
+
     def val_dataloader(self) -> list[DataLoader]:
+        """The kNN bank (training split), the queries (held-out split) and, with :attr:`lidar`, LiDAR's views."""
         world_size, rank = self._world()
+        lidar = self.lidar_dataset()
         return [
             DataLoader(
                 _Indexed(ds), batch_size=min(self.batch_size, 512), sampler=ShardSampler(len(ds), rank, world_size),
                 num_workers=self.num_workers,
             )  # fmt: skip
-            for ds in self.eval_datasets()
+            for ds in (*self.eval_datasets(), *([lidar] if lidar is not None else []))
         ]
 
 

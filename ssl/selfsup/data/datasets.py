@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.views import MultiViewTransform
+from selfsup.data.views import MultiViewTransform, ViewAugment, generator_for
 
 
 class MultiViewDataset(Dataset):
@@ -48,6 +48,27 @@ class EvalDataset(Dataset):
             x = TF.resize(x, [self.resize], antialias=True)
         x = TF.center_crop(x, [self.size, self.size])
         return TF.normalize(x.float().div_(255), self.mean, self.std), self.source.labels[index]
+
+
+class AugmentedViews(Dataset):
+    """q augmented views of each of n images, flattened image-major: item ``i * q + j`` is view j of image
+    ``rows[i]`` — LiDAR's surrogate classes (``selfsup.metrics.lidar``). View j of source row r is drawn from its own
+    generator seeded by (seed, 2, r, j), so the set is the same in every evaluation, process and restart.
+
+    Yields ``(image, label)`` as :class:`EvalDataset` does.
+    """
+
+    def __init__(self, source, view: ViewAugment, rows, views: int, seed: int = 0):
+        self.source, self.view, self.rows, self.q, self.seed = source, view, [int(r) for r in rows], views, seed
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.q
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i, j = divmod(item, self.q)
+        row = self.rows[i]
+        x, _ = self.view(self.source.image(row), generator_for(self.seed, 2, row, j))  # tag 2: not a training draw
+        return x, self.source.labels[row]
 
 
 class GlobalBatchSampler(Sampler):

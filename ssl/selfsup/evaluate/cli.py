@@ -1,14 +1,16 @@
 """``selfsup-eval checkpoint=<ckpt | run dir | sweep dir | random> [data=<name>] [eval.*]``.
 
 Frozen features of the train and held-out splits are extracted once (cached on disk, keyed by checkpoint path +
-mtime, data config and transform), then: RankMe of the embeddings and of the backbone features (float64, on a seeded
-sample of ``eval.rankme_samples`` training rows — the paper's 25,600), weighted kNN top-1 (k=200 and 20, T=0.07)
-and a linear probe on backbone features (``eval.protocol=fast``: full-batch L-BFGS with an L2 sweep; ``sgd``: the
-standard SGD protocol). Writes ``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
+mtime, data config and transform), then: RankMe and α-ReQ of the embeddings and of the backbone features (float64,
+on a seeded sample of ``eval.rankme_samples`` training rows — RankMe's 25,600), LiDAR of ``eval.lidar`` augmented
+views of training images, weighted kNN top-1 (k=200 and 20, T=0.07) and a linear probe on backbone features
+(``eval.protocol=fast``: full-batch L-BFGS with an L2 sweep; ``sgd``: the standard SGD protocol). Writes
+``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
 
 A sweep directory (run dirs below it, each with ``checkpoints/last.ckpt`` and ``.hydra/``) is evaluated run by
-run, then ranked by RankMe with each run's overridden hyper-parameters and the Spearman / Kendall correlation
-between RankMe and probe accuracy (``sweep.json`` + reports in the sweep dir).
+run, then its runs are ranked by each label-free score (RankMe, α-ReQ, LiDAR) with each run's overridden
+hyper-parameters, each score's Spearman / Kendall correlation with probe accuracy and the run it would select
+(``sweep.json`` + reports in the sweep dir).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup.config import CONF_DIR
 from selfsup.evaluate import report
-from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features
+from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
 from selfsup.evaluate.probes import sgd_probe_augmented
 from selfsup.evaluate.targets import Target, resolve_targets, run_dir_of
-from selfsup.metrics import knn_top1, linear_probe, linear_probe_sgd, rankme, singular_values
+from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
 from selfsup.runtime.errors import one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
@@ -46,7 +48,9 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
     data = eval_data_config(cfg, target)
     train_ds, test_ds = build_eval_datasets(data, need_labels)
     t0 = time.perf_counter()
-    feats = features(target, data, train_ds, test_ds, cfg)
+    lidar_ds = lidar_dataset(target, data, train_ds, cfg)
+    datasets = {"train": train_ds, "test": test_ds, **({"lidar": lidar_ds} if lidar_ds is not None else {})}
+    feats = features(target, data, datasets, cfg)
     timings = {"features": time.perf_counter() - t0}
     tr, te = feats["train"], feats["test"]
 
@@ -57,6 +61,15 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
         "rankme": rankme(tr["embedding"][rows]).item(),
         "rankme_backbone": rankme(tr["backbone"][rows]).item(),
     }
+    if len(rows) >= 2:
+        for suffix, part in (("", "embedding"), ("_backbone", "backbone")):
+            fit = alpha_req(tr[part][rows], tuple(e.alpha_fit_range))
+            metrics[f"alpha_req{suffix}"], metrics[f"alpha_req_r2{suffix}"] = fit["alpha"], fit["r2"]
+    if lidar_ds is not None:
+        images, q = len(lidar_ds.rows), lidar_ds.q
+        for suffix, part in (("", "embedding"), ("_backbone", "backbone")):
+            metrics[f"lidar{suffix}"] = lidar(feats["lidar"][part].reshape(images, q, -1), e.lidar.delta).item()
+        metrics["lidar_images"], metrics["lidar_views"] = images, q
     if e.knn:
         t = time.perf_counter()
         metrics["knn_k"] = [int(k) for k in e.knn_k]
@@ -109,13 +122,14 @@ def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfi
             artefacts["test_embedding"], artefacts["test_labels"], artefacts["classes"], cfg.eval.map_points,
             cfg.eval.seed,
         )  # fmt: skip
-    curves = None
+    curves = eigenvalues = None
     csv_path = run_dir_of(Path(target.source)) / "metrics.csv" if target.source != "random" else None
     if cfg.eval.plots and csv_path is not None and csv_path.is_file():
-        curves = report.curves_png(report.read_metrics_csv(csv_path))
+        series = report.read_metrics_csv(csv_path)
+        curves, eigenvalues = report.curves_png(series), report.eigenvalues_png(series)
     details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
     report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details,
-                            curves)  # fmt: skip
+                            curves, eigenvalues)  # fmt: skip
     report.write_json(target.out_dir / "metrics.json", metrics)
 
 
@@ -137,9 +151,9 @@ def evaluate(cfg: DictConfig) -> dict:
     report.write_sweep_report(out, f"selfsup-eval sweep: {sweep_dir}", summary)
     report.write_json(out / "sweep.json", summary)
     for acc, by in summary["correlations"].items():
-        c = by.get("rankme", {})
-        log.info("RankMe vs %s: Spearman %.3f, Kendall %.3f (%d runs)", acc, c.get("spearman", math.nan),
-                 c.get("kendall", math.nan), c.get("n", 0))  # fmt: skip
+        for key, c in by.items():
+            log.info("%s vs %s: Spearman %.3f, Kendall %.3f (%d runs)", key, acc, c.get("spearman", math.nan),
+                     c.get("kendall", math.nan), c.get("n", 0))  # fmt: skip
     return summary
 
 

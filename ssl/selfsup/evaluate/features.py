@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from selfsup.data.sources import fingerprint
+from selfsup.data.datasets import AugmentedViews, EvalDataset
+from selfsup.data.sources import fingerprint, stratified_first
+from selfsup.data.views import ViewAugment
 from selfsup.evaluate.targets import Target
 from selfsup.runtime.files import atomic_write
 
@@ -113,6 +115,9 @@ def build_eval_datasets(data: dict, need_labels: bool):
 
 
 def _transform_id(ds) -> dict:
+    if isinstance(ds, AugmentedViews):
+        source = {"n": len(ds.source), "classes": list(ds.source.classes), "content": fingerprint(ds.source)}
+        return {"views": ds.q, "rows": ds.rows, "seed": ds.seed, "view": vars(ds.view), "source": source}
     return {
         "size": ds.size, "resize": ds.resize, "mean": list(ds.mean), "std": list(ds.std), "n": len(ds),
         "classes": list(ds.source.classes), "content": fingerprint(ds.source),
@@ -128,21 +133,22 @@ def device_of(name: str) -> torch.device:
         raise ValueError(f"eval.device={name!r}: expected auto, cpu, cuda or cuda:<i>") from None
 
 
-def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> dict:
-    """``{"train"|"test": {"backbone": (N, F), "embedding": (N, D), "labels": (N,)}}``, from the cache when the
-    key (checkpoint + mtime, data config, transform, the image files' paths, sizes and mtimes) matches."""
+def features(target: Target, data: dict, datasets: dict, cfg: DictConfig) -> dict:
+    """``{split: {"backbone": (N, F), "embedding": (N, D), "labels": (N,)}}`` for each ``split → dataset`` of
+    ``datasets`` ("train", "test" and, for LiDAR, "lidar"), from the cache when the key (checkpoint + mtime, data
+    config, transform, the image files' paths, sizes and mtimes, LiDAR's views) matches."""
     key_parts = {
         "target": target.cache_id,
         "data": {k: v for k, v in data.items() if k not in _DATA_KEYS_NOT_IN_KEY},
-        "train": _transform_id(train_ds),
-        "test": _transform_id(test_ds),
+        **{split: _transform_id(ds) for split, ds in datasets.items()},
     }
+    key = json.loads(json.dumps(key_parts, sort_keys=True, default=str))
     digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     cache = target.out_dir / "eval_cache" / f"{digest}.pt"
     if cfg.eval.cache and cache.is_file():
         try:
             cached = torch.load(cache, map_location="cpu", weights_only=True)
-            if cached.get("key") == json.loads(json.dumps(key_parts, sort_keys=True, default=str)):
+            if cached.get("key") == key:
                 log.info("features from cache %s", cache)
                 return cached
         except Exception as e:  # noqa: BLE001 — a damaged cache file is re-extracted
@@ -150,8 +156,8 @@ def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> 
     encoder = Encoder(target.backbone, target.projector)
     device = device_of(cfg.eval.device)
     width = target.backbone.num_features
-    out = {"key": json.loads(json.dumps(key_parts, sort_keys=True, default=str))}
-    for split, ds in (("train", train_ds), ("test", test_ds)):
+    out = {"key": key}
+    for split, ds in datasets.items():
         both, labels = extract(
             encoder, ds, batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, device=device,
             progress=sys.stderr.isatty(), description=f"{target.name}: {split} features",
@@ -163,3 +169,21 @@ def features(target: Target, data: dict, train_ds, test_ds, cfg: DictConfig) -> 
     if cfg.eval.cache:
         atomic_write(cache, lambda f: torch.save(out, f))
     return out
+
+
+def lidar_dataset(target: Target, data: dict, train_ds: EvalDataset, cfg: DictConfig) -> AugmentedViews | None:
+    """LiDAR's images: ``eval.lidar.views`` augmented views of each of the first ``eval.lidar.images`` training
+    images (class by class), drawn as the run's first training view is (at the evaluation image size and
+    statistics; SimCLR's defaults for a run without views); None when ``eval.lidar.images`` < 2."""
+    n, q = cfg.eval.lidar.images, cfg.eval.lidar.views
+    for key, value, minimum in (("images", n, 0), ("views", q, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"eval.lidar.{key}={value}: expected an integer >= {minimum}")
+    if n < 2:
+        return None
+    views = (target.train_config.get("views") or {}).get("views") or {}
+    first = next(iter(views.values())) if isinstance(views, dict) and views else {}
+    kwargs = {k: v for k, v in dict(first).items() if k != "_target_"}
+    kwargs.update(size=train_ds.size, mean=train_ds.mean, std=train_ds.std)
+    rows = stratified_first(train_ds.source.labels, min(n, len(train_ds.source)))
+    return AugmentedViews(train_ds.source, ViewAugment(**kwargs), rows, q, seed=int(cfg.eval.seed))

@@ -1,9 +1,11 @@
 """Evaluation reports: ``report.md`` + self-contained ``report.html`` (PNG plots embedded as base64).
 
-A run report shows the metrics, the singular-value spectrum of the embeddings and backbone features, and a 2-D PCA
-map of test embeddings coloured by label. A sweep report ranks runs by RankMe next to their overridden
-hyper-parameters and probe accuracies, with the Spearman / Kendall rank correlations between RankMe and accuracy
-(the label-free model selection of Garrido et al. 2023, arXiv:2210.02885).
+A run report shows the metrics, the training curves and top covariance eigenvalues logged in ``metrics.csv``, the
+singular-value spectrum of the embeddings and backbone features, and a 2-D PCA map of test embeddings coloured by
+label. A sweep report ranks runs by each label-free score (:data:`LABEL_FREE`: RankMe, α-ReQ, LiDAR) next to their
+overridden hyper-parameters and probe accuracies, with each score's Spearman / Kendall rank correlation with
+accuracy and the accuracy of the run it would select (label-free model selection: Garrido et al. 2023,
+arXiv:2210.02885; Agrawal et al. 2022; Thilak et al. 2023, arXiv:2312.04000).
 """
 
 from __future__ import annotations
@@ -26,11 +28,25 @@ from selfsup.runtime.files import atomic_write_text
 METRIC_COLUMNS = {
     "rankme": "RankMe (emb.)",
     "rankme_backbone": "RankMe (backbone)",
+    "alpha_req": "α-ReQ (emb.)",
+    "alpha_req_backbone": "α-ReQ (backbone)",
+    "lidar": "LiDAR (emb.)",
+    "lidar_backbone": "LiDAR (backbone)",
     "knn_top1": "kNN top-1 (k=200)",
     "knn_top1_k20": "kNN top-1 (k=20)",
     "linear_top1": "linear top-1",
 }
 ACCURACY_KEYS = ("knn_top1", "knn_top1_k20", "linear_top1")
+# Label-free scores a sweep is ranked by: key → how a run's value becomes its score (higher: predicted better).
+# RankMe and LiDAR: the value. α-ReQ: closeness to α = 1, where Agrawal et al. 2022 find probes best.
+LABEL_FREE = {
+    "rankme": lambda v: v,
+    "rankme_backbone": lambda v: v,
+    "alpha_req": lambda v: -abs(v - 1),
+    "alpha_req_backbone": lambda v: -abs(v - 1),
+    "lidar": lambda v: v,
+    "lidar_backbone": lambda v: v,
+}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -130,6 +146,28 @@ def curves_png(series: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> b
     return _png(fig)
 
 
+def eigenvalues_png(series: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> bytes | None:
+    """The logged ``train/eigval_k`` trajectories (``callbacks.collapse.eigenvalues``) against the optimiser step on a
+    log scale: the staircase of stepwise learning (Simon et al. 2023, arXiv:2303.15438, Fig. 1)."""
+    from matplotlib.figure import Figure
+
+    keys = sorted((k for k in series if k.startswith("train/eigval_") and series[k][0]),
+                  key=lambda k: int(k.rsplit("_", 1)[1]))  # fmt: skip
+    if not keys:
+        return None
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.add_subplot()
+    for key in keys:
+        steps, values = series[key]
+        ax.semilogy(steps, np.maximum(values, 1e-12), lw=1.2, label=f"λ{key.rsplit('_', 1)[1]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eigenvalue of the embedding covariance")
+    ax.set_title("Top eigenvalues during training")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
 def pca_2d(z: torch.Tensor) -> np.ndarray:
     """(N, 2) projection of the centred rows of z on their two leading principal directions (float64)."""
     z = z.detach().to(torch.float64).cpu()
@@ -223,6 +261,7 @@ def write_run_report(
     embedding_map: bytes | None = None,
     details: Mapping | None = None,
     curves: bytes | None = None,
+    eigenvalues: bytes | None = None,
 ) -> tuple[Path, Path]:
     """``report.md`` (plots as ``report_*.png`` beside it) and self-contained ``report.html`` in out_dir."""
     out_dir = Path(out_dir)
@@ -233,7 +272,9 @@ def write_run_report(
     rows += [(k, v) for k, v in metrics.items() if k not in shown and isinstance(v, int | float | str)]
     md = [f"# {title}", "", _md_table(("metric", "value"), rows), ""]
     hp = [f"<h2>Metrics</h2>{_html_table(('metric', 'value'), rows)}"]
-    plots = (("curves", curves, "Training curves (metrics.csv)"), ("spectrum", spectrum, "Singular-value spectrum"),
+    plots = (("curves", curves, "Training curves (metrics.csv)"),
+             ("eigenvalues", eigenvalues, "Top eigenvalues of the embedding covariance during training"),
+             ("spectrum", spectrum, "Singular-value spectrum"),
              ("map", embedding_map, "PCA map of the test embeddings"))  # fmt: skip
     for name, png, heading in plots:
         if png is None:
@@ -268,33 +309,45 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float
     return {"spearman": float(stats.spearmanr(a, b)[0]), "kendall": float(stats.kendalltau(a, b)[0]), "n": len(pairs)}
 
 
+def score(run: Mapping, key: str) -> float:
+    """A run's label-free score under :data:`LABEL_FREE` ``key`` (NaN where it was not measured)."""
+    value = float(run.get(key, float("nan")) if run.get(key) is not None else float("nan"))
+    return LABEL_FREE[key](value) if math.isfinite(value) else float("nan")
+
+
 def sweep_summary(runs: Sequence[Mapping]) -> dict:
-    """Ranking of runs by RankMe and its rank correlations with each accuracy.
+    """Runs ranked by each label-free score, and each score's rank correlations with each accuracy.
 
     Args:
         runs: one mapping per run with ``"name"``, ``"overrides"`` (list of ``key=value``) and metric keys.
 
     Returns:
-        ``{"runs": runs sorted by RankMe (descending), "correlations": {accuracy key: {"rankme": {...},
-        "rankme_backbone": {...}}}, "selection": {accuracy key: {"by_rankme", "best", "regret"}}}``.
+        ``{"runs": runs sorted by RankMe (descending), "ranks": {score: {run name: 1-based rank}},
+        "correlations": {accuracy: {score: {"spearman", "kendall", "n"}}}, "selection": {accuracy: {score: {"run",
+        "chosen", "best", "regret"}}}}`` — the run each score ranks first, its accuracy, the best accuracy of the
+        sweep and the difference; only scores that some run has.
     """
-    get = lambda r, k: float(r.get(k, float("nan")))
-    ranked = sorted(runs, key=lambda r: -get(r, "rankme") if math.isfinite(get(r, "rankme")) else math.inf)
+    get = lambda r, k: float(r[k]) if r.get(k) is not None else float("nan")  # noqa: E731
+
+    def by(key: str) -> list[Mapping]:
+        return sorted(runs, key=lambda r: -score(r, key) if math.isfinite(score(r, key)) else math.inf)
+
+    scores = [k for k in LABEL_FREE if any(math.isfinite(score(r, k)) for r in runs)]
+    ranks = {k: {r["name"]: i for i, r in enumerate(by(k), 1) if math.isfinite(score(r, k))} for k in scores}
     correlations, selection = {}, {}
     for acc in ACCURACY_KEYS:
         if not any(math.isfinite(get(r, acc)) for r in runs):
             continue
-        correlations[acc] = {
-            rk: rank_correlations([get(r, rk) for r in runs], [get(r, acc) for r in runs])
-            for rk in ("rankme", "rankme_backbone")
-            if any(math.isfinite(get(r, rk)) for r in runs)
-        }
-        scored = [r for r in ranked if math.isfinite(get(r, acc))]
-        if scored and math.isfinite(get(ranked[0], "rankme")):
-            best = max(get(r, acc) for r in scored)
-            chosen = get(ranked[0], acc)
-            selection[acc] = {"by_rankme": chosen, "best": best, "regret": best - chosen, "run": ranked[0]["name"]}
-    return {"runs": list(ranked), "correlations": correlations, "selection": selection}
+        correlations[acc] = {k: rank_correlations([score(r, k) for r in runs], [get(r, acc) for r in runs])
+                             for k in scores}  # fmt: skip
+        best = max(get(r, acc) for r in runs if math.isfinite(get(r, acc)))
+        selection[acc] = {}
+        for k in scores:
+            top = by(k)[0]
+            chosen = get(top, acc)
+            selection[acc][k] = {"run": top["name"], "chosen": chosen, "best": best, "regret": best - chosen}
+    ranked = by("rankme") if "rankme" in scores else list(runs)
+    return {"runs": ranked, "ranks": ranks, "correlations": correlations, "selection": selection}
 
 
 def _short(name: str, width: int = 32) -> str:
@@ -323,29 +376,38 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
         + [r.get(k, float("nan")) for k in metric_keys]
         for i, (r, h) in enumerate(zip(runs, hps, strict=True), 1)
     ]
+    names = lambda key: METRIC_COLUMNS.get(key, key)  # noqa: E731
+    ranks = summary.get("ranks", {})
+    accs = [k for k in ACCURACY_KEYS if k in summary["correlations"]]
+    acc_ranks = {k: {r["name"]: i for i, r in enumerate(sorted(runs, key=lambda r: -(r.get(k) or -math.inf)), 1)}
+                 for k in accs}  # fmt: skip
+    rank_header = ["run", *(names(k) for k in ranks), *(names(k) for k in accs)]
+    rank_rows = [[labels[r["name"]], *(ranks[k].get(r["name"], "—") for k in ranks),
+                  *(acc_ranks[k][r["name"]] for k in accs)] for r in runs]  # fmt: skip
     corr_rows = [
-        [acc, rk, c["spearman"], c["kendall"], c["n"]]
-        for acc, by in summary["correlations"].items()
-        for rk, c in by.items()
+        [acc, names(k) + (" (−|α−1|)" if k.startswith("alpha_req") else ""), c["spearman"], c["kendall"], c["n"]]
+        for acc, by_score in summary["correlations"].items()
+        for k, c in by_score.items()
     ]
     corr_header = ("accuracy", "label-free score", "Spearman ρ", "Kendall τ", "runs")
     sel_rows = [
-        [acc, labels.get(s["run"], s["run"]), s["by_rankme"], s["best"], s["regret"]]
-        for acc, s in summary["selection"].items()
+        [acc, names(k), labels.get(sel["run"], sel["run"]), sel["chosen"], sel["best"], sel["regret"]]
+        for acc, by_score in summary["selection"].items()
+        for k, sel in by_score.items()
     ]
-    sel_header = ("accuracy", "run chosen by RankMe", "its accuracy", "best accuracy", "regret")
+    sel_header = ("accuracy", "selected by", "run", "its accuracy", "best accuracy", "regret")
     intro = f"{len(runs)} runs ranked by RankMe of the embeddings (higher first)."
     if common:
         intro += f" Overrides shared by all runs: {' '.join(common)}."
-    md = [f"# {title}", "", intro, "", _md_table(header, rows), "", "## Rank correlation with accuracy", ""]
-    md += [_md_table(corr_header, corr_rows), "", "## Selecting a run without labels", ""]
-    md += [_md_table(sel_header, sel_rows)]
-    hp = [
-        f"<p>{html.escape(intro)}</p>{_html_table(header, rows)}",
-        f"<h2>Rank correlation with accuracy</h2>{_html_table(corr_header, corr_rows)}",
-        f"<h2>Selecting a run without labels</h2>{_html_table(sel_header, sel_rows)}",
-    ]
+    sections = (("Rank of each run under each score (α-ReQ: closest to α = 1 first) and each accuracy", rank_header,
+                 rank_rows), ("Rank correlation with accuracy", corr_header, corr_rows),
+                ("Selecting a run without labels", sel_header, sel_rows))  # fmt: skip
+    md = [f"# {title}", "", intro, "", _md_table(header, rows), ""]
+    hp = [f"<p>{html.escape(intro)}</p>{_html_table(header, rows)}"]
+    for heading, head, body in sections:
+        md += [f"## {heading}", "", _md_table(head, body), ""]
+        hp.append(f"<h2>{html.escape(heading)}</h2>{_html_table(head, body)}")
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
     atomic_write_text(out_dir / "report.html", _html_page(title, hp))
     return out_dir / "report.md", out_dir / "report.html"

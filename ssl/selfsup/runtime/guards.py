@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from selfsup.metrics import rankme
+from selfsup.metrics import covariance_eigenvalues, rankme
 from selfsup.runtime.autosave import LastCheckpoint, any_rank
 
 log = logging.getLogger("selfsup.guards")
@@ -83,6 +83,10 @@ class CollapseMonitor(L.Callback):
       healthy value 1/sqrt(D) this scales to 1);
     - ``train/rankme``: RankMe of the batch's projections (``selfsup.metrics.rankme``): at most min(batch, D); 1 for
       a point, k for a collapse onto k dimensions.
+    - ``train/eigval_1`` … ``train/eigval_K``: the K largest eigenvalues of the covariance of the batch's projections
+      (``selfsup.metrics.covariance_eigenvalues``), whose trajectories show learning happen one eigendirection at a
+      time — the staircase of Simon et al. 2023 ("On the Stepwise Nature of Self-Supervised Learning", ICML,
+      arXiv:2303.15438, Fig. 1), plotted in ``selfsup-eval``'s report.
 
     The first time ``embed_std < min_std`` or ``rankme <= min_rankme``, one warning line names the step and both
     values (once per run, kept across resumes).
@@ -91,16 +95,20 @@ class CollapseMonitor(L.Callback):
         every_n_steps: how often to measure (optimiser steps; 0 turns the monitor off).
         min_std: warn below this ``train/embed_std``.
         min_rankme: warn at or below this ``train/rankme``.
+        eigenvalues: K, how many of the largest covariance eigenvalues to log (0: none).
     """
 
-    def __init__(self, every_n_steps: int = 10, min_std: float = 0.1, min_rankme: float = 2.0):
+    def __init__(self, every_n_steps: int = 10, min_std: float = 0.1, min_rankme: float = 2.0, eigenvalues: int = 8):
         if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
             raise ValueError(f"callbacks.collapse.every_n_steps={every_n_steps}: expected an integer >= 0")
         if not 0 <= min_std < 1:
             raise ValueError(f"callbacks.collapse.min_std={min_std}: expected a value in [0, 1)")
         if not min_rankme >= 0:
             raise ValueError(f"callbacks.collapse.min_rankme={min_rankme}: expected a value >= 0")
+        if not isinstance(eigenvalues, int) or isinstance(eigenvalues, bool) or eigenvalues < 0:
+            raise ValueError(f"callbacks.collapse.eigenvalues={eigenvalues}: expected an integer >= 0")
         self.every_n_steps, self.min_std, self.min_rankme = every_n_steps, min_std, min_rankme
+        self.eigenvalues = eigenvalues
         self.warned_at: int | None = None
         self._measured_at: int | None = None
 
@@ -120,10 +128,14 @@ class CollapseMonitor(L.Callback):
             return
         self._measured_at = step
         std, rank = self.measure(z)
+        values = {"train/embed_std": std, "train/rankme": rank}
+        if self.eigenvalues:
+            top = covariance_eigenvalues(z.detach())[: self.eigenvalues].tolist()
+            values.update({f"train/eigval_{k}": v for k, v in enumerate(top, 1)})
         # straight to the loggers, once, at the step's row: self.log would repeat the value on every later step of
         # the epoch (Lightning keeps it in the epoch's results), which a resumed run would not repeat
         for logger in trainer.loggers:
-            logger.log_metrics({"train/embed_std": std, "train/rankme": rank}, step=step - 1)
+            logger.log_metrics(values, step=step - 1)
         if self.warned_at is None and (std < self.min_std or rank <= self.min_rankme):
             self.warned_at = step
             if trainer.is_global_zero:

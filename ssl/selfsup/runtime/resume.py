@@ -28,14 +28,15 @@ from selfsup.runtime.lock import LOCK_NAME
 log = logging.getLogger("selfsup.resume")
 
 # Keys a resume may change: how long to train, how many processes and data loaders run it (the global batch is
-# checked separately: selfsup.train.build), where the data lives, logging, checkpoint cadence and launcher settings.
+# checked separately: selfsup.train.build), where the data lives, logging (label-free validation scores included),
+# checkpoint cadence and launcher settings.
 SAFE_ON_RESUME = (
     "trainer.max_epochs", "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
     "trainer.enable_model_summary", "trainer.enable_progress_bar", "trainer.limit_val_batches",
     "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
     "data.root", "data.num_workers", "data.download", "data.verify", "data.skip_bad", "data.batch_size",
     "global_batch_size", "callbacks", "logger", "launcher", "resume", "ckpt_path", "run_dir", "report_baseline",
-    "optimize_metric",
+    "optimize_metric", "label_free",
 )  # fmt: skip
 
 

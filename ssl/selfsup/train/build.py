@@ -59,6 +59,7 @@ def build(cfg: DictConfig):
         global_views=views.global_views,
         batch_views=cfg.batch_views,
         grad_cache_chunks=grad_cache_chunks(cfg),
+        label_free=label_free(cfg, datamodule),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
@@ -94,6 +95,25 @@ def build(cfg: DictConfig):
     module.run_info = {"config": OmegaConf.to_container(cfg, resolve=True),
                        "global_batch": datamodule.plan.global_batch}  # fmt: skip
     return datamodule, module, trainer
+
+
+def label_free(cfg: DictConfig, datamodule) -> dict:
+    """The ``label_free`` settings checked; sets ``datamodule.lidar`` = (images, views) of val/lidar (None: off).
+    A run saved before the key existed gets the defaults."""
+    lf = {"alpha_fit_range": [6, 100], "lidar_images": 500, "lidar_views": 8, "lidar_delta": 1e-4,
+          **OmegaConf.to_container(cfg.get("label_free") or OmegaConf.create({}), resolve=True)}  # fmt: skip
+    fit = lf["alpha_fit_range"]
+    if not (isinstance(fit, list | tuple) and len(fit) == 2 and all(isinstance(v, int) for v in fit)
+            and 1 <= fit[0] < fit[1]):  # fmt: skip
+        raise ValueError(f"label_free.alpha_fit_range={fit}: expected [first, last] 1-based ranks, 1 <= first < last")
+    images, views = lf["lidar_images"], lf["lidar_views"]
+    for key, value, minimum in (("lidar_images", images, 0), ("lidar_views", views, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"label_free.{key}={value}: expected an integer >= {minimum}")
+    if not (isinstance(lf["lidar_delta"], int | float) and lf["lidar_delta"] > 0):
+        raise ValueError(f"label_free.lidar_delta={lf['lidar_delta']}: expected a value > 0")
+    datamodule.lidar = (images, views) if images >= 2 else None
+    return {"alpha_fit_range": tuple(fit), "lidar_delta": float(lf["lidar_delta"])}
 
 
 def grad_cache_chunks(cfg: DictConfig) -> int | None:

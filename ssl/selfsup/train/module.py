@@ -23,7 +23,7 @@ from torch import nn
 
 import selfsup
 from selfsup import distributed
-from selfsup.metrics import knn_top1, rankme
+from selfsup.metrics import alpha_req, knn_top1, lidar, rankme
 from selfsup.objectives import ViewBatch
 from selfsup.train.grad_cache import grad_cache_backward
 from selfsup.train.memory import Memory
@@ -58,6 +58,8 @@ class SSLModule(L.LightningModule):
             (``"config"``) and the global batch it trains with (``"global_batch"``).
         grad_cache_chunks: compute each batch in this many chunks with gradient caching (``train/grad_cache.py``):
             the loss and gradient of the whole batch with the activation memory of one chunk (None: off).
+        label_free: settings of the label-free scores logged at validation (``label_free`` in conf/train.yaml):
+            ``alpha_fit_range`` of α-ReQ and ``lidar_delta`` of LiDAR.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SSLModule(L.LightningModule):
         batch_views: bool = False,
         run_info: dict | None = None,
         grad_cache_chunks: int | None = None,
+        label_free: dict | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -89,6 +92,7 @@ class SSLModule(L.LightningModule):
         self.optim, self.symmetric, self.global_views, self.batch_views = optim, symmetric, global_views, batch_views
         self.probe = nn.Linear(backbone.num_features, num_classes) if num_classes > 0 else None
         self.run_info = run_info or {}
+        self.label_free = {"alpha_fit_range": (6, 100), "lidar_delta": 1e-4, **(label_free or {})}
         self._val_outputs: dict[int, list] = {}
         self.grad_cache_chunks = grad_cache_chunks
         self.automatic_optimization = not grad_cache_chunks  # gradient caching runs its own backward passes
@@ -184,34 +188,55 @@ class SSLModule(L.LightningModule):
         if tau is not None:
             self.log("train/momentum", tau)
 
-    # -- validation: kNN top-1 of held-out images against the training bank, RankMe of embeddings ---------------
+    # -- validation: kNN top-1 of held-out images against the training bank; label-free scores ------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y, index = batch
         f = self.backbone(x)
         self._val_outputs.setdefault(dataloader_idx, []).append((f, self.projector(f), y, index))
 
     def _gathered(self, dataloader_idx: int):
+        """(features, embeddings, labels, indices) of one validation loader over all ranks, in index order."""
         f, z, y, index = (torch.cat(t) for t in zip(*self._val_outputs[dataloader_idx]))
         f, z, y, index = (distributed.gather(t) for t in (f, z, y, index))  # (N over ranks, ...) in rank order
         order = torch.argsort(index, stable=True)
         f, z, y, index = f[order], z[order], y[order], index[order]
         first = torch.ones_like(index, dtype=torch.bool)
         first[1:] = index[1:] != index[:-1]  # drop the padding duplicates of sharded evaluation
-        return f[first], z[first], y[first]
+        return f[first], z[first], y[first], index[first]
 
     def on_validation_epoch_end(self) -> None:
-        if set(self._val_outputs) != {0, 1}:
+        """kNN top-1 (bank: loader 0, queries: loader 1), RankMe and α-ReQ of the queries' embeddings and backbone
+        features, and LiDAR of loader 2's augmented views (``SSLDataModule.lidar``) when it ran in full."""
+        if not {0, 1} <= set(self._val_outputs):
             self._val_outputs.clear()
             return
-        bank_f, _, bank_y = self._gathered(0)
-        query_f, query_z, query_y = self._gathered(1)
+        bank_f, _, bank_y, _ = self._gathered(0)
+        query_f, query_z, query_y, _ = self._gathered(1)
+        views = self._gathered(2) if 2 in self._val_outputs else None
         self._val_outputs.clear()
         metrics = {"val/rankme": rankme(query_z).item(), "val/rankme_backbone": rankme(query_f).item()}
+        if query_z.shape[0] >= 2:
+            for suffix, x in (("", query_z), ("_backbone", query_f)):
+                fit = alpha_req(x, self.label_free["alpha_fit_range"])
+                metrics[f"val/alpha_req{suffix}"], metrics[f"val/alpha_req_r2{suffix}"] = fit["alpha"], fit["r2"]
+        if views is not None:
+            metrics.update(self._lidar(*views))
         if (bank_y >= 0).all() and (query_y >= 0).all():
             metrics["val/knn_top1"] = knn_top1(bank_f, bank_y, query_f, query_y)
             if self.probe is not None:
                 metrics["val/probe_top1"] = (self.probe(query_f).argmax(1) == query_y).float().mean().item()
         self.log_dict(metrics, prog_bar=True, sync_dist=True)  # equal on every rank (gathered): the mean is a no-op
+
+    def _lidar(self, f: torch.Tensor, z: torch.Tensor, _labels, index: torch.Tensor) -> dict:
+        """val/lidar (embeddings) and val/lidar_backbone of the (n·q) views, image-major; {} for an incomplete set
+        (``trainer.limit_val_batches``)."""
+        views = self.trainer.datamodule.lidar_dataset()
+        n, q = len(views.rows), views.q
+        if n < 2 or not torch.equal(index.cpu(), torch.arange(n * q)):
+            return {}
+        delta = self.label_free["lidar_delta"]
+        return {"val/lidar": lidar(z.reshape(n, q, -1), delta).item(),
+                "val/lidar_backbone": lidar(f.reshape(n, q, -1), delta).item()}  # fmt: skip
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def configure_optimizers(self):
