@@ -106,6 +106,22 @@ def score(train_x, train_y, test_x, test_y) -> dict:
     }
 
 
+def table_row(run_dir: Path, overrides: list[str], train_ds, test_ds) -> dict:
+    """Train ``overrides`` in ``run_dir`` (continuing a run cut short) and score its backbone; a finished row is read
+    from ``run_dir/table_row.json`` instead of trained again (delete the run root to redo all)."""
+    done = run_dir / "table_row.json"
+    if done.is_file():
+        print(run_dir.name, "(from", done, ")", flush=True)
+        return json.loads(done.read_text())
+    start = time.time()
+    backbone = trained_backbone(compose_train(overrides + ["resume=true"], run_dir))
+    row = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
+    row["seconds"] = time.time() - start
+    done.write_text(json.dumps(row))
+    print(run_dir.name, row, flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -129,18 +145,7 @@ def main() -> None:
         if args.only and not any(name.startswith(p) for p in args.only.split(",")):
             continue
         run_dir = Path(args.run_root) / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        done = run_dir / "table_row.json"  # a finished row is not trained again (delete --run-root to redo all)
-        if done.is_file():
-            rows[name] = json.loads(done.read_text())
-            print(name, rows[name], "(from", done, ")", flush=True)
-            continue
-        cfg = compose_train(common + overrides + ["resume=true"], run_dir)
-        start = time.time()
-        backbone = trained_backbone(cfg)
-        rows[name] = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
-        rows[name]["seconds"] = time.time() - start
-        done.write_text(json.dumps(rows[name]))
-        print(name, rows[name], flush=True)
+        rows[name] = table_row(run_dir, common + overrides, train_ds, test_ds)
 
     lines = [
         f"Digits (held-out 360 images), {args.epochs} epochs of `recipes=quickstart` per method, seed 0, "

@@ -15,9 +15,7 @@ the 1,437 training images, a 5-labels-a-class linear probe, RankMe; held-out 360
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from objectives_table import quickstart, score, trained_backbone  # noqa: E402
+from objectives_table import quickstart, score, table_row  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
@@ -57,17 +55,7 @@ def main() -> None:
     rows["random init (same CNN)"]["seconds"] = 0.0
     for name, overrides in ROWS.items():
         run_dir = Path(args.run_root) / name.split(" (")[0].replace(" ", "_").replace("+", "plus")
-        done = run_dir / "table_row.json"  # a finished row is not trained again (delete --run-root to redo all)
-        if done.is_file():
-            rows[name] = json.loads(done.read_text())
-            continue
-        cfg = compose_train(common + overrides + ["resume=true"], run_dir)
-        start = time.time()
-        backbone = trained_backbone(cfg)
-        rows[name] = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
-        rows[name]["seconds"] = time.time() - start
-        done.write_text(json.dumps(rows[name]))
-        print(name, rows[name], flush=True)
+        rows[name] = table_row(run_dir, common + overrides, train_ds, test_ds)
 
     lines = [
         f"Digits (held-out 360 images), {args.epochs} epochs of `recipes=quickstart` (SimCLR) per row, only the views "

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -155,6 +156,8 @@ def test_main_prints_one_line_errors_and_exits_2(tmp_path, monkeypatch, capsys):
     bad[3, 0] = np.inf
     np.save(tmp_path / "bad.npy", bad)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    # Hydra's job logging binds a handler to this test's captured stdout: give the root logger back afterwards
+    monkeypatch.setattr(logging.getLogger(), "handlers", logging.getLogger().handlers[:])
     monkeypatch.setattr(sys, "argv", ["selfsup-reduce", f"features={tmp_path / 'bad.npy'}", f"out={tmp_path / 'o'}"])
     with pytest.raises(SystemExit) as exit_info:
         main()

@@ -77,6 +77,17 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     return out
 
 
+def safetensors_metadata(path: Path, key: str, writer: str) -> dict:
+    """The metadata of the safetensors file ``path``, which must hold ``key`` (one-line errors name the file)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"path={path}: no such file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if key not in meta:
+        raise ValueError(f"path={path}: no '{key}' in the safetensors metadata (not written by {writer})")
+    return meta
+
+
 def load_encoder(path: str | os.PathLike) -> nn.Module:
     """Rebuild an exported encoder with timm (CIFAR stem restored when the metadata says so), in eval mode."""
     import timm
@@ -84,12 +95,7 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
     from selfsup.models.backbones import _cifar_stem
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path={path}: no such file")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "timm_name" not in meta:
-        raise ValueError(f"path={path}: no 'timm_name' in the safetensors metadata (not written by selfsup-export)")
+    meta = safetensors_metadata(path, "timm_name", "selfsup-export")
     in_chans = int(meta.get("in_chans", 3))
     vit = {k: (meta[k] == "True") if k == "dynamic_img_size" else int(meta[k]) for k in VIT_ARGS if k in meta}
     model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans, **vit)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from selfsup.export import safetensors_metadata
 from selfsup.reduce.tldr import build_encoder
 from selfsup.runtime.checkpoint import load_file
 from selfsup.runtime.files import atomic_write, atomic_write_text
@@ -151,13 +151,7 @@ def save_outputs(out: str | os.PathLike, encoder: nn.Module, architecture: dict,
 
 def load_encoder(path: str | os.PathLike) -> nn.Sequential:
     """The encoder f written by ``selfsup-reduce`` (``encoder.safetensors``), rebuilt and loaded, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path={path}: no such file")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if META_KEY not in meta:
-        raise ValueError(f"path={path}: no '{META_KEY}' in the safetensors metadata (not written by selfsup-reduce)")
+    meta = safetensors_metadata(Path(path), META_KEY, "selfsup-reduce")
     arch = json.loads(meta[META_KEY])
     encoder = build_encoder(int(arch["input_dim"]), int(arch["n_components"]), arch["encoder"])
     encoder.load_state_dict(load_safetensors(str(path)))
