@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.config import CONF_DIR, ROOT
 from selfsup.reduce import TLDR, fit, knn_graph, load_encoder, load_features
+from selfsup.reduce import cli as cli_module
 from selfsup.reduce.cli import reduce
 
 TINY = ["tldr.n_components=3", "tldr.projector=mlp-1-16", "knn.k=3", "train.epochs=2", "train.batch_size=16",
@@ -45,6 +46,17 @@ def test_npy_in_vectors_and_encoder_out(tmp_path):
     assert on_disk["architecture"] == {"input_dim": 6, "n_components": 3, "encoder": "linear"}
     assert on_disk["train"]["steps"] == summary["train"]["steps"] == 2 * (48 // 16)
     assert on_disk["config"]["knn"]["k"] == 3
+
+
+def test_threads_apply_to_the_reduction_only(tmp_path, monkeypatch):
+    """torch's thread count is process-wide: a caller's (a test session's) count is back after the reduction."""
+    np.save(tmp_path / "x.npy", matrix().numpy())
+    seen = []
+    real_fit = cli_module.fit
+    monkeypatch.setattr(cli_module, "fit", lambda *a, **k: seen.append(torch.get_num_threads()) or real_fit(*a, **k))
+    before = torch.get_num_threads()
+    reduce(reduce_cfg(f"features={tmp_path / 'x.npy'}", f"out={tmp_path / 'out'}", "threads=1", *TINY))
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_the_same_seed_gives_the_same_vectors(tmp_path):

@@ -157,9 +157,18 @@ def blobs(n_per: int, classes: int, dim: int, seed: int):
     return x + 0.8 * torch.randn(len(labels), dim, generator=g), labels
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: threads only contend on a shared CPU. The count is process-wide — later tests' float
+    reductions, and so their bit-for-bit comparisons with subprocess runs, depend on it — so it is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_fit_learns_a_neighbourhood_preserving_map():
-    torch.set_num_threads(1)  # tiny matrices: threads only contend on a shared CPU
+def test_fit_learns_a_neighbourhood_preserving_map(one_thread):
     x, y = blobs(150, 4, 32, seed=0)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
     x, y = x[perm], y[perm]

@@ -32,15 +32,24 @@ def _device(name: str) -> torch.device:
 
 
 def reduce(cfg: DictConfig) -> dict:
-    """Run one reduction; returns the summary written to ``<out>/summary.json`` (with the output paths)."""
+    """Run one reduction; returns the summary written to ``<out>/summary.json`` (with the output paths). With
+    ``threads`` torch uses that many CPU threads for the reduction only (the caller's count is restored)."""
+    if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
+        raise ValueError(f"threads={cfg.threads}: expected an integer >= 1 (or null: torch's default)")
+    before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _reduce(cfg)
+    finally:
+        torch.set_num_threads(before)  # a process-wide setting: in-process callers (tests) keep theirs
+
+
+def _reduce(cfg: DictConfig) -> dict:
     quiet_known_warnings()
     t_cfg, k_cfg, f_cfg = cfg.tldr, cfg.knn, cfg.train
     check_metric(k_cfg.metric)
     device = _device(cfg.device)
-    if cfg.threads is not None:
-        if not (isinstance(cfg.threads, int) and cfg.threads >= 1):
-            raise ValueError(f"threads={cfg.threads}: expected an integer >= 1 (or null: torch's default)")
-        torch.set_num_threads(cfg.threads)
     path, splits = load_features(cfg.features, cfg.key)
     x = splits["train"]["features"]  # (N, D)
     log.info("features %s: %s", path, ", ".join(f"{s} {tuple(d['features'].shape)}" for s, d in splits.items()))
