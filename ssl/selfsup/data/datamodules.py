@@ -283,9 +283,8 @@ class SSLDataModule(L.LightningDataModule):
         the first n held-out images taken class by class; None when off or without training views."""
         if self.lidar is None or self.views is None:
             return None
-        test = self.splits[1]
         n, q = self.lidar
-        return AugmentedViews(test, self.views.views[0], stratified_first(test.labels, min(n, len(test))), q, self.seed)
+        return AugmentedViews(self.splits[1], self.views.views[0], n, q, self.seed)
 
     def val_dataloader(self) -> list[DataLoader]:
         """The kNN bank (training split), the queries (held-out split) and, with :attr:`lidar`, LiDAR's views."""

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from selfsup.data.sources import stratified_first
 from selfsup.data.views import MultiViewTransform, ViewAugment, generator_for
 
 
@@ -51,15 +52,17 @@ class EvalDataset(Dataset):
 
 
 class AugmentedViews(Dataset):
-    """q augmented views of each of n images, flattened image-major: item ``i * q + j`` is view j of image
-    ``rows[i]`` — LiDAR's surrogate classes (``selfsup.metrics.lidar``). View j of source row r is drawn from its own
-    generator seeded by (seed, 2, r, j), so the set is the same in every evaluation, process and restart.
+    """q augmented views of each of the first n images of ``source`` taken class by class (all of them if fewer),
+    flattened image-major: item ``i * q + j`` is view j of image ``rows[i]`` — LiDAR's surrogate classes
+    (``selfsup.metrics.lidar``). View j of source row r is drawn from its own generator seeded by (seed, 2, r, j), so
+    the set is the same in every evaluation, process and restart.
 
     Yields ``(image, label)`` as :class:`EvalDataset` does.
     """
 
-    def __init__(self, source, view: ViewAugment, rows, views: int, seed: int = 0):
-        self.source, self.view, self.rows, self.q, self.seed = source, view, [int(r) for r in rows], views, seed
+    def __init__(self, source, view: ViewAugment, images: int, views: int, seed: int = 0):
+        self.source, self.view, self.q, self.seed = source, view, views, seed
+        self.rows = [int(r) for r in stratified_first(source.labels, min(images, len(source)))]
 
     def __len__(self) -> int:
         return len(self.rows) * self.q

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.datasets import AugmentedViews, EvalDataset
-from selfsup.data.sources import fingerprint, stratified_first
+from selfsup.data.sources import fingerprint
 from selfsup.data.views import ViewAugment
 from selfsup.evaluate.targets import Target
 from selfsup.runtime.files import atomic_write
@@ -185,5 +185,4 @@ def lidar_dataset(target: Target, data: dict, train_ds: EvalDataset, cfg: DictCo
     first = next(iter(views.values())) if isinstance(views, dict) and views else {}
     kwargs = {k: v for k, v in dict(first).items() if k != "_target_"}
     kwargs.update(size=train_ds.size, mean=train_ds.mean, std=train_ds.std)
-    rows = stratified_first(train_ds.source.labels, min(n, len(train_ds.source)))
-    return AugmentedViews(train_ds.source, ViewAugment(**kwargs), rows, q, seed=int(cfg.eval.seed))
+    return AugmentedViews(train_ds.source, ViewAugment(**kwargs), n, q, seed=int(cfg.eval.seed))

@@ -309,10 +309,21 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float
     return {"spearman": float(stats.spearmanr(a, b)[0]), "kendall": float(stats.kendalltau(a, b)[0]), "n": len(pairs)}
 
 
+def _value(run: Mapping, key: str) -> float:
+    """``run[key]`` as a float; NaN where it was not measured (missing, or null in a sweep.json)."""
+    value = run.get(key)
+    return float(value) if value is not None else float("nan")
+
+
 def score(run: Mapping, key: str) -> float:
     """A run's label-free score under :data:`LABEL_FREE` ``key`` (NaN where it was not measured)."""
-    value = float(run.get(key, float("nan")) if run.get(key) is not None else float("nan"))
+    value = _value(run, key)
     return LABEL_FREE[key](value) if math.isfinite(value) else float("nan")
+
+
+def _ranked(runs: Sequence[Mapping], value) -> list[Mapping]:
+    """``runs`` sorted by ``value(run)``, highest first; unmeasured (NaN) runs last, in their order."""
+    return sorted(runs, key=lambda r: -value(r) if math.isfinite(value(r)) else math.inf)
 
 
 def sweep_summary(runs: Sequence[Mapping]) -> dict:
@@ -327,24 +338,23 @@ def sweep_summary(runs: Sequence[Mapping]) -> dict:
         "chosen", "best", "regret"}}}}`` — the run each score ranks first, its accuracy, the best accuracy of the
         sweep and the difference; only scores that some run has.
     """
-    get = lambda r, k: float(r[k]) if r.get(k) is not None else float("nan")  # noqa: E731
 
     def by(key: str) -> list[Mapping]:
-        return sorted(runs, key=lambda r: -score(r, key) if math.isfinite(score(r, key)) else math.inf)
+        return _ranked(runs, lambda r: score(r, key))
 
     scores = [k for k in LABEL_FREE if any(math.isfinite(score(r, k)) for r in runs)]
     ranks = {k: {r["name"]: i for i, r in enumerate(by(k), 1) if math.isfinite(score(r, k))} for k in scores}
     correlations, selection = {}, {}
     for acc in ACCURACY_KEYS:
-        if not any(math.isfinite(get(r, acc)) for r in runs):
+        if not any(math.isfinite(_value(r, acc)) for r in runs):
             continue
-        correlations[acc] = {k: rank_correlations([score(r, k) for r in runs], [get(r, acc) for r in runs])
+        correlations[acc] = {k: rank_correlations([score(r, k) for r in runs], [_value(r, acc) for r in runs])
                              for k in scores}  # fmt: skip
-        best = max(get(r, acc) for r in runs if math.isfinite(get(r, acc)))
+        best = max(_value(r, acc) for r in runs if math.isfinite(_value(r, acc)))
         selection[acc] = {}
         for k in scores:
             top = by(k)[0]
-            chosen = get(top, acc)
+            chosen = _value(top, acc)
             selection[acc][k] = {"run": top["name"], "chosen": chosen, "best": best, "regret": best - chosen}
     ranked = by("rankme") if "rankme" in scores else list(runs)
     return {"runs": ranked, "ranks": ranks, "correlations": correlations, "selection": selection}
@@ -379,7 +389,7 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
     names = lambda key: METRIC_COLUMNS.get(key, key)  # noqa: E731
     ranks = summary.get("ranks", {})
     accs = [k for k in ACCURACY_KEYS if k in summary["correlations"]]
-    acc_ranks = {k: {r["name"]: i for i, r in enumerate(sorted(runs, key=lambda r: -(r.get(k) or -math.inf)), 1)}
+    acc_ranks = {k: {r["name"]: i for i, r in enumerate(_ranked(runs, lambda r, k=k: _value(r, k)), 1)}
                  for k in accs}  # fmt: skip
     rank_header = ["run", *(names(k) for k in ranks), *(names(k) for k in accs)]
     rank_rows = [[labels[r["name"]], *(ranks[k].get(r["name"], "—") for k in ranks),
