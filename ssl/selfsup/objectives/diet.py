@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.objectives.base import Objective, ViewBatch
+from selfsup.objectives.base import Objective, ViewBatch, mean_over
 
 log = logging.getLogger("selfsup.objectives")
 
@@ -175,18 +175,17 @@ class DIETLoss(Objective):
         if index is None:
             raise ValueError("DIETLoss needs each row's dataset index (batch['index']), which was not given")
         index = index.to(device=views[0].device, dtype=torch.long)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
-            raise ValueError(f"DIETLoss: batch['index'] spans [{int(index.min())}, {int(index.max())}]: expected "
-                             f"indices in [0, {self.num_samples}) (objective.num_samples)")  # fmt: skip
+        if index.numel():
+            lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one device sync a step, not two
+            if lo < 0 or hi >= self.num_samples:
+                raise ValueError(f"DIETLoss: batch['index'] spans [{lo}, {hi}]: expected indices in "
+                                 f"[0, {self.num_samples}) (objective.num_samples)")  # fmt: skip
         losses = []
         for z in views:
             if z.shape[0] != index.shape[0]:
                 raise ValueError(f"DIETLoss: {z.shape[0]} rows but {index.shape[0]} indices: expected one per row")
             losses.append(self.view_loss(z, index))
-        total = losses[0]
-        for v in losses[1:]:
-            total = total + v
-        return total if len(losses) == 1 else total / len(losses)
+        return mean_over(losses)
 
     def forward_views(self, batch: ViewBatch) -> torch.Tensor:
         return self.views_loss(batch.z, batch.index)  # every view, local crops too

@@ -12,7 +12,7 @@ from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
 from selfsup.train.memory import Memory
-from selfsup.train.module import SSLModule, _out_dim
+from selfsup.train.module import SSLModule
 
 log = logging.getLogger("selfsup.train")
 
@@ -82,9 +82,7 @@ def build(cfg: DictConfig):
     )  # fmt: skip
     module.memory.check(datamodule.plan.global_batch)
     if hasattr(objective, "attach"):  # a head over the training samples (DIET): N and the embedding width
-        objective.attach(
-            num_samples=len(datamodule.splits[0]), in_dim=_out_dim(module.projector, backbone.num_features)
-        )
+        objective.attach(num_samples=len(datamodule.splits[0]), in_dim=module.embedding_dim)
     check_grad_cache(cfg, module, trainer, datamodule.plan)
     if trainer.accumulate_grad_batches > 1:
         log.warning("trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "

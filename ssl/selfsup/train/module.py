@@ -82,7 +82,7 @@ class SSLModule(L.LightningModule):
         super().__init__()
         self.backbone = backbone
         self.projector = projector(in_dim=backbone.num_features)
-        proj_dim = _out_dim(self.projector, backbone.num_features)
+        self.embedding_dim = proj_dim = _out_dim(self.projector, backbone.num_features)  # D of the projections
         self.predictor = predictor(in_dim=proj_dim) if predictor is not None else None
         self.objective = objective
         self.target = target if target is not None else Target()
