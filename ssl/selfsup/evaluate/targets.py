@@ -4,6 +4,7 @@ whose encoder is built at once, so bad input fails before anything is written.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +48,10 @@ def _read_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
 
 
-def load_checkpoint_target(path: Path, name: str, out_dir: Path) -> Target:
-    """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files)."""
-    ckpt = ckpt_io.load(path, "checkpoint")
+def load_checkpoint_target(path: Path, name: str, out_dir: Path, trusted: Sequence[str] = ()) -> Target:
+    """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files; its saved config may
+    name only selfsup's own constructors and ``trusted``)."""
+    ckpt = ckpt_io.load(path, "checkpoint", trusted)
     config = ckpt["selfsup"]["config"]
     if not isinstance(config, dict) or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: the saved training config has no 'backbone' entry")
@@ -85,6 +87,7 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
     if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
         raise ValueError("checkpoint is not set: expected checkpoint=<file.ckpt | run dir | sweep dir | random>")
     out = Path(cfg.out) if cfg.out is not None else None
+    trusted = list(cfg.get("trusted_targets") or ())
     if str(cfg.checkpoint) == "random":
         name = str(OmegaConf.select(cfg, "backbone.name", default="encoder")).replace("/", "_")
         return [random_target(cfg, out or Path("runs") / f"random-{name}")], None
@@ -93,7 +96,7 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     if path.is_file() or ckpt_io.is_sharded(path) or (path / "checkpoints" / "last.ckpt").exists():
         ckpt = ckpt_io.resolve(path, "checkpoint")
-        return [load_checkpoint_target(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt))], None
+        return [load_checkpoint_target(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt), trusted)], None
     runs = find_runs(path)
     if not runs:
         raise FileNotFoundError(
@@ -104,5 +107,5 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
     for run in runs:
         name = str(run.relative_to(path))
         run_out = out / name if out is not None else run
-        targets.append(load_checkpoint_target(run / "checkpoints" / "last.ckpt", name, run_out))
+        targets.append(load_checkpoint_target(run / "checkpoints" / "last.ckpt", name, run_out, trusted))
     return targets, path

@@ -6,13 +6,19 @@ uses ``torch.load(weights_only=True)``: a file whose pickle names any other clas
 that calls ``os.system``, say) is refused in one line that names the file, before any of it runs. DeepSpeed's
 shard files also pickle three of DeepSpeed's own plain classes (``DEEPSPEED_SAFE_GLOBALS``); a shard directory is
 scanned for anything beyond those before DeepSpeed (which loads with ``weights_only=False``) may read it.
+
+The saved config is data too: :func:`load` and :func:`run_info` refuse one whose ``_target_`` names anything but
+the constructors of selfsup's own configs (:func:`selfsup.config.check_saved_config`), before anything is built
+from it.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from torch import nn
 
+from selfsup.config import check_saved_config
 from selfsup.runtime.files import atomic_write
 
 # Classes DeepSpeed pickles into its optimizer-state shards (plain data holders, no code run on load).
@@ -54,11 +61,11 @@ def load_file(path: Path, key: str = "checkpoint", map_location="cpu", mmap: boo
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
-        if unsafe is None:  # not even a readable archive
-            raise ValueError(f"{key}={path}: cannot be read as a PyTorch checkpoint ({_first_line(e)})") from None
+        if unsafe is None:  # a raw or legacy pickle (not a zip archive): torch's message names the global, if any
+            unsafe = re.findall(r"GLOBAL ([\w.]+)", str(e))[:1]
         raise UnsafeCheckpointError(
             f"{key}={path}: refused: loading it would run code from the file ({', '.join(unsafe) or 'custom'} "
-            "objects); selfsup checkpoints hold only tensors and plain containers — open it only if you trust it"
+            "objects); selfsup checkpoints hold only tensors and plain containers"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{key}={path}: cannot be read as a PyTorch checkpoint ({_first_line(e)})") from None
@@ -86,28 +93,40 @@ def resolve(path: str | os.PathLike, key: str = "checkpoint") -> Path:
     return path
 
 
-def load(path: str | os.PathLike, key: str = "checkpoint") -> dict:
+def load(path: str | os.PathLike, key: str = "checkpoint", trusted: Sequence[str] = ()) -> dict:
     """Load a selfsup checkpoint on the CPU (a DeepSpeed shard directory is consolidated into one state dict);
-    refuse files that are not one or that would run code."""
+    refuse files that are not one, that would run code, whose saved config names constructors outside selfsup's
+    configs and ``trusted``, or whose weights or buffers hold NaN/Inf."""
     path = resolve(path, key)
     if path.is_dir():
         ckpt = _consolidate_sharded(path, key)
     else:
         ckpt = load_file(path, key)
-    if not isinstance(ckpt, dict) or "selfsup" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{key}={path}: not a selfsup checkpoint (no 'selfsup' entry with the training config)")
+    _saved_config(ckpt, path, key, trusted)
+    bad = non_finite(ckpt["state_dict"])
+    if bad:
+        raise ValueError(f"{key}={path}: refused: {len(bad)} weights or buffers hold NaN/Inf ({', '.join(bad[:3])}); "
+                         "the run diverged before this checkpoint was written — evaluate an earlier one")  # fmt: skip
     return ckpt
 
 
-def run_info(path: str | os.PathLike, key: str = "ckpt_path") -> tuple[dict, int]:
+def run_info(path: str | os.PathLike, key: str = "ckpt_path", trusted: Sequence[str] = ()) -> tuple[dict, int]:
     """(``checkpoint["selfsup"]``: the training config and run facts, global step) of a checkpoint file or shard
-    directory; the shards are checked for unsafe content on the way."""
+    directory; the shards are checked for unsafe content on the way, the config as :func:`load` checks it."""
     path = Path(path)
     ckpt = load_file(_model_states(check_sharded(path, key), key), key) if path.is_dir() else load_file(path, key)
+    return _saved_config(ckpt, path, key, trusted), int(ckpt.get("global_step", 0))
+
+
+def _saved_config(ckpt, path, key: str, trusted: Sequence[str]) -> dict:
+    """``ckpt["selfsup"]`` once its training config is known to be data (:func:`check_saved_config`)."""
     info = ckpt.get("selfsup") if isinstance(ckpt, dict) else None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise ValueError(f"{key}={path}: not a selfsup checkpoint (no 'selfsup' entry with the training config)")
-    return info, int(ckpt.get("global_step", 0))
+    check_saved_config(info["config"], f"{key}={path}", trusted)
+    return info
 
 
 def check_compatible(model: nn.Module, ckpt: dict, path, key: str = "ckpt_path") -> None:

@@ -40,7 +40,8 @@ SAFE_ON_RESUME = (
 )  # fmt: skip
 
 
-_THIS_INVOCATION = ("run_dir", "resume", "ckpt_path")  # how this command was started, not the run's settings
+# how this command was started, not the run's settings (what this command trusts, too: never the file's word)
+_THIS_INVOCATION = ("run_dir", "resume", "ckpt_path", "trusted_targets")
 
 
 @dataclass
@@ -99,7 +100,7 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None, rank_zero: bool = 
 
 
 def _resume_plan(cfg: DictConfig, overrides: list[str] | None, path: Path) -> Plan:
-    info, step = run_info(path, "ckpt_path")
+    info, step = run_info(path, "ckpt_path", cfg.get("trusted_targets") or ())
     saved = info["config"]
     current = OmegaConf.to_container(cfg, resolve=True)
     saved = _relocate(saved, saved.get("run_dir"), current["run_dir"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -54,13 +55,14 @@ def _listed(keys: list[str], limit: int = 3) -> str:
     return f"{keys[:limit]}{more}"
 
 
-def load_weights(module: nn.Module, source) -> dict:
+def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict:
     """Copy the weights of the selfsup checkpoint ``source`` (a ``.ckpt`` file, a run directory — its
     ``checkpoints/last.ckpt`` — or a DeepSpeed shard directory) into ``module``; returns what was loaded (the record
     kept in the run's checkpoints). One-line ValueError/FileNotFoundError for a missing file, a file that is not a
-    selfsup checkpoint or would run code, and for weights that are missing or have other shapes."""
+    selfsup checkpoint or would run code, and for weights that are missing or have other shapes. ``trusted``:
+    constructors its saved config may name beyond selfsup's own (``trusted_targets``)."""
     path = ckpt_io.resolve(source, KEY)
-    ckpt = ckpt_io.load(path, KEY)
+    ckpt = ckpt_io.load(path, KEY, trusted)
     state = ckpt["state_dict"]
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FRESH_PREFIXES)}
     found = {k: v for k, v in state.items() if not k.startswith(FRESH_PREFIXES)}
@@ -116,7 +118,7 @@ def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
         return None
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"{KEY}={source!r}: expected the path of a selfsup checkpoint or run directory")
-    record = load_weights(module, source)
+    record = load_weights(module, source, cfg.get("trusted_targets") or ())
     module.run_info = {**getattr(module, "run_info", {}), KEY: record}
     return record
 
