@@ -119,3 +119,31 @@ def test_full_disk_during_training(small_disk):
                     f"({last.split('(')[1].split(')')[0]}); the previous last.ckpt is kept"), last  # fmt: skip
     assert saved_step(disk / "run") == 3
     assert sorted(os.listdir(disk / "run" / "checkpoints")) == ["last.ckpt"]
+
+
+class PoisonBuffer(L.Callback):
+    """Set the first BatchNorm ``running_var`` to Inf at the start of optimiser step ``step`` (the weights stay
+    finite: training-mode BatchNorm normalises with the batch's statistics)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            next(b for n, b in module.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
+
+
+def test_no_checkpoint_holds_a_non_finite_buffer(tmp_path, caplog):
+    """A BatchNorm statistic that turns Inf during step 5: last.ckpt stays at step 5 (saved before it) and no
+    best.ckpt is written by the validation after it."""
+    from selfsup.runtime.checkpoint import non_finite
+
+    overrides = TINY + ["projector.batch_norm=true", "trainer.max_epochs=1", "callbacks.last.every_n_train_steps=1",
+                        "+callbacks.poison._target_=tests.runtime.test_autosave.PoisonBuffer",
+                        "+callbacks.poison.step=5"]  # fmt: skip
+    with caplog.at_level("ERROR"):
+        run(compose_train(overrides, tmp_path))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5 and non_finite(ckpt["state_dict"]) == []
+    assert not (tmp_path / "checkpoints" / "best.ckpt").exists()
+    assert "not saving a checkpoint at step 6: non-finite values in ['projector." in caplog.text

@@ -7,8 +7,8 @@ of these holds: every ``every_n_train_steps`` steps, at the end of every ``every
 A save that falls on an epoch's last step waits for that epoch's validation (``on_train_epoch_end``), so a crash
 right after it loses no validation either; a preemption signal is answered at once.
 So a crash (kill -9, a node failure) loses at most the steps since the last of those. A checkpoint whose weights
-hold NaN/Inf is never written: the previous one stays. Sharded strategies (DeepSpeed, FSDP with sharded state)
-write a directory; it is written under a temporary name and swapped in.
+or buffers hold NaN/Inf is never written: the previous one stays. Sharded strategies (DeepSpeed, FSDP with sharded
+state) write a directory; it is written under a temporary name and swapped in.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from selfsup.runtime.checkpoint import non_finite
 from selfsup.runtime.files import fsync_dir
 from selfsup.runtime.preemption import PREEMPTION_SIGNALS, Preempted, SignalFlag
 
@@ -85,9 +86,11 @@ def recover_swaps(directory: Path) -> None:
 
 
 def _finite(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    bad = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+    """Whether every floating tensor the checkpoint would hold — parameters and buffers (BatchNorm statistics, EMA
+    centres, queues) — is finite on every rank. Read in place: sharded weights are not gathered."""
+    bad = non_finite({**dict(module.named_parameters()), **dict(module.named_buffers())})
     if bad:
-        log.error("not saving a checkpoint at step %d: non-finite weights in %s", trainer.global_step, bad[:3])
+        log.error("not saving a checkpoint at step %d: non-finite values in %s", trainer.global_step, bad[:3])
     return not any_rank(trainer, bool(bad))[0]
 
 
