@@ -157,8 +157,51 @@ def test_resume_without_a_checkpoint_in_a_used_directory_stops(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"resume=true: hydra.run.dir=.* holds a run .* but no "
                                                 r"checkpoints/last.ckpt to continue from"):  # fmt: skip
         run(compose_train(TINY + ["resume=true"], tmp_path), ["resume=true"])
-    run(compose_train(TINY + ["resume=true", "trainer.max_steps=2"], tmp_path / "fresh"))  # an empty dir: a new run
+    run(compose_train(TINY + ["resume=auto", "trainer.max_steps=2"], tmp_path / "fresh"))  # auto: a new run here
     assert saved_step(tmp_path / "fresh") == 2
+
+
+def test_resume_true_on_a_directory_without_a_run_is_refused(tmp_path):
+    """A mistyped ``hydra.run.dir`` with ``resume=true`` must not start over; ``resume=auto`` (SLURM) may."""
+    typo = tmp_path / "rnu"
+    with pytest.raises(FileNotFoundError, match=r"resume=true: hydra.run.dir=.*rnu holds no run to continue"):
+        run(compose_train(TINY + ["resume=true"], typo), ["resume=true"])
+    assert not typo.exists()
+    with pytest.raises(ValueError, match=r"resume='yes': expected true .* false .* or auto"):
+        run(compose_train(TINY + ["resume=yes"], typo))
+
+
+def test_a_run_that_failed_before_its_first_step_is_rerun_by_the_same_command(tmp_path):
+    """A first attempt that stopped before any step (a corrupt image, a typo in a callback) left .hydra/ and
+    train.log: the same command starts the run over instead of calling the directory used."""
+    crash = TINY + ["trainer.max_steps=2", "+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=0"]
+    with pytest.raises(RuntimeError, match="interrupted at step 0"):
+        run(compose_train(crash, tmp_path))
+    assert (tmp_path / ".hydra" / "config.yaml").is_file() and not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    run(compose_train(TINY + ["trainer.max_steps=2"], tmp_path))
+    assert saved_step(tmp_path) == 2
+    assert "InterruptAt" not in (tmp_path / ".hydra" / "config.yaml").read_text()  # the config it ran with
+
+
+def test_ckpt_path_into_another_runs_directory_is_refused(tmp_path):
+    """``ckpt_path=<run A's checkpoint> hydra.run.dir=<run B>`` would overwrite B's last.ckpt and mix A's metrics
+    rows into B's: refused, B untouched. Into A's own directory or an empty one, A continues (with A's config)."""
+    a, b, empty = tmp_path / "a", tmp_path / "b", tmp_path / "empty"
+    run(compose_train(TINY + ["trainer.max_steps=3"], a))
+    run(compose_train(TINY + ["trainer.max_steps=2", "seed=1"], b))
+    before = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    a_last = a / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"ckpt_path=.*a/checkpoints/last.ckpt: hydra.run.dir=.*b holds another run"):
+        run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=5"], b), [f"ckpt_path={a_last}"])
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
+    run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=4"], a),
+        [f"ckpt_path={a_last}", "trainer.max_steps=4"])  # fmt: skip
+    assert saved_step(a) == 4
+    run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=5"], empty),
+        [f"ckpt_path={a_last}", "trainer.max_steps=5"])  # fmt: skip
+    assert saved_step(empty) == 5
+    saved = (empty / ".hydra" / "config.yaml").read_text()
+    assert "seed: 0" in saved and f"run_dir: {empty}" in saved  # A's config, in its new place
 
 
 @pytest.mark.slow

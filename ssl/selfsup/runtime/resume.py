@@ -7,8 +7,12 @@ values are fine (a requeued job repeats its command line), keys in ``SAFE_ON_RES
 ``<run dir>/.hydra/resumes.yaml``), and any other difference is refused in one line. Paths inside the saved config
 that pointed into the old run directory follow the run when it was moved or copied.
 
-A new run is refused where the directory already holds one; ``resume=true`` on a directory that holds a run but
-no ``last.ckpt`` says so and stops instead of starting over.
+A new run is refused where the directory already holds one (a checkpoint or a logged metrics row: an attempt that
+stopped before its first logged step, leaving only ``.hydra/`` and ``train.log``, is started over by the same
+command). ``resume=true`` on a directory that holds no run is refused (a mistyped path must not start over);
+``resume=auto`` continues a run where there is one and starts it where there is none — what a SLURM job's first
+start and its requeues share. ``ckpt_path=<checkpoint of run A>`` into a directory that holds another run B is
+refused (B's checkpoints and metrics would be overwritten); into A's own directory or an empty one it continues A.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from selfsup.runtime.checkpoint import run_info
-from selfsup.runtime.lock import LOCK_NAME
 
 log = logging.getLogger("selfsup.resume")
 
@@ -57,15 +60,23 @@ class Plan:
 
 
 def holds_run(run_dir: Path) -> str | None:
-    """What shows that ``run_dir`` already holds a run (None: nothing does)."""
+    """What shows that ``run_dir`` holds a run that trained: a checkpoint or a logged metrics row (None: nothing
+    does — ``.hydra/``, ``train.log`` and the lock of an attempt that stopped before its first logged step do not
+    count; a live run's lock refuses a second run by itself, :class:`selfsup.runtime.lock.RunLock`)."""
     checkpoints = run_dir / "checkpoints"
-    for what in (checkpoints / "last.ckpt", run_dir / ".hydra" / "config.yaml", run_dir / "metrics.csv",
-                 run_dir / LOCK_NAME):  # fmt: skip
-        if what.exists():
-            return str(what)
+    if (checkpoints / "last.ckpt").exists():
+        return str(checkpoints / "last.ckpt")
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         return str(checkpoints)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        with open(metrics, "rb") as f:
+            if len(f.read(1 << 16).splitlines()) > 1:  # a header and at least one row
+                return str(metrics)
     return None
+
+
+RESUME_CHOICES = (False, True, "auto")
 
 
 def plan(cfg: DictConfig, overrides: list[str] | None = None, rank_zero: bool = True) -> Plan:
@@ -75,28 +86,56 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None, rank_zero: bool = 
     """
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
+    resume = cfg.resume
+    if resume not in RESUME_CHOICES:
+        raise ValueError(f"resume={resume!r}: expected true (continue the run in hydra.run.dir), false (a new run) or "
+                         "auto (continue it where there is one, else start it)")  # fmt: skip
     if cfg.ckpt_path is not None:
         path = last if str(cfg.ckpt_path) == "last" else Path(str(cfg.ckpt_path))
         if not path.exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}")
-        return _resume_plan(cfg, overrides, path)
-    if cfg.resume:
+        resumed = _resume_plan(cfg, overrides, path)
+        if rank_zero:
+            _check_same_run(run_dir, path, resumed.saved)
+        return resumed
+    if resume:
         if last.exists():  # a file, or a directory of shards (DeepSpeed)
             return _resume_plan(cfg, overrides, last)
         found = holds_run(run_dir) if rank_zero else None
         if found is not None:
             raise FileNotFoundError(
-                f"resume=true: hydra.run.dir={run_dir} holds a run ({found}) but no checkpoints/last.ckpt to continue "
-                "from (it stopped before its first checkpoint): delete the directory to start it over, or choose "
-                "another hydra.run.dir"
+                f"resume={str(resume).lower()}: hydra.run.dir={run_dir} holds a run ({found}) but no "
+                "checkpoints/last.ckpt to continue from (it stopped before its first checkpoint): delete the "
+                "directory to start it over, or choose another hydra.run.dir"
             )
-        log.info("resume=true and %s holds no run yet: starting a new run", run_dir)
+        if resume is True:
+            raise FileNotFoundError(
+                f"resume=true: hydra.run.dir={run_dir} holds no run to continue (no checkpoints/last.ckpt): check "
+                "the path; resume=auto starts the run where there is none (SLURM jobs)"
+            )
+        log.info("resume=auto and %s holds no run yet: starting a new run", run_dir)
     elif rank_zero and (found := holds_run(run_dir)) is not None:
         raise ValueError(
             f"hydra.run.dir={run_dir} already holds a run ({found}): pass resume=true to continue it or choose "
             "another hydra.run.dir"
         )
     return Plan(cfg)
+
+
+def _check_same_run(run_dir: Path, path: Path, saved: dict) -> None:
+    """``ckpt_path=`` continues its run in ``run_dir`` only where that holds no other run: the checkpoint lies
+    inside it, or was written by a run in it (its saved ``run_dir``), or it holds no run at all."""
+    here = run_dir.resolve()
+    inside = here in path.resolve().parents
+    own = saved.get("config", {}).get("run_dir")
+    if inside or (own is not None and Path(str(own)).resolve() == here):
+        return
+    found = holds_run(run_dir)
+    if found is not None:
+        raise ValueError(
+            f"ckpt_path={path}: hydra.run.dir={run_dir} holds another run ({found}) that continuing this checkpoint "
+            "there would overwrite: choose an empty hydra.run.dir (or the checkpoint's own run directory)"
+        )
 
 
 def _resume_plan(cfg: DictConfig, overrides: list[str] | None, path: Path) -> Plan:

@@ -68,15 +68,18 @@ def task_overrides() -> list[str] | None:
 
 def prepare_run_dir(run_dir: Path, cfg: DictConfig, p: Plan, overrides: list[str] | None) -> None:
     """With the lock held: finish or undo interrupted checkpoint swaps, delete killed writers' temporary files,
-    then write ``.hydra/`` for a new run or append the resume to ``.hydra/resumes.yaml``."""
+    then write ``.hydra/`` for a new run (or one continued from a checkpoint outside ``run_dir``) and append a
+    resume to ``.hydra/resumes.yaml``."""
     recover_swaps(run_dir / "checkpoints")
     for folder in (run_dir, run_dir / "checkpoints", run_dir / ".hydra"):
         for stale in remove_stale_temps(folder):
             log.warning("removed %s, left by a killed write", stale)
+    hydra_dir = run_dir / ".hydra"
     if p.ckpt_path is not None:
         record(run_dir, p, overrides)
-        return
-    hydra_dir = run_dir / ".hydra"
+        if run_dir.resolve() in Path(p.ckpt_path).resolve().parents:
+            return  # this run's own checkpoint: its .hydra/ stays
+    # a new run, or another run's checkpoint continued here: the config it trains with
     atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides or [])))
     from hydra.core.hydra_config import HydraConfig
