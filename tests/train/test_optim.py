@@ -1,9 +1,14 @@
+import csv
 import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from selfsup.train import run
 from selfsup.train.optim import LARS, OptimizerSpec, warmup_cosine
+from tests.config_utils import compose_train
+from tests.runs import TINY
 
 
 def test_lars_step_matches_the_formula():
@@ -89,3 +94,42 @@ def test_weight_decay_follows_dinos_cosine():
     for i, (decayed, excluded) in enumerate(seen):
         assert decayed == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * i / 10)))
         assert excluded == 0.0
+
+
+@pytest.mark.slow
+def test_a_resume_that_changes_the_runs_length_keeps_the_lr_schedule(tmp_path, caplog):
+    """docs/runs.md, "Resuming": a finished 20-step run resumed with trainer.max_epochs=3 (30 steps) keeps its
+    schedule — peak x warmup_cosine(step, 10, 20, min_lr_ratio), flat at min_lr_ratio x the peak after step 20 — and
+    says so in one warning line."""
+    overrides = TINY + ["optim.min_lr_ratio=0.1"]  # 10 steps an epoch, warm-up 1 epoch, 32 rows a step
+    cfg = compose_train(overrides, tmp_path)
+    peak = instantiate(cfg.optim).scaled_lr(32)
+    run(cfg)
+    with caplog.at_level("WARNING", logger="selfsup.optim"):
+        run(compose_train(overrides + ["trainer.max_epochs=3", "resume=true"], tmp_path))
+    with open(tmp_path / "metrics.csv") as f:
+        lr = {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")}
+    assert sorted(lr) == list(range(30))
+    for step, value in lr.items():
+        assert value == pytest.approx(peak * warmup_cosine(step, 10, 20, 0.1), rel=1e-6), step
+    assert [r.getMessage() for r in caplog.records if r.name == "selfsup.optim"] == [
+        "resume: the run is now 30 optimiser steps long, its LR schedule 20 (trainer.max_steps/max_epochs changed): "
+        "the schedule is kept; steps 20-29 run at its final LR, optim.min_lr_ratio=0.1 x the peak"]
+
+
+def test_a_shorter_resumed_run_keeps_the_lr_schedule(caplog):
+    """The schedule's state restored into one built for fewer steps: the LR stays on the saved schedule."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    _, saved = OptimizerSpec(lr=0.256, warmup_epochs=1).build([w], [], 256, total_steps=40, steps_per_epoch=10)
+    for _ in range(12):
+        saved.optimizer.step()
+        saved.step()
+    opt, resumed = OptimizerSpec(lr=0.256, warmup_epochs=1).build([w], [], 256, total_steps=20, steps_per_epoch=10)
+    opt.load_state_dict(saved.optimizer.state_dict())
+    with caplog.at_level("WARNING", logger="selfsup.optim"):
+        resumed.load_state_dict(saved.state_dict())
+    for step in range(12, 20):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.256 * warmup_cosine(step, 10, 40)), step
+        opt.step()
+        resumed.step()
+    assert f"the run stops at step 20, at {warmup_cosine(19, 10, 40):.4g} x the peak LR" in caplog.text

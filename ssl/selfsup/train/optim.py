@@ -1,12 +1,21 @@
-"""Optimisers (LARS, SGD, AdamW) with bias/norm exclusion, batch-scaled LR, linear warm-up and cosine decay."""
+"""Optimisers (LARS, SGD, AdamW) with bias/norm exclusion, batch-scaled LR, linear warm-up and cosine decay.
+
+The schedule is planned over the run's optimiser steps (``trainer.max_steps``/``max_epochs``) and saved in every
+checkpoint: a resume that changes the run's length keeps it — the same warm-up and cosine up to the planned end, then
+the final LR (``optim.min_lr_ratio`` x the peak) for any steps beyond — and says so in one warning line
+(docs/runs.md, "Resuming").
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+
+log = logging.getLogger("selfsup.optim")
 
 
 class LARS(torch.optim.Optimizer):
@@ -43,11 +52,42 @@ class LARS(torch.optim.Optimizer):
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine decay to ``min_ratio`` at ``total_steps``."""
+    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine decay to ``min_ratio`` at ``total_steps``
+    (and ``min_ratio`` after it)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """:func:`warmup_cosine` as an object: ``LambdaLR`` saves an object's fields (not a function's) with its state,
+    so a resumed run restores the schedule it was planned with."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float):
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_ratio)
+
+
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` over one :class:`WarmupCosine`, stepped once per optimiser step. Loading a checkpoint's state
+    restores the saved schedule; where the run's length now differs, one warning says what the LR does."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        planned = self.lr_lambdas[0].total_steps
+        super().load_state_dict(state_dict)
+        kept = self.lr_lambdas[0]
+        if kept.total_steps == planned or (torch.distributed.is_initialized() and torch.distributed.get_rank()):
+            return
+        if planned > kept.total_steps:
+            then = (f"steps {kept.total_steps}-{planned - 1} run at its final LR, optim.min_lr_ratio={kept.min_ratio} "
+                    "x the peak")
+        else:
+            then = f"the run stops at step {planned}, at {kept(planned - 1):.4g} x the peak LR"
+        log.warning("resume: the run is now %d optimiser steps long, its LR schedule %d (trainer.max_steps/"
+                    "max_epochs changed): the schedule is kept; %s", planned, kept.total_steps, then)
 
 
 class OptimizerSpec:
@@ -129,15 +169,16 @@ class OptimizerSpec:
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
         warmup = min(int(round(self.warmup_epochs * steps_per_epoch)), max(0, total_steps - 1))
-        lr_fn = lambda step: warmup_cosine(step, warmup, total_steps, self.min_lr_ratio)  # noqa: E731
+        lr_fn = WarmupCosine(warmup, total_steps, self.min_lr_ratio)
         if self.weight_decay_end is None:
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_fn)
+            return opt, StepSchedule(opt, lr_fn)
         return opt, WeightDecaySchedule(opt, lr_fn, self.weight_decay, self.weight_decay_end, total_steps)
 
 
-class WeightDecaySchedule(torch.optim.lr_scheduler.LambdaLR):
+class WeightDecaySchedule(StepSchedule):
     """The LR schedule of ``lr_lambda``, and the decayed groups' weight decay on a cosine from ``start`` at step 0 to
-    ``end`` at ``total`` (DINO's ``utils.cosine_scheduler`` for the weight decay, without warm-up)."""
+    ``end`` at ``total`` (DINO's ``utils.cosine_scheduler`` for the weight decay, without warm-up); a resume keeps
+    ``total`` too."""
 
     def __init__(self, optimizer, lr_lambda, start: float, end: float, total: int):
         self.wd_start, self.wd_end, self.wd_total = start, end, max(1, total)
