@@ -67,3 +67,17 @@ def test_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["selfsup-export: error: out not set: usage: selfsup-export checkpoint=<file.ckpt | run dir> "
                    "out=<encoder.safetensors>"]  # fmt: skip
+
+
+def test_cli_takes_sweep_points_unquoted_or_quoted_as_for_hydra_and_names_its_output(tmp_path, caplog):
+    """A sweep point's directory (``key=value,key=value``, docs/runs.md) as the other commands take it: as it is, or
+    quoted for Hydra (``checkpoint='...'``)."""
+    import logging
+
+    run = make_run(tmp_path / "multirun" / "2026-12-05" / "19-07-45" / "objective.temperature=0.2,optim.lr=0.1")
+    for i, checkpoint in enumerate((str(run), f"'{run}'", f'"{run / "checkpoints" / "last.ckpt"}"')):
+        out = tmp_path / f"export,i={i}" / "encoder.safetensors"
+        with caplog.at_level(logging.INFO, logger="selfsup.export"):
+            main([f"checkpoint={checkpoint}", f"out='{out}'" if i else f"out={out}"])
+        assert load_file(str(out)).keys() == original_backbone("test_resnet").state_dict().keys()
+        assert f"wrote {out}" in caplog.text

@@ -181,6 +181,29 @@ def test_main_prints_one_line_errors_and_exits_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_sweep_point_paths_work_unquoted_and_the_outputs_are_named(tmp_path, monkeypatch, capsys):
+    """A sweep writes directories named ``key=value,key=value`` (docs/runs.md): Hydra alone cannot read them."""
+    from selfsup.reduce.cli import main
+
+    folder = tmp_path / "multirun" / "2026-12-05" / "19-07-45" / "objective.temperature=0.2,optim.lr=0.1"
+    folder.mkdir(parents=True)
+    np.save(folder / "x.npy", matrix().numpy())
+    out = tmp_path / "tldr" / "n_components=3,k=3"
+    monkeypatch.setattr(logging.getLogger(), "handlers", logging.getLogger().handlers[:])  # as above
+    monkeypatch.setattr(sys, "argv", ["selfsup-reduce", f"features={folder / 'x.npy'}", f"out={out}", *TINY])
+    main()
+    assert load_file(str(out / "reduced.safetensors"))["train"].shape == (48, 3)
+    paths = ", ".join(str(out / name) for name in ("encoder.safetensors", "reduced.safetensors", "summary.json"))
+    assert f"wrote {paths}" in capsys.readouterr().out
+
+
+def test_out_that_is_a_file_is_refused_before_the_features_are_read(tmp_path):
+    (tmp_path / "out.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match=rf"^out={tmp_path / 'out.txt'}: is a file; expected a directory"):
+        reduce(reduce_cfg(f"features={tmp_path / 'missing.npy'}", f"out={tmp_path / 'out.txt'}", *TINY))
+    assert (tmp_path / "out.txt").read_text() == "mine\n"
+
+
 @pytest.mark.slow
 def test_python_m_selfsup_reduce_runs(tmp_path):
     np.save(tmp_path / "x.npy", matrix().numpy())

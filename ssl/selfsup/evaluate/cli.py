@@ -31,7 +31,7 @@ from selfsup.evaluate.features import build_eval_datasets, eval_data_config, fea
 from selfsup.evaluate.probes import sgd_probe_augmented
 from selfsup.evaluate.targets import Target, resolve_targets, run_dir_of
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
-from selfsup.runtime.errors import one_line_errors, run_hydra_app
+from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
 log = logging.getLogger("selfsup.eval")
@@ -113,8 +113,9 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
                      "classes": list(test_ds.source.classes), "data": data}  # fmt: skip
 
 
-def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfig) -> None:
-    """Reports first, metrics.json last (atomic): a metrics.json exists only for a finished evaluation."""
+def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfig) -> list[Path]:
+    """Reports first, metrics.json last (atomic): a metrics.json exists only for a finished evaluation. Returns the
+    files written (plots aside)."""
     spectrum = embedding_map = None
     if cfg.eval.plots:
         spectrum = report.spectrum_png(artefacts["singular_values"])
@@ -128,28 +129,33 @@ def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfi
         series = report.read_metrics_csv(csv_path)
         curves, eigenvalues = report.curves_png(series), report.eigenvalues_png(series)
     details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
-    report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details,
-                            curves, eigenvalues)  # fmt: skip
+    reports = report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum,
+                                      embedding_map, details, curves, eigenvalues)  # fmt: skip
     report.write_json(target.out_dir / "metrics.json", metrics)
+    return [target.out_dir / "metrics.json", *reports]
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate every target of ``cfg.checkpoint``; returns the metrics (a sweep: the ranking summary)."""
     quiet_known_warnings()
+    if cfg.out is not None:  # before any work: a file there would fail only once the features are extracted
+        check_output_dir("out", cfg.out)
     targets, sweep_dir = resolve_targets(cfg)
     results, metrics = [], {}
     for target in targets:
         log.info("evaluating %s (%s)", target.name, target.source)
         metrics, artefacts = evaluate_target(target, cfg)
-        write_outputs(target, metrics, artefacts, cfg)
+        written = write_outputs(target, metrics, artefacts, cfg)
         log.info("%s: %s", target.name, _summary(metrics))
+        log.info("wrote %s", ", ".join(str(p) for p in written))
         results.append({"name": target.name, "overrides": target.overrides, **metrics})
     if sweep_dir is None:
         return metrics
     out = Path(cfg.out) if cfg.out is not None else sweep_dir
     summary = report.sweep_summary(results)
-    report.write_sweep_report(out, f"selfsup-eval sweep: {sweep_dir}", summary)
+    reports = report.write_sweep_report(out, f"selfsup-eval sweep: {sweep_dir}", summary)
     report.write_json(out / "sweep.json", summary)
+    log.info("wrote %s", ", ".join(str(p) for p in (out / "sweep.json", *reports)))
     for acc, by in summary["correlations"].items():
         for key, c in by.items():
             log.info("%s vs %s: Spearman %.3f, Kendall %.3f (%d runs)", key, acc, c.get("spearman", math.nan),

@@ -108,12 +108,16 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments (the Hydra-style command line of the other tools); only checkpoint and out."""
+    """``key=value`` arguments (the Hydra-style command line of the other tools); only checkpoint and out. The value
+    is everything after the first ``=`` (a sweep point's directory, ``.../optim.lr=0.1``, needs no quotes); a value
+    quoted for Hydra as the other commands accept it (``checkpoint='.../optim.lr=0.1'``) is read without its quotes."""
     args = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in ("checkpoint", "out"):
             raise ValueError(f"argument {arg!r}: expected checkpoint=<path> or out=<file.safetensors>")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
         args[key] = value
     missing = [k for k in ("checkpoint", "out") if not args.get(k)]
     if missing:

@@ -18,7 +18,7 @@ from selfsup.config import CONF_DIR
 from selfsup.evaluate.features import device_of
 from selfsup.reduce.io import load_features, save_outputs
 from selfsup.reduce.tldr import TLDR, check_metric, fit, knn_graph, transform
-from selfsup.runtime.errors import one_line_errors, run_hydra_app
+from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
 log = logging.getLogger("selfsup.reduce")
@@ -50,6 +50,7 @@ def _reduce(cfg: DictConfig) -> dict:
     t_cfg, k_cfg, f_cfg = cfg.tldr, cfg.knn, cfg.train
     check_metric(k_cfg.metric)
     device = _device(cfg.device)
+    check_output_dir("out", cfg.out)  # before the neighbour search and the training, not after them
     path, splits = load_features(cfg.features, cfg.key)
     x = splits["train"]["features"]  # (N, D)
     log.info("features %s: %s", path, ", ".join(f"{s} {tuple(d['features'].shape)}" for s, d in splits.items()))

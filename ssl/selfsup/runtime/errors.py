@@ -1,17 +1,25 @@
 """Bad input ends a command with one line naming the key and what was expected, exit status 2, not a traceback.
 
-The three console scripts share this: :func:`one_line_errors` around the work, :func:`run_hydra_app` around a Hydra
-app (whose composition errors — an unknown recipe, a misspelt key — Hydra would print over several lines with exit
+The console scripts share this: :func:`one_line_errors` around the work, :func:`run_hydra_app` around a Hydra app
+(whose composition errors — an unknown recipe, a misspelt key — Hydra would print over several lines with exit
 status 1). ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+
+:func:`run_hydra_app` also quotes path values for Hydra (:func:`quote_path_values`): a sweep writes its runs into
+directories named by the swept keys (``multirun/<date>/<time>/objective.temperature=0.2``, docs/runs.md), which
+Hydra's override grammar cannot read unquoted; and a run directory Hydra cannot create or write its job log in is
+named in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import re
 import sys
+from pathlib import Path
 
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from selfsup.runtime.files import NoSpaceError
@@ -75,30 +83,137 @@ def one_line_errors(prog: str):
     return wrap
 
 
+# Keys whose values are paths: a value Hydra's override grammar cannot read as one string (a sweep point's directory
+# holds "=" and ","; brackets, "#", "~") is passed to Hydra quoted.
+PATH_KEYS = frozenset({
+    "hydra.run.dir", "hydra.sweep.dir", "checkpoint", "ckpt_path", "init_from", "out", "features", "data.root",
+    "data.train_dir", "data.val_dir",
+})  # fmt: skip
+_PLAIN = (str, int, float, bool, type(None))
+_UNREADABLE = object()
+
+
+def _hydra_quoted(value: str) -> str:
+    """``value`` as one single-quoted string of Hydra's override grammar: quotes escaped, and the backslashes before
+    an escaped quote or the closing quote doubled (Hydra reads ``\\`` there as one backslash)."""
+    inner = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    inner = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, inner)
+    return f"'{inner}'"
+
+
+def quote_path_values(argv: list[str]) -> list[str]:
+    """``argv`` with the value of each path key (:data:`PATH_KEYS`, with or without ``+``/``++``) quoted where Hydra
+    could not read it as that one string (``hydra.run.dir=multirun/d/t/optim.lr=0.1,seed=1`` is a parse error, or
+    a sweep over two values); values Hydra reads as they are (``null``, ``last``, plain paths, quoted ones) stay."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def reads_as(arg: str):
+        try:
+            parsed = parser.parse_override(arg)
+        except HydraException:
+            return _UNREADABLE
+        value = parsed.value()
+        return value if not parsed.is_sweep_override() and isinstance(value, _PLAIN) else _UNREADABLE
+
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in PATH_KEYS and value and reads_as(arg) is _UNREADABLE:
+            quoted = f"{key}={_hydra_quoted(value)}"
+            if reads_as(quoted) == value:  # else leave it: Hydra's own error names it
+                arg = quoted
+        out.append(arg)
+    return out
+
+
+def _override_hint(e: OverrideParseException) -> str:
+    """Hydra's parse error, naming the override and how to quote a value."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else "cannot parse it"
+    return (f"{e.override}: {first}; expected key=value: quote a value holding '=', ',', brackets or spaces for Hydra, "
+            """e.g. 'key="a=b"' in the shell""")  # fmt: skip
+
+
+def _in_selfsup(tb) -> bool:
+    """Whether a traceback passes through selfsup's own code (beyond this module): the job ran, Hydra's set-up
+    did not fail."""
+    package, here = Path(__file__).resolve().parents[1], Path(__file__).resolve()
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename).resolve()
+        if path != here and package in path.parents:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# OS errors of a directory that cannot be created or written (not there at all: FileNotFoundError is Hydra's bug)
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+
+
+def _unwritable_run_dir(e: BaseException) -> str | None:
+    """One line for a run directory that Hydra could not create, or its job log (``<run dir>/train.log``) that
+    Hydra's logging set-up could not open — before the job starts; None for any other error."""
+    os_error = e
+    if isinstance(e, ValueError) and str(e).startswith("Unable to configure handler"):
+        os_error = e.__cause__
+    if not isinstance(os_error, OSError) or os_error.errno not in _UNWRITABLE or _in_selfsup(e.__traceback__):
+        return None
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in sys.argv[1:]) else "hydra.run.dir"
+    reason = f"[Errno {os_error.errno}] {os_error.strerror}"
+    if os_error is not e and os_error.filename:  # the job log
+        path = Path(os_error.filename)
+        return f"{key}={path.parent}: cannot write {path.name} there ({reason}); expected a writable run directory"
+    return f"{key}: cannot create {os_error.filename} ({reason}); expected a writable run directory"
+
+
+def check_output_dir(key: str, value) -> Path:
+    """The directory ``<key>=<value>`` names for a command's output (created later if missing), refused in one line
+    before any work when it, or a folder above it, is a file."""
+    path = Path(str(value)).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"{folder} is a file"
+                raise ValueError(f"{key}={value}: {where}; expected a directory (created if missing)")
+            break
+    return path
+
+
 def _raise(e: BaseException):
     raise e
 
 
 def run_hydra_app(app, prog: str) -> None:
-    """Run a ``@hydra.main`` app; Hydra's own errors (composition, overrides) are reported in one line, exit 2."""
+    """Run a ``@hydra.main`` app on ``sys.argv`` with its path values quoted (:func:`quote_path_values`); Hydra's
+    own errors (composition, overrides, a run directory it cannot write) are reported in one line, exit 2."""
     import hydra._internal.utils as hydra_utils
 
-    original = hydra_utils.run_and_report
+    original, argv = hydra_utils.run_and_report, sys.argv[:]
 
     def run_and_report(func):
         try:
             return func()
         except Exception as e:
-            err, bug = _user_error(e), e
-            if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":  # a bug: Hydra shows where it happened
+            bug = e
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 return original(lambda: _raise(bug))
-            cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
-            message = one_line(err) + (f"; {one_line(cause)}" if cause is not None else "")
+            message = _unwritable_run_dir(e)
+            if message is None:
+                err = _user_error(e)
+                if err is None:  # a bug: Hydra shows where it happened
+                    return original(lambda: _raise(bug))
+                cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
+                message = one_line(err) + (f"; {one_line(cause)}" if cause is not None else "")
+                if isinstance(err, OverrideParseException):
+                    message = _override_hint(err)
             print(f"{prog}: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
 
     hydra_utils.run_and_report = run_and_report
+    sys.argv[1:] = quote_path_values(sys.argv[1:])  # Lightning's DDP launcher re-runs sys.argv: kept while app runs
     try:
         app()
     finally:
         hydra_utils.run_and_report = original
+        sys.argv[:] = argv
