@@ -100,6 +100,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     quiet_known_warnings()
     p = plan(cfg, overrides, rank_zero=env_rank_zero())
     cfg = p.cfg
+    log.info("run directory %s", Path(cfg.run_dir).resolve())  # stdout and <run dir>/train.log (conf/train.yaml)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
     init = init_from.apply(cfg, module, resumed=p.saved if p.ckpt_path is not None else None)
@@ -142,7 +143,12 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    run_hydra_app(_app, "selfsup-train")
+    # warnings.warn (Lightning's among them) goes to the py.warnings logger: stderr as before, and train.log
+    logging.captureWarnings(True)
+    try:
+        run_hydra_app(_app, "selfsup-train")
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":
