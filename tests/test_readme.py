@@ -50,6 +50,25 @@ PROMISES = {
     "says so instead of starting over": [
         "tests/runtime/test_resume.py::test_resume_without_a_checkpoint_in_a_used_directory_stops",
     ],
+    "a directory that holds another run is refused, untouched": [
+        "tests/runtime/test_resume.py::test_ckpt_path_into_another_runs_directory_is_refused",  # broken on purpose
+    ],
+    "directory that holds no run at all it is refused (a mistyped path never starts over": [
+        "tests/runtime/test_resume.py::test_resume_true_on_a_directory_without_a_run_is_refused",  # broken on purpose
+        "tests/test_slurm.py::test_hydra_sweep_through_submitit_with_a_preempted_point",
+    ],
+    "step (a corrupt image; only `.hydra/` and `train.log` left) is started over by the same command": [
+        "tests/runtime/test_resume.py::test_a_run_that_failed_before_its_first_step_is_rerun_by_the_same_command",
+    ],
+    "anything else is refused in one line naming the key and the target": [
+        "tests/runtime/test_saved_config.py::test_no_command_instantiates_a_hostile_saved_config",  # broken on purpose
+        "tests/runtime/test_saved_config.py::test_a_fuzz_of_nested_targets_is_refused_wherever_it_hides",
+        "tests/runtime/test_saved_config.py::test_every_recipe_as_saved_passes",
+        "tests/runtime/test_saved_config.py::test_a_user_trusts_their_own_constructor",
+    ],
+    "refuse a checkpoint whose weights or buffers hold NaN/Inf": [
+        "tests/runtime/test_saved_config.py::test_load_refuses_non_finite_weights_and_buffers",
+    ],
     "a `.ckpt` whose pickle would run code is refused in one line": [
         "tests/runtime/test_checkpoint.py::test_load_refuses_a_booby_trapped_checkpoint",
         "tests/runtime/test_checkpoint.py::test_no_command_runs_code_from_a_checkpoint",

@@ -65,15 +65,20 @@ def allowed_targets() -> frozenset[str]:
 def check_saved_config(tree, source: str, trusted: Iterable[str] = ()) -> None:
     """Refuse, in one line naming ``source`` and the key, a config read from disk that would run code when
     instantiated: a ``_target_`` (at any depth, inside ``_args_`` lists included) that is neither in
-    :func:`allowed_targets` nor in ``trusted``, or an ``${...}`` interpolation (saved configs are written resolved,
-    so one can only have been put there by hand; resolvers could build a ``_target_`` after this check)."""
+    :func:`allowed_targets` nor in ``trusted`` (names, or ``pkg.*`` for every name below ``pkg``), or an ``${...}``
+    interpolation (saved configs are written resolved, so one can only have been put there by hand; resolvers could
+    build a ``_target_`` after this check)."""
     allowed = allowed_targets() | frozenset(trusted)
+    prefixes = tuple(t[:-1] for t in trusted if t.endswith(".*"))  # "mypkg.*" -> "mypkg."
+
+    def admitted(target) -> bool:
+        return target in allowed or (bool(prefixes) and isinstance(target, str) and target.startswith(prefixes))
 
     def walk(node, key: str) -> None:
         if isinstance(node, dict):
             for k, value in node.items():
                 path = f"{key}.{k}" if key else str(k)
-                if k == "_target_" and value not in allowed:
+                if k == "_target_" and not admitted(value):
                     raise UnsafeConfigError(
                         f"{source}: refused: {path}={value!r} is not a constructor selfsup's configs use (a saved "
                         f"config is data, not code); pass trusted_targets=[{value}] if you trust this file"

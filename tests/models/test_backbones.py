@@ -59,3 +59,14 @@ def test_dino_head_normalises_and_fixes_the_last_layer_norm():
     assert head(torch.randn(4, 16)).shape == (4, 10)
     free = dino_head(in_dim=16, out_dim=10, norm_last_layer=False)
     assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_zero_or_negative_head_widths_fail_when_the_run_is_built(tmp_path):
+    """``projector.out_dim=0`` used to train (torch builds a 0-wide Linear) and fail after training, in RankMe."""
+    from selfsup.train import build
+    from tests.config_utils import compose_train
+    from tests.runs import TINY
+
+    for bad in ("projector.out_dim=0", "projector.hidden_dim=-4", "projector.num_layers=0"):
+        with pytest.raises(ValueError, match=f"{bad}: expected an integer >= 1"):
+            build(compose_train(TINY + [bad], tmp_path))

@@ -56,6 +56,9 @@ def test_refused_in_one_line_naming_the_key_and_the_target(tmp_path):
     with pytest.raises(UnsafeConfigError, match=r"data.root='\$\{oc.env:HOME\}' is an interpolation"):
         check_saved_config({"data": {"root": "${oc.env:HOME}"}}, "checkpoint=a.ckpt")
     check_saved_config({"backbone": {"_target_": "mypkg.MyNet"}}, "checkpoint=a.ckpt", trusted=["mypkg.MyNet"])
+    check_saved_config({"backbone": {"_target_": "mypkg.nets.MyNet"}}, "checkpoint=a.ckpt", trusted=["mypkg.*"])
+    with pytest.raises(UnsafeConfigError, match="'mypkgevil.X'"):
+        check_saved_config({"backbone": {"_target_": "mypkgevil.X"}}, "checkpoint=a.ckpt", trusted=["mypkg.*"])
 
 
 def test_a_fuzz_of_nested_targets_is_refused_wherever_it_hides():

@@ -38,8 +38,12 @@ def check_sweep(overrides, run_dir, params=None):
         (["objective.temprature=0.1,0.2"], None, "Could not override 'objective.temprature'"),
         (["sweeper=optuna"], {"objective.temprature": "interval(0.1, 0.5)"},
          "Could not override 'objective.temprature'"),
+        (["objective.temperature=0.2,0"], None, "temperature=0"),
+        (["projector.out_dim=0,128"], None, "projector.out_dim=0: expected an integer >= 1"),
+        (["sweeper=optuna"], {"optim.lr": "choice(-1, 0.1)"}, "lr=-1"),
     ],
-    ids=["no-partition", "too-many-gpus", "unknown-key", "optuna-unknown-key"],
+    ids=["no-partition", "too-many-gpus", "unknown-key", "optuna-unknown-key", "bad-value-second", "zero-width",
+         "optuna-bad-value"],
 )  # fmt: skip
 def test_bad_sweeps_fail_in_one_line_before_launching(overrides, params, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
@@ -74,6 +78,11 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: Could not override 'optim.lrr'")
     assert not any(p.is_dir() for p in (tmp_path / "bad").glob("*")), "no job may have started"
+    # a bad value in the second point: refused before the first point trains
+    bad = [f"hydra.sweep.dir={tmp_path / 'bad2'}", "objective.temperature=0.2,0"]
+    proc = subprocess.run(base + bad, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 2 and "temperature=0" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not any(p.is_dir() for p in (tmp_path / "bad2").glob("*")), "no job may have started"
     sweep = tmp_path / "optuna"
     proc = subprocess.run(base + ["sweeper=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
                                   "hydra.sweep.subdir=${hydra.job.num}"],

@@ -38,9 +38,11 @@ def extract(
     progress: bool = False,
     description: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, F) float32 on the CPU, labels (N,)) of ``encoder`` in eval mode over ``(image, label)`` items."""
+    """(features (N, F) float32 on the CPU, labels (N,)) of ``encoder`` in eval mode over ``(image, label)`` items
+    (images cast to the encoder's dtype: a ``trainer.precision=64-true`` run's encoder is float64)."""
     was_training = encoder.training
     encoder.eval().to(device)
+    dtype = next(encoder.parameters()).dtype
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     feats, labels = [], []
     batches = loader
@@ -49,7 +51,7 @@ def extract(
 
         batches = track(loader, description=description, total=len(loader))
     for x, y in batches:
-        feats.append(encoder(x.to(device, non_blocking=True)).float().flatten(1).cpu())
+        feats.append(encoder(x.to(device, dtype, non_blocking=True)).float().flatten(1).cpu())
         labels.append(torch.as_tensor(y))
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -25,8 +25,9 @@ def mlp(
         batch_norm: BatchNorm1d after each hidden linear layer.
         last_batch_norm: a non-affine BatchNorm1d on the output (SimCLR v2, Barlow Twins, SimSiam).
     """
-    if num_layers < 1:
-        raise ValueError(f"projector.num_layers={num_layers}: expected >= 1")
+    for key, value in (("num_layers", num_layers), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"projector.{key}={value!r}: expected an integer >= 1 (projector or predictor width)")
     layers, dim = [], in_dim
     for _ in range(num_layers - 1):
         layers += [nn.Linear(dim, hidden_dim, bias=not batch_norm)]

@@ -61,8 +61,11 @@ def load_file(path: Path, key: str = "checkpoint", map_location="cpu", mmap: boo
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
-        if unsafe is None:  # a raw or legacy pickle (not a zip archive): torch's message names the global, if any
+        if unsafe is None:  # a raw or legacy pickle, or no pickle at all: torch's message names a global, if any
             unsafe = re.findall(r"GLOBAL ([\w.]+)", str(e))[:1]
+            if not unsafe:  # (torch's own text would advise weights_only=False: not quoted)
+                raise ValueError(f"{key}={path}: cannot be read as a PyTorch checkpoint (neither a zip archive of "
+                                 "tensors nor a pickle of plain data)") from None  # fmt: skip
         raise UnsafeCheckpointError(
             f"{key}={path}: refused: loading it would run code from the file ({', '.join(unsafe) or 'custom'} "
             "objects); selfsup checkpoints hold only tensors and plain containers"

@@ -16,7 +16,17 @@ from hydra.experimental.callback import Callback
 
 # -- launchers: check every job before anything is submitted ------------------------------------------------------
 def check_job(cfg, overrides: Sequence[str] = ()) -> None:
-    """The per-job checks run for every job of a sweep (composing it already refused unknown keys)."""
+    """The per-job checks run for every job of a sweep (composing it already refused unknown keys): its parts
+    built from its values (``objective.temperature=0`` fails here, not after the earlier points trained), then the
+    launcher's settings."""
+    from omegaconf import OmegaConf, read_write
+
+    from selfsup.train.build import check_parts  # the training config's own checks
+
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    with read_write(job):
+        job.run_dir = "<sweep point>"  # ${hydra:runtime.output_dir}: known once the point runs; nothing is written
+    check_parts(job)
     launcher = cfg.get("launcher") or {}
     if launcher.get("name") == "slurm":
         if not launcher.get("partition"):

@@ -37,34 +37,11 @@ def build(cfg: DictConfig):
     per run) go to ``datamodule.plan``. Bad values fail before the Trainer starts printing.
     """
     check_trainer(cfg.trainer)
-    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
-    needed = getattr(objective, "num_views", 2)
-    if needed > len(views):
-        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
-                         f"config with {needed} (e.g. views=care for objective=care)")
-    check_local_views(views, objective)
+    views, objective = views_and_objective(cfg)
     datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
-    backbone = instantiate(cfg.backbone)
-    check_patch_size(backbone, views)
-    module = SSLModule(
-        backbone=backbone,
-        projector=instantiate(cfg.projector),
-        objective=objective,
-        optim=instantiate(cfg.optim),
-        num_classes=datamodule.num_classes if cfg.online_probe else 0,
-        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
-        target=instantiate(cfg.target),
-        memory=instantiate(cfg.memory),
-        symmetric=cfg.symmetric,
-        global_views=views.global_views,
-        batch_views=cfg.batch_views,
-        grad_cache_chunks=grad_cache_chunks(cfg),
-        label_free=label_free(cfg, datamodule),
-    )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
-        raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
-                         "checkpoints/last.ckpt, which resume and preemption need)")  # fmt: skip
+    settings, datamodule.lidar = label_free(cfg)
+    module = build_module(cfg, views, objective, datamodule.num_classes if cfg.online_probe else 0, settings)
+    callbacks = build_callbacks(cfg)
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(cfg.run_dir),
@@ -95,8 +72,58 @@ def build(cfg: DictConfig):
     return datamodule, module, trainer
 
 
-def label_free(cfg: DictConfig, datamodule) -> dict:
-    """The ``label_free`` settings checked; sets ``datamodule.lidar`` = (images, views) of val/lidar (None: off).
+def check_parts(cfg: DictConfig) -> None:
+    """Build every part of a run but its data and Trainer — views, objective, backbone, heads, target, memory,
+    optimiser, callbacks — so that a bad value fails now: what a sweep runs for every point before the first
+    trains (:class:`selfsup.runtime.sweep.SweepCheck`)."""
+    check_trainer(cfg.trainer)
+    views, objective = views_and_objective(cfg)
+    build_module(cfg, views, objective, num_classes=0, label_free_settings=label_free(cfg)[0])
+    build_callbacks(cfg)
+
+
+def views_and_objective(cfg: DictConfig):
+    """The view sampler and the objective, checked against each other (view count, local crops)."""
+    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
+    needed = getattr(objective, "num_views", 2)
+    if needed > len(views):
+        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
+                         f"config with {needed} (e.g. views=care for objective=care)")
+    check_local_views(views, objective)
+    return views, objective
+
+
+def build_module(cfg: DictConfig, views, objective, num_classes: int, label_free_settings: dict) -> SSLModule:
+    """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
+    backbone = instantiate(cfg.backbone)
+    check_patch_size(backbone, views)
+    return SSLModule(
+        backbone=backbone,
+        projector=instantiate(cfg.projector),
+        objective=objective,
+        optim=instantiate(cfg.optim),
+        num_classes=num_classes,
+        predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
+        target=instantiate(cfg.target),
+        memory=instantiate(cfg.memory),
+        symmetric=cfg.symmetric,
+        global_views=views.global_views,
+        batch_views=cfg.batch_views,
+        grad_cache_chunks=grad_cache_chunks(cfg),
+        label_free=label_free_settings,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
+        raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
+                         "checkpoints/last.ckpt, which resume and preemption need)")  # fmt: skip
+    return callbacks
+
+
+def label_free(cfg: DictConfig) -> tuple[dict, tuple[int, int] | None]:
+    """The ``label_free`` settings checked: (SSLModule's settings, (images, views) of val/lidar or None: off).
     A run saved before the key existed gets the defaults."""
     lf = {"alpha_fit_range": [6, 100], "lidar_images": 500, "lidar_views": 8, "lidar_delta": 1e-4,
           **OmegaConf.to_container(cfg.get("label_free") or OmegaConf.create({}), resolve=True)}  # fmt: skip
@@ -110,8 +137,9 @@ def label_free(cfg: DictConfig, datamodule) -> dict:
             raise ValueError(f"label_free.{key}={value}: expected an integer >= {minimum}")
     if not (isinstance(lf["lidar_delta"], int | float) and lf["lidar_delta"] > 0):
         raise ValueError(f"label_free.lidar_delta={lf['lidar_delta']}: expected a value > 0")
-    datamodule.lidar = (images, views) if images >= 2 else None
-    return {"alpha_fit_range": tuple(fit), "lidar_delta": float(lf["lidar_delta"])}
+    return {"alpha_fit_range": tuple(fit), "lidar_delta": float(lf["lidar_delta"])}, (
+        (images, views) if images >= 2 else None
+    )
 
 
 def grad_cache_chunks(cfg: DictConfig) -> int | None:
