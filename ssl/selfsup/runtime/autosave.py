@@ -103,7 +103,7 @@ def _positive(name: str, value, kind=int):
 
 class LastCheckpoint(L.Callback):
     """Write ``<dirpath>/last.ckpt`` often enough that a crash loses little (see the module docstring), and on a
-    preemption signal save, then stop with :class:`selfsup.runtime.preemption.Preempted`.
+    preemption signal or Ctrl-C save, then stop with :class:`selfsup.runtime.preemption.Preempted`.
 
     Args:
         dirpath: the run's ``checkpoints/`` folder.
@@ -111,7 +111,7 @@ class LastCheckpoint(L.Callback):
         every_n_epochs: save at the end of every this many epochs (null: off).
         every_n_minutes: save when this long has passed since the previous save (null: off).
         keep_every_n_epochs: also keep ``epoch<NNNN>.ckpt`` at the end of every this many epochs (null: none).
-        signals: preemption signals that trigger a save and a requeue.
+        signals: preemption signals that trigger a save and a requeue (Ctrl-C always triggers a save and a stop).
     """
 
     def __init__(
@@ -161,7 +161,8 @@ class LastCheckpoint(L.Callback):
         minutes = self.every_n_minutes
         timed = minutes is not None and time.monotonic() - self._saved_at >= 60 * minutes
         # every rank takes part (a signal may reach ranks in different steps): any rank asks -> all save
-        signalled, timed = any_rank(trainer, self.flag.received is not None, timed)
+        received = self.flag.received
+        signalled, interrupted, timed = any_rank(trainer, received is not None, received == signal.SIGINT, timed)
         final = (trainer.max_steps > 0 and step >= trainer.max_steps) or (
             epoch_end and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1)
         due = (signalled or timed or final or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
@@ -172,7 +173,8 @@ class LastCheckpoint(L.Callback):
         elif due:
             self.save(trainer, pl_module)
         if signalled:
-            self._stop = self.flag.received or signal.SIGTERM  # SIGTERM where only another rank got the signal
+            # where only another rank got the signal: SIGINT if any rank got Ctrl-C (never a requeue), else SIGTERM
+            self._stop = signal.SIGINT if interrupted else received or signal.SIGTERM
             log.warning("rank %d: saved %s at step %d after %s", trainer.global_rank, self.path, step,
                         signal.Signals(self._stop).name)  # fmt: skip
 
