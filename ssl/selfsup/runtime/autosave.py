@@ -5,7 +5,10 @@
 of these holds: every ``every_n_train_steps`` steps, at the end of every ``every_n_epochs``-th epoch, when
 ``every_n_minutes`` have passed since the previous save, on a preemption signal, and at the last step of the run.
 A save that falls on an epoch's last step waits for that epoch's validation (``on_train_epoch_end``), so a crash
-right after it loses no validation either; a preemption signal is answered at once.
+right after it loses no validation either; a preemption signal is answered at once. A save made at the end of a
+step becomes ``last.ckpt`` once Lightning has logged that step's metrics row (it does after the callbacks'
+``on_train_batch_end``) and ``metrics.csv`` is flushed to disk: a kill in between leaves the previous ``last.ckpt``,
+so ``metrics.csv`` always holds every row a resume keeps (docs/runs.md).
 So a crash (kill -9, a node failure) loses at most the steps since the last of those. A checkpoint whose weights
 or buffers hold NaN/Inf is never written: the previous one stays. Sharded strategies (DeepSpeed, FSDP with sharded
 state) write a directory; it is written under a temporary name and swapped in.
@@ -26,7 +29,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from selfsup.runtime.checkpoint import non_finite
-from selfsup.runtime.files import fsync_dir
+from selfsup.runtime.files import NoSpaceError, fsync_dir
+from selfsup.runtime.loggers import RunCSVLogger
 from selfsup.runtime.preemption import PREEMPTION_SIGNALS, Preempted, SignalFlag
 
 log = logging.getLogger("selfsup.autosave")
@@ -52,11 +56,21 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     if not writes_directory(trainer.strategy):
         trainer.save_checkpoint(path, weights_only=False)  # AtomicCheckpointIO: temporary file + rename
         return
-    tmp = path.with_name(f".{path.name}.{trainer.global_step}.tmp")  # the same name on every rank
-    trainer.save_checkpoint(tmp, weights_only=False)  # ends with a barrier: every shard is written
+    tmp = stage(trainer, path)
     if trainer.is_global_zero:
         swap_in(tmp, path)
     trainer.strategy.barrier("selfsup.save_atomically")
+
+
+def stage(trainer: L.Trainer, path: Path) -> Path:
+    """Write the checkpoint (every rank takes part) as ``.<name>.<step>.tmp`` beside ``path``, the same name on every
+    rank; global rank 0 holds the file (or the directory of shards) when it returns."""
+    tmp = path.with_name(f".{path.name}.{trainer.global_step}.tmp")
+    try:
+        trainer.save_checkpoint(tmp, weights_only=False)  # ends with a barrier: every shard is written
+    except NoSpaceError:
+        raise NoSpaceError(path) from None  # named by the checkpoint it was to become
+    return tmp
 
 
 def swap_in(new: Path, path: Path) -> None:
@@ -134,6 +148,7 @@ class LastCheckpoint(L.Callback):
         self._saved_at = time.monotonic()
         self._stop: int | None = None
         self._pending = False  # a save due at an epoch's last step, made once its validation has run
+        self._staged: Path | None = None  # written, not yet published as last.ckpt (see _publish)
 
     # -- signals -----------------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -151,6 +166,7 @@ class LastCheckpoint(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.flag.restore()
+        self._publish(trainer)  # a crash after the save: the checkpoint stays the latest consistent state
 
     # -- the step boundary -------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -171,7 +187,7 @@ class LastCheckpoint(L.Callback):
         if due and epoch_end and not signalled:
             self._pending = True  # after this epoch's validation (on_train_epoch_end): a kill then loses none of it
         elif due:
-            self.save(trainer, pl_module)
+            self.save(trainer, pl_module, publish=False)  # published once this step's row is logged (_publish)
         if signalled:
             # where only another rank got the signal: SIGINT if any rank got Ctrl-C (never a requeue), else SIGTERM
             self._stop = signal.SIGINT if interrupted else received or signal.SIGTERM
@@ -179,6 +195,7 @@ class LastCheckpoint(L.Callback):
                         signal.Signals(self._stop).name)  # fmt: skip
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._publish(trainer)
         if not self._pending:
             return
         self._pending = False
@@ -196,21 +213,46 @@ class LastCheckpoint(L.Callback):
         loop = trainer.fit_loop.epoch_loop
         if loop._batches_that_stepped != trainer.global_step:
             loop._batches_that_stepped = trainer.global_step
+        self._publish(trainer)
         if self._stop is not None:  # stop before the next step, once this step's metrics reached the loggers
             self.flag.hand_over(self._stop, trainer.is_global_zero)
             raise Preempted(self._stop)
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._publish(trainer)  # a save of the step before a validation (which may take long) is published first
+
     def on_train_end(self, trainer, pl_module) -> None:
+        self._publish(trainer)
         if self.saved_step != trainer.global_step:  # stopped early (e.g. trainer.should_stop)
             self.save(trainer, pl_module)
 
-    def save(self, trainer, pl_module) -> bool:
-        """Write ``last.ckpt`` now (every rank calls it); False when the weights are not finite."""
+    def save(self, trainer, pl_module, publish: bool = True) -> bool:
+        """Write the checkpoint (every rank calls it); False when its weights or buffers are not finite. It becomes
+        ``last.ckpt`` now, or with ``publish=False`` at the next :meth:`_publish`."""
         if not _finite(trainer, pl_module):
             return False
-        save_atomically(trainer, self.path)
+        self._publish(trainer)
+        self._staged = stage(trainer, self.path)
         self.saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        if publish:
+            self._publish(trainer)
         return True
+
+    def _publish(self, trainer) -> None:
+        """The written checkpoint becomes ``last.ckpt``, after ``metrics.csv`` is on disk with the rows of its steps
+        (global rank 0; the other ranks only forget it). Called at the hooks that follow Lightning's logging of a
+        step: the next step's start, a validation's start, the epoch's or the training's end, an exception."""
+        staged, self._staged = self._staged, None
+        if staged is None or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.sync()
+        if staged.is_dir():
+            swap_in(staged, self.path)
+        else:
+            os.replace(staged, self.path)
+            fsync_dir(self.dirpath)
 
 
 def any_rank(trainer: L.Trainer, *flags: bool) -> tuple[bool, ...]:

@@ -4,10 +4,12 @@ a run's loggers."""
 from __future__ import annotations
 
 import csv
+import os
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -37,9 +39,12 @@ class RunCSVLogger(CSVLogger):
     """CSVLogger writing ``<save_dir>/metrics.csv``; on resume (``keep_before_step`` = the checkpoint's global
     step, set by ``selfsup.train``) it keeps the earlier rows instead of deleting the file.
 
+    Lightning writes the rows as they are logged; :meth:`sync` flushes the file to disk before a checkpoint becomes
+    ``last.ckpt`` (``selfsup.runtime.autosave``), so a killed run's file holds every row its resume keeps.
+
     Args:
         save_dir: the run directory.
-        flush_logs_every_n_steps: how often rows are written.
+        flush_logs_every_n_steps: CSVLogger's own write cadence (Lightning also writes after each of its logging calls).
     """
 
     def __init__(self, save_dir: str, flush_logs_every_n_steps: int = 100):
@@ -53,6 +58,16 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumingWriter(self.log_dir, self.keep_before_step)
         return self._experiment
+
+    @rank_zero_only
+    def sync(self) -> None:
+        """Write the rows logged so far and flush ``metrics.csv`` to disk."""
+        if self._experiment is None:
+            return
+        self.save()
+        if os.path.isfile(self._experiment.metrics_file_path):
+            with open(self._experiment.metrics_file_path, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def finish_loggers(trainer, failed: bool = False) -> None:
