@@ -133,6 +133,7 @@ class PoisonBuffer(L.Callback):
             next(b for n, b in module.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
 
 
+@pytest.mark.slow
 def test_no_checkpoint_holds_a_non_finite_buffer(tmp_path, caplog):
     """A BatchNorm statistic that turns Inf during step 5: last.ckpt stays at step 5 (saved before it) and no
     best.ckpt is written by the validation after it."""

@@ -56,7 +56,7 @@ class SignalFlag:
             raise ValueError(f"preemption signals={list(signals)}: unknown {unknown}; expected names like SIGUSR1")
         self.signals = list(dict.fromkeys([getattr(signal, s) for s in signals] + [signal.SIGINT]))
         self.received: int | None = None
-        self._pid = os.getpid()
+        self._pid: int | None = None  # the process that installed the handlers
         self.before: dict[int, object] = {}  # handlers installed before ours (submitit's)
         self._installed = False
         self._blocked = False
