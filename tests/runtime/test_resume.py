@@ -7,7 +7,7 @@ import torch
 from selfsup.runtime.preemption import Preempted
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.runs import THREE_EPOCHS, TINY, assert_same_run, saved_step
+from tests.runs import THREE_EPOCHS, TINY, assert_same_run, losses, saved_step
 
 
 def signal_then_resume(overrides, run_dir, step):
@@ -235,3 +235,35 @@ def test_two_process_run_resumes_bit_for_bit(tmp_path):
     assert saved_step(tmp_path / "cut") == 15
     run(compose_train(ddp + ["resume=true"], tmp_path / "cut"))
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_ckpt_path_resume_equals_the_uninterrupted_run(reference, tmp_path):
+    """``ckpt_path=<its last.ckpt>`` (not resume=true) continues the run bit for bit: losses, rows and weights."""
+    interrupted(tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    run(compose_train(THREE_EPOCHS + [f"ckpt_path={last}"], tmp_path))
+    assert_same_run(reference("three", THREE_EPOCHS), tmp_path)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_a_one_process_run_resumed_on_two_processes_follows_the_uninterrupted_run(tmp_path):
+    """README: a resume may change the process count when the global batch stays the same (global_batch_size=32:
+    1 x 32, then 2 x 16). Before the checkpoint the rows are the 1-process run's own, bit for bit; after it the
+    2 processes follow the uninterrupted 1-process run as 2 processes follow 1 (tests/train/test_cli.py)."""
+    base = THREE_EPOCHS + ["trainer=ddp_cpu", "global_batch_size=32", "callbacks.last.every_n_train_steps=5"]
+    run(compose_train(base + ["trainer.devices=1"], tmp_path / "whole"))
+    with pytest.raises(Exception, match="interrupted at step 17"):  # raised in the spawned rank
+        run(compose_train(base + ["trainer.devices=1", "+callbacks.stop._target_=tests.runs.InterruptAt",
+                                  "+callbacks.stop.step=17"], tmp_path / "cut"))  # fmt: skip
+    assert saved_step(tmp_path / "cut") == 15
+    run(compose_train(base + ["trainer.devices=2", "resume=true"], tmp_path / "cut"))  # every key given: no crash
+    whole, cut = losses(tmp_path / "whole"), losses(tmp_path / "cut")
+    assert sorted(cut) == list(range(30))
+    assert [cut[s] for s in range(15)] == [whole[s] for s in range(15)]
+    for step in range(15, 30):
+        assert cut[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-6), step
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30 and ckpt["selfsup"]["global_batch"] == 32
+    assert "trainer.devices" in (tmp_path / "cut" / ".hydra" / "resumes.yaml").read_text()
