@@ -4,12 +4,16 @@ a run's loggers."""
 from __future__ import annotations
 
 import csv
+import io
 import os
+from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+
+from selfsup.runtime.files import atomic_write_text
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -28,10 +32,11 @@ class _ResumingWriter(ExperimentWriter):
             keys = list(reader.fieldnames or [])
             # rows logged after the checkpoint are logged again by the resumed run
             rows = [r for r in reader if r.get("step") and int(float(r["step"])) < self.keep_before_step]
-        with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(Path(self.metrics_file_path), out.getvalue())  # a kill mid-rewrite keeps the old file
         self.metrics_keys = sorted(keys)
 
 
