@@ -7,10 +7,14 @@ Every case runs the real console scripts in subprocesses on the quickstart data 
 uninterrupted run of the same config: "data lost" is "none" only when the resumed run's loss curve, validation rows
 and final weights equal the uninterrupted run's bit for bit and metrics.csv holds every step exactly once.
 
-Cases: SIGKILL at random moments (default checkpoint cadence: every epoch), SIGTERM during the first, a middle
-and the last step of an epoch, a non-finite loss (learning rate 1e30), a full disk (a small tmpfs: needs root and
-mount permission, skipped otherwise), two trainings in one directory, a booby-trapped checkpoint given to
-selfsup-train / selfsup-eval / selfsup-export, and a corrupt image under 2 loader workers.
+Cases: SIGKILL at random moments (default checkpoint cadence: every epoch), SIGKILL right after a checkpoint with
+metrics.csv at the logger's default flush cadence, SIGTERM during the first, a middle and the last step of an
+epoch, Ctrl-C (SIGINT) mid-step, a non-finite loss (learning rate 1e30), a huge learning rate with BatchNorm (its
+buffers go non-finite), a full disk (a small tmpfs: needs root and mount permission, skipped otherwise), two
+trainings in one directory, a booby-trapped checkpoint and a checkpoint whose saved config would run code given to
+every command that reads one, ``ckpt_path=`` into another run's directory, ``resume=true`` on a mistyped
+directory, a resume that trains longer, a sweep whose second point is invalid, ``selfsup-eval out=<a file>``, a
+read-only run directory, and a corrupt image under 2 loader workers (then the same command once it is fixed).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ BASE = [
     "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0", "+backbone.width=8",
     "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64", "callbacks.progress=null",
     "report_baseline=false", "trainer.max_epochs=4", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
-    "trainer.log_every_n_steps=1", "logger.csv.flush_logs_every_n_steps=1", "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
 ]  # fmt: skip
+FLUSH_EVERY_STEP = "logger.csv.flush_logs_every_n_steps=1"  # the drill watches metrics.csv to time its kills
+TRUST_TESTS = "trusted_targets=[tests.*]"  # resuming a run that had the drill's signal callback in its config
 TOTAL_STEPS = 40
 
 
@@ -47,8 +53,12 @@ def cli(module: str, *args: str, wait: bool = True, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, **kw)
 
 
-def train(run_dir: Path, *extra: str, wait: bool = True):
-    return cli("selfsup.train", *BASE, *extra, f"hydra.run.dir={run_dir}", wait=wait)
+def train(run_dir: Path, *extra: str, wait: bool = True, base=(*BASE, FLUSH_EVERY_STEP)):
+    return cli("selfsup.train", *base, *extra, f"hydra.run.dir={run_dir}", wait=wait)
+
+
+def files(run_dir: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "train.log"}
 
 
 def logged(run_dir: Path) -> dict:
@@ -91,14 +101,16 @@ def last_line(proc) -> str:
 # -- cases -----------------------------------------------------------------------------------------------------------
 
 
-def kill_9(reference: Path, work: Path, rng: random.Random, n: int) -> list[tuple]:
+def kill_9(reference: Path, work: Path, rng: random.Random, n: int, seconds: float) -> list[tuple]:
+    """SIGKILL at a moment drawn uniformly over the training time of the reference run (``seconds``: from its first
+    logged step to its end), validation included."""
     rows = []
     for i in range(n):
         run_dir = work / f"kill{i}"
         proc = train(run_dir, wait=False)
         while not logged(run_dir)["steps"] and proc.poll() is None:  # started training
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.2))
+        time.sleep(rng.uniform(0.0, seconds))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         at, saved = max(logged(run_dir)["steps"], default=-1) + 1, ckpt_step(run_dir)
@@ -126,12 +138,153 @@ def sigterm(reference: Path, work: Path) -> list[tuple]:
         proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt",
                      f"+callbacks.signal.step={step}")  # fmt: skip
         saved = ckpt_step(run_dir)
-        resumed = train(run_dir, "resume=true")
+        resumed = train(run_dir, "resume=true", TRUST_TESTS)
         outcome = f"exit {proc.returncode}, then " + ("resumed" if not resumed.returncode else
                                                       f"resume exit {resumed.returncode}")  # fmt: skip
         rows.append((f"SIGTERM during step {step} ({where})", outcome, step + 1 - (saved or 0),
                      same_as(reference, run_dir)))  # fmt: skip
     return rows
+
+
+def ctrl_c(reference: Path, work: Path) -> tuple:
+    """Ctrl-C (SIGINT) during step 14: last.ckpt at the end of the step, exit 130, then resumed."""
+    run_dir = work / "ctrlc"
+    proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14",
+                 "+callbacks.signal.signum=SIGINT")  # fmt: skip
+    saved = ckpt_step(run_dir)
+    resumed = train(run_dir, "resume=true", TRUST_TESTS)
+    outcome = f"exit {proc.returncode}, then " + ("resumed" if not resumed.returncode else
+                                                  f"resume exit {resumed.returncode}")  # fmt: skip
+    return ("Ctrl-C during step 14", outcome, 15 - (saved or 0), same_as(reference, run_dir))
+
+
+def metrics_rows(reference: Path, work: Path) -> tuple:
+    """SIGKILL right after a step checkpoint, with metrics.csv at the logger's default flush cadence (every 100
+    steps): the rows up to the checkpoint must be on disk, and the resumed run continue them exactly."""
+    run_dir = work / "rows"
+    proc = train(run_dir, "callbacks.last.every_n_train_steps=7", wait=False, base=BASE)
+    while (ckpt_step(run_dir) or 0) < 14 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved, steps = ckpt_step(run_dir), logged(run_dir)["steps"]
+    kept = f"{len([s for s in steps if s < saved])} of {saved} rows before last.ckpt on disk"
+    resumed = train(run_dir, "resume=true", base=BASE)
+    outcome = f"{kept}; " + ("resumed" if not resumed.returncode else f"resume exit {resumed.returncode}")
+    lost = "none" if sorted(steps)[:saved] == list(range(saved)) else "rows before the checkpoint"
+    return (f"SIGKILL after last.ckpt at step {saved}, metrics flushed every 100 steps", outcome, "-",
+            lost if lost != "none" else same_as(reference, run_dir))  # fmt: skip
+
+
+def non_finite_buffers(work: Path) -> tuple:
+    """optim.lr=1e9 with BatchNorm and a checkpoint every step: BatchNorm's running_var goes Inf while the loss
+    may stay finite; no checkpoint may hold it, and selfsup-eval may not score one that does."""
+    run_dir = work / "bn"
+    base = [a for a in BASE if a != "+backbone.norm=none"]
+    proc = train(run_dir, "optim.lr=1e9", "optim.warmup_epochs=0", "callbacks.last.every_n_train_steps=1",
+                 "trainer.max_epochs=1", base=(*base, FLUSH_EVERY_STEP))  # fmt: skip
+    saved = ckpt_step(run_dir)
+    bad = [] if saved is None else [k for k, v in weights(run_dir).items() if v.is_floating_point() and
+                                    not torch.isfinite(v).all()]  # fmt: skip
+    outcome = f"exit {proc.returncode}; last.ckpt at step {saved}"
+    return ("optim.lr=1e9 with BatchNorm (buffers go Inf)", outcome, "-",
+            "none (every tensor of last.ckpt finite)" if not bad else f"last.ckpt holds Inf in {bad[:2]}")
+
+
+def config_injection(reference: Path, work: Path) -> tuple:
+    """A pickle-free checkpoint whose saved backbone config runs a pickle (torch.load of io.BytesIO) or truncates a
+    file (builtins.open), given to every command that reads a saved config."""
+    import pickle
+
+    marker, victim = work / "injected", work / "victim"
+    victim.write_text("precious")
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    ckpt = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    attacks = {
+        "pickle": {"_target_": "torch.load", "weights_only": False,
+                   "f": {"_target_": "io.BytesIO", "initial_bytes": pickle.dumps(Trap())}},
+        "open": {"_target_": "builtins.open", "_args_": [str(victim), "w"]},
+    }  # fmt: skip
+    codes = []
+    for name, attack in attacks.items():
+        ckpt["selfsup"]["config"]["backbone"] = attack
+        run_dir = work / f"inject-{name}"
+        (run_dir / "checkpoints").mkdir(parents=True)
+        evil = run_dir / "checkpoints" / "last.ckpt"
+        torch.save(ckpt, evil)
+        codes += [
+            train(run_dir, "resume=true").returncode,
+            train(work / f"inject-{name}-new", f"ckpt_path={evil}").returncode,
+            train(work / f"inject-{name}-init", f"init_from={evil}").returncode,
+            cli("selfsup.evaluate", f"checkpoint={evil}", f"out={work / 'inject-eval'}").returncode,
+            cli("selfsup.export", f"checkpoint={evil}", f"out={work / 'inject.safetensors'}").returncode,
+        ]
+    ran = marker.exists() or victim.read_text() != "precious"
+    return ("saved config naming torch.load / builtins.open: train resume, ckpt_path, init_from, eval, export",
+            f"exit codes {codes}; code ran: {ran}", 0, "none" if not ran else "CODE RAN")  # fmt: skip
+
+
+def wrong_directories(reference: Path, work: Path) -> list[tuple]:
+    """ckpt_path= of one run into another run's directory; resume=true on a mistyped directory."""
+    other = work / "other"
+    train(other, "trainer.max_epochs=1")
+    before = files(other)
+    proc = train(other, f"ckpt_path={reference / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=5")
+    typo = work / "refrence"
+    resumed = train(typo, "resume=true")
+    return [
+        ("ckpt_path=<run A's last.ckpt> into run B's directory", f"exit {proc.returncode}: {last_line(proc)[22:110]}",
+         0, "none (run B's files unchanged)" if files(other) == before else "RUN B CHANGED"),
+        ("resume=true on a mistyped directory", f"exit {resumed.returncode}: {last_line(resumed)[22:110]}", 0,
+         "none (no run started: Hydra's train.log only)" if sorted(p.name for p in typo.iterdir()) == ["train.log"]
+         else f"a run started there: {sorted(p.name for p in typo.iterdir())}"),
+    ]  # fmt: skip
+
+
+def longer_resume(reference: Path, work: Path) -> tuple:
+    """A finished run resumed with more epochs: the LR schedule is the one planned at the start, said in one line."""
+    run_dir = work / "longer"
+    shutil.copytree(reference, run_dir)
+    proc = train(run_dir, "resume=true", "trainer.max_epochs=6")
+    said = [line for line in (proc.stderr + proc.stdout).splitlines() if "schedule" in line.lower()]
+    steps = logged(run_dir)["steps"]
+    ok = proc.returncode == 0 and sorted(steps) == list(range(60))
+    return ("finished run resumed with trainer.max_epochs 4 -> 6", f"exit {proc.returncode}: "
+            f"{(said[0] if said else 'no line about the schedule')[:110]}", 0,
+            "none (60 steps, each once)" if ok else f"{len(steps)} steps logged")  # fmt: skip
+
+
+def bad_sweep(work: Path) -> tuple:
+    sweep = work / "sweep"
+    proc = cli("selfsup.train", "-m", *BASE, "objective.temperature=0.2,0", f"hydra.sweep.dir={sweep}")
+    started = sorted(p.name for p in sweep.glob("*") if p.is_dir()) if sweep.is_dir() else []
+    return ("sweep objective.temperature=0.2,0", f"exit {proc.returncode}: {last_line(proc)[22:110]}", 0,
+            "none (no point trained)" if not started else f"trained {started}")  # fmt: skip
+
+
+def eval_out_is_a_file(reference: Path, work: Path) -> tuple:
+    out = work / "results.txt"
+    out.write_text("keep me")
+    proc = cli("selfsup.evaluate", f"checkpoint={reference}", f"out={out}")
+    return ("selfsup-eval out=<an existing file>", f"exit {proc.returncode}: {last_line(proc)[21:110]}", 0,
+            "none (file unchanged)" if out.read_text() == "keep me" else "FILE CHANGED")
+
+
+def read_only_dir(work: Path) -> tuple:
+    mount = work / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:  # fmt: skip
+        return ("read-only run directory", "skipped: cannot mount a tmpfs here", "-", "-")
+    try:
+        proc = train(mount)
+        return ("read-only run directory", f"exit {proc.returncode}: {last_line(proc)[22:110]}", 0, "none")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def non_finite(work: Path) -> tuple:
@@ -206,11 +359,15 @@ def corrupt_image(work: Path) -> tuple:
             for i in range(6):
                 Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.jpg")
     (root / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
-    proc = cli("selfsup.train", "data=imagefolder", f"data.root={root}", "data.batch_size=13", "data.image_size=16",
+    command = ["data=imagefolder", f"data.root={root}", "data.batch_size=13", "data.image_size=16",
                "data.num_workers=2", "backbone=small_cnn", "trainer.max_epochs=1", "callbacks.progress=null",
-               f"hydra.run.dir={work / 'img-run'}")  # fmt: skip
+               f"hydra.run.dir={work / 'img-run'}"]  # fmt: skip
+    proc = cli("selfsup.train", *command)
     named = "broken.jpg" in last_line(proc)
-    return ("corrupt image, 2 loader workers", f"exit {proc.returncode}, file named: {named}", "-", "none")
+    Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(root / "train" / "b" / "broken.jpg", format="JPEG")
+    again = cli("selfsup.train", *command)  # the same command, once the file is fixed
+    return ("corrupt image, 2 loader workers; then the same command", f"exit {proc.returncode}, file named: "
+            f"{named}; rerun exit {again.returncode}", "-", "none")  # fmt: skip
 
 
 def main() -> None:
@@ -223,11 +380,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="selfsup-faults-") as tmp:
         work = Path(tmp)
         reference = work / "reference"
-        if train(reference).returncode:
+        proc = train(reference, wait=False)
+        while not logged(reference)["steps"] and proc.poll() is None:
+            time.sleep(0.02)
+        started = time.monotonic()
+        if proc.wait():
             raise SystemExit("the uninterrupted reference run failed")
-        rows = kill_9(reference, work, random.Random(args.seed), args.kills)
+        seconds = time.monotonic() - started
+        rows = kill_9(reference, work, random.Random(args.seed), args.kills, seconds)
+        rows += [metrics_rows(reference, work)]
         rows += sigterm(reference, work)
-        rows += [non_finite(work), full_disk(work), two_runs(work), malicious(work), corrupt_image(work)]
+        rows += [ctrl_c(reference, work), non_finite(work), non_finite_buffers(work), full_disk(work),
+                 two_runs(work), malicious(work), config_injection(reference, work)]  # fmt: skip
+        rows += wrong_directories(reference, work)
+        rows += [longer_resume(reference, work), bad_sweep(work), eval_out_is_a_file(reference, work),
+                 read_only_dir(work), corrupt_image(work)]  # fmt: skip
     header = ("case", "outcome", "steps lost", "data lost")
     table = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
     table += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
