@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from selfsup.config import RECIPES_DIR, UnsafeConfigError, allowed_targets, check_saved_config
 from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.train import run
 from tests.config_utils import compose_train
 from tests.runs import TINY
 from tests.runtime.test_checkpoint import Trap, cli
@@ -114,8 +115,9 @@ def test_load_refuses_non_finite_weights_and_buffers(tmp_path):
 
 @pytest.mark.slow
 def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
-    """selfsup-eval, selfsup-export, selfsup-train ckpt_path= / resume=true / init_from= each refuse the checkpoint
-    in one line naming the key and the target; the pickle never runs and the victim file keeps its content."""
+    """selfsup-eval, selfsup-export and selfsup-train resume=true (console scripts), ckpt_path= and init_from= (the
+    same ``run``, in-process) each refuse the checkpoint in one line naming the key and the target; the pickle
+    never runs and the victim file keeps its content."""
     marker, victim = tmp_path / "ran", tmp_path / "victim"
     victim.write_text("precious")
     hostile = attacks(marker, victim)
@@ -124,22 +126,22 @@ def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
     run_dir = tmp_path / "run"
     hostile_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path, hostile["torch.load"])
     commands = {
-        "eval": (file, "selfsup.evaluate", f"checkpoint={file}"),
-        "eval run dir": (opener, "selfsup.evaluate", f"checkpoint={opener}", f"out={tmp_path / 'out'}"),
-        "export": (opener, "selfsup.export", f"checkpoint={opener}", f"out={tmp_path / 'e.safetensors'}"),
-        "train ckpt_path": (opener, "selfsup.train", f"ckpt_path={opener}", f"hydra.run.dir={tmp_path / 'new'}"),
-        "train resume": (file, "selfsup.train", "resume=true", f"hydra.run.dir={run_dir}"),
-        "train init_from": (file, "selfsup.train", *TINY, f"init_from={file}", f"hydra.run.dir={tmp_path / 'n2'}"),
+        "eval": ("torch.load", "selfsup.evaluate", f"checkpoint={file}"),
+        "export": ("builtins.open", "selfsup.export", f"checkpoint={opener}", f"out={tmp_path / 'e.safetensors'}"),
+        "train resume": ("torch.load", "selfsup.train", "resume=true", f"hydra.run.dir={run_dir}"),
     }
-    for name, (path, *args) in commands.items():
+    for name, (target, *args) in commands.items():
         proc = cli(*args, cwd=tmp_path)
         assert proc.returncode == 2, (name, proc.stderr[-2000:])
-        target = "torch.load" if path == file else "builtins.open"
         last = proc.stderr.strip().splitlines()[-1]
         assert "Traceback" not in proc.stderr and last.startswith("selfsup-"), (name, proc.stderr[-2000:])
         assert f"refused: backbone._target_='{target}' is not a constructor" in last, (name, last)
+    for key, path, target in (("ckpt_path", opener, "builtins.open"), ("init_from", file, "torch.load")):
+        with pytest.raises(UnsafeConfigError, match=f"^{key}=.*refused: backbone._target_='{target}'"):
+            run(compose_train(TINY + [f"{key}={path}"], tmp_path / key))
+        assert not (tmp_path / key / "checkpoints").exists()
     assert not marker.exists() and victim.read_text() == "precious"
-    assert not (tmp_path / "e.safetensors").exists() and not (tmp_path / "new" / "checkpoints").exists()
+    assert not (tmp_path / "e.safetensors").exists()
 
 
 def test_a_user_trusts_their_own_constructor(tmp_path):
