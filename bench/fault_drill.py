@@ -103,7 +103,7 @@ def last_line(proc) -> str:
 
 def kill_9(reference: Path, work: Path, rng: random.Random, n: int, seconds: float) -> list[tuple]:
     """SIGKILL at a moment drawn uniformly over the training time of the reference run (``seconds``: from its first
-    logged step to its end), validation included."""
+    logged step to its last), validation included."""
     rows = []
     for i in range(n):
         run_dir = work / f"kill{i}"
@@ -384,9 +384,11 @@ def main() -> None:
         while not logged(reference)["steps"] and proc.poll() is None:
             time.sleep(0.02)
         started = time.monotonic()
+        while len(logged(reference)["steps"]) < TOTAL_STEPS and proc.poll() is None:
+            time.sleep(0.02)
+        seconds = time.monotonic() - started  # from its first logged step to its last
         if proc.wait():
             raise SystemExit("the uninterrupted reference run failed")
-        seconds = time.monotonic() - started
         rows = kill_9(reference, work, random.Random(args.seed), args.kills, seconds)
         rows += [metrics_rows(reference, work)]
         rows += sigterm(reference, work)
