@@ -122,13 +122,16 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None, rank_zero: bool = 
     return Plan(cfg)
 
 
+def written_in(run_dir: Path, ckpt_path) -> bool:
+    """Whether the checkpoint file ``ckpt_path`` lies inside ``run_dir`` (that run's own checkpoint)."""
+    return Path(run_dir).resolve() in Path(ckpt_path).resolve().parents
+
+
 def _check_same_run(run_dir: Path, path: Path, saved: dict) -> None:
     """``ckpt_path=`` continues its run in ``run_dir`` only where that holds no other run: the checkpoint lies
     inside it, or was written by a run in it (its saved ``run_dir``), or it holds no run at all."""
-    here = run_dir.resolve()
-    inside = here in path.resolve().parents
     own = saved.get("config", {}).get("run_dir")
-    if inside or (own is not None and Path(str(own)).resolve() == here):
+    if written_in(run_dir, path) or (own is not None and Path(str(own)).resolve() == run_dir.resolve()):
         return
     found = holds_run(run_dir)
     if found is not None:

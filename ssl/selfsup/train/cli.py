@@ -28,7 +28,7 @@ from selfsup.runtime.files import atomic_write_text, remove_stale_temps
 from selfsup.runtime.lock import RunLock
 from selfsup.runtime.loggers import RunCSVLogger, finish_loggers
 from selfsup.runtime.preemption import Preempted
-from selfsup.runtime.resume import Plan, plan, record
+from selfsup.runtime.resume import Plan, plan, record, written_in
 from selfsup.runtime.warnings import quiet_known_warnings
 from selfsup.train import init_from
 from selfsup.train.build import build
@@ -77,7 +77,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, p: Plan, overrides: list[str
     hydra_dir = run_dir / ".hydra"
     if p.ckpt_path is not None:
         record(run_dir, p, overrides)
-        if run_dir.resolve() in Path(p.ckpt_path).resolve().parents:
+        if written_in(run_dir, p.ckpt_path):
             return  # this run's own checkpoint: its .hydra/ stays
     # a new run, or another run's checkpoint continued here: the config it trains with
     atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
