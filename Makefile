@@ -28,4 +28,4 @@ train: install
 
 lint: install
 	$(VENV)/bin/ruff check ssl kernels tests bench
-	$(VENV)/bin/ruff format --check ssl kernels tests bench || true
+	$(VENV)/bin/ruff format --check ssl kernels tests bench

@@ -75,8 +75,12 @@ def sync(device: torch.device) -> None:
 def bench_torchvision(split: TensorImages, batch: int, steps: int, workers: int) -> tuple[float, float]:
     """Source images/s of the CPU path (two views each)."""
     sampler = GlobalBatchSampler(len(split), batch, seed=0)
-    loader = DataLoader(MultiViewDataset(split, MultiViewTransform(simclr_views()), 0), batch_sampler=sampler,
-                        num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    loader = DataLoader(
+        MultiViewDataset(split, MultiViewTransform(simclr_views()), 0),
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     it = iter(loader)
     next(it)  # worker start-up
     t0 = time.perf_counter()
@@ -127,13 +131,22 @@ def bench_e2e(on_device: bool, batch: int, steps: int, accelerator: str, run_dir
     from selfsup.train import build
 
     overrides = [
-        "recipes=cifar10/simclr", f"trainer={'gpu' if accelerator == 'gpu' else 'cpu'}", f"data.batch_size={batch}",
-        f"trainer.max_steps={steps + 1}", "trainer.limit_val_batches=0", "callbacks.progress=null",
-        "callbacks.last.every_n_epochs=null", "callbacks.last.every_n_minutes=null", "callbacks.best=null",
-        "trainer.enable_model_summary=false", "online_probe=false",
-        f"data.num_workers={cores() if accelerator == 'gpu' else max(1, cores() - 1)}", f"run_dir={run_dir}",
-        "logger.csv=null", "+trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+        "recipes=cifar10/simclr",
+        f"trainer={'gpu' if accelerator == 'gpu' else 'cpu'}",
+        f"data.batch_size={batch}",
+        f"trainer.max_steps={steps + 1}",
+        "trainer.limit_val_batches=0",
+        "callbacks.progress=null",
+        "callbacks.last.every_n_epochs=null",
+        "callbacks.last.every_n_minutes=null",
+        "callbacks.best=null",
+        "trainer.enable_model_summary=false",
+        "online_probe=false",
+        f"data.num_workers={cores() if accelerator == 'gpu' else max(1, cores() - 1)}",
+        f"run_dir={run_dir}",
+        "logger.csv=null",
+        "+trainer.enable_progress_bar=false",
+    ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule, module, trainer = build(cfg)

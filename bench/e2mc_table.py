@@ -37,8 +37,16 @@ def sh(args: list[str]) -> float:
 def train(run_dir: Path, overrides: list[str]) -> float:
     if (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "done").is_file():
         return json.loads((run_dir / "done").read_text())["seconds"]
-    seconds = sh([str(BIN / "selfsup-train"), *overrides, f"hydra.run.dir={run_dir}", "resume=true",
-                  "callbacks.progress=null", "trainer.enable_model_summary=false"])  # fmt: skip
+    seconds = sh(
+        [
+            str(BIN / "selfsup-train"),
+            *overrides,
+            f"hydra.run.dir={run_dir}",
+            "resume=true",
+            "callbacks.progress=null",
+            "trainer.enable_model_summary=false",
+        ]
+    )
     (run_dir / "done").write_text(json.dumps({"seconds": seconds}))
     return seconds
 
@@ -68,8 +76,13 @@ def main() -> None:
         results[name] = []
         for seed in seeds:
             run_dir = root / f"{name}_seed{seed}"
-            overrides = ["recipes=digits/e2mc", f"init_from={start}", f"seed={seed}",
-                         f"trainer.max_epochs={args.epochs}", *extra]  # fmt: skip
+            overrides = [
+                "recipes=digits/e2mc",
+                f"init_from={start}",
+                f"seed={seed}",
+                f"trainer.max_epochs={args.epochs}",
+                *extra,
+            ]
             seconds[name] = train(run_dir, overrides)
             results[name].append(evaluate(run_dir))
 
@@ -94,10 +107,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, label in labels.items():
-        lines.append(f"| {label} | {cell(name, 'knn_top1', True)} | {cell(name, 'knn_top1_k20', True)} | "
-                     f"{cell(name, 'linear_top1', True)} | {cell(name, 'rankme', False)} | "
-                     f"{cell(name, 'rankme_backbone', False)} | "
-                     f"{seconds[name]:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {cell(name, 'knn_top1', True)} | {cell(name, 'knn_top1_k20', True)} | "
+            f"{cell(name, 'linear_top1', True)} | {cell(name, 'rankme', False)} | "
+            f"{cell(name, 'rankme_backbone', False)} | "
+            f"{seconds[name]:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     Path(args.out).write_text(table + "\n")

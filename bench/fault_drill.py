@@ -35,11 +35,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = [
-    "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0", "+backbone.width=8",
-    "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64", "callbacks.progress=null",
-    "report_baseline=false", "trainer.max_epochs=4", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
-    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
-]  # fmt: skip
+    "recipes=quickstart",
+    "data.subset=320",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "+backbone.width=8",
+    "+backbone.norm=none",
+    "projector.batch_norm=false",
+    "projector.hidden_dim=64",
+    "callbacks.progress=null",
+    "report_baseline=false",
+    "trainer.max_epochs=4",
+    "optim.warmup_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+]
 FLUSH_EVERY_STEP = "logger.csv.flush_logs_every_n_steps=1"  # the drill watches metrics.csv to time its kills
 TRUST_TESTS = "trusted_targets=[tests.*]"  # resuming a run that had the drill's signal callback in its config
 TOTAL_STEPS = 40
@@ -81,7 +92,7 @@ def weights(run_dir: Path) -> dict:
 
 
 def same_as(reference: Path, run_dir: Path) -> str:
-    """"none" when run_dir equals the reference bit for bit, else what differs."""
+    """ "none" when run_dir equals the reference bit for bit, else what differs."""
     a, b = logged(reference), logged(run_dir)
     if sorted(b["steps"]) != list(range(TOTAL_STEPS)):
         return f"steps logged {len(b['steps'])}, expected each of {TOTAL_STEPS} once"
@@ -122,8 +133,14 @@ def kill_9(reference: Path, work: Path, rng: random.Random, n: int, seconds: flo
             outcome = "resume refused (no checkpoint yet)" if resumed.returncode == 2 else f"exit {resumed.returncode}"
             shutil.rmtree(run_dir)
             train(run_dir)
-            rows.append((f"SIGKILL at step {at} (before the first checkpoint)", outcome + "; rerun", at,
-                         same_as(reference, run_dir)))  # fmt: skip
+            rows.append(
+                (
+                    f"SIGKILL at step {at} (before the first checkpoint)",
+                    outcome + "; rerun",
+                    at,
+                    same_as(reference, run_dir),
+                )
+            )
             continue
         outcome = "resumed" if resumed.returncode == 0 else f"resume exit {resumed.returncode}: {last_line(resumed)}"
         rows.append((f"SIGKILL at step {at} (last.ckpt at {saved})", outcome, at - saved, same_as(reference, run_dir)))
@@ -135,26 +152,32 @@ def sigterm(reference: Path, work: Path) -> list[tuple]:
     rows = []
     for step, where in ((10, "first step of epoch 2"), (14, "mid-epoch"), (19, "last step of epoch 2")):
         run_dir = work / f"term{step}"
-        proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt",
-                     f"+callbacks.signal.step={step}")  # fmt: skip
+        proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt", f"+callbacks.signal.step={step}")
         saved = ckpt_step(run_dir)
         resumed = train(run_dir, "resume=true", TRUST_TESTS)
-        outcome = f"exit {proc.returncode}, then " + ("resumed" if not resumed.returncode else
-                                                      f"resume exit {resumed.returncode}")  # fmt: skip
-        rows.append((f"SIGTERM during step {step} ({where})", outcome, step + 1 - (saved or 0),
-                     same_as(reference, run_dir)))  # fmt: skip
+        outcome = f"exit {proc.returncode}, then " + (
+            "resumed" if not resumed.returncode else f"resume exit {resumed.returncode}"
+        )
+        rows.append(
+            (f"SIGTERM during step {step} ({where})", outcome, step + 1 - (saved or 0), same_as(reference, run_dir))
+        )
     return rows
 
 
 def ctrl_c(reference: Path, work: Path) -> tuple:
     """Ctrl-C (SIGINT) during step 14: last.ckpt at the end of the step, exit 130, then resumed."""
     run_dir = work / "ctrlc"
-    proc = train(run_dir, "+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14",
-                 "+callbacks.signal.signum=SIGINT")  # fmt: skip
+    proc = train(
+        run_dir,
+        "+callbacks.signal._target_=tests.runs.SignalAt",
+        "+callbacks.signal.step=14",
+        "+callbacks.signal.signum=SIGINT",
+    )
     saved = ckpt_step(run_dir)
     resumed = train(run_dir, "resume=true", TRUST_TESTS)
-    outcome = f"exit {proc.returncode}, then " + ("resumed" if not resumed.returncode else
-                                                  f"resume exit {resumed.returncode}")  # fmt: skip
+    outcome = f"exit {proc.returncode}, then " + (
+        "resumed" if not resumed.returncode else f"resume exit {resumed.returncode}"
+    )
     return ("Ctrl-C during step 14", outcome, 15 - (saved or 0), same_as(reference, run_dir))
 
 
@@ -172,8 +195,12 @@ def metrics_rows(reference: Path, work: Path) -> tuple:
     resumed = train(run_dir, "resume=true", base=BASE)
     outcome = f"{kept}; " + ("resumed" if not resumed.returncode else f"resume exit {resumed.returncode}")
     lost = "none" if sorted(steps)[:saved] == list(range(saved)) else "rows before the checkpoint"
-    return (f"SIGKILL after last.ckpt at step {saved}, metrics flushed every 100 steps", outcome, "-",
-            lost if lost != "none" else same_as(reference, run_dir))  # fmt: skip
+    return (
+        f"SIGKILL after last.ckpt at step {saved}, metrics flushed every 100 steps",
+        outcome,
+        "-",
+        lost if lost != "none" else same_as(reference, run_dir),
+    )
 
 
 def non_finite_buffers(work: Path) -> tuple:
@@ -181,14 +208,27 @@ def non_finite_buffers(work: Path) -> tuple:
     may stay finite; no checkpoint may hold it, and selfsup-eval may not score one that does."""
     run_dir = work / "bn"
     base = [a for a in BASE if a != "+backbone.norm=none"]
-    proc = train(run_dir, "optim.lr=1e9", "optim.warmup_epochs=0", "callbacks.last.every_n_train_steps=1",
-                 "trainer.max_epochs=1", base=(*base, FLUSH_EVERY_STEP))  # fmt: skip
+    proc = train(
+        run_dir,
+        "optim.lr=1e9",
+        "optim.warmup_epochs=0",
+        "callbacks.last.every_n_train_steps=1",
+        "trainer.max_epochs=1",
+        base=(*base, FLUSH_EVERY_STEP),
+    )
     saved = ckpt_step(run_dir)
-    bad = [] if saved is None else [k for k, v in weights(run_dir).items() if v.is_floating_point() and
-                                    not torch.isfinite(v).all()]  # fmt: skip
+    bad = (
+        []
+        if saved is None
+        else [k for k, v in weights(run_dir).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    )
     outcome = f"exit {proc.returncode}; last.ckpt at step {saved}"
-    return ("optim.lr=1e9 with BatchNorm (buffers go Inf)", outcome, "-",
-            "none (every tensor of last.ckpt finite)" if not bad else f"last.ckpt holds Inf in {bad[:2]}")
+    return (
+        "optim.lr=1e9 with BatchNorm (buffers go Inf)",
+        outcome,
+        "-",
+        "none (every tensor of last.ckpt finite)" if not bad else f"last.ckpt holds Inf in {bad[:2]}",
+    )
 
 
 def config_injection(reference: Path, work: Path) -> tuple:
@@ -205,10 +245,13 @@ def config_injection(reference: Path, work: Path) -> tuple:
 
     ckpt = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
     attacks = {
-        "pickle": {"_target_": "torch.load", "weights_only": False,
-                   "f": {"_target_": "io.BytesIO", "initial_bytes": pickle.dumps(Trap())}},
+        "pickle": {
+            "_target_": "torch.load",
+            "weights_only": False,
+            "f": {"_target_": "io.BytesIO", "initial_bytes": pickle.dumps(Trap())},
+        },
         "open": {"_target_": "builtins.open", "_args_": [str(victim), "w"]},
-    }  # fmt: skip
+    }
     codes = []
     for name, attack in attacks.items():
         ckpt["selfsup"]["config"]["backbone"] = attack
@@ -224,8 +267,12 @@ def config_injection(reference: Path, work: Path) -> tuple:
             cli("selfsup.export", f"checkpoint={evil}", f"out={work / 'inject.safetensors'}").returncode,
         ]
     ran = marker.exists() or victim.read_text() != "precious"
-    return ("saved config naming torch.load / builtins.open: train resume, ckpt_path, init_from, eval, export",
-            f"exit codes {codes}; code ran: {ran}", 0, "none" if not ran else "CODE RAN")  # fmt: skip
+    return (
+        "saved config naming torch.load / builtins.open: train resume, ckpt_path, init_from, eval, export",
+        f"exit codes {codes}; code ran: {ran}",
+        0,
+        "none" if not ran else "CODE RAN",
+    )
 
 
 def wrong_directories(reference: Path, work: Path) -> list[tuple]:
@@ -237,12 +284,21 @@ def wrong_directories(reference: Path, work: Path) -> list[tuple]:
     typo = work / "refrence"
     resumed = train(typo, "resume=true")
     return [
-        ("ckpt_path=<run A's last.ckpt> into run B's directory", f"exit {proc.returncode}: {last_line(proc)[22:110]}",
-         0, "none (run B's files unchanged)" if files(other) == before else "RUN B CHANGED"),
-        ("resume=true on a mistyped directory", f"exit {resumed.returncode}: {last_line(resumed)[22:110]}", 0,
-         "none (no run started: Hydra's train.log only)" if sorted(p.name for p in typo.iterdir()) == ["train.log"]
-         else f"a run started there: {sorted(p.name for p in typo.iterdir())}"),
-    ]  # fmt: skip
+        (
+            "ckpt_path=<run A's last.ckpt> into run B's directory",
+            f"exit {proc.returncode}: {last_line(proc)[22:110]}",
+            0,
+            "none (run B's files unchanged)" if files(other) == before else "RUN B CHANGED",
+        ),
+        (
+            "resume=true on a mistyped directory",
+            f"exit {resumed.returncode}: {last_line(resumed)[22:110]}",
+            0,
+            "none (no run started: Hydra's train.log only)"
+            if sorted(p.name for p in typo.iterdir()) == ["train.log"]
+            else f"a run started there: {sorted(p.name for p in typo.iterdir())}",
+        ),
+    ]
 
 
 def longer_resume(reference: Path, work: Path) -> tuple:
@@ -253,32 +309,44 @@ def longer_resume(reference: Path, work: Path) -> tuple:
     said = [line for line in (proc.stderr + proc.stdout).splitlines() if "schedule" in line.lower()]
     steps = logged(run_dir)["steps"]
     ok = proc.returncode == 0 and sorted(steps) == list(range(60))
-    return ("finished run resumed with trainer.max_epochs 4 -> 6", f"exit {proc.returncode}: "
-            f"{(said[0] if said else 'no line about the schedule')[:110]}", 0,
-            "none (60 steps, each once)" if ok else f"{len(steps)} steps logged")  # fmt: skip
+    return (
+        "finished run resumed with trainer.max_epochs 4 -> 6",
+        f"exit {proc.returncode}: {(said[0] if said else 'no line about the schedule')[:110]}",
+        0,
+        "none (60 steps, each once)" if ok else f"{len(steps)} steps logged",
+    )
 
 
 def bad_sweep(work: Path) -> tuple:
     sweep = work / "sweep"
     proc = cli("selfsup.train", "-m", *BASE, "objective.temperature=0.2,0", f"hydra.sweep.dir={sweep}")
     started = sorted(p.name for p in sweep.glob("*") if p.is_dir()) if sweep.is_dir() else []
-    return ("sweep objective.temperature=0.2,0", f"exit {proc.returncode}: {last_line(proc)[22:110]}", 0,
-            "none (no point trained)" if not started else f"trained {started}")  # fmt: skip
+    return (
+        "sweep objective.temperature=0.2,0",
+        f"exit {proc.returncode}: {last_line(proc)[22:110]}",
+        0,
+        "none (no point trained)" if not started else f"trained {started}",
+    )
 
 
 def eval_out_is_a_file(reference: Path, work: Path) -> tuple:
     out = work / "results.txt"
     out.write_text("keep me")
     proc = cli("selfsup.evaluate", f"checkpoint={reference}", f"out={out}")
-    return ("selfsup-eval out=<an existing file>", f"exit {proc.returncode}: {last_line(proc)[21:110]}", 0,
-            "none (file unchanged)" if out.read_text() == "keep me" else "FILE CHANGED")
+    return (
+        "selfsup-eval out=<an existing file>",
+        f"exit {proc.returncode}: {last_line(proc)[21:110]}",
+        0,
+        "none (file unchanged)" if out.read_text() == "keep me" else "FILE CHANGED",
+    )
 
 
 def read_only_dir(work: Path) -> tuple:
     mount = work / "ro"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode:  # fmt: skip
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
         return ("read-only run directory", "skipped: cannot mount a tmpfs here", "-", "-")
     try:
         proc = train(mount)
@@ -291,12 +359,17 @@ def non_finite(work: Path) -> tuple:
     run_dir = work / "nan"
     proc = train(run_dir, "optim.lr=1e30", "optim.warmup_epochs=0", "callbacks.last.every_n_train_steps=1")
     saved = ckpt_step(run_dir)
-    finite = saved is not None and all(torch.isfinite(v).all() for v in weights(run_dir).values()
-                                       if v.is_floating_point())  # fmt: skip
+    finite = saved is not None and all(
+        torch.isfinite(v).all() for v in weights(run_dir).values() if v.is_floating_point()
+    )
     at = max(logged(run_dir)["steps"], default=-1) + 1
     outcome = f"exit {proc.returncode}: {last_line(proc)[:90]}"
-    return ("NaN loss (optim.lr=1e30)", outcome, at - (saved or 0),
-            "none (last.ckpt finite)" if finite or saved is None else "last.ckpt holds NaN")  # fmt: skip
+    return (
+        "NaN loss (optim.lr=1e30)",
+        outcome,
+        at - (saved or 0),
+        "none (last.ckpt finite)" if finite or saved is None else "last.ckpt holds NaN",
+    )
 
 
 def full_disk(work: Path) -> tuple:
@@ -327,16 +400,22 @@ def two_runs(work: Path) -> tuple:
     steps = logged(run_dir)["steps"]
     intact = first.returncode == 0 and sorted(steps) == list(range(300))
     outcome = f"second: exit {second.returncode}: {last_line(second)[22:90]}; first: exit {first.returncode}"
-    return ("two trainings in one run dir", outcome, 0, "none (first run's metrics intact)" if intact else
-            f"first run: {len(steps)} logged steps")  # fmt: skip
+    return (
+        "two trainings in one run dir",
+        outcome,
+        0,
+        "none (first run's metrics intact)" if intact else f"first run: {len(steps)} logged steps",
+    )
 
 
 def malicious(work: Path) -> tuple:
     marker = work / "trap-fired"
     evil = work / "evil.ckpt"
-    code = (f"import torch, pathlib\nclass T:\n    def __reduce__(self): return (pathlib.Path.touch, "
-            f"(pathlib.Path({str(marker)!r}),))\ntorch.save({{'state_dict': {{}}, 'selfsup': {{'config': {{}}}}, "
-            f"'x': T()}}, {str(evil)!r})")  # fmt: skip
+    code = (
+        f"import torch, pathlib\nclass T:\n    def __reduce__(self): return (pathlib.Path.touch, "
+        f"(pathlib.Path({str(marker)!r}),))\ntorch.save({{'state_dict': {{}}, 'selfsup': {{'config': {{}}}}, "
+        f"'x': T()}}, {str(evil)!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     codes = [
         cli("selfsup.train", f"ckpt_path={evil}", f"hydra.run.dir={work / 'evil-run'}").returncode,
@@ -344,8 +423,12 @@ def malicious(work: Path) -> tuple:
         cli("selfsup.export", f"checkpoint={evil}", f"out={work / 'e.safetensors'}").returncode,
     ]
     fired = marker.exists()
-    return ("booby-trapped .ckpt to train/eval/export", f"exit codes {codes}; trap fired: {fired}", 0,
-            "none" if not fired else "CODE RAN")  # fmt: skip
+    return (
+        "booby-trapped .ckpt to train/eval/export",
+        f"exit codes {codes}; trap fired: {fired}",
+        0,
+        "none" if not fired else "CODE RAN",
+    )
 
 
 def corrupt_image(work: Path) -> tuple:
@@ -359,15 +442,27 @@ def corrupt_image(work: Path) -> tuple:
             for i in range(6):
                 Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.jpg")
     (root / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
-    command = ["data=imagefolder", f"data.root={root}", "data.batch_size=13", "data.image_size=16",
-               "data.num_workers=2", "backbone=small_cnn", "trainer.max_epochs=1", "callbacks.progress=null",
-               f"hydra.run.dir={work / 'img-run'}"]  # fmt: skip
+    command = [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.batch_size=13",
+        "data.image_size=16",
+        "data.num_workers=2",
+        "backbone=small_cnn",
+        "trainer.max_epochs=1",
+        "callbacks.progress=null",
+        f"hydra.run.dir={work / 'img-run'}",
+    ]
     proc = cli("selfsup.train", *command)
     named = "broken.jpg" in last_line(proc)
     Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(root / "train" / "b" / "broken.jpg", format="JPEG")
     again = cli("selfsup.train", *command)  # the same command, once the file is fixed
-    return ("corrupt image, 2 loader workers; then the same command", f"exit {proc.returncode}, file named: "
-            f"{named}; rerun exit {again.returncode}", "-", "none")  # fmt: skip
+    return (
+        "corrupt image, 2 loader workers; then the same command",
+        f"exit {proc.returncode}, file named: {named}; rerun exit {again.returncode}",
+        "-",
+        "none",
+    )
 
 
 def main() -> None:
@@ -392,11 +487,23 @@ def main() -> None:
         rows = kill_9(reference, work, random.Random(args.seed), args.kills, seconds)
         rows += [metrics_rows(reference, work)]
         rows += sigterm(reference, work)
-        rows += [ctrl_c(reference, work), non_finite(work), non_finite_buffers(work), full_disk(work),
-                 two_runs(work), malicious(work), config_injection(reference, work)]  # fmt: skip
+        rows += [
+            ctrl_c(reference, work),
+            non_finite(work),
+            non_finite_buffers(work),
+            full_disk(work),
+            two_runs(work),
+            malicious(work),
+            config_injection(reference, work),
+        ]
         rows += wrong_directories(reference, work)
-        rows += [longer_resume(reference, work), bad_sweep(work), eval_out_is_a_file(reference, work),
-                 read_only_dir(work), corrupt_image(work)]  # fmt: skip
+        rows += [
+            longer_resume(reference, work),
+            bad_sweep(work),
+            eval_out_is_a_file(reference, work),
+            read_only_dir(work),
+            corrupt_image(work),
+        ]
     header = ("case", "outcome", "steps lost", "data lost")
     table = ["| " + " | ".join(header) + " |", "|---|---|---|---|"]
     table += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
@@ -407,7 +514,7 @@ def main() -> None:
         args.out.write_text(
             f"# Fault drill\n\n`{' '.join(['.venv/bin/python', 'bench/fault_drill.py', *sys.argv[1:]])}` on "
             f"{time.strftime('%Y-%m-%d')} ({os.cpu_count()} CPUs). Quickstart data, 10 steps an epoch, 4 epochs; the "
-            "default checkpoint cadence (every epoch). \"data lost: none\" = the resumed run equals an uninterrupted "
+            'default checkpoint cadence (every epoch). "data lost: none" = the resumed run equals an uninterrupted '
             f"one bit for bit (losses, validation rows, weights).\n\n{text}\n"
         )
 

@@ -39,15 +39,22 @@ PRED = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:512,out
 EMA = "target=ema"
 # 2 x 16 px + 6 x 12 px. Local crops of 20-50% (globals 50-100%): the ImageNet default of 5-14% cuts 2-3 source
 # pixels out of an 8 x 8 digit, and SwAV/DINO then scored below random init (57.8% / 71.9% kNN; docs/evidence.md)
-MULTICROP = ["views=multicrop", "views.views.l1.size=12", "views.views.l1.scale=[0.2,0.5]",
-             "views.views.v1.scale=[0.5,1.0]", "batch_views=true"]  # fmt: skip
+MULTICROP = [
+    "views=multicrop",
+    "views.views.l1.size=12",
+    "views.views.l1.scale=[0.2,0.5]",
+    "views.views.v1.scale=[0.5,1.0]",
+    "batch_views=true",
+]
 THREE_LAYERS = "projector.num_layers=3"
 # name: (the recipe whose parts the row uses — objective, target, memory, predictor, the projector's structure; at
 # the quickstart's widths, data and optimiser —, the overrides on top of recipes=quickstart)
 METHODS = {
     "simclr (info_nce)": ("cifar10/simclr", ["objective=info_nce"]),
-    "moco v3 (one-way info_nce + EMA)": ("cifar10/mocov3", ["objective=moco_v3", PRED, EMA, "target.base=0.99",
-                                                            THREE_LAYERS, "projector.last_batch_norm=true"]),
+    "moco v3 (one-way info_nce + EMA)": (
+        "cifar10/mocov3",
+        ["objective=moco_v3", PRED, EMA, "target.base=0.99", THREE_LAYERS, "projector.last_batch_norm=true"],
+    ),
     "dcl (debiased_info_nce)": ("cifar10/dcl", ["objective=debiased_info_nce"]),
     "hcl (debiased, beta=1)": ("cifar10/hcl", ["objective=debiased_info_nce", "objective.beta=1.0"]),
     "barlow_twins": ("cifar10/barlow_twins", ["objective=barlow_twins", "objective.lambd=0.0078", THREE_LAYERS]),
@@ -55,37 +62,85 @@ METHODS = {
     "intl": ("cifar10/intl", ["objective=intl", THREE_LAYERS]),
     "ldreg (+ info_nce)": ("cifar10/ldreg", ["objective=ldreg"]),
     "care (+ info_nce)": ("cifar10/care", ["objective=care", "views=care"]),
-    "sie": ("cifar10/sie", ["objective=sie", "objective.inv_dim=32", "objective.equi_dim=32", "projector.out_dim=64",
-                            THREE_LAYERS]),
+    "sie": (
+        "cifar10/sie",
+        ["objective=sie", "objective.inv_dim=32", "objective.equi_dim=32", "projector.out_dim=64", THREE_LAYERS],
+    ),
     "byol (negative_cosine + EMA)": ("cifar10/byol", ["objective=negative_cosine", PRED, EMA, "target.base=0.99"]),
-    "simsiam (negative_cosine)": ("cifar10/simsiam", ["objective=negative_cosine", "objective.offset=0.0",
-                                                      "objective.scale=1.0", PRED, "target=stopgrad", THREE_LAYERS,
-                                                      "projector.last_batch_norm=true"]),
-    "moco v2 (EMA + key queue)": ("cifar10/mocov2", [EMA, "target.base=0.99", "memory=key_queue", "memory.size=1024",
-                                                     "objective.negatives=queue", "objective.temperature=0.2",
-                                                     "symmetric=false", "projector.batch_norm=false"]),
-    "nnclr (support set)": ("cifar10/nnclr", [PRED, "memory=support_set", "memory.size=1024",
-                                              "objective.negatives=cross", "objective.temperature=0.2",
-                                              "projector.last_batch_norm=true"]),
-    "dino (multi-crop, EMA teacher)": ("cifar10/dino", ["projector=dino_head", "projector.hidden_dim=512",
-                                                        "projector.bottleneck_dim=64", "projector.out_dim=256",
-                                                        "projector.batch_norm=true", EMA,
-                                                        "target.base=0.99", "objective=dino",
-                                                        "objective.teacher_temp=0.07", *MULTICROP]),
+    "simsiam (negative_cosine)": (
+        "cifar10/simsiam",
+        [
+            "objective=negative_cosine",
+            "objective.offset=0.0",
+            "objective.scale=1.0",
+            PRED,
+            "target=stopgrad",
+            THREE_LAYERS,
+            "projector.last_batch_norm=true",
+        ],
+    ),
+    "moco v2 (EMA + key queue)": (
+        "cifar10/mocov2",
+        [
+            EMA,
+            "target.base=0.99",
+            "memory=key_queue",
+            "memory.size=1024",
+            "objective.negatives=queue",
+            "objective.temperature=0.2",
+            "symmetric=false",
+            "projector.batch_norm=false",
+        ],
+    ),
+    "nnclr (support set)": (
+        "cifar10/nnclr",
+        [
+            PRED,
+            "memory=support_set",
+            "memory.size=1024",
+            "objective.negatives=cross",
+            "objective.temperature=0.2",
+            "projector.last_batch_norm=true",
+        ],
+    ),
+    "dino (multi-crop, EMA teacher)": (
+        "cifar10/dino",
+        [
+            "projector=dino_head",
+            "projector.hidden_dim=512",
+            "projector.bottleneck_dim=64",
+            "projector.out_dim=256",
+            "projector.batch_norm=true",
+            EMA,
+            "target.base=0.99",
+            "objective=dino",
+            "objective.teacher_temp=0.07",
+            *MULTICROP,
+        ],
+    ),
     "swav (prototypes)": ("cifar10/swav", ["memory=swav", "memory.num_prototypes=300", "objective=swav"]),
-    "swav (prototypes, multi-crop)": ("cifar10/swav", ["memory=swav", "memory.num_prototypes=300", "objective=swav",
-                                                       *MULTICROP]),
+    "swav (prototypes, multi-crop)": (
+        "cifar10/swav",
+        ["memory=swav", "memory.num_prototypes=300", "objective=swav", *MULTICROP],
+    ),
     # one view a step (views=diet, kept digit-safe by the quickstart's view overrides), no projector, weight decay
     # 0.05 as recipes/digits/diet.yaml
-    "diet (N-way head, one view)": ("cifar10/diet", ["objective=diet", "projector=identity", "views=diet",
-                                                     "optim.weight_decay=0.05"]),
-}  # fmt: skip
+    "diet (N-way head, one view)": (
+        "cifar10/diet",
+        ["objective=diet", "projector=identity", "views=diet", "optim.weight_decay=0.05"],
+    ),
+}
 
 
 def quickstart(epochs: int) -> list[str]:
     """The overrides every row (and bench/peer_table.py) trains with."""
-    return ["recipes=quickstart", "report_baseline=false", f"trainer.max_epochs={epochs}", "callbacks.progress=null",
-            "trainer.enable_model_summary=false"]  # fmt: skip
+    return [
+        "recipes=quickstart",
+        "report_baseline=false",
+        f"trainer.max_epochs={epochs}",
+        "callbacks.progress=null",
+        "trainer.enable_model_summary=false",
+    ]
 
 
 def trained_backbone(cfg):
@@ -155,9 +210,11 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, m in rows.items():
-        lines.append(f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m['probe5']:.1f}% | "
-                     f"{m['rankme']:.1f} | "
-                     f"{m['seconds']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m['probe5']:.1f}% | "
+            f"{m['rankme']:.1f} | "
+            f"{m['seconds']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     Path(args.out).write_text(table + "\n")

@@ -89,13 +89,23 @@ def lightly_simclr(backbone, dim, temperature):
 
 
 def lightly_byol(backbone, dim, momentum):
-    return Siamese(backbone, heads.BYOLProjectionHead(dim, HIDDEN, OUT), lightly_loss.NegativeCosineSimilarity(),
-                   heads.BYOLPredictionHead(OUT, HIDDEN, OUT), momentum=momentum)  # fmt: skip
+    return Siamese(
+        backbone,
+        heads.BYOLProjectionHead(dim, HIDDEN, OUT),
+        lightly_loss.NegativeCosineSimilarity(),
+        heads.BYOLPredictionHead(OUT, HIDDEN, OUT),
+        momentum=momentum,
+    )
 
 
 def lightly_simsiam(backbone, dim):
-    return Siamese(backbone, heads.SimSiamProjectionHead(dim, HIDDEN, OUT), lightly_loss.NegativeCosineSimilarity(),
-                   heads.SimSiamPredictionHead(OUT, HIDDEN, OUT), stopgrad=True)  # fmt: skip
+    return Siamese(
+        backbone,
+        heads.SimSiamProjectionHead(dim, HIDDEN, OUT),
+        lightly_loss.NegativeCosineSimilarity(),
+        heads.SimSiamPredictionHead(OUT, HIDDEN, OUT),
+        stopgrad=True,
+    )
 
 
 def lightly_barlow_twins(backbone, dim):
@@ -112,13 +122,25 @@ PRED = f"predictor={{_target_:selfsup.models.mlp,_partial_:true,hidden_dim:{HIDD
 THREE_LAYERS = "projector.num_layers=3"
 METHODS = {
     "simclr": (["objective=info_nce"], lambda b, d: lightly_simclr(b, d, temperature=0.5)),
-    "byol": (["objective=negative_cosine", PRED, "target=ema", "target.base=0.99"],
-             lambda b, d: lightly_byol(b, d, momentum=0.99)),
-    "simsiam": (["objective=negative_cosine", "objective.offset=0.0", "objective.scale=1.0", PRED, "target=stopgrad",
-                 THREE_LAYERS, "projector.last_batch_norm=true"], lightly_simsiam),
+    "byol": (
+        ["objective=negative_cosine", PRED, "target=ema", "target.base=0.99"],
+        lambda b, d: lightly_byol(b, d, momentum=0.99),
+    ),
+    "simsiam": (
+        [
+            "objective=negative_cosine",
+            "objective.offset=0.0",
+            "objective.scale=1.0",
+            PRED,
+            "target=stopgrad",
+            THREE_LAYERS,
+            "projector.last_batch_norm=true",
+        ],
+        lightly_simsiam,
+    ),
     "barlow_twins": (["objective=barlow_twins", THREE_LAYERS], lightly_barlow_twins),
     "vicreg": (["objective=vicreg", THREE_LAYERS], lightly_vicreg),
-}  # fmt: skip
+}
 
 
 def train_lightly(cfg, make_model) -> nn.Module:
@@ -180,11 +202,16 @@ def main() -> None:
         "| method | kNN ours | kNN lightly | kNN k=20 ours | kNN k=20 lightly | probe ours | probe lightly "
         "| RankMe ours | RankMe lightly | s ours | s lightly |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name in names:
         cells = [name]
-        for key, scale, fmt in (("knn", 100, "{:.1f}%"), ("knn20", 100, "{:.1f}%"), ("probe5", 100, "{:.1f}%"),
-                                ("rankme", 1, "{:.1f}"), ("seconds", 1, "{:.0f}")):  # fmt: skip
+        for key, scale, fmt in (
+            ("knn", 100, "{:.1f}%"),
+            ("knn20", 100, "{:.1f}%"),
+            ("probe5", 100, "{:.1f}%"),
+            ("rankme", 1, "{:.1f}"),
+            ("seconds", 1, "{:.0f}"),
+        ):
             for who in ("ours", "lightly"):
                 values = torch.tensor([scale * r[key] for r in rows[name, who]], dtype=torch.float64)
                 cell = fmt.format(values.mean().item())

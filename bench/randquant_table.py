@@ -65,8 +65,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, m in rows.items():
-        lines.append(f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m['probe5']:.1f}% | "
-                     f"{m['rankme']:.1f} | {m['seconds']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m['probe5']:.1f}% | "
+            f"{m['rankme']:.1f} | {m['seconds']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     Path(args.out).write_text(table + "\n")

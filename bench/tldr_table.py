@@ -75,8 +75,13 @@ def main() -> None:
     for whiten in (False, True):
         t = time.perf_counter()
         a, b = pca(tr, te, args.dim, whiten)
-        rows.append({"method": f"PCA-{args.dim}" + (" whitened" if whiten else ""),
-                     "fit_seconds": time.perf_counter() - t, **scores(a, ytr, b, yte)})  # fmt: skip
+        rows.append(
+            {
+                "method": f"PCA-{args.dim}" + (" whitened" if whiten else ""),
+                "fit_seconds": time.perf_counter() - t,
+                **scores(a, ytr, b, yte),
+            }
+        )
         print(rows[-1], flush=True)
 
     t = time.perf_counter()
@@ -86,21 +91,48 @@ def main() -> None:
     for spec in args.encoders.split(","):
         torch.manual_seed(0)
         model = TLDR(tr.shape[1], n_components=args.dim, encoder=spec, projector=args.projector)
-        stats = fit(model, tr, knn, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    warmup_epochs=args.warmup_epochs, device=args.device, log_every=100)  # fmt: skip
+        stats = fit(
+            model,
+            tr,
+            knn,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_epochs=args.warmup_epochs,
+            device=args.device,
+            log_every=100,
+        )
         a, b = transform(model.encoder, tr), transform(model.encoder, te)
-        rows.append({"method": f"TLDR-{args.dim} ({spec})", "fit_seconds": knn_seconds + stats["seconds"],
-                     "train": stats, **scores(a, ytr, b, yte)})  # fmt: skip
+        rows.append(
+            {
+                "method": f"TLDR-{args.dim} ({spec})",
+                "fit_seconds": knn_seconds + stats["seconds"],
+                "train": stats,
+                **scores(a, ytr, b, yte),
+            }
+        )
         print(rows[-1], flush=True)
 
     print("\n| representation | kNN top-1 (k=200) | kNN top-1 (k=20) | precision@10 | MAP@R | fit (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {100 * r['knn_top1_k200']:.2f} | {100 * r['knn_top1_k20']:.2f} | "
-              f"{100 * r['precision_at_10']:.2f} | {100 * r['map_at_r']:.2f} | {r['fit_seconds']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['method']} | {100 * r['knn_top1_k200']:.2f} | {100 * r['knn_top1_k20']:.2f} | "
+            f"{100 * r['precision_at_10']:.2f} | {100 * r['map_at_r']:.2f} | {r['fit_seconds']:.0f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"features": str(path), "args": {k: str(v) for k, v in vars(args).items()},
-                                         "knn_seconds": knn_seconds, "rows": rows}, indent=2) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "features": str(path),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "knn_seconds": knn_seconds,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

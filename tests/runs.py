@@ -11,11 +11,22 @@ import torch
 
 # digits, a BatchNorm-free CNN and projector, 32 pairs a step: ~0.1 s a step on the CPU; 10 steps an epoch
 TINY = [
-    "recipes=quickstart", "data.subset=320", "data.batch_size=32", "data.num_workers=0",
-    "+backbone.width=8", "+backbone.norm=none", "projector.batch_norm=false", "projector.hidden_dim=64",
-    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.progress=null",
-    "report_baseline=false", "trainer.max_epochs=2", "optim.warmup_epochs=1", "trainer.check_val_every_n_epoch=1",
-]  # fmt: skip
+    "recipes=quickstart",
+    "data.subset=320",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "+backbone.width=8",
+    "+backbone.norm=none",
+    "projector.batch_norm=false",
+    "projector.hidden_dim=64",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress=null",
+    "report_baseline=false",
+    "trainer.max_epochs=2",
+    "optim.warmup_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+]
 THREE_EPOCHS = TINY + ["trainer.max_epochs=3"]  # 10 optimiser steps an epoch, validation after each
 
 
@@ -55,8 +66,12 @@ def val_metrics(run_dir):
 def rows(run_dir):
     """Every logged value of metrics.csv as {(step, key): value}."""
     with open(run_dir / "metrics.csv") as f:
-        return {(int(r["step"]), k): float(v) for r in csv.DictReader(f) for k, v in r.items()
-                if v and k not in ("step", "epoch")}  # fmt: skip
+        return {
+            (int(r["step"]), k): float(v)
+            for r in csv.DictReader(f)
+            for k, v in r.items()
+            if v and k not in ("step", "epoch")
+        }
 
 
 def weights(run_dir):

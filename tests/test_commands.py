@@ -14,8 +14,14 @@ from tests.runs import TINY
 
 def train(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    proc = subprocess.run([sys.executable, "-m", "selfsup.train", *TINY, *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfsup.train", *TINY, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -27,9 +33,12 @@ def test_sweep_point_directories_as_arguments_and_what_train_log_holds(tmp_path)
     first = train("trainer.max_epochs=1", "trainer.log_every_n_steps=50", f"hydra.run.dir={point}")
     assert f"[selfsup.train][INFO] - run directory {point}\n" in first.stdout  # also what `make train` shows
     log = (point / "train.log").read_text()
-    for line in (f"[selfsup.train][INFO] - run directory {point}\n", "[INFO] - GPU available: False",
-                 "smaller than the logging interval Trainer(log_every_n_steps=50)",
-                 "[INFO] - `Trainer.fit` stopped: `max_epochs=1` reached.\n"):  # fmt: skip
+    for line in (
+        f"[selfsup.train][INFO] - run directory {point}\n",
+        "[INFO] - GPU available: False",
+        "smaller than the logging interval Trainer(log_every_n_steps=50)",
+        "[INFO] - `Trainer.fit` stopped: `max_epochs=1` reached.\n",
+    ):
         assert log.count(line) == 1, (line, log)
     # the console as before: Lightning's lines and the warning as bare lines on stderr, once each
     stderr = first.stderr.splitlines()

@@ -11,15 +11,22 @@ from selfsup.train import build
 from tests.config_utils import compose_train, tiny_imagefolder
 
 RECIPES = sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
-GROUP_OPTIONS = sorted(
-    (p.parent.name, p.stem) for p in CONF_DIR.glob("*/*.yaml")
-)
-NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp"), ("trainer", "deepspeed_stage_2"),
-              ("trainer", "deepspeed_stage_3")}  # fmt: skip
-COMPANIONS = {("objective", "care"): ["views=care"], ("objective", "sie"): ["projector.out_dim=2048"],
-              ("memory", "swav"): ["objective=swav"], ("objective", "swav"): ["memory=swav"],
-              ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"],
-              ("views", "diet"): ["objective=diet"]}  # fmt: skip
+GROUP_OPTIONS = sorted((p.parent.name, p.stem) for p in CONF_DIR.glob("*/*.yaml"))
+NEEDS_CUDA = {
+    ("trainer", "gpu"),
+    ("trainer", "ddp"),
+    ("trainer", "fsdp"),
+    ("trainer", "deepspeed_stage_2"),
+    ("trainer", "deepspeed_stage_3"),
+}
+COMPANIONS = {
+    ("objective", "care"): ["views=care"],
+    ("objective", "sie"): ["projector.out_dim=2048"],
+    ("memory", "swav"): ["objective=swav"],
+    ("objective", "swav"): ["memory=swav"],
+    ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"],
+    ("views", "diet"): ["objective=diet"],
+}
 
 
 @pytest.fixture
@@ -50,8 +57,12 @@ def compose_with_data(overrides, tmp_path, roots):
     if cfg.views.shared_chunks:  # chunk-shared views need >= 2 rows per chunk
         extra += [f"data.batch_size={2 * cfg.views.shared_chunks}", f"data.subset={4 * cfg.views.shared_chunks}"]
     extra += [
-        "data.num_workers=0", "trainer.max_steps=2", "trainer.limit_val_batches=0", "callbacks.progress=null",
-        "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        "callbacks.progress=null",
+        "trainer.enable_model_summary=false",
+        "trainer.log_every_n_steps=1",
     ]
     return compose_train(overrides + extra, tmp_path / "run")
 
@@ -79,4 +90,3 @@ def test_every_config_option_instantiates(group, option, tmp_path, roots):
         one_step(cfg)
     else:
         build(cfg)
-

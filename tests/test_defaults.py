@@ -80,8 +80,18 @@ def lock_of_another_host(run_dir, age_s: float):
     """A lock file as a run on another host leaves it, its heartbeat ``age_s`` seconds old."""
     run_dir.mkdir(exist_ok=True)
     path = run_dir / lock.LOCK_NAME
-    path.write_text(json.dumps({"host": "another-host.invalid", "pid": 1, "start": None, "slurm_job": None,
-                                "since": "2026-01-01 00:00:00", "argv": ["selfsup-train"]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "host": "another-host.invalid",
+                "pid": 1,
+                "start": None,
+                "slurm_job": None,
+                "since": "2026-01-01 00:00:00",
+                "argv": ["selfsup-train"],
+            }
+        )
+    )
     then = time.time() - age_s
     os.utime(path, (then, then))
     return path

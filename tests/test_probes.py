@@ -91,10 +91,16 @@ def test_sgd_probe_augmented_learns_separable_images():
     backbone = MeanColour()
     x_train, y_train = encode(backbone, train_ds)
     x_test, y_test = encode(backbone, test_ds)
-    cfg = OmegaConf.create({"eval": {
-        "device": "cpu", "seed": 0, "num_workers": 0,
-        "sgd": {"epochs": 4, "batch_size": 30, "lr": 1.0, "momentum": 0.9, "weight_decay": 0.0},
-    }})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "eval": {
+                "device": "cpu",
+                "seed": 0,
+                "num_workers": 0,
+                "sgd": {"epochs": 4, "batch_size": 30, "lr": 1.0, "momentum": 0.9, "weight_decay": 0.0},
+            }
+        }
+    )
     feats = {"test": {"backbone": x_test, "labels": y_test}}
     out = sgd_probe_augmented(backbone, train_ds, feats, cfg, CLASSES)
     reference = sklearn_top1(x_train, y_train, x_test, y_test)

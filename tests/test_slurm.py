@@ -113,10 +113,22 @@ def test_hydra_sweep_through_submitit_with_a_preempted_point(slurm, tmp_path):
     """(b) a 2-point sweep with launcher=slurm: one SLURM job and one run directory per point, named by its
     overrides. Point 0 gets submitit's time-limit signal (SIGUSR2) mid-run: it saves, submitit requeues it, and it
     resumes; both finish every step once."""
-    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_epochs=3", "launcher=slurm",
-           f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}", "launcher.gpus_per_node=null",
-           "launcher.tasks_per_node=1", "launcher.cpus_per_task=1", "launcher.time_min=5",
-           f"hydra.sweep.dir={tmp_path}", "optim.lr=0.001,0.002"]  # run dirs named by the swept key  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        "-m",
+        *TINY,
+        "trainer.max_epochs=3",
+        "launcher=slurm",
+        f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}",
+        "launcher.gpus_per_node=null",
+        "launcher.tasks_per_node=1",
+        "launcher.cpus_per_task=1",
+        "launcher.time_min=5",
+        f"hydra.sweep.dir={tmp_path}",
+        "optim.lr=0.001,0.002",
+    ]  # run dirs named by the swept key
     with open(tmp_path / "sweep.err", "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=slurm, cwd=tmp_path)
         try:
@@ -165,9 +177,18 @@ def test_scontrol_requeue_mid_run_resumes_from_checkpoint(slurm, tmp_path):
 
 def test_bad_launcher_input_submits_nothing(slurm, tmp_path):
     """More GPUs than the partition's nodes have (none here): one line, exit 2, no job in the queue."""
-    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "launcher=slurm",
-           f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}", "launcher.gpus_per_node=1",
-           f"hydra.sweep.dir={tmp_path}", "optim.lr=1e-3,2e-3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        "-m",
+        *TINY,
+        "launcher=slurm",
+        f"launcher.partition={slurm['SELFSUP_TEST_PARTITION']}",
+        "launcher.gpus_per_node=1",
+        f"hydra.sweep.dir={tmp_path}",
+        "optim.lr=1e-3,2e-3",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("selfsup-train: error: launcher.gpus_per_node=1: more GPUs")

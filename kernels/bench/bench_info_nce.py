@@ -40,9 +40,13 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--reps", type=int, default=20, help="timed repetitions at most (fewer when slow)")
     p.add_argument("--cell-budget-s", type=float, default=3.0, help="time allowed for the timed reps of one cell")
-    p.add_argument("--max-step-s", type=float, default=None,
-                   help="skip a cell whose step is predicted (O(N²) from the previous N) to take longer; default "
-                        "10 s, no skipping with --quick")
+    p.add_argument(
+        "--max-step-s",
+        type=float,
+        default=None,
+        help="skip a cell whose step is predicted (O(N²) from the previous N) to take longer; default "
+        "10 s, no skipping with --quick",
+    )
     p.add_argument("--tune-n", type=int, default=16384, help="N at which autotuning happens before the sweep")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
     p.add_argument("--no-autotune", action="store_true", help="use the kernel's heuristic tile sizes")
@@ -115,10 +119,12 @@ def run_table(title: str, impls: dict, make_inputs, args, flops) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     print(f"# {title}")
-    print(f"device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} torch={torch.__version__} "
-          f"triton={_triton_version()} dtype={args.dtype} negatives={args.negatives} τ={args.temperature} "
-          f"interpreter={os.environ.get('TRITON_INTERPRET') == '1'} "
-          f"autotune={os.environ.get('SELFSUP_KERNELS_AUTOTUNE') == '1'}")
+    print(
+        f"device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} torch={torch.__version__} "
+        f"triton={_triton_version()} dtype={args.dtype} negatives={args.negatives} τ={args.temperature} "
+        f"interpreter={os.environ.get('TRITON_INTERPRET') == '1'} "
+        f"autotune={os.environ.get('SELFSUP_KERNELS_AUTOTUNE') == '1'}"
+    )
     header = f"{'impl':<16} {'N':>7} {'d':>5} {'ms fwd+bwd':>11} {'peak GiB':>9} {'TFLOP/s':>8} {'vs eager':>8}"
     print(header)
     print("-" * len(header))
@@ -129,8 +135,10 @@ def run_table(title: str, impls: dict, make_inputs, args, flops) -> None:
             impls["triton"](args.tune_n, d)(*make_inputs(args.tune_n, d, dtype, device))
             torch.cuda.synchronize()
         for n in args.ns:
-            cells = {name: _cell(name, make_step, last, n, d, dtype, device, make_inputs, args)
-                     for name, make_step in impls.items()}
+            cells = {
+                name: _cell(name, make_step, last, n, d, dtype, device, make_inputs, args)
+                for name, make_step in impls.items()
+            }
             eager = cells.get("eager")
             for name, cell in cells.items():
                 if isinstance(cell, str):

@@ -42,8 +42,9 @@ def info_nce_rows(
     """InfoNCE of local L2-normalised anchors ``a, b`` (N, D) vs keys (M, D); see :func:`info_nce_ref`. The fused
     kernel computes ``all`` and ``cross``; ``one_way`` always runs on the reference."""
     if negatives == "one_way" and impl == "triton":
-        raise ValueError("impl='triton' with negatives='one_way': the fused kernel computes all and cross; use "
-                         "impl=auto or torch")  # fmt: skip
+        raise ValueError(
+            "impl='triton' with negatives='one_way': the fused kernel computes all and cross; use impl=auto or torch"
+        )
     if negatives != "one_way" and _use_triton(impl, a):
         from selfsup_kernels.info_nce_triton import info_nce_triton  # imports triton only when asked for
 
@@ -79,6 +80,11 @@ def debiased_info_nce_rows(
 
 
 __all__ = [
-    "IMPLS", "debiased_info_nce_ref", "debiased_info_nce_rows", "info_nce", "info_nce_queue_ref", "info_nce_ref",
+    "IMPLS",
+    "debiased_info_nce_ref",
+    "debiased_info_nce_rows",
+    "info_nce",
+    "info_nce_queue_ref",
+    "info_nce_ref",
     "info_nce_rows",
-]  # fmt: skip
+]

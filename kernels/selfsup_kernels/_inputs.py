@@ -27,8 +27,10 @@ def check_rows(a, b, keys_a, keys_b, offset: int, temperature: float, min_keys: 
     if a.dim() != 2 or b.shape != a.shape:
         raise ValueError(f"a.shape={tuple(a.shape)}, b.shape={tuple(b.shape)}: expected two equal (N, D) shapes")
     if keys_a.shape != keys_b.shape or keys_a.dim() != 2 or keys_a.shape[1] != a.shape[1]:
-        raise ValueError(f"keys_a.shape={tuple(keys_a.shape)}, keys_b.shape={tuple(keys_b.shape)}: expected two "
-                         f"equal (M, {a.shape[1]}) shapes")  # fmt: skip
+        raise ValueError(
+            f"keys_a.shape={tuple(keys_a.shape)}, keys_b.shape={tuple(keys_b.shape)}: expected two "
+            f"equal (M, {a.shape[1]}) shapes"
+        )
     if keys_a.shape[0] < min_keys:
         raise ValueError(f"keys_a.shape[0]={keys_a.shape[0]}: expected at least {min_keys} pairs (M >= {min_keys})")
     if not 0 <= offset <= keys_a.shape[0] - a.shape[0]:

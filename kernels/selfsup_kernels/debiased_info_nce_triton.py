@@ -36,10 +36,30 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _fwd_kernel(Q, K, STATS, LOSS, N, M, offset, scale, inv_t, tau_plus, beta, num_neg, stride_q, stride_k,
-                D: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    STATS,
+    LOSS,
+    N,
+    M,
+    offset,
+    scale,
+    inv_t,
+    tau_plus,
+    beta,
+    num_neg,
+    stride_q,
+    stride_k,
+    D: tl.constexpr,
+    HARD: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row, row_ok, pos_col, self_col = _row_layout(r, 0, N, M, offset, False)
@@ -55,8 +75,11 @@ def _fwd_kernel(Q, K, STATS, LOSS, N, M, offset, scale, inv_t, tau_plus, beta, n
         col = n0 + tl.arange(0, BLOCK_N)
         col_ok = col < 2 * M
         if D <= BLOCK_D:
-            kt = tl.load(K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
-                         mask=col_ok[None, :] & (dd[:, None] < D), other=0.0)
+            kt = tl.load(
+                K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
+                mask=col_ok[None, :] & (dd[:, None] < D),
+                other=0.0,
+            )
             s = _dot(q, kt, UPCAST, PREC)
         else:
             s = _scores(Q, K, row, row_ok, col.to(tl.int64), col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
@@ -115,10 +138,31 @@ def _load_stats(STATS, idx, ok):
 
 
 @triton.jit
-def _dq_kernel(Q, K, STATS, GRAD, DQ, N, M, offset, scale, grad_scale, beta, stride_q, stride_k, stride_dq,
-               D: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _dq_kernel(
+    Q,
+    K,
+    STATS,
+    GRAD,
+    DQ,
+    N,
+    M,
+    offset,
+    scale,
+    grad_scale,
+    beta,
+    stride_q,
+    stride_k,
+    stride_dq,
+    D: tl.constexpr,
+    HARD: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """dQ[rows, chunk] = Σ_j G_ij K[j, chunk] / τ (+ G_ji when SYMMETRIC, K = Q), G = GRAD/(2N) · ∂l_i/∂l_ij."""
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(2)
@@ -146,19 +190,42 @@ def _dq_kernel(Q, K, STATS, GRAD, DQ, N, M, offset, scale, grad_scale, beta, str
         g = _dl(s, is_pos, is_neg, m_r[:, None], alpha_r[:, None], gamma_r[:, None], delta_r[:, None], beta, HARD)
         if SYMMETRIC:  # the same pair seen from row j: l_jx = l_xj, pos/neg masks are symmetric
             m_c, alpha_c, gamma_c, delta_c = _load_stats(STATS, col64, col_ok)
-            g += _dl(s, is_pos, is_neg, m_c[None, :], alpha_c[None, :], gamma_c[None, :], delta_c[None, :], beta,
-                     HARD)
+            g += _dl(s, is_pos, is_neg, m_c[None, :], alpha_c[None, :], gamma_c[None, :], delta_c[None, :], beta, HARD)
         acc += _dot(g.to(k.dtype), k, UPCAST, PREC)
     gs = tl.load(GRAD).to(tl.float32) * grad_scale
-    tl.store(DQ + row[:, None] * stride_dq + do[None, :], (acc * gs).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & do_ok[None, :])
+    tl.store(
+        DQ + row[:, None] * stride_dq + do[None, :],
+        (acc * gs).to(DQ.dtype.element_ty),
+        mask=row_ok[:, None] & do_ok[None, :],
+    )
 
 
 @triton.jit
-def _dk_kernel(Q, K, STATS, GRAD, DK, N, M, offset, scale, grad_scale, beta, stride_q, stride_k, stride_dk,
-               D: tl.constexpr, HARD: tl.constexpr, SYMMETRIC: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _dk_kernel(
+    Q,
+    K,
+    STATS,
+    GRAD,
+    DK,
+    N,
+    M,
+    offset,
+    scale,
+    grad_scale,
+    beta,
+    stride_q,
+    stride_k,
+    stride_dk,
+    D: tl.constexpr,
+    HARD: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """dK[cols, chunk] = Σ_i G_ij Q[i, chunk] / τ, one program per BLOCK_N keys."""
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(2)
@@ -186,8 +253,11 @@ def _dk_kernel(Q, K, STATS, GRAD, DK, N, M, offset, scale, grad_scale, beta, str
         gt = _dl(st, is_pos, is_neg, m_r[None, :], alpha_r[None, :], gamma_r[None, :], delta_r[None, :], beta, HARD)
         acc += _dot(gt.to(q.dtype), q, UPCAST, PREC)
     gs = tl.load(GRAD).to(tl.float32) * grad_scale
-    tl.store(DK + col64[:, None] * stride_dk + do[None, :], (acc * gs).to(DK.dtype.element_ty),
-             mask=col_ok[:, None] & do_ok[None, :])
+    tl.store(
+        DK + col64[:, None] * stride_dk + do[None, :],
+        (acc * gs).to(DK.dtype.element_ty),
+        mask=col_ok[:, None] & do_ok[None, :],
+    )
 
 
 def _launch(kernel, n_tiled: int, d: int, args: tuple, consts: dict) -> None:
@@ -203,19 +273,38 @@ class DebiasedInfoNCEFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves Q, K and 4 fp32 statistics per row; backward recomputes logit tiles."""
 
     @staticmethod
-    def forward(ctx, a, b, keys_a, keys_b, offset: int, temperature: float, tau_plus: float, beta: float,
-                symmetric: bool):
+    def forward(
+        ctx, a, b, keys_a, keys_b, offset: int, temperature: float, tau_plus: float, beta: float, symmetric: bool
+    ):
         n, d = a.shape
         m = keys_a.shape[0]
         q = torch.cat([a, b]).contiguous()  # (2N, D)
         k = q if symmetric else torch.cat([keys_a, keys_b]).contiguous()  # (2M, D)
         stats = torch.empty(2 * n, 4, device=a.device, dtype=torch.float32)  # m, α, γ, δ per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
-        consts = dict(D=d, HARD=beta > 0, SYMMETRIC=symmetric,
-                      UPCAST=interpreting() and a.dtype == torch.bfloat16,
-                      PREC="ieee" if a.dtype == torch.float32 else "tf32")
-        args = (q, k, stats, row_loss, n, m, offset, LOG2E / temperature, 1.0 / temperature, tau_plus, beta,
-                float(2 * m - 2), q.stride(0), k.stride(0))
+        consts = dict(
+            D=d,
+            HARD=beta > 0,
+            SYMMETRIC=symmetric,
+            UPCAST=interpreting() and a.dtype == torch.bfloat16,
+            PREC="ieee" if a.dtype == torch.float32 else "tf32",
+        )
+        args = (
+            q,
+            k,
+            stats,
+            row_loss,
+            n,
+            m,
+            offset,
+            LOG2E / temperature,
+            1.0 / temperature,
+            tau_plus,
+            beta,
+            float(2 * m - 2),
+            q.stride(0),
+            k.stride(0),
+        )
         _launch(_fwd_kernel, 2 * n, d, args, consts)
         ctx.save_for_backward(q, k, stats)
         ctx.setup = (n, m, d, offset, temperature, beta, symmetric, consts)
@@ -255,5 +344,6 @@ def debiased_info_nce_triton(
     if not beta >= 0:
         raise ValueError(f"beta={beta}: expected a value >= 0")
     keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature, min_keys=2)
-    return DebiasedInfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), float(tau_plus),
-                                         float(beta), symmetric)
+    return DebiasedInfoNCEFunction.apply(
+        a, b, keys_a, keys_b, offset, float(temperature), float(tau_plus), float(beta), symmetric
+    )

@@ -80,8 +80,20 @@ def _dot(x, y, UPCAST: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _scores(A, B, ia, a_ok, ib, b_ok, stride_a, stride_b, D: tl.constexpr, BLOCK_D: tl.constexpr,
-            UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _scores(
+    A,
+    B,
+    ia,
+    a_ok,
+    ib,
+    b_ok,
+    stride_a,
+    stride_b,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(len(ia), len(ib)) fp32 tile of A[ia] · B[ib]ᵀ, reduced over D in BLOCK_D chunks."""
     acc = tl.zeros((ia.shape[0], ib.shape[0]), tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -93,10 +105,26 @@ def _scores(A, B, ia, a_ok, ib, b_ok, stride_a, stride_b, D: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _fwd_kernel(Q, K, LSE, LOSS, N, M, offset, scale, stride_q, stride_k,
-                D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    LSE,
+    LOSS,
+    N,
+    M,
+    offset,
+    scale,
+    stride_q,
+    stride_k,
+    D: tl.constexpr,
+    CROSS: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,8 +148,11 @@ def _fwd_kernel(Q, K, LSE, LOSS, N, M, offset, scale, stride_q, stride_k,
         col_ok = j < n_cols
         col = col_start + j
         if D <= BLOCK_D:
-            kt = tl.load(K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
-                         mask=col_ok[None, :] & (dd[:, None] < D), other=0.0)
+            kt = tl.load(
+                K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
+                mask=col_ok[None, :] & (dd[:, None] < D),
+                other=0.0,
+            )
             s = _dot(q, kt, UPCAST, PREC)
         else:
             s = _scores(Q, K, row, row_ok, col.to(tl.int64), col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
@@ -137,10 +168,32 @@ def _fwd_kernel(Q, K, LSE, LOSS, N, M, offset, scale, stride_q, stride_k,
 
 
 @triton.jit
-def _dq_kernel(Q, K, LSE, W, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dq,
-               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr, ROW_WEIGHTS: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _dq_kernel(
+    Q,
+    K,
+    LSE,
+    W,
+    GRAD,
+    DQ,
+    N,
+    M,
+    offset,
+    scale,
+    grad_scale,
+    stride_q,
+    stride_k,
+    stride_dq,
+    D: tl.constexpr,
+    CROSS: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    ROW_WEIGHTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """dQ[rows, chunk] = Σ_j dl_ij K[j, chunk] / τ (+ the transposed term dl_ji when SYMMETRIC, K = Q).
 
     dl_ij = GRAD · grad_scale · W_i · (p_ij − y_ij); W (per-row weights, max |W| = 1) only when ROW_WEIGHTS.
@@ -188,15 +241,40 @@ def _dq_kernel(Q, K, LSE, W, GRAD, DQ, N, M, offset, scale, grad_scale, stride_q
             ds += ds_t
         acc += _dot(ds.to(k.dtype), k, UPCAST, PREC)
     g = tl.load(GRAD) * grad_scale
-    tl.store(DQ + row[:, None] * stride_dq + do[None, :], (acc * g).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & do_ok[None, :])
+    tl.store(
+        DQ + row[:, None] * stride_dq + do[None, :],
+        (acc * g).to(DQ.dtype.element_ty),
+        mask=row_ok[:, None] & do_ok[None, :],
+    )
 
 
 @triton.jit
-def _dk_kernel(Q, K, LSE, W, GRAD, DK, N, M, offset, scale, grad_scale, stride_q, stride_k, stride_dk,
-               D: tl.constexpr, CROSS: tl.constexpr, SYMMETRIC: tl.constexpr, ROW_WEIGHTS: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _dk_kernel(
+    Q,
+    K,
+    LSE,
+    W,
+    GRAD,
+    DK,
+    N,
+    M,
+    offset,
+    scale,
+    grad_scale,
+    stride_q,
+    stride_k,
+    stride_dk,
+    D: tl.constexpr,
+    CROSS: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    ROW_WEIGHTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """dK[cols, chunk] = Σ_i dl_ij Q[i, chunk] / τ, one program per BLOCK_N keys (no atomics)."""
     pid_n = tl.program_id(0)
     hc = tl.program_id(1)
@@ -236,8 +314,11 @@ def _dk_kernel(Q, K, LSE, W, GRAD, DK, N, M, offset, scale, grad_scale, stride_q
             dst = dst * tl.load(W + row, mask=row_ok, other=0.0)[None, :]
         acc += _dot(dst.to(q.dtype), q, UPCAST, PREC)
     g = tl.load(GRAD) * grad_scale
-    tl.store(DK + col64[:, None] * stride_dk + do[None, :], (acc * g).to(DK.dtype.element_ty),
-             mask=col_ok[:, None] & do_ok[None, :])
+    tl.store(
+        DK + col64[:, None] * stride_dk + do[None, :],
+        (acc * g).to(DK.dtype.element_ty),
+        mask=col_ok[:, None] & do_ok[None, :],
+    )
 
 
 def _tuned(kernel, configs):
@@ -318,8 +399,9 @@ class InfoNCEFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves Q, K and the per-row LSE; backward recomputes logit tiles."""
 
     @staticmethod
-    def forward(ctx, a, b, keys_a, keys_b, offset: int, temperature: float, negatives: str, reduction: str,
-                symmetric: bool):
+    def forward(
+        ctx, a, b, keys_a, keys_b, offset: int, temperature: float, negatives: str, reduction: str, symmetric: bool
+    ):
         n, d = a.shape
         m = keys_a.shape[0]
         q = torch.cat([a, b]).contiguous()  # (2N, D) rows
@@ -327,8 +409,13 @@ class InfoNCEFunction(torch.autograd.Function):
         lse = torch.empty(2 * n, device=a.device, dtype=torch.float32)  # base-2 LSE per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
         cross = negatives == "cross"
-        consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, UPCAST=interpreting() and a.dtype == torch.bfloat16,
-                      PREC="ieee" if a.dtype == torch.float32 else "tf32")
+        consts = dict(
+            D=d,
+            CROSS=cross,
+            SYMMETRIC=symmetric,
+            UPCAST=interpreting() and a.dtype == torch.bfloat16,
+            PREC="ieee" if a.dtype == torch.float32 else "tf32",
+        )
         args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
         _launch(_fwd_kernel, n if cross else 2 * n, 2 if cross else 1, d, args, consts)
         ctx.save_for_backward(q, k, lse)
@@ -354,13 +441,15 @@ class InfoNCEFunction(torch.autograd.Function):
         consts = dict(consts, ROW_WEIGHTS=row_weights)
         common = (n, m, offset, LOG2E / temperature, 1.0 / temperature, q.stride(0), k.stride(0))
         dq = torch.empty_like(q)
-        _launch(_dq_kernel, n if cross else 2 * n, halves, d,
-                (q, k, lse, weights, scale, dq, *common, dq.stride(0)), consts)
+        _launch(
+            _dq_kernel, n if cross else 2 * n, halves, d, (q, k, lse, weights, scale, dq, *common, dq.stride(0)), consts
+        )
         if symmetric:  # the whole gradient landed in dq (keys are the rows)
             return dq[:n], dq[n:], None, None, None, None, None, None, None
         dk = torch.empty_like(k)
-        _launch(_dk_kernel, m if cross else 2 * m, halves, d,
-                (q, k, lse, weights, scale, dk, *common, dk.stride(0)), consts)
+        _launch(
+            _dk_kernel, m if cross else 2 * m, halves, d, (q, k, lse, weights, scale, dk, *common, dk.stride(0)), consts
+        )
         return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None, None
 
 
@@ -388,5 +477,4 @@ def info_nce_triton(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
     keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature)
-    return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, reduction,
-                                 symmetric)
+    return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, reduction, symmetric)

@@ -66,4 +66,3 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
-

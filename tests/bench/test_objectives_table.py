@@ -20,10 +20,14 @@ def parts(cfg) -> dict:
     """What makes a method, as opposed to its scale (widths, data, optimiser, run length)."""
     projector = {k: cfg.projector.get(k) for k in ("_target_", "num_layers", "batch_norm", "last_batch_norm")}
     return {
-        "objective": cfg.objective._target_, "target": cfg.target._target_, "memory": cfg.memory._target_,
-        "predictor": None if cfg.predictor is None else cfg.predictor._target_, "projector": projector,
-        "symmetric": cfg.symmetric, "local_views": cfg.views.get("global_views") not in (None, len(cfg.views.views)),
-    }  # fmt: skip
+        "objective": cfg.objective._target_,
+        "target": cfg.target._target_,
+        "memory": cfg.memory._target_,
+        "predictor": None if cfg.predictor is None else cfg.predictor._target_,
+        "projector": projector,
+        "symmetric": cfg.symmetric,
+        "local_views": cfg.views.get("global_views") not in (None, len(cfg.views.views)),
+    }
 
 
 @pytest.mark.parametrize("name", list(METHODS))

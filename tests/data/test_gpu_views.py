@@ -211,8 +211,9 @@ def simclr_views(cls, **kw):
 
 def test_device_path_yields_the_cpu_path_batch():
     cpu = SSLDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(MultiViewTransform))
-    dev = SSLDataModule(batch_size=32, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform,
-                                                                                         sampler="exact"))  # fmt: skip
+    dev = SSLDataModule(
+        batch_size=32, image_size=16, num_workers=0, views=simclr_views(GpuMultiViewTransform, sampler="exact")
+    )
     want = next(iter(cpu.train_dataloader()))
     raw = next(iter(dev.train_dataloader()))
     assert "image" not in raw and raw["key"].shape == (32, 3)  # the split is resident: only keys travel
@@ -230,11 +231,17 @@ def test_views_gpu_simclr_trains_through_the_device_path(tmp_path):
     from tests.config_utils import compose_train
 
     cfg = compose_train(
-        ["views=gpu_simclr", "data.batch_size=32", "trainer.max_steps=2",
-         "trainer.limit_val_batches=0", "callbacks.progress=null", "trainer.enable_model_summary=false",
-         "trainer.log_every_n_steps=1"],
+        [
+            "views=gpu_simclr",
+            "data.batch_size=32",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=0",
+            "callbacks.progress=null",
+            "trainer.enable_model_summary=false",
+            "trainer.log_every_n_steps=1",
+        ],
         tmp_path / "run",
-    )  # fmt: skip
+    )
     datamodule, module, trainer = build(cfg)
     seen = []
     module.on_train_batch_start = lambda batch, i: seen.append([v.shape for v in batch["views"]])
@@ -249,14 +256,22 @@ def test_imagefolder_batches_carry_decoded_images(tmp_path):
 
     root = tiny_imagefolder(tmp_path / "folder", per_class=4)
     dm = SSLDataModule(
-        dataset="imagefolder", root=str(root), batch_size=4, image_size=16, num_workers=0,
+        dataset="imagefolder",
+        root=str(root),
+        batch_size=4,
+        image_size=16,
+        num_workers=0,
         views=simclr_views(GpuMultiViewTransform),
-    )  # fmt: skip
+    )
     raw = next(iter(dm.train_dataloader()))
     assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (4, 3, 40, 48)  # decoded on the CPU
     assert [tuple(v.shape) for v in dm.on_after_batch_transfer(raw, 0)["views"]] == [(4, 3, 16, 16)] * 2
-    mixed = collate_raw([{"key": torch.tensor([0, i, -1]), "label": 0, "index": i, "image": smooth_images(1, s)[0]}
-                         for i, s in enumerate((8, 20))])  # fmt: skip
+    mixed = collate_raw(
+        [
+            {"key": torch.tensor([0, i, -1]), "label": 0, "index": i, "image": smooth_images(1, s)[0]}
+            for i, s in enumerate((8, 20))
+        ]
+    )
     assert isinstance(mixed["image"], list)
     assert dm.device_views(mixed)["views"][0].shape == (2, 3, 16, 16)
 
@@ -316,7 +331,16 @@ def test_device_path_settings_are_config_keys(tmp_path):
     assert datamodule.device_views is not None and raw["key"].shape == (32, 3)  # CPU views, converted, on device
     assert [v.shape for v in datamodule.on_after_batch_transfer(raw, 0)["views"]] == [(32, 3, 16, 16)] * 2
     root = tiny_imagefolder(tmp_path / "folder", per_class=4)
-    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=4", "data.image_size=16",
-                         "data.views_on_device=true", "data.resident=true"], tmp_path / "run2")  # fmt: skip
+    cfg = compose_train(
+        [
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.batch_size=4",
+            "data.image_size=16",
+            "data.views_on_device=true",
+            "data.resident=true",
+        ],
+        tmp_path / "run2",
+    )
     with pytest.raises(ValueError, match="data.resident=true: the training split is not held in memory"):
         build(cfg)[0].train_dataloader()

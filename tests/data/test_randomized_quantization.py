@@ -169,8 +169,11 @@ def test_fixed_params_and_generator_give_the_cpu_image():
 
 
 def test_exact_sampler_reproduces_the_cpu_views():
-    views = {"v1": ViewAugment(16, quant_p=0.7, quant_bins=[3, 10]), "v2": ViewAugment(16, quant_p=1.0),
-             "c1": ViewAugment(16, quant_p=0.5, blur_p=0.5)}  # fmt: skip
+    views = {
+        "v1": ViewAugment(16, quant_p=0.7, quant_bins=[3, 10]),
+        "v2": ViewAugment(16, quant_p=1.0),
+        "c1": ViewAugment(16, quant_p=0.5, blur_p=0.5),
+    }
     cpu = MultiViewTransform(views, shared=["c1"], shared_chunks=2)
     gpu = GpuMultiViewTransform(views, shared=["c1"], shared_chunks=2, sampler="exact")
     images = smooth_images(8, 24)

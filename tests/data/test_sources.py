@@ -34,13 +34,18 @@ def test_check_image_names_each_problem(damaged):
 
 
 def test_verify_refuses_then_skip_bad_leaves_them_out(damaged, caplog):
-    dm = SSLDataModule(dataset="imagefolder", root=str(damaged), batch_size=4, image_size=16, num_workers=0,
-                       verify=True)  # fmt: skip
-    with pytest.raises(ValueError, match=r"data.verify: 3 unreadable image\(s\) in the train split, e.g. .*(garbage|"
-                                         r"empty|cut)\..* pass data.skip_bad=true to leave them out"):  # fmt: skip
+    dm = SSLDataModule(
+        dataset="imagefolder", root=str(damaged), batch_size=4, image_size=16, num_workers=0, verify=True
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"data.verify: 3 unreadable image\(s\) in the train split, e.g. .*(garbage|"
+        r"empty|cut)\..* pass data.skip_bad=true to leave them out",
+    ):
         dm.load_splits()
-    dm = SSLDataModule(dataset="imagefolder", root=str(damaged), batch_size=4, image_size=16, num_workers=0,
-                       skip_bad=True)  # fmt: skip
+    dm = SSLDataModule(
+        dataset="imagefolder", root=str(damaged), batch_size=4, image_size=16, num_workers=0, skip_bad=True
+    )
     with caplog.at_level("WARNING"):
         train, _ = dm.splits
     assert len(train) == 12 and "left out 3 unreadable image(s)" in caplog.text
@@ -58,9 +63,21 @@ def test_decode_error_names_the_file(damaged):
 def test_corrupt_image_ends_training_in_one_line_naming_it(damaged, tmp_path, workers):
     """Whatever the worker count: `selfsup-train: error: cannot decode image <path> ...`, exit 2."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    cmd = [sys.executable, "-m", "selfsup.train", "data=imagefolder", f"data.root={damaged}", "data.val_dir=val",
-           "data.batch_size=15", "data.image_size=16", f"data.num_workers={workers}", "backbone=small_cnn",
-           "trainer.max_epochs=1", "callbacks.progress=null", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        "data=imagefolder",
+        f"data.root={damaged}",
+        "data.val_dir=val",
+        "data.batch_size=15",
+        "data.image_size=16",
+        f"data.num_workers={workers}",
+        "backbone=small_cnn",
+        "trainer.max_epochs=1",
+        "callbacks.progress=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -71,8 +88,9 @@ def test_corrupt_image_ends_training_in_one_line_naming_it(damaged, tmp_path, wo
 def test_non_image_files_are_skipped_with_a_count(tmp_path, caplog):
     root = tiny_imagefolder(tmp_path / "data", per_class=3)
     (root / "train" / "a" / "notes.txt").write_text("not an image")
-    cfg = compose_train(["data=imagefolder", f"data.root={root}", "data.batch_size=2", "data.image_size=32"],
-                        tmp_path / "run")  # fmt: skip
+    cfg = compose_train(
+        ["data=imagefolder", f"data.root={root}", "data.batch_size=2", "data.image_size=32"], tmp_path / "run"
+    )
     datamodule, _, _ = build(cfg)
     with caplog.at_level("WARNING"):
         assert len(datamodule.splits[0]) == 6

@@ -66,9 +66,18 @@ def test_imagefolder_subset_is_stratified_first_k(tmp_path, k):
     check_subset(full, sub, k)
     names = [list(pathlib.Path(sub.splits[0].source.paths[i]).parts[-2:]) for i in sub.splits[0].indices]
     # taken in turn a0 b0 c0 a1 b1 | c1 a2: k=5 → a 2, b 2, c 1; k=7 → a 3, b 2, c 2
-    want = {5: [["a", "0.jpg"], ["a", "1.jpg"], ["b", "0.jpg"], ["b", "1.jpg"], ["c", "0.jpg"]],
-            7: [["a", "0.jpg"], ["a", "1.jpg"], ["a", "2.jpg"], ["b", "0.jpg"], ["b", "1.jpg"], ["c", "0.jpg"],
-                ["c", "1.jpg"]]}[k]  # fmt: skip
+    want = {
+        5: [["a", "0.jpg"], ["a", "1.jpg"], ["b", "0.jpg"], ["b", "1.jpg"], ["c", "0.jpg"]],
+        7: [
+            ["a", "0.jpg"],
+            ["a", "1.jpg"],
+            ["a", "2.jpg"],
+            ["b", "0.jpg"],
+            ["b", "1.jpg"],
+            ["c", "0.jpg"],
+            ["c", "1.jpg"],
+        ],
+    }[k]
     assert names == want
 
 

@@ -65,9 +65,13 @@ def test_global_batches_do_not_depend_on_world_size():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(size=0), "views.size"), (dict(size=8, scale=(0.5, 0.2)), "views.scale"),
-     (dict(size=8, flip_p=1.5), "views.flip_p"), (dict(size=8, hue=0.7), "views.hue")],
-)  # fmt: skip
+    [
+        (dict(size=0), "views.size"),
+        (dict(size=8, scale=(0.5, 0.2)), "views.scale"),
+        (dict(size=8, flip_p=1.5), "views.flip_p"),
+        (dict(size=8, hue=0.7), "views.hue"),
+    ],
+)
 def test_bad_view_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ViewAugment(**kwargs)
@@ -100,10 +104,18 @@ def test_relative_transform_by_hand():
         "one": 1.0,
         "shift_x": ((0.3 + 0.125) - (0.1 + 0.25)) / 0.5,  # centre shift in widths of the first crop
         "shift_y": ((0.1 + 0.4) - (0.2 + 0.2)) / 0.4,
-        "log_scale_w": math.log(0.5), "log_scale_h": math.log(2.0),
-        "flip": 1.0, "log_brightness": math.log(1.5), "log_contrast": 0.0, "log_saturation": math.log(0.5),
-        "hue": -0.15, "grayscale": -1.0, "blur_sigma": 1.5, "solarize": 1.0, "rotation": 30 / 180,
-    }  # fmt: skip
+        "log_scale_w": math.log(0.5),
+        "log_scale_h": math.log(2.0),
+        "flip": 1.0,
+        "log_brightness": math.log(1.5),
+        "log_contrast": 0.0,
+        "log_saturation": math.log(0.5),
+        "hue": -0.15,
+        "grayscale": -1.0,
+        "blur_sigma": 1.5,
+        "solarize": 1.0,
+        "rotation": 30 / 180,
+    }
     assert got == pytest.approx(expected, abs=1e-12)  # the jitter order (3 -> 17) is not in it
     assert relative_transform(b, b)[0].tolist() == [1.0] + [0.0] * (len(RELATIVE_NAMES) - 1)  # identity
 

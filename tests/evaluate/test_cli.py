@@ -27,8 +27,16 @@ def eval_main(monkeypatch, *args: str) -> None:
 def test_a_sweep_point_is_evaluated_unquoted_and_the_files_are_named(tmp_path, monkeypatch, capsys):
     run = make_run(tmp_path.joinpath(*SWEEP_POINT))
     out = tmp_path / "eval" / "knn=200,probe=fast"
-    eval_main(monkeypatch, f"checkpoint={run}", f"out={out}", "eval.lidar.images=0", "eval.rankme_samples=200",
-              "data.eval_train_subset=200", "data.eval_test_subset=100", *FAST)  # fmt: skip
+    eval_main(
+        monkeypatch,
+        f"checkpoint={run}",
+        f"out={out}",
+        "eval.lidar.images=0",
+        "eval.rankme_samples=200",
+        "data.eval_train_subset=200",
+        "data.eval_test_subset=100",
+        *FAST,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["checkpoint"] == str(run / "checkpoints" / "last.ckpt") and metrics["num_test"] == 100
     assert f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'report.html'}" in capsys.readouterr().out

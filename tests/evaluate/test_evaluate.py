@@ -18,24 +18,45 @@ from selfsup.evaluate import report
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, rankme
 
 DIGITS = {
-    "_target_": "selfsup.data.SSLDataModule", "dataset": "digits", "root": None, "batch_size": 64, "image_size": 16,
-    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_workers": 0, "subset": None, "eval_train_subset": None,
-    "eval_test_subset": None, "download": False,
-}  # fmt: skip
+    "_target_": "selfsup.data.SSLDataModule",
+    "dataset": "digits",
+    "root": None,
+    "batch_size": 64,
+    "image_size": 16,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "num_workers": 0,
+    "subset": None,
+    "eval_train_subset": None,
+    "eval_test_subset": None,
+    "download": False,
+}
 FAST = ["eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50", "eval.plots=false"]
 
 
 def make_run(run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem: bool = False, overrides=()) -> Path:
     """A run dir with a selfsup checkpoint of a tiny timm encoder + MLP projector (random weights, digits config)."""
     config = {
-        "backbone": {"_target_": "selfsup.models.build_backbone", "name": name, "cifar_stem": cifar_stem,
-                     "pretrained": False, "in_chans": 3},
-        "projector": {"_target_": "selfsup.models.mlp", "_partial_": True, "hidden_dim": 32, "out_dim": 8,
-                      "num_layers": 2, "batch_norm": True, "last_batch_norm": False},
+        "backbone": {
+            "_target_": "selfsup.models.build_backbone",
+            "name": name,
+            "cifar_stem": cifar_stem,
+            "pretrained": False,
+            "in_chans": 3,
+        },
+        "projector": {
+            "_target_": "selfsup.models.mlp",
+            "_partial_": True,
+            "hidden_dim": 32,
+            "out_dim": 8,
+            "num_layers": 2,
+            "batch_norm": True,
+            "last_batch_norm": False,
+        },
         "data": DIGITS,
         "views": {"_target_": "selfsup.data.MultiViewTransform"},
         "objective": {"_target_": "selfsup.objectives.InfoNCELoss", "temperature": 0.5},
-    }  # fmt: skip
+    }
     torch.manual_seed(seed)
     backbone = instantiate(config["backbone"])
     projector = instantiate(config["projector"])(in_dim=backbone.num_features)
@@ -65,8 +86,15 @@ def run(tmp_path):
 
 
 def test_run_dir_writes_metrics_matching_the_metric_functions(run):
-    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50",
-                                   "eval.lidar.images=300", "eval.lidar.views=4"))  # fmt: skip
+    metrics = ev.evaluate(
+        eval_cfg(
+            f"checkpoint={run}",
+            "eval.probe.l2_grid=[1e-4,1e-2]",
+            "eval.probe.max_iter=50",
+            "eval.lidar.images=300",
+            "eval.lidar.views=4",
+        )
+    )
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     for key in ("rankme", "rankme_backbone", "knn_top1", "knn_top1_k20", "linear_top1"):
@@ -153,23 +181,43 @@ def test_random_encoder_baseline(tmp_path):
 
 
 def test_sgd_protocol_on_cached_features(run, tmp_path):
-    cfg = eval_cfg(f"checkpoint={run}", "eval.protocol=sgd", "eval.sgd.augment=false", "eval.sgd.epochs=2",
-                   "eval.knn=false", "eval.plots=false", f"out={tmp_path / 'o'}")  # fmt: skip
+    cfg = eval_cfg(
+        f"checkpoint={run}",
+        "eval.protocol=sgd",
+        "eval.sgd.augment=false",
+        "eval.sgd.epochs=2",
+        "eval.knn=false",
+        "eval.plots=false",
+        f"out={tmp_path / 'o'}",
+    )
     assert 0.0 <= ev.evaluate(cfg)["linear_top1"] <= 1.0
 
 
 @pytest.mark.slow
 def test_sgd_protocol_with_augmentation(run, tmp_path):
-    cfg = eval_cfg(f"checkpoint={run}", "eval.protocol=sgd", "eval.sgd.epochs=1", "eval.knn=false",
-                   "eval.plots=false", f"out={tmp_path / 'o'}")  # fmt: skip
+    cfg = eval_cfg(
+        f"checkpoint={run}",
+        "eval.protocol=sgd",
+        "eval.sgd.epochs=1",
+        "eval.knn=false",
+        "eval.plots=false",
+        f"out={tmp_path / 'o'}",
+    )
     assert 0.0 <= ev.evaluate(cfg)["linear_top1"] <= 1.0
 
 
 @pytest.mark.slow
 def test_transfer_to_a_few_cifar10_images(run, cifar10_root, tmp_path):
     out = tmp_path / "cifar"
-    cfg = eval_cfg(f"checkpoint={run}", "data=cifar10", f"data.root={cifar10_root}", "data.eval_train_subset=300",
-                   "data.eval_test_subset=100", f"out={out}", *FAST)  # fmt: skip
+    cfg = eval_cfg(
+        f"checkpoint={run}",
+        "data=cifar10",
+        f"data.root={cifar10_root}",
+        "data.eval_train_subset=300",
+        "data.eval_test_subset=100",
+        f"out={out}",
+        *FAST,
+    )
     metrics = ev.evaluate(cfg)
     assert metrics["num_train"] == 300 and metrics["num_test"] == 100
     assert (out / "metrics.json").is_file() and not (run / "metrics.json").exists()
@@ -237,11 +285,15 @@ def test_bad_eval_options(run):
 def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "selfsup.evaluate", f"checkpoint={tmp_path / 'missing'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"selfsup-eval: error: checkpoint={tmp_path / 'missing'}: "
-                                                "no such file or directory"]  # fmt: skip
+    assert proc.stderr.strip().splitlines() == [
+        f"selfsup-eval: error: checkpoint={tmp_path / 'missing'}: no such file or directory"
+    ]
 
 
 # -- config and report pieces --------------------------------------------------------------------------------------
@@ -264,8 +316,9 @@ def test_rank_correlations_and_selection():
     runs = [{"name": n, "rankme": r, "linear_top1": a} for n, r, a in (("a", 5.0, 0.5), ("b", 9.0, 0.4), ("c", 7, 0.6))]
     summary = report.sweep_summary(runs)
     assert [r["name"] for r in summary["runs"]] == ["b", "c", "a"]
-    assert summary["selection"]["linear_top1"] == {"rankme": {"chosen": 0.4, "best": 0.6, "regret": pytest.approx(0.2),
-                                                              "run": "b"}}  # fmt: skip
+    assert summary["selection"]["linear_top1"] == {
+        "rankme": {"chosen": 0.4, "best": 0.6, "regret": pytest.approx(0.2), "run": "b"}
+    }
     # α-ReQ ranks by closeness to 1; LiDAR by value; a score no run has is left out
     runs = [{**r, "alpha_req": a, "lidar": v} for r, a, v in zip(runs, (1.4, 0.95, 2.0), (3.0, 1.0, 2.0))]
     summary = report.sweep_summary(runs)
@@ -296,8 +349,9 @@ def cli(module: str, *args: str, cwd=None):
     from selfsup.config import ROOT
 
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd or ROOT, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -313,14 +367,29 @@ def test_eval_and_export_of_a_trained_run_whose_data_moved(tmp_path):
 
     data = tiny_imagefolder(tmp_path / "data", per_class=8, size=24)
     run_dir = tmp_path / "run"
-    train(compose_train(["data=imagefolder", f"data.root={data}", "data.batch_size=8", "data.image_size=16",
-                         "data.num_workers=0", "backbone=resnet18", "backbone.name=test_resnet", "trainer.max_epochs=2",
-                         "trainer.log_every_n_steps=1", "callbacks.progress=null"], run_dir))  # fmt: skip
+    train(
+        compose_train(
+            [
+                "data=imagefolder",
+                f"data.root={data}",
+                "data.batch_size=8",
+                "data.image_size=16",
+                "data.num_workers=0",
+                "backbone=resnet18",
+                "backbone.name=test_resnet",
+                "trainer.max_epochs=2",
+                "trainer.log_every_n_steps=1",
+                "callbacks.progress=null",
+            ],
+            run_dir,
+        )
+    )
     moved = shutil.move(str(data), str(tmp_path / "moved"))
     proc = cli("selfsup.evaluate", f"checkpoint={run_dir}", "eval.knn_k=[4,2]", "eval.probe.max_iter=20")
     assert proc.returncode == 2 and "data.root=" in proc.stderr.strip().splitlines()[-1]  # the saved root is gone
-    proc = cli("selfsup.evaluate", f"checkpoint={run_dir}", f"data.root={moved}", "eval.knn_k=[4,2]",
-               "eval.probe.max_iter=20")  # fmt: skip
+    proc = cli(
+        "selfsup.evaluate", f"checkpoint={run_dir}", f"data.root={moved}", "eval.knn_k=[4,2]", "eval.probe.max_iter=20"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data_root"] == moved and metrics["num_train"] == 16 and metrics["knn_k"] == [4, 2]
@@ -392,8 +461,16 @@ def test_feature_cache_is_invalidated_when_the_images_or_the_transform_change(ru
     monkeypatch.setattr(ev_features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
 
     def evaluate(*more):
-        cfg = eval_cfg(f"checkpoint={run}", "data=imagefolder", f"data.root={folder}", "eval.knn_k=[3]",
-                       "eval.linear=false", "eval.plots=false", f"out={tmp_path / 'out'}", *more)
+        cfg = eval_cfg(
+            f"checkpoint={run}",
+            "data=imagefolder",
+            f"data.root={folder}",
+            "eval.knn_k=[3]",
+            "eval.linear=false",
+            "eval.plots=false",
+            f"out={tmp_path / 'out'}",
+            *more,
+        )
         before = len(calls)
         metrics = ev.evaluate(cfg)
         return len(calls) - before, metrics  # extractions: 3 (train, test, LiDAR's views) or 0 (cache)

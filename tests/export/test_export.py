@@ -65,8 +65,10 @@ def test_cli(tmp_path, capsys):
         main([f"checkpoint={run}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["selfsup-export: error: out not set: usage: selfsup-export checkpoint=<file.ckpt | run dir> "
-                   "out=<encoder.safetensors>"]  # fmt: skip
+    assert err == [
+        "selfsup-export: error: out not set: usage: selfsup-export checkpoint=<file.ckpt | run dir> "
+        "out=<encoder.safetensors>"
+    ]
 
 
 def test_cli_takes_sweep_points_unquoted_or_quoted_as_for_hydra_and_names_its_output(tmp_path, caplog):

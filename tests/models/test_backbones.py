@@ -27,11 +27,13 @@ def test_mlp_shapes():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(name="resnet_nope"), "backbone.name=resnet_nope: not a timm model"),
-     (dict(name="torchvision/nope"), "not in torchvision.models"),
-     (dict(name="vit_tiny_patch16_224", cifar_stem=True), "no ResNet-style conv1"),
-     (dict(name="resnet18", width=8), "apply to small_cnn only")],
-)  # fmt: skip
+    [
+        (dict(name="resnet_nope"), "backbone.name=resnet_nope: not a timm model"),
+        (dict(name="torchvision/nope"), "not in torchvision.models"),
+        (dict(name="vit_tiny_patch16_224", cifar_stem=True), "no ResNet-style conv1"),
+        (dict(name="resnet18", width=8), "apply to small_cnn only"),
+    ],
+)
 def test_bad_backbones_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(**kwargs)

@@ -138,13 +138,15 @@ def test_one_and_two_views():
     one = loss(za, index=index)
     torch.testing.assert_close(one, reference(za, w, index, 0.8), rtol=1e-12, atol=1e-14)
     two = loss(za, zb, index=index)
-    torch.testing.assert_close(two, (reference(za, w, index, 0.8) + reference(zb, w, index, 0.8)) / 2,
-                               rtol=1e-12, atol=1e-14)  # fmt: skip
+    torch.testing.assert_close(
+        two, (reference(za, w, index, 0.8) + reference(zb, w, index, 0.8)) / 2, rtol=1e-12, atol=1e-14
+    )
     # the training path: forward_views reads every view's z and the batch's index
     assert loss.num_views == 1
     torch.testing.assert_close(loss.forward_views(ViewBatch([za], [za], [za], [None], [None], 1, index=index)), one)
-    torch.testing.assert_close(loss.forward_views(ViewBatch([za, zb], [za, zb], [za, zb], [None] * 2, [None] * 2, 2,
-                                                            index=index)), two)  # fmt: skip
+    torch.testing.assert_close(
+        loss.forward_views(ViewBatch([za, zb], [za, zb], [za, zb], [None] * 2, [None] * 2, 2, index=index)), two
+    )
 
 
 def test_bad_settings_and_inputs_fail_in_one_line(caplog):
@@ -221,11 +223,20 @@ def test_two_processes_compute_the_global_batch_loss():
 # 160 images (the head: 160 classes), 5 steps an epoch, 6 epochs; lr 2e-2 x 32/256 (the recipe's 2e-3 scaled to a
 # batch of 32 would barely move the head in 30 steps)
 TINY_DIET = [
-    "recipes=digits/diet", "data.subset=160", "data.batch_size=32", "data.num_workers=0", "+backbone.width=8",
-    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.progress=null",
-    "report_baseline=false", "trainer.max_epochs=6", "optim.lr=2e-2", "optim.warmup_epochs=1",
+    "recipes=digits/diet",
+    "data.subset=160",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "+backbone.width=8",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress=null",
+    "report_baseline=false",
+    "trainer.max_epochs=6",
+    "optim.lr=2e-2",
+    "optim.warmup_epochs=1",
     "trainer.limit_val_batches=0",
-]  # fmt: skip
+]
 
 
 def test_build_sizes_the_head_from_the_data_and_the_backbone(tmp_path):
@@ -234,8 +245,11 @@ def test_build_sizes_the_head_from_the_data_and_the_backbone(tmp_path):
 
     datamodule, module, _ = build(compose_train(TINY_DIET, tmp_path))
     assert isinstance(module.objective, DIETLoss)
-    assert module.objective.head.weight.shape == (len(datamodule.splits[0]), module.backbone.num_features) == \
-        (160, module.backbone.num_features)  # fmt: skip
+    assert (
+        module.objective.head.weight.shape
+        == (len(datamodule.splits[0]), module.backbone.num_features)
+        == (160, module.backbone.num_features)
+    )
     with pytest.raises(ValueError, match="objective.num_samples=100: the training split has 160 images"):
         build(compose_train(TINY_DIET + ["objective.num_samples=100"], tmp_path / "small"))
     head = {n for n, _ in module.named_parameters() if n.startswith("objective.head")}

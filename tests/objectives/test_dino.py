@@ -11,8 +11,15 @@ from selfsup.objectives import DINOLoss
 from tests.objectives.helpers import randn
 
 
-def official(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, ncrops: int, temp: float,
-             student_temp: float = 0.1, center_momentum: float = 0.9):  # fmt: skip
+def official(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    center: torch.Tensor,
+    ncrops: int,
+    temp: float,
+    student_temp: float = 0.1,
+    center_momentum: float = 0.9,
+):
     """The official forward on concatenated crops (one process), returning (loss, the new centre)."""
     student_out = (student / student_temp).chunk(ncrops)
     teacher_out = F.softmax((teacher - center) / temp, dim=-1).detach().chunk(2)
@@ -59,8 +66,11 @@ def test_centre_moves_only_in_training_and_teacher_temperature_is_settable():
 
 
 def test_bad_settings_refused():
-    for kwargs, match in ((dict(out_dim=0), "out_dim=0"), (dict(out_dim=4, teacher_temp=0.0), "teacher_temp"),
-                          (dict(out_dim=4, center_momentum=1.0), "center_momentum=1.0")):  # fmt: skip
+    for kwargs, match in (
+        (dict(out_dim=0), "out_dim=0"),
+        (dict(out_dim=4, teacher_temp=0.0), "teacher_temp"),
+        (dict(out_dim=4, center_momentum=1.0), "center_momentum=1.0"),
+    ):
         with pytest.raises(ValueError, match=match):
             DINOLoss(**kwargs)
     with pytest.raises(ValueError, match="expected >= 2 student views"):

@@ -78,12 +78,14 @@ def test_estimator_on_known_distributions():
     g = torch.Generator().manual_seed(0)
     n = 20_000
     u = torch.rand(n, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.25, 4.0], dtype=torch.float64)
-    torch.testing.assert_close(m_spacing_entropy(u, eps=0.0), torch.log(torch.tensor([1.0, 0.25, 4.0])).double(),
-                               atol=0.03, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        m_spacing_entropy(u, eps=0.0), torch.log(torch.tensor([1.0, 0.25, 4.0])).double(), atol=0.03, rtol=0
+    )
     sigma = torch.tensor([1.0, 0.1], dtype=torch.float64)
     x = torch.randn(n, 2, generator=g, dtype=torch.float64) * sigma
-    torch.testing.assert_close(m_spacing_entropy(x, eps=0.0), 0.5 * torch.log(2 * math.pi * math.e * sigma**2),
-                               atol=0.03, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        m_spacing_entropy(x, eps=0.0), 0.5 * torch.log(2 * math.pi * math.e * sigma**2), atol=0.03, rtol=0
+    )
     # exact properties: shift-invariant, log a per scale factor a, order of the rows irrelevant
     h = m_spacing_entropy(x, eps=0.0)
     torch.testing.assert_close(m_spacing_entropy(3 * x + 5, eps=0.0), h + math.log(3), rtol=1e-12, atol=1e-12)
@@ -124,9 +126,13 @@ def test_config_is_info_nce_plus_e2mc_with_the_constructor_defaults():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"entropy_weight": -1.0}, "objective.entropy_weight=-1.0"), ({"cov_weight": True}, "objective.cov_weight"),
-     ({"squash": "tanh"}, "objective.squash='tanh'"), ({"eps": 0.0}, "objective.eps=0.0")],
-)  # fmt: skip
+    [
+        ({"entropy_weight": -1.0}, "objective.entropy_weight=-1.0"),
+        ({"cov_weight": True}, "objective.cov_weight"),
+        ({"squash": "tanh"}, "objective.squash='tanh'"),
+        ({"eps": 0.0}, "objective.eps=0.0"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         E2MCLoss(**kwargs)

@@ -26,8 +26,13 @@ def cross_loop(z_a, z_b, t):
     n = a.shape[0]
 
     def ce(x, y):
-        return sum(-float(x[i] @ y[i]) / t + math.log(sum(math.exp(float(x[i] @ y[k]) / t) for k in range(n)))
-                   for i in range(n)) / n
+        return (
+            sum(
+                -float(x[i] @ y[i]) / t + math.log(sum(math.exp(float(x[i] @ y[k]) / t) for k in range(n)))
+                for i in range(n)
+            )
+            / n
+        )
 
     return 0.5 * (ce(a, b) + ce(b, a))
 

@@ -70,8 +70,11 @@ def test_codes_are_a_transport_plan_and_stable_for_a_sharp_epsilon_in_float32():
 
 
 def test_bad_settings_refused():
-    for kwargs, match in ((dict(temperature=0.0), "temperature"), (dict(sinkhorn_iters=0), "sinkhorn_iters"),
-                          (dict(crops_for_assign=(0, 0)), "crops_for_assign")):  # fmt: skip
+    for kwargs, match in (
+        (dict(temperature=0.0), "temperature"),
+        (dict(sinkhorn_iters=0), "sinkhorn_iters"),
+        (dict(crops_for_assign=(0, 0)), "crops_for_assign"),
+    ):
         with pytest.raises(ValueError, match=match):
             SwAVLoss(**kwargs)
     with pytest.raises(ValueError, match="needs 3 views"):

@@ -19,8 +19,16 @@ from selfsup.reduce import TLDR, fit, knn_graph, load_encoder, load_features
 from selfsup.reduce import cli as cli_module
 from selfsup.reduce.cli import reduce
 
-TINY = ["tldr.n_components=3", "tldr.projector=mlp-1-16", "knn.k=3", "train.epochs=2", "train.batch_size=16",
-        "train.warmup_epochs=1", "train.log_every=0", "device=cpu"]  # fmt: skip
+TINY = [
+    "tldr.n_components=3",
+    "tldr.projector=mlp-1-16",
+    "knn.k=3",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.warmup_epochs=1",
+    "train.log_every=0",
+    "device=cpu",
+]
 
 
 def reduce_cfg(*overrides: str):
@@ -69,9 +77,11 @@ def test_the_same_seed_gives_the_same_vectors(tmp_path):
 
 def test_eval_cache_dir_gives_train_and_test_vectors_with_labels(tmp_path):
     tr, te = matrix(40, 5, 1), matrix(12, 5, 2)
-    cache = {"key": {"any": 1},
-             "train": {"backbone": tr, "embedding": tr[:, :2], "labels": torch.arange(40) % 3},
-             "test": {"backbone": te, "embedding": te[:, :2], "labels": torch.arange(12) % 3}}  # fmt: skip
+    cache = {
+        "key": {"any": 1},
+        "train": {"backbone": tr, "embedding": tr[:, :2], "labels": torch.arange(40) % 3},
+        "test": {"backbone": te, "embedding": te[:, :2], "labels": torch.arange(12) % 3},
+    }
     (tmp_path / "run" / "eval_cache").mkdir(parents=True)
     torch.save(cache, tmp_path / "run" / "eval_cache" / "0123abcd.pt")
     out = tmp_path / "out"
@@ -207,8 +217,13 @@ def test_out_that_is_a_file_is_refused_before_the_features_are_read(tmp_path):
 @pytest.mark.slow
 def test_python_m_selfsup_reduce_runs(tmp_path):
     np.save(tmp_path / "x.npy", matrix().numpy())
-    proc = subprocess.run([sys.executable, "-m", "selfsup.reduce", f"features={tmp_path / 'x.npy'}",
-                           f"out={tmp_path / 'out'}", *TINY], capture_output=True, text=True,
-                          env=dict(os.environ, HYDRA_FULL_ERROR="0"), cwd=ROOT, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfsup.reduce", f"features={tmp_path / 'x.npy'}", f"out={tmp_path / 'out'}", *TINY],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HYDRA_FULL_ERROR="0"),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert load_file(str(tmp_path / "out" / "reduced.safetensors"))["train"].shape == (48, 3)

@@ -40,8 +40,10 @@ def test_kill_9_mid_epoch_loses_only_the_steps_since_the_epoch_checkpoint(tmp_pa
     at step 10 and finishes equal to an uninterrupted run (losses, validation, weights)."""
     run(compose_train(THREE_EPOCHS, tmp_path / "whole"))
     cut = tmp_path / "cut"
-    proc = train_cli(THREE_EPOCHS + ["+callbacks.slow._target_=tests.runtime.test_autosave.Sleep",
-                                     "+callbacks.slow.seconds=0.1"], cut)  # fmt: skip
+    proc = train_cli(
+        THREE_EPOCHS + ["+callbacks.slow._target_=tests.runtime.test_autosave.Sleep", "+callbacks.slow.seconds=0.1"],
+        cut,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (cut / "checkpoints" / "last.ckpt").exists():
@@ -60,8 +62,12 @@ def test_kill_9_mid_epoch_loses_only_the_steps_since_the_epoch_checkpoint(tmp_pa
 def test_time_based_saves_and_kept_epoch_copies(tmp_path):
     """every_n_minutes: a save whenever that long passed since the last (here every step); keep_every_n_epochs:
     epoch copies that later saves of last.ckpt do not change."""
-    overrides = TINY + ["callbacks.last.every_n_minutes=1e-6", "callbacks.last.keep_every_n_epochs=1",
-                        "+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=13"]  # fmt: skip
+    overrides = TINY + [
+        "callbacks.last.every_n_minutes=1e-6",
+        "callbacks.last.keep_every_n_epochs=1",
+        "+callbacks.stop._target_=tests.runs.InterruptAt",
+        "+callbacks.stop.step=13",
+    ]
     with pytest.raises(RuntimeError, match="interrupted at step 13"):
         run(compose_train(overrides, tmp_path))
     assert saved_step(tmp_path) == 13  # the step just before the crash
@@ -81,8 +87,11 @@ def test_bad_checkpoint_settings_are_refused(tmp_path):
 
 def test_stale_temporaries_go_when_a_run_takes_the_directory(tmp_path, caplog):
     with pytest.raises(RuntimeError):
-        run(compose_train(TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"],
-                          tmp_path))  # fmt: skip
+        run(
+            compose_train(
+                TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"], tmp_path
+            )
+        )
     stale = tmp_path / "checkpoints" / ".last.ckpt.99999.tmp"
     stale.write_bytes(b"\0" * 2**20)  # what a write killed by SIGKILL leaves
     with caplog.at_level("WARNING"):
@@ -115,8 +124,10 @@ def test_full_disk_during_training(small_disk):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last == (f"selfsup-train: error: no space left on {disk / 'run' / 'checkpoints'} writing last.ckpt "
-                    f"({last.split('(')[1].split(')')[0]}); the previous last.ckpt is kept"), last  # fmt: skip
+    assert last == (
+        f"selfsup-train: error: no space left on {disk / 'run' / 'checkpoints'} writing last.ckpt "
+        f"({last.split('(')[1].split(')')[0]}); the previous last.ckpt is kept"
+    ), last
     assert saved_step(disk / "run") == 3
     assert sorted(os.listdir(disk / "run" / "checkpoints")) == ["last.ckpt"]
 
@@ -139,9 +150,13 @@ def test_no_checkpoint_holds_a_non_finite_buffer(tmp_path, caplog):
     best.ckpt is written by the validation after it."""
     from selfsup.runtime.checkpoint import non_finite
 
-    overrides = TINY + ["projector.batch_norm=true", "trainer.max_epochs=1", "callbacks.last.every_n_train_steps=1",
-                        "+callbacks.poison._target_=tests.runtime.test_autosave.PoisonBuffer",
-                        "+callbacks.poison.step=5"]  # fmt: skip
+    overrides = TINY + [
+        "projector.batch_norm=true",
+        "trainer.max_epochs=1",
+        "callbacks.last.every_n_train_steps=1",
+        "+callbacks.poison._target_=tests.runtime.test_autosave.PoisonBuffer",
+        "+callbacks.poison.step=5",
+    ]
     with caplog.at_level("ERROR"):
         run(compose_train(overrides, tmp_path))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

@@ -51,16 +51,21 @@ class Trap:
 
 def trapped_checkpoint(path, marker):
     """A file that looks like a selfsup checkpoint, with one booby-trapped entry."""
-    torch.save({"state_dict": {"backbone.w": torch.zeros(2)}, "selfsup": {"config": {}}, "global_step": 3,
-                "x": Trap(marker)}, path)  # fmt: skip
+    torch.save(
+        {"state_dict": {"backbone.w": torch.zeros(2)}, "selfsup": {"config": {}}, "global_step": 3, "x": Trap(marker)},
+        path,
+    )
     return path
 
 
 def test_load_refuses_a_booby_trapped_checkpoint(tmp_path):
     marker = tmp_path / "ran"
     path = trapped_checkpoint(tmp_path / "evil.ckpt", marker)
-    with pytest.raises(ckpt_io.UnsafeCheckpointError, match=r"evil.ckpt: refused: loading it would run code from "
-                                                            r"the file \(.*builtins.getattr"):  # fmt: skip
+    with pytest.raises(
+        ckpt_io.UnsafeCheckpointError,
+        match=r"evil.ckpt: refused: loading it would run code from "
+        r"the file \(.*builtins.getattr",
+    ):
         ckpt_io.load(path)
     with pytest.raises(ckpt_io.UnsafeCheckpointError):
         ckpt_io.AtomicCheckpointIO().load_checkpoint(path)  # what Lightning's fit(ckpt_path=...) calls
@@ -108,10 +113,14 @@ def test_a_booby_trapped_deepspeed_shard_is_refused(tmp_path):
     shards = tmp_path / "last.ckpt"
     (shards / "checkpoint").mkdir(parents=True)
     (shards / "latest").write_text("checkpoint")
-    torch.save({"module": {}, "global_step": 1, "selfsup": {"config": {}}}, shards / "checkpoint" /
-               "mp_rank_00_model_states.pt")  # fmt: skip
-    torch.save({"optimizer_state_dict": {"loss_scaler": Trap(marker)}}, shards / "checkpoint" /
-               "zero_pp_rank_0_mp_rank_00_optim_states.pt")  # fmt: skip
+    torch.save(
+        {"module": {}, "global_step": 1, "selfsup": {"config": {}}},
+        shards / "checkpoint" / "mp_rank_00_model_states.pt",
+    )
+    torch.save(
+        {"optimizer_state_dict": {"loss_scaler": Trap(marker)}},
+        shards / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    )
     with pytest.raises(ckpt_io.UnsafeCheckpointError, match=r"optim_states.pt: refused: .*builtins.getattr"):
         ckpt_io.run_info(shards)  # what resume reads first
     with pytest.raises(ckpt_io.UnsafeCheckpointError):
@@ -120,6 +129,10 @@ def test_a_booby_trapped_deepspeed_shard_is_refused(tmp_path):
 
 
 def test_non_finite_weights_are_named():
-    state = {"a": torch.zeros(3), "b": torch.tensor([1.0, float("nan")]), "c": torch.tensor([1, 2]),
-             "d": torch.tensor([float("inf")])}  # fmt: skip
+    state = {
+        "a": torch.zeros(3),
+        "b": torch.tensor([1.0, float("nan")]),
+        "c": torch.tensor([1, 2]),
+        "d": torch.tensor([float("inf")]),
+    }
     assert ckpt_io.non_finite(state) == ["b", "d"]

@@ -14,20 +14,40 @@ from selfsup.runtime import errors
 SWEEP_POINT = "multirun/2026-12-05/19-07-45/objective.temperature=0.2,optim.lr=0.1"  # docs/runs.md: a sweep point
 
 
-@pytest.mark.parametrize("value", [SWEEP_POINT, "/runs/a=b/checkpoints/last.ckpt", "/x/[1]/#2 ~u", "/it's/a=b",
-                                   "/a=b\\", "/x\\'=y", "/${now:%H}=1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value",
+    [SWEEP_POINT, "/runs/a=b/checkpoints/last.ckpt", "/x/[1]/#2 ~u", "/it's/a=b", "/a=b\\", "/x\\'=y", "/${now:%H}=1"],
+)
 def test_path_values_reach_hydra_as_the_path(value):
     parser = OverridesParser.create()
-    for key in ("hydra.run.dir", "hydra.sweep.dir", "checkpoint", "ckpt_path", "init_from", "out", "features",
-                "data.root", "+data.root"):  # fmt: skip
+    for key in (
+        "hydra.run.dir",
+        "hydra.sweep.dir",
+        "checkpoint",
+        "ckpt_path",
+        "init_from",
+        "out",
+        "features",
+        "data.root",
+        "+data.root",
+    ):
         (arg,) = errors.quote_path_values([f"{key}={value}"])
         parsed = parser.parse_override(arg)
         assert parsed.value() == value and not parsed.is_sweep_override(), arg
 
 
 def test_values_hydra_reads_as_they_are_stay():
-    argv = ["out=null", "ckpt_path=last", "init_from=/runs/2026-12-05/19-07-45", "hydra.run.dir='/a=b'",
-            "checkpoint=random", "objective.temperature=0.1,0.2", "-m", "recipes=cifar10/simclr", "--help"]  # fmt: skip
+    argv = [
+        "out=null",
+        "ckpt_path=last",
+        "init_from=/runs/2026-12-05/19-07-45",
+        "hydra.run.dir='/a=b'",
+        "checkpoint=random",
+        "objective.temperature=0.1,0.2",
+        "-m",
+        "recipes=cifar10/simclr",
+        "--help",
+    ]
     assert errors.quote_path_values(argv) == argv
 
 

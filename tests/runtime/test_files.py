@@ -37,8 +37,11 @@ def test_enospc_becomes_one_line(tmp_path):
         f.write(b"x" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(NoSpaceError, match=rf"no space left on {tmp_path} writing last.ckpt \(.* MiB free\); "
-                                           r"the previous last.ckpt is kept"):  # fmt: skip
+    with pytest.raises(
+        NoSpaceError,
+        match=rf"no space left on {tmp_path} writing last.ckpt \(.* MiB free\); "
+        r"the previous last.ckpt is kept",
+    ):
         atomic_write(path, disk_full)
     assert path.read_text() == "previous" and os.listdir(tmp_path) == ["last.ckpt"]
 

@@ -37,8 +37,11 @@ def test_first_non_finite_loss_stops_with_the_step_and_keeps_the_finite_checkpoi
 
     datamodule, module, trainer = train.build(cfg)
     trainer.callbacks.append(poison)
-    with pytest.raises(NonFiniteLoss, match=r"training loss is nan at step 13 \(epoch 1\): stopped before it changed "
-                                            r"the weights; .*last.ckpt holds step 12"):  # fmt: skip
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"training loss is nan at step 13 \(epoch 1\): stopped before it changed "
+        r"the weights; .*last.ckpt holds step 12",
+    ):
         trainer.fit(module, datamodule=datamodule)
     state, _ = poison.seen[13]
     after = module.state_dict()
@@ -67,8 +70,15 @@ def test_skipped_step_leaves_weights_and_optimiser_state_alone(tmp_path):
 
 def test_huge_learning_rate_ends_in_one_line_from_the_cli(tmp_path):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    cmd = [sys.executable, "-m", "selfsup.train", *TINY, "optim.lr=1e30", "optim.warmup_epochs=0",
-           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        *TINY,
+        "optim.lr=1e30",
+        "optim.warmup_epochs=0",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -110,9 +120,20 @@ def test_a_collapsing_run_is_warned_about_once_with_its_step(method, tmp_path, c
     from selfsup.train import run
 
     overrides = NO_STOPGRAD if method != "simclr" else []
-    cfg = compose_train(["recipes=quickstart", "report_baseline=false", "trainer.max_steps=22", "data.num_workers=0",
-                         "callbacks.progress=null", "callbacks.collapse.every_n_steps=3", "trainer.log_every_n_steps=1",
-                         "trainer.limit_val_batches=0", *overrides], tmp_path)  # fmt: skip
+    cfg = compose_train(
+        [
+            "recipes=quickstart",
+            "report_baseline=false",
+            "trainer.max_steps=22",
+            "data.num_workers=0",
+            "callbacks.progress=null",
+            "callbacks.collapse.every_n_steps=3",
+            "trainer.log_every_n_steps=1",
+            "trainer.limit_val_batches=0",
+            *overrides,
+        ],
+        tmp_path,
+    )
     with caplog.at_level("WARNING", logger="selfsup.guards"):
         run(cfg)
     warned = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
@@ -130,7 +151,10 @@ def test_a_collapsing_run_is_warned_about_once_with_its_step(method, tmp_path, c
 def test_bad_collapse_settings_are_refused():
     from selfsup.runtime.guards import CollapseMonitor
 
-    for kwargs, key in ((dict(every_n_steps=-1), "every_n_steps"), (dict(min_std=2.0), "min_std"),
-                        (dict(min_rankme=-1.0), "min_rankme")):  # fmt: skip
+    for kwargs, key in (
+        (dict(every_n_steps=-1), "every_n_steps"),
+        (dict(min_std=2.0), "min_std"),
+        (dict(min_rankme=-1.0), "min_rankme"),
+    ):
         with pytest.raises(ValueError, match=f"callbacks.collapse.{key}="):
             CollapseMonitor(**kwargs)

@@ -14,8 +14,10 @@ from selfsup.runtime import lock as lock_mod
 from selfsup.runtime.lock import RunDirBusy, RunLock
 from tests.runs import TINY
 
-HOLD = "import sys, time; from selfsup.runtime.lock import RunLock; l = RunLock(sys.argv[1]); l.acquire(); " \
-       "print('held', flush=True); time.sleep(60)"  # fmt: skip
+HOLD = (
+    "import sys, time; from selfsup.runtime.lock import RunLock; l = RunLock(sys.argv[1]); l.acquire(); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 @pytest.fixture
@@ -29,8 +31,11 @@ def holder(tmp_path):
 
 
 def test_a_live_holder_is_refused_with_its_name(holder, tmp_path):
-    with pytest.raises(RunDirBusy, match=rf"hydra.run.dir=.*run: in use by pid {holder.pid} on "
-                                         rf"{socket.gethostname()} since .*heartbeat"):  # fmt: skip
+    with pytest.raises(
+        RunDirBusy,
+        match=rf"hydra.run.dir=.*run: in use by pid {holder.pid} on "
+        rf"{socket.gethostname()} since .*heartbeat",
+    ):
         RunLock(tmp_path / "run").acquire()
 
 

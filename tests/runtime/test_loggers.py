@@ -52,8 +52,11 @@ def test_wandb_offline_logs_the_training_and_a_resume_continues_the_same_run(tmp
     pytest.importorskip("wandb")
     logger = ["logger=wandb", "trainer.max_epochs=1", "callbacks.last.every_n_train_steps=5"]
     with pytest.raises(RuntimeError, match="interrupted at step 7"):
-        run(compose_train(TINY + logger + ["+callbacks.stop._target_=tests.runs.InterruptAt",
-                                           "+callbacks.stop.step=7"], tmp_path))  # fmt: skip
+        run(
+            compose_train(
+                TINY + logger + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=7"], tmp_path
+            )
+        )
     run(compose_train(TINY + logger + ["resume=true"], tmp_path))
     logs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # one per start (unless in the same second)
     ids = {p.stem.removeprefix("run-") for p in logs}
@@ -85,10 +88,18 @@ def test_kill_9_right_after_a_checkpoint_keeps_its_metric_rows(tmp_path):
     every = TINY + ["callbacks.last.every_n_train_steps=4"]
     run(compose_train(every, tmp_path / "whole"))
     cut = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "selfsup.train", *every, "+callbacks.kill._target_=tests.runtime.test_loggers.KillAt",
-           "+callbacks.kill.step=8", f"hydra.run.dir={cut}"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        *every,
+        "+callbacks.kill._target_=tests.runtime.test_loggers.KillAt",
+        "+callbacks.kill.step=8",
+        f"hydra.run.dir={cut}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     saved = saved_step(cut)
     assert set(range(saved)) <= set(losses(cut))  # every row the resume keeps is on disk

@@ -26,8 +26,11 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 def test_signal_saves_last_and_resume_is_bit_exact(tmp_path, uninterrupted):
     """SIGUSR1 during step 13 (epoch 1, batch 3): last.ckpt holds step 14, the restart finishes bit for bit."""
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=13",
-            "+callbacks.signal.signum=SIGUSR1"]  # fmt: skip
+    stop = [
+        "+callbacks.signal._target_=tests.runs.SignalAt",
+        "+callbacks.signal.step=13",
+        "+callbacks.signal.signum=SIGUSR1",
+    ]
     with pytest.raises(Preempted) as info:
         run(compose_train(TINY + stop, tmp_path))
     assert info.value.code == 128 + signal.SIGUSR1
@@ -37,18 +40,23 @@ def test_signal_saves_last_and_resume_is_bit_exact(tmp_path, uninterrupted):
     run(compose_train(TINY + ["resume=true"], tmp_path))
     assert_same_run(uninterrupted, tmp_path)
 
+
 @pytest.mark.slow
 def test_sigterm_from_the_cli_then_resume(tmp_path, uninterrupted):
     """The console script on SIGTERM (scontrol requeue, preemption): exit 143 with last.ckpt; resume=true finishes."""
     cmd = [sys.executable, "-m", "selfsup.train", *TINY, f"hydra.run.dir={tmp_path}"]
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=6",
-            "+callbacks.signal.signum=SIGTERM"]  # fmt: skip
+    stop = [
+        "+callbacks.signal._target_=tests.runs.SignalAt",
+        "+callbacks.signal.step=6",
+        "+callbacks.signal.signum=SIGTERM",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd + stop, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 7
-    proc = subprocess.run(cmd + ["resume=true", TRUST_TESTS], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        cmd + ["resume=true", TRUST_TESTS], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_run(uninterrupted, tmp_path)
 
@@ -74,8 +82,11 @@ class CtrlC(L.Callback):
 def test_ctrl_c_saves_at_the_end_of_the_step_and_resume_is_bit_exact(tmp_path, uninterrupted):
     """Ctrl-C during step 13: last.ckpt holds step 14, exit status 130 (no requeue), the handlers are restored and
     resume=true finishes bit for bit."""
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=13",
-            "+callbacks.signal.signum=SIGINT"]  # fmt: skip
+    stop = [
+        "+callbacks.signal._target_=tests.runs.SignalAt",
+        "+callbacks.signal.step=13",
+        "+callbacks.signal.signum=SIGINT",
+    ]
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background (CI)
     with pytest.raises(Preempted) as info:
         run(compose_train(TINY + stop, tmp_path))
@@ -91,14 +102,21 @@ def test_ctrl_c_from_a_terminal_with_loader_workers(tmp_path):
     """The console script with data-loading workers, Ctrl-C sent to the whole process group as a terminal does. During
     the validation after step 10: one warning, last.ckpt at the end of the next step, exit 130. Twice at the start of
     step 13: it stops at once (last.ckpt stays epoch 1's, the step does not run)."""
-    cmd = [sys.executable, "-m", "selfsup.train", *TINY, "data.num_workers=1",
-           "+callbacks.ctrlc._target_=tests.runtime.test_preemption.CtrlC"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        *TINY,
+        "data.num_workers=1",
+        "+callbacks.ctrlc._target_=tests.runtime.test_preemption.CtrlC",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for step, times, status, saved, last_row in ((10, 1, 130, 11, 10), (13, 2, 1, 10, 12)):
         run_dir = tmp_path / f"{times}"
         overrides = [f"+callbacks.ctrlc.step={step}", f"+callbacks.ctrlc.times={times}", f"hydra.run.dir={run_dir}"]
-        proc = subprocess.run(cmd + overrides, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                              start_new_session=True)  # fmt: skip
+        proc = subprocess.run(
+            cmd + overrides, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode == status, out[-2000:]
         assert out.count("received SIGINT: saving a checkpoint at the end of this step") == 1, out[-2000:]

@@ -48,8 +48,11 @@ def test_preempted_anywhere_in_an_epoch_resumes_bit_for_bit(ckpt_step, reference
 def test_crash_between_epochs_resumes_from_the_epoch_checkpoint(reference, tmp_path):
     """Killed after epoch 1 ended (its last.ckpt written, validation done) and before epoch 2's first step."""
     with pytest.raises(RuntimeError, match="interrupted at step 20"):
-        run(compose_train(THREE_EPOCHS + ["+callbacks.stop._target_=tests.runs.InterruptAt",
-                                          "+callbacks.stop.step=20"], tmp_path))  # fmt: skip
+        run(
+            compose_train(
+                THREE_EPOCHS + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=20"], tmp_path
+            )
+        )
     assert saved_step(tmp_path) == 20
     run(compose_train(THREE_EPOCHS + ["resume=true"], tmp_path))  # every key given: the crash callback goes
     assert_same_run(reference("three", THREE_EPOCHS), tmp_path)
@@ -72,8 +75,12 @@ def test_resume_of_a_step_limited_run(reference, tmp_path):
     signal_then_resume(steps, tmp_path / "signal", 9)
     assert_same_run(reference("steps", steps), tmp_path / "signal")
     with pytest.raises(RuntimeError, match="interrupted at step 12"):
-        run(compose_train(steps + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"],
-                          tmp_path / "crash"))  # fmt: skip
+        run(
+            compose_train(
+                steps + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=12"],
+                tmp_path / "crash",
+            )
+        )
     assert saved_step(tmp_path / "crash") == 10
     run(compose_train(steps + ["resume=true"], tmp_path / "crash"))
     assert_same_run(reference("steps", steps), tmp_path / "crash")
@@ -151,11 +158,17 @@ def test_resume_refuses_a_changed_setting_and_records_a_safe_one(tmp_path):
 def test_resume_without_a_checkpoint_in_a_used_directory_stops(tmp_path):
     """Killed before its first checkpoint: resume=true says so instead of silently starting over."""
     with pytest.raises(RuntimeError, match="interrupted at step 3"):
-        run(compose_train(TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=3"],
-                          tmp_path))  # fmt: skip
+        run(
+            compose_train(
+                TINY + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=3"], tmp_path
+            )
+        )
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
-    with pytest.raises(FileNotFoundError, match=r"resume=true: hydra.run.dir=.* holds a run .* but no "
-                                                r"checkpoints/last.ckpt to continue from"):  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"resume=true: hydra.run.dir=.* holds a run .* but no "
+        r"checkpoints/last.ckpt to continue from",
+    ):
         run(compose_train(TINY + ["resume=true"], tmp_path), ["resume=true"])
     run(compose_train(TINY + ["resume=auto", "trainer.max_steps=2"], tmp_path / "fresh"))  # auto: a new run here
     assert saved_step(tmp_path / "fresh") == 2
@@ -194,11 +207,15 @@ def test_ckpt_path_into_another_runs_directory_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"ckpt_path=.*a/checkpoints/last.ckpt: hydra.run.dir=.*b holds another run"):
         run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=5"], b), [f"ckpt_path={a_last}"])
     assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
-    run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=4"], a),
-        [f"ckpt_path={a_last}", "trainer.max_steps=4"])  # fmt: skip
+    run(
+        compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=4"], a),
+        [f"ckpt_path={a_last}", "trainer.max_steps=4"],
+    )
     assert saved_step(a) == 4
-    run(compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=5"], empty),
-        [f"ckpt_path={a_last}", "trainer.max_steps=5"])  # fmt: skip
+    run(
+        compose_train(TINY + [f"ckpt_path={a_last}", "trainer.max_steps=5"], empty),
+        [f"ckpt_path={a_last}", "trainer.max_steps=5"],
+    )
     assert saved_step(empty) == 5
     saved = (empty / ".hydra" / "config.yaml").read_text()
     assert "seed: 0" in saved and f"run_dir: {empty}" in saved  # A's config, in its new place
@@ -230,8 +247,11 @@ def test_two_process_run_resumes_bit_for_bit(tmp_path):
     ddp = THREE_EPOCHS + ["trainer=ddp_cpu", "data.batch_size=16", "callbacks.last.every_n_train_steps=5"]
     run(compose_train(ddp, tmp_path / "whole"))
     with pytest.raises(Exception, match="interrupted at step 17"):  # raised in the spawned ranks
-        run(compose_train(ddp + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=17"],
-                          tmp_path / "cut"))  # fmt: skip
+        run(
+            compose_train(
+                ddp + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=17"], tmp_path / "cut"
+            )
+        )
     assert saved_step(tmp_path / "cut") == 15
     run(compose_train(ddp + ["resume=true"], tmp_path / "cut"))
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
@@ -255,8 +275,13 @@ def test_a_one_process_run_resumed_on_two_processes_follows_the_uninterrupted_ru
     base = THREE_EPOCHS + ["trainer=ddp_cpu", "global_batch_size=32", "callbacks.last.every_n_train_steps=5"]
     run(compose_train(base + ["trainer.devices=1"], tmp_path / "whole"))
     with pytest.raises(Exception, match="interrupted at step 17"):  # raised in the spawned rank
-        run(compose_train(base + ["trainer.devices=1", "+callbacks.stop._target_=tests.runs.InterruptAt",
-                                  "+callbacks.stop.step=17"], tmp_path / "cut"))  # fmt: skip
+        run(
+            compose_train(
+                base
+                + ["trainer.devices=1", "+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=17"],
+                tmp_path / "cut",
+            )
+        )
     assert saved_step(tmp_path / "cut") == 15
     run(compose_train(base + ["trainer.devices=2", "resume=true"], tmp_path / "cut"))  # every key given: no crash
     whole, cut = losses(tmp_path / "whole"), losses(tmp_path / "cut")

@@ -18,14 +18,20 @@ from tests.runtime.test_checkpoint import Trap, cli
 
 def test_the_allowlist_is_what_the_config_groups_name():
     targets = allowed_targets()
-    assert {"selfsup.models.build_backbone", "selfsup.objectives.InfoNCELoss", "lightning.pytorch.Trainer",
-            "selfsup.train.memory.KeyQueue", "selfsup.runtime.autosave.LastCheckpoint"} <= targets  # fmt: skip
+    assert {
+        "selfsup.models.build_backbone",
+        "selfsup.objectives.InfoNCELoss",
+        "lightning.pytorch.Trainer",
+        "selfsup.train.memory.KeyQueue",
+        "selfsup.runtime.autosave.LastCheckpoint",
+    } <= targets
     assert not targets & {"builtins.open", "torch.load", "io.BytesIO", "os.system", "builtins.eval", "exec"}
     assert all(t.split(".")[0] in ("selfsup", "lightning", "torch") for t in targets), sorted(targets)
 
 
-@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in
-                                          RECIPES_DIR.rglob("*.yaml")))  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe", sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
+)
 def test_every_recipe_as_saved_passes(recipe, tmp_path):
     cfg = OmegaConf.to_container(compose_train([f"recipes={recipe}"], tmp_path), resolve=True)
     check_saved_config(cfg, "checkpoint=x.ckpt")  # what a checkpoint holds: the resolved config
@@ -38,20 +44,28 @@ def pickle_that_touches(marker) -> bytes:
 def attacks(marker, victim) -> dict:
     """The two saved-backbone attacks of issue 27: a pickle run through torch.load, a file truncated by open."""
     return {
-        "torch.load": {"_target_": "torch.load", "weights_only": False,
-                       "f": {"_target_": "io.BytesIO", "initial_bytes": pickle_that_touches(marker)}},
+        "torch.load": {
+            "_target_": "torch.load",
+            "weights_only": False,
+            "f": {"_target_": "io.BytesIO", "initial_bytes": pickle_that_touches(marker)},
+        },
         "builtins.open": {"_target_": "builtins.open", "_args_": [str(victim), "w"]},
-    }  # fmt: skip
+    }
 
 
 def test_refused_in_one_line_naming_the_key_and_the_target(tmp_path):
     attack = attacks(tmp_path / "ran", tmp_path / "victim")
-    with pytest.raises(UnsafeConfigError, match=r"^checkpoint=a.ckpt: refused: backbone._target_='torch.load' is not "
-                                                r"a constructor .* pass trusted_targets=\[torch.load\]"):  # fmt: skip
+    with pytest.raises(
+        UnsafeConfigError,
+        match=r"^checkpoint=a.ckpt: refused: backbone._target_='torch.load' is not "
+        r"a constructor .* pass trusted_targets=\[torch.load\]",
+    ):
         check_saved_config({"seed": 0, "backbone": attack["torch.load"]}, "checkpoint=a.ckpt")
     # nested: a harmless outer target whose argument is the attack, inside _args_ and inside a list of terms
-    nested = {"_target_": "selfsup.objectives.CompositeObjective",
-              "terms": [{"_target_": "selfsup.objectives.InfoNCELoss", "_args_": [attack["builtins.open"]]}]}
+    nested = {
+        "_target_": "selfsup.objectives.CompositeObjective",
+        "terms": [{"_target_": "selfsup.objectives.InfoNCELoss", "_args_": [attack["builtins.open"]]}],
+    }
     with pytest.raises(UnsafeConfigError, match=r"objective.terms\[0\]._args_\[0\]._target_='builtins.open'"):
         check_saved_config({"objective": nested}, "checkpoint=a.ckpt")
     with pytest.raises(UnsafeConfigError, match=r"data.root='\$\{oc.env:HOME\}' is an interpolation"):
@@ -66,8 +80,18 @@ def test_a_fuzz_of_nested_targets_is_refused_wherever_it_hides():
     rng = random.Random(0)
     allowed = sorted(allowed_targets())
     for _ in range(300):
-        bad = rng.choice(["builtins.open", "os.system", "torch.load", "subprocess.run", "builtins.exec",
-                          "pathlib.Path.unlink", "hydra.utils.get_method", "selfsup.models.build_backbon"])  # fmt: skip
+        bad = rng.choice(
+            [
+                "builtins.open",
+                "os.system",
+                "torch.load",
+                "subprocess.run",
+                "builtins.exec",
+                "pathlib.Path.unlink",
+                "hydra.utils.get_method",
+                "selfsup.models.build_backbon",
+            ]
+        )
         node: object = {"_target_": bad, "_args_": ["x"]}
         for _ in range(rng.randint(0, 6)):  # wrap it in harmless layers
             kind = rng.choice(["dict", "list", "args", "partial"])
@@ -88,8 +112,15 @@ def hostile_checkpoint(path, tmp_path, attack: dict):
     config = OmegaConf.to_container(compose_train(TINY, tmp_path / "orig"), resolve=True)
     config["backbone"] = attack
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"backbone.w": torch.zeros(2)}, "selfsup": {"config": config, "global_batch": 32},
-                "global_step": 3, "epoch": 0}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": {"backbone.w": torch.zeros(2)},
+            "selfsup": {"config": config, "global_batch": 32},
+            "global_step": 3,
+            "epoch": 0,
+        },
+        path,
+    )
     return path
 
 
@@ -107,8 +138,10 @@ def test_load_and_run_info_check_before_anything_is_built(tmp_path):
 def test_load_refuses_non_finite_weights_and_buffers(tmp_path):
     for name, value in (("backbone.bn.running_var", float("inf")), ("backbone.conv.weight", float("nan"))):
         path = tmp_path / "diverged.ckpt"
-        torch.save({"state_dict": {"backbone.a": torch.ones(2), name: torch.tensor([1.0, value])},
-                    "selfsup": {"config": {}}}, path)  # fmt: skip
+        torch.save(
+            {"state_dict": {"backbone.a": torch.ones(2), name: torch.tensor([1.0, value])}, "selfsup": {"config": {}}},
+            path,
+        )
         with pytest.raises(ValueError, match=f"diverged.ckpt: refused: 1 weights or buffers hold NaN/Inf \\({name}\\)"):
             ckpt_io.load(path)
 
@@ -146,11 +179,12 @@ def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
 
 def test_a_user_trusts_their_own_constructor(tmp_path):
     """``trusted_targets`` on the command line admits a constructor; the checkpoint cannot trust itself."""
-    config = {"backbone": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
-              "trusted_targets": ["torch.nn.Linear"]}  # fmt: skip
+    config = {
+        "backbone": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
+        "trusted_targets": ["torch.nn.Linear"],
+    }
     path = tmp_path / "own.ckpt"
     torch.save({"state_dict": {}, "selfsup": {"config": config}}, path)
     with pytest.raises(UnsafeConfigError, match="torch.nn.Linear"):
         ckpt_io.load(path)
     assert ckpt_io.load(path, trusted=["torch.nn.Linear"])["selfsup"]["config"] == config
-

@@ -41,8 +41,13 @@ def test_fsdp_strategy_is_built_on_the_cpu(tmp_path):
         build(compose_train(TINY + ["trainer=fsdp_cpu", "trainer.strategy.start_method=thread"], tmp_path))
 
 
-DEEPSPEED_CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
-                 "trainer.strategy.allow_cpu=true", "trainer.limit_val_batches=0"]  # fmt: skip
+DEEPSPEED_CPU = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.precision=32-true",
+    "trainer.strategy.allow_cpu=true",
+    "trainer.limit_val_batches=0",
+]
 
 
 @pytest.mark.slow
@@ -55,16 +60,24 @@ def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
     from selfsup.runtime.checkpoint import backbone_from, load, zero_to_checkpoint
     from selfsup.runtime.strategies import DeepSpeedStrategy
 
-    overrides = TINY + [f"trainer=deepspeed_stage_{stage}", *DEEPSPEED_CPU, "trainer.max_epochs=-1",
-                        "trainer.max_steps=7", "callbacks.last.every_n_train_steps=4"]  # fmt: skip
+    overrides = TINY + [
+        f"trainer=deepspeed_stage_{stage}",
+        *DEEPSPEED_CPU,
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=7",
+        "callbacks.last.every_n_train_steps=4",
+    ]
     _, _, trainer = build(compose_train(overrides, tmp_path / "whole"))
     assert isinstance(trainer.strategy, DeepSpeedStrategy)
     assert trainer.strategy.config["zero_optimization"]["stage"] == stage
     run(compose_train(overrides, tmp_path / "whole"))
     cut = tmp_path / "cut"
     with pytest.raises(RuntimeError, match="interrupted at step 6"):
-        run(compose_train(overrides + ["+callbacks.stop._target_=tests.runs.InterruptAt",
-                                       "+callbacks.stop.step=6"], cut))  # fmt: skip
+        run(
+            compose_train(
+                overrides + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=6"], cut
+            )
+        )
     trusted = ["tests.*"]  # its saved config names the crash callback (docs/runs.md, configs read from disk)
     assert (cut / "checkpoints" / "last.ckpt").is_dir() and load(cut, trusted=trusted)["global_step"] == 4
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporary left

@@ -29,22 +29,42 @@ def check_sweep(overrides, run_dir, params=None):
         SweepCheck().on_multirun_start(config=cfg)
         return cfg
 
+
 @pytest.mark.parametrize(
     "overrides,params,message",
     [
         (["launcher=slurm", "optim.lr=0.1,0.2"], None, "launcher.partition=None: the SLURM launcher needs a partition"),
-        (["launcher=slurm", "launcher.partition=gpu", "launcher.max_gpus_per_node=8", "launcher.gpus_per_node=16",
-          "optim.lr=0.1,0.2"], None, "launcher.gpus_per_node=16: more GPUs than a node of partition gpu has (8)"),
+        (
+            [
+                "launcher=slurm",
+                "launcher.partition=gpu",
+                "launcher.max_gpus_per_node=8",
+                "launcher.gpus_per_node=16",
+                "optim.lr=0.1,0.2",
+            ],
+            None,
+            "launcher.gpus_per_node=16: more GPUs than a node of partition gpu has (8)",
+        ),
         (["objective.temprature=0.1,0.2"], None, "Could not override 'objective.temprature'"),
-        (["sweeper=optuna"], {"objective.temprature": "interval(0.1, 0.5)"},
-         "Could not override 'objective.temprature'"),
+        (
+            ["sweeper=optuna"],
+            {"objective.temprature": "interval(0.1, 0.5)"},
+            "Could not override 'objective.temprature'",
+        ),
         (["objective.temperature=0.2,0"], None, "temperature=0"),
         (["projector.out_dim=0,128"], None, "projector.out_dim=0: expected an integer >= 1"),
         (["sweeper=optuna"], {"optim.lr": "choice(-1, 0.1)"}, "lr=-1"),
     ],
-    ids=["no-partition", "too-many-gpus", "unknown-key", "optuna-unknown-key", "bad-value-second", "zero-width",
-         "optuna-bad-value"],
-)  # fmt: skip
+    ids=[
+        "no-partition",
+        "too-many-gpus",
+        "unknown-key",
+        "optuna-unknown-key",
+        "bad-value-second",
+        "zero-width",
+        "optuna-bad-value",
+    ],
+)
 def test_bad_sweeps_fail_in_one_line_before_launching(overrides, params, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         check_sweep(overrides, tmp_path, params)
@@ -52,10 +72,12 @@ def test_bad_sweeps_fail_in_one_line_before_launching(overrides, params, message
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("selfsup-train: error: ") and message in lines[0], lines
 
+
 def test_good_sweeps_pass_the_check(tmp_path):
     check_sweep(["optim.lr=0.1,0.2", "seed=1,2"], tmp_path)
     check_sweep(["sweeper=optuna"], tmp_path)  # its default search space exists in the default config
     check_sweep(["launcher=slurm", "launcher.partition=gpu", "launcher.max_gpus_per_node=8", "trainer=ddp"], tmp_path)
+
 
 def test_sweep_jobs_expand_the_command_line(tmp_path):
     from omegaconf import OmegaConf
@@ -63,10 +85,13 @@ def test_sweep_jobs_expand_the_command_line(tmp_path):
     cfg = OmegaConf.create({"hydra": {"overrides": {"task": ["optim.lr=0.1,0.2", "seed=1,2"]}, "sweeper": {}}})
     jobs = sorted(map(sorted, sweep_jobs(cfg)))
     assert jobs == sorted(sorted([f"optim.lr={lr}", f"seed={s}"]) for lr in (0.1, 0.2) for s in (1, 2))
-    cfg.hydra.sweeper.params = {"optim.lr": "tag(log, interval(1e-4, 1e-2))",
-                                "objective.temperature": "choice(0.1,0.2)"}
+    cfg.hydra.sweeper.params = {
+        "optim.lr": "tag(log, interval(1e-4, 1e-2))",
+        "objective.temperature": "choice(0.1,0.2)",
+    }
     cfg.hydra.overrides.task = []
     assert sweep_jobs(cfg) == [["optim.lr=0.0001", "objective.temperature=0.1"]]
+
 
 @pytest.mark.slow
 def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
@@ -84,9 +109,20 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     assert proc.returncode == 2 and "temperature=0" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     assert not any(p.is_dir() for p in (tmp_path / "bad2").glob("*")), "no job may have started"
     sweep = tmp_path / "optuna"
-    proc = subprocess.run(base + ["sweeper=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-                                  "hydra.sweep.subdir=${hydra.job.num}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        base
+        + [
+            "sweeper=optuna",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${hydra.job.num}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from omegaconf import OmegaConf
 
@@ -102,13 +138,23 @@ def test_local_sweep_cli_checks_first_then_optuna_maximises_rankme(tmp_path):
     assert {k: str(v) for k, v in result.best_params.items()} == {k: best[1][k] for k in result.best_params}
     assert set(result.best_params) == {"objective.temperature", "optim.lr"}
 
+
 @pytest.mark.slow
 def test_sweep_runs_are_named_by_the_swept_keys_only(tmp_path):
     """Fixed overrides (an absolute data.root, TINY's sizes) do not name the run directories: one level below the
     sweep directory, `optim.lr=<value>`."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    cmd = [sys.executable, "-m", "selfsup.train", "-m", *TINY, "trainer.max_steps=2", f"data.root={tmp_path}/a/b",
-           "optim.lr=0.001,0.002", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.train",
+        "-m",
+        *TINY,
+        "trainer.max_steps=2",
+        f"data.root={tmp_path}/a/b",
+        "optim.lr=0.001,0.002",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent.parent.relative_to(tmp_path / "sweep") for p in (tmp_path / "sweep").rglob("last.ckpt"))

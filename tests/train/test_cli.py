@@ -22,18 +22,24 @@ def test_run_writes_run_directory(tmp_path):
     assert ckpt["selfsup"]["config"]["backbone"]["name"] == "small_cnn"
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
+
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     """Stop at step 13 (epoch 1, batch 3) with checkpoints every 4 steps; resume=true finishes bit for bit."""
     every4 = ["callbacks.last.every_n_train_steps=4", "callbacks.last.every_n_epochs=null"]
     run(compose_train(TINY + every4, tmp_path / "a"))
     with pytest.raises(RuntimeError, match="interrupted at step 13"):
-        run(compose_train(TINY + every4 + ["+callbacks.stop._target_=tests.runs.InterruptAt",
-                                           "+callbacks.stop.step=13"], tmp_path / "b"))  # fmt: skip
+        run(
+            compose_train(
+                TINY + every4 + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=13"],
+                tmp_path / "b",
+            )
+        )
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
     run(compose_train(TINY + every4 + ["resume=true"], tmp_path / "b"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # same data order, LR schedule and steps
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
 
 @pytest.mark.ddp
 @pytest.mark.slow
@@ -54,6 +60,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
 
 @pytest.mark.ddp
 @pytest.mark.slow
@@ -90,11 +97,19 @@ def test_two_gpus_with_syncbatchnorm_equal_one(tmp_path):
     """trainer=ddp turns SyncBatchNorm on: 2 GPUs x 16 rows normalise with the statistics of all 32, so the loss is
     the 1-GPU loss (float32; kernels/bench/gpu_check.sh runs it where a machine has 2 GPUs)."""
     with_bn = [o for o in TINY if o not in ("+backbone.norm=none", "projector.batch_norm=false")]
-    steps = ["trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.precision=32-true",
-             "trainer.log_every_n_steps=1"]  # fmt: skip
+    steps = [
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+        "trainer.precision=32-true",
+        "trainer.log_every_n_steps=1",
+    ]
     run(compose_train(with_bn + steps + ["trainer=gpu", "trainer.devices=1"], tmp_path / "one"))
-    run(compose_train(with_bn + steps + ["trainer=ddp", "trainer.devices=2", "trainer.strategy=ddp_spawn",
-                                         "data.batch_size=16"], tmp_path / "two"))  # fmt: skip
+    run(
+        compose_train(
+            with_bn + steps + ["trainer=ddp", "trainer.devices=2", "trainer.strategy=ddp_spawn", "data.batch_size=16"],
+            tmp_path / "two",
+        )
+    )
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [0, 1, 2]
     for step in one:
@@ -112,13 +127,18 @@ def test_views_do_not_depend_on_workers(tmp_path):
         assert torch.equal(a, b)
     assert torch.equal(batches[0]["index"], batches[1]["index"])
 
+
 def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.root=.*does not exist"):
         build(compose_train(["recipes=cifar10/simclr", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "r1"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="expected class folders"):
-        datamodule, _, _ = build(compose_train(["data=imagefolder", f"data.root={tmp_path}", "data.train_dir=empty",
-                                                "data.val_dir=empty"], tmp_path / "r2"))  # fmt: skip
+        datamodule, _, _ = build(
+            compose_train(
+                ["data=imagefolder", f"data.root={tmp_path}", "data.train_dir=empty", "data.val_dir=empty"],
+                tmp_path / "r2",
+            )
+        )
         datamodule.setup("fit")
     with pytest.raises(ValueError, match="data.batch_size=2000 .* larger than the training set"):
         run(compose_train(TINY + ["data.batch_size=2000"], tmp_path / "r3"))
@@ -134,10 +154,13 @@ def test_bad_input_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="edited.ckpt: checkpoint of another architecture"):
         run(compose_train([f"ckpt_path={tmp_path / 'edited.ckpt'}"], tmp_path / "r5"), [f"ckpt_path={tmp_path}"])
 
+
 def cli(*args, cwd=ROOT):
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", "selfsup.train", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "selfsup.train", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
 
 @pytest.mark.parametrize(
     "args,message",
@@ -151,9 +174,17 @@ def cli(*args, cwd=ROOT):
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a positive integer"),
         (["global_batch_size=2", "trainer=ddp_cpu"], "global_batch_size=2: not divisible by 2 process(es)"),
     ],
-    ids=["missing-root", "unknown-recipe", "misspelt-key", "batch-abc", "batch-1", "max-steps-0", "max-epochs-0",
-         "global-batch-1-a-process"],
-)  # fmt: skip
+    ids=[
+        "missing-root",
+        "unknown-recipe",
+        "misspelt-key",
+        "batch-abc",
+        "batch-1",
+        "max-steps-0",
+        "max-epochs-0",
+        "global-batch-1-a-process",
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     """Every bad value or name ends in `selfsup-train: error: <one line>`, exit status 2, and no run directory.
     (Only the Trainer's own start-up lines may come first, for checks that need the process count.)"""
@@ -164,6 +195,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert all(line.startswith(("GPU available", "TPU available")) for line in lines[:-1]), lines
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / ".hydra").exists()
 
+
 def test_cli_help_lists_every_recipe():
     proc = cli("--help")
     assert proc.returncode == 0
@@ -172,6 +204,7 @@ def test_cli_help_lists_every_recipe():
     for recipe in RECIPES_DIR.rglob("*.yaml"):
         assert f"recipes={recipe.relative_to(RECIPES_DIR).with_suffix('')}" in proc.stdout
 
+
 def test_cli_refused_new_run_leaves_the_used_directory_alone(tmp_path):
     """A new run into a directory that holds one stops before writing anything: .hydra/ and metrics.csv keep
     their bytes and times."""
@@ -179,6 +212,7 @@ def test_cli_refused_new_run_leaves_the_used_directory_alone(tmp_path):
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
     proc = cli("recipes=cifar10/simclr", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "already holds a run" in proc.stderr.strip().splitlines()[-1]
-    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()
-             and p.name != "train.log"}  # fmt: skip
+    after = {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.log"
+    }
     assert after == {p: v for p, v in before.items() if p.name != "train.log"}

@@ -19,12 +19,12 @@ ROWS = 12
 
 def tiny(objective, predictor=False, target=None, dropout=0.0, batch_norm=False):
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Linear(6, 5), *([nn.BatchNorm1d(5)] if batch_norm else []), nn.ReLU(),
-                             nn.Dropout(dropout))  # fmt: skip
+    backbone = nn.Sequential(
+        nn.Linear(6, 5), *([nn.BatchNorm1d(5)] if batch_norm else []), nn.ReLU(), nn.Dropout(dropout)
+    )
     backbone.num_features = 5
     head = lambda in_dim: nn.Sequential(nn.Linear(in_dim, 4), nn.ReLU(), nn.Linear(4, 3))  # noqa: E731
-    module = SSLModule(backbone, head, objective, OptimizerSpec(), predictor=head if predictor else None,
-                       target=target)  # fmt: skip
+    module = SSLModule(backbone, head, objective, OptimizerSpec(), predictor=head if predictor else None, target=target)
     return module.double()
 
 
@@ -53,9 +53,10 @@ def cached(module, b, chunks):
 METHODS = {
     "simclr": lambda: tiny(InfoNCELoss(0.5)),
     "byol": lambda: tiny(NegativeCosineLoss(), predictor=True, target=EMATarget(0.9)),
-    "ldreg_composite": lambda: tiny(CompositeObjective({"nce": {"loss": InfoNCELoss(0.3)},
-                                                        "ld": {"loss": LDRegLoss(0.5, 0.1, 4), "weight": 0.5}})),
-}  # fmt: skip
+    "ldreg_composite": lambda: tiny(
+        CompositeObjective({"nce": {"loss": InfoNCELoss(0.3)}, "ld": {"loss": LDRegLoss(0.5, 0.1, 4), "weight": 0.5}})
+    ),
+}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -100,8 +101,11 @@ def test_a_run_with_chunks_follows_the_whole_batch_run_and_accumulation_does_not
     run(compose_train(TINY + steps, tmp_path / "whole"))
     run(compose_train(TINY + steps + ["grad_cache_chunks=4"], tmp_path / "chunks"))
     with caplog.at_level("WARNING", logger="selfsup.train"):
-        run(compose_train(TINY + steps + ["trainer.accumulate_grad_batches=2", "data.batch_size=16"],
-                          tmp_path / "accumulated"))  # fmt: skip
+        run(
+            compose_train(
+                TINY + steps + ["trainer.accumulate_grad_batches=2", "data.batch_size=16"], tmp_path / "accumulated"
+            )
+        )
     whole, chunks, accumulated = (losses(tmp_path / d) for d in ("whole", "chunks", "accumulated"))
     assert sorted(whole) == sorted(chunks) == list(range(10))
     for step in whole:
@@ -118,13 +122,17 @@ def test_a_run_with_chunks_follows_the_whole_batch_run_and_accumulation_does_not
     [
         (["grad_cache_chunks=0"], r"grad_cache_chunks=0: expected null or an integer >= 1"),
         (["grad_cache_chunks=5"], r"grad_cache_chunks=5: the batch of 32 rows .* must split into equal chunks"),
-        (["grad_cache_chunks=2", "trainer.accumulate_grad_batches=2"],
-         r"grad_cache_chunks=2 with trainer.accumulate_grad_batches=2: not supported"),
-        (["grad_cache_chunks=2", "trainer.gradient_clip_val=1.0"],
-         r"with trainer.gradient_clip_val=1.0: not supported"),
+        (
+            ["grad_cache_chunks=2", "trainer.accumulate_grad_batches=2"],
+            r"grad_cache_chunks=2 with trainer.accumulate_grad_batches=2: not supported",
+        ),
+        (
+            ["grad_cache_chunks=2", "trainer.gradient_clip_val=1.0"],
+            r"with trainer.gradient_clip_val=1.0: not supported",
+        ),
         (["grad_cache_chunks=2", "memory=key_queue", "objective.negatives=queue"], r"with memory=.*KeyQueue"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_settings_are_refused_at_build(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         build(compose_train(TINY + overrides, tmp_path))
@@ -133,8 +141,14 @@ def test_unsupported_settings_are_refused_at_build(overrides, message, tmp_path)
 def test_the_ema_target_and_probe_follow_in_a_cached_run(tmp_path):
     """BYOL's EMA target moves after every cached step exactly as after an ordinary one; the probe trains."""
     pred = "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:16,out_dim:64,batch_norm:false}"
-    byol = TINY + ["objective=negative_cosine", pred, "target=ema", "target.base=0.9", "trainer.max_steps=3",
-                   "trainer.limit_val_batches=0"]  # fmt: skip
+    byol = TINY + [
+        "objective=negative_cosine",
+        pred,
+        "target=ema",
+        "target.base=0.9",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+    ]
     run(compose_train(byol, tmp_path / "whole"))
     run(compose_train(byol + ["grad_cache_chunks=2"], tmp_path / "chunks"))
     a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True) for d in ("whole", "chunks"))
@@ -150,8 +164,11 @@ def test_a_cached_run_resumes_bit_for_bit(tmp_path):
     cfg = TINY + ["grad_cache_chunks=2", "callbacks.last.every_n_train_steps=4", "callbacks.last.every_n_epochs=null"]
     run(compose_train(cfg, tmp_path / "a"))
     with pytest.raises(RuntimeError, match="interrupted at step 13"):
-        run(compose_train(cfg + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=13"],
-                          tmp_path / "b"))  # fmt: skip
+        run(
+            compose_train(
+                cfg + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=13"], tmp_path / "b"
+            )
+        )
     assert saved_step(tmp_path / "b") == 12
     run(compose_train(cfg + ["resume=true"], tmp_path / "b"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")

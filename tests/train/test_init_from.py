@@ -81,8 +81,12 @@ def test_a_resumed_init_from_run_continues_its_own_run(source, tmp_path):
     overrides = TINY + [f"init_from={copy}"]
     run(compose_train(overrides, tmp_path / "whole"))
     with pytest.raises(RuntimeError, match="interrupted at step 15"):
-        run(compose_train(overrides + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=15"],
-                          tmp_path / "cut"))  # fmt: skip
+        run(
+            compose_train(
+                overrides + ["+callbacks.stop._target_=tests.runs.InterruptAt", "+callbacks.stop.step=15"],
+                tmp_path / "cut",
+            )
+        )
     assert saved_step(tmp_path / "cut") == 10
     os.remove(copy / "checkpoints" / "last.ckpt")
     run(compose_train(overrides + ["resume=true"], tmp_path / "cut"))
@@ -120,14 +124,20 @@ def test_bad_files_are_refused_in_one_line(source, tmp_path):
 
 def test_other_shapes_and_missing_weights_are_named(source, tmp_path):
     wider = built(ONE_EPOCH + ["projector.out_dim=32"], tmp_path)
-    with pytest.raises(ValueError, match=r"0 missing \[\], 2 with other shapes .*'projector\.\S+ \(64, 64\) vs "
-                                         r"\(32, 64\)'") as info:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"0 missing \[\], 2 with other shapes .*'projector\.\S+ \(64, 64\) vs "
+        r"\(32, 64\)'",
+    ) as info:
         init.load_weights(wider, source)
     assert "\n" not in str(info.value)
     with_predictor = ["predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:64,out_dim:64}"]
     module = built(ONE_EPOCH + with_predictor, tmp_path)
-    with pytest.raises(ValueError, match=r"init_from=.*: its weights do not fit this run's model .*\d+ missing "
-                                         r"\['predictor\.") as info:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"init_from=.*: its weights do not fit this run's model .*\d+ missing "
+        r"\['predictor\.",
+    ) as info:
         init.load_weights(module, source)
     assert "\n" not in str(info.value)
 

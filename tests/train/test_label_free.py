@@ -74,8 +74,16 @@ def test_lidar_images_below_two_turn_the_third_loader_off(tmp_path):
 
 
 def test_top_eigenvalues_of_the_projections_are_logged_descending(tmp_path):
-    cfg = compose_train([*TINY, "trainer.max_steps=7", "callbacks.collapse.every_n_steps=3",
-                         "callbacks.collapse.eigenvalues=4", "trainer.limit_val_batches=0"], tmp_path)  # fmt: skip
+    cfg = compose_train(
+        [
+            *TINY,
+            "trainer.max_steps=7",
+            "callbacks.collapse.every_n_steps=3",
+            "callbacks.collapse.eigenvalues=4",
+            "trainer.limit_val_batches=0",
+        ],
+        tmp_path,
+    )
     run(cfg)
     logged = rows(tmp_path)
     steps = sorted({s for s, k in logged if k == "train/eigval_1"})

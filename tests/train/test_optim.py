@@ -16,8 +16,12 @@ def test_lars_step_matches_the_formula():
     w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
     w.grad, b.grad = torch.randn(4, 3), torch.randn(4)
     w0, b0, gw, gb = w.detach().clone(), b.detach().clone(), w.grad.clone(), b.grad.clone()
-    opt = LARS([dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
-               lr=0.5, momentum=0.9, eta=0.02)  # fmt: skip
+    opt = LARS(
+        [dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+        lr=0.5,
+        momentum=0.9,
+        eta=0.02,
+    )
     opt.step()
     g = gw + 0.1 * w0
     torch.testing.assert_close(w.detach(), w0 - 0.5 * g * (0.02 * w0.norm() / g.norm()))
@@ -29,8 +33,12 @@ def test_lars_momentum_buffer_over_several_steps():
     ``main.py::LARS``), for the adapted group and the plain one."""
     torch.manual_seed(0)
     w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
-    opt = LARS([dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
-               lr=0.5, momentum=0.9, eta=0.02)  # fmt: skip
+    opt = LARS(
+        [dict(params=[w], weight_decay=0.1, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+        lr=0.5,
+        momentum=0.9,
+        eta=0.02,
+    )
     ref_w, ref_b = w.detach().clone(), b.detach().clone()
     mu_w, mu_b = torch.zeros_like(ref_w), torch.zeros_like(ref_b)
     for _ in range(3):
@@ -57,8 +65,7 @@ def test_spec_groups_scaling_and_warmup_cap():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     probe = torch.nn.Linear(4, 2)
     spec = OptimizerSpec(name="lars", lr=0.3, lr_scaling="linear", weight_decay=1e-6, warmup_epochs=10, probe_lr=0.1)
-    opt, sched = spec.build(model.parameters(), probe.parameters(), global_batch=512, total_steps=20,
-                            steps_per_epoch=5)  # fmt: skip
+    opt, sched = spec.build(model.parameters(), probe.parameters(), global_batch=512, total_steps=20, steps_per_epoch=5)
     regular, excluded, probe_group = opt.param_groups
     assert [p.shape for p in regular["params"]] == [(4, 3)] and regular["weight_decay"] == 1e-6
     assert len(excluded["params"]) == 3 and excluded["weight_decay"] == 0 and not excluded["lars"]
@@ -71,8 +78,10 @@ def test_spec_groups_scaling_and_warmup_cap():
     assert math.isfinite(sched.get_last_lr()[0])
 
 
-@pytest.mark.parametrize("kwargs,key", [(dict(name="adam"), "optim.name"), (dict(lr=0), "optim.lr"),
-                                        (dict(lr_scaling="log"), "optim.lr_scaling")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [(dict(name="adam"), "optim.name"), (dict(lr=0), "optim.lr"), (dict(lr_scaling="log"), "optim.lr_scaling")],
+)
 def test_bad_optimiser_settings_are_refused(kwargs, key):
     with pytest.raises(ValueError, match=key):
         OptimizerSpec(**kwargs)
@@ -114,7 +123,8 @@ def test_a_resume_that_changes_the_runs_length_keeps_the_lr_schedule(tmp_path, c
         assert value == pytest.approx(peak * warmup_cosine(step, 10, 20, 0.1), rel=1e-6), step
     assert [r.getMessage() for r in caplog.records if r.name == "selfsup.optim"] == [
         "resume: the run is now 30 optimiser steps long, its LR schedule 20 (trainer.max_steps/max_epochs changed): "
-        "the schedule is kept; steps 20-29 run at its final LR, optim.min_lr_ratio=0.1 x the peak"]
+        "the schedule is kept; steps 20-29 run at its final LR, optim.min_lr_ratio=0.1 x the peak"
+    ]
 
 
 def test_a_shorter_resumed_run_keeps_the_lr_schedule(caplog):

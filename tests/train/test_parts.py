@@ -94,8 +94,15 @@ def test_swav_prototypes_normalise_score_and_queue():
     assert len(swav.prepare(batch(z), epoch=1).extras["queue_scores"]) == 2
 
 
-QUEUE = TINY + ["target=ema", "memory=key_queue", "memory.size=64", "objective.negatives=queue",
-                "objective.temperature=0.2", "symmetric=false", "trainer.max_epochs=3"]  # fmt: skip
+QUEUE = TINY + [
+    "target=ema",
+    "memory=key_queue",
+    "memory.size=64",
+    "objective.negatives=queue",
+    "objective.temperature=0.2",
+    "symmetric=false",
+    "trainer.max_epochs=3",
+]
 
 
 @pytest.mark.slow
@@ -110,8 +117,10 @@ def test_a_run_with_a_full_queue_resumes_bit_for_bit(tmp_path):
         run(compose_train(QUEUE + stop, tmp_path / "cut"))
     run(compose_train(QUEUE + ["resume=true"], tmp_path / "cut"))
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
-    queues = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
-              for d in (tmp_path / "whole", tmp_path / "cut")]  # fmt: skip
+    queues = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
+        for d in (tmp_path / "whole", tmp_path / "cut")
+    ]
     assert torch.equal(*queues)
 
 
@@ -119,11 +128,13 @@ def test_a_run_with_a_full_queue_resumes_bit_for_bit(tmp_path):
 @pytest.mark.slow
 def test_two_processes_fill_the_same_queue_as_one(tmp_path):
     """The queue is global: 2 processes x 16 rows enqueue what 1 process x 32 rows does (BatchNorm-free model)."""
-    steps = ["trainer.max_epochs=1"] + QUEUE[len(TINY):-1]
+    steps = ["trainer.max_epochs=1"] + QUEUE[len(TINY) : -1]
     run(compose_train(TINY + steps, tmp_path / "one"))
     run(compose_train(TINY + steps + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
-    banks = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
-             for d in (tmp_path / "one", tmp_path / "two")]  # fmt: skip
+    banks = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
+        for d in (tmp_path / "one", tmp_path / "two")
+    ]
     torch.testing.assert_close(banks[1], banks[0], rtol=1e-4, atol=1e-5)
     from tests.runs import losses
 
@@ -137,11 +148,13 @@ def test_two_processes_fill_the_same_queue_as_one(tmp_path):
         (["memory=key_queue", "memory.size=16"], r"memory.size=16: smaller than the global batch \(32 rows\)"),
         (["memory=swav", "objective=swav", "memory.num_prototypes=0"], r"memory.num_prototypes=0: expected a positive"),
         (["views=multicrop", "objective=moco_v3"], r"6 local crops .* CompositeObjective .* cannot take them"),
-        (["backbone=vit_tiny_cifar", "data.image_size=18", "~backbone.width", "~backbone.norm"],
-         r"views.views.v1.size=18: not a multiple of the ViT's patch size 4"),
+        (
+            ["backbone=vit_tiny_cifar", "data.image_size=18", "~backbone.width", "~backbone.norm"],
+            r"views.views.v1.size=18: not a multiple of the ViT's patch size 4",
+        ),
     ],
     ids=["queue-smaller-than-batch", "no-prototypes", "local-crops-for-composite", "vit-patch"],
-)  # fmt: skip
+)
 def test_bad_method_settings_are_refused_at_build(overrides, message, tmp_path):
     with pytest.raises(Exception, match=message):  # a ValueError (inside Hydra's InstantiationException)
         build(compose_train(TINY + overrides, tmp_path))
@@ -167,11 +180,23 @@ def test_dino_with_a_cifar_vit_trains_on_cifar10_and_exports_to_timm(tmp_path, c
     from selfsup.runtime.checkpoint import backbone_from, load
     from tests.runs import losses
 
-    overrides = ["recipes=cifar10/dino", "backbone=vit_tiny_cifar", "backbone.cifar_stem=false", "data.subset=64",
-                 f"data.root={cifar10_root}", "data.batch_size=8", "data.num_workers=0", "trainer=cpu",
-                 "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
-                 "callbacks.progress=null", "projector.out_dim=256", "projector.hidden_dim=128",
-                 "optim=adamw"]  # fmt: skip
+    overrides = [
+        "recipes=cifar10/dino",
+        "backbone=vit_tiny_cifar",
+        "backbone.cifar_stem=false",
+        "data.subset=64",
+        f"data.root={cifar10_root}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer=cpu",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress=null",
+        "projector.out_dim=256",
+        "projector.hidden_dim=128",
+        "optim=adamw",
+    ]
     run(compose_train(overrides, tmp_path / "run"))
     assert sorted(losses(tmp_path / "run")) == [0, 1, 2]
     assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
@@ -182,18 +207,34 @@ def test_dino_with_a_cifar_vit_trains_on_cifar10_and_exports_to_timm(tmp_path, c
 
 @pytest.mark.parametrize(
     "method",
-    [["objective=info_nce"], ["objective=barlow_twins"], ["objective=vicreg"],
-     ["objective=negative_cosine", "target=ema", "predictor={_target_:selfsup.models.mlp,_partial_:true,"
-      "hidden_dim:32,out_dim:64}"]],
+    [
+        ["objective=info_nce"],
+        ["objective=barlow_twins"],
+        ["objective=vicreg"],
+        [
+            "objective=negative_cosine",
+            "target=ema",
+            "predictor={_target_:selfsup.models.mlp,_partial_:true,hidden_dim:32,out_dim:64}",
+        ],
+    ],
     ids=["simclr", "barlow_twins", "vicreg", "byol"],
-)  # fmt: skip
+)
 def test_multicrop_trains_pair_scoring_methods(method, tmp_path):
     """views=multicrop (2 x 16 px + 6 x 8 px) with SimCLR (all pairs with a global view), Barlow Twins and VICReg
     (averaged over those pairs) and BYOL (every view's prediction against the other global view's target)."""
     from tests.runs import losses
 
-    overrides = TINY + method + ["views=multicrop", "views.views.l1.size=8", "batch_views=true",
-                                 "trainer.max_steps=2", "trainer.limit_val_batches=0"]  # fmt: skip
+    overrides = (
+        TINY
+        + method
+        + [
+            "views=multicrop",
+            "views.views.l1.size=8",
+            "batch_views=true",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=0",
+        ]
+    )
     run(compose_train(overrides, tmp_path))
     got = losses(tmp_path)
     assert sorted(got) == [0, 1] and all(math.isfinite(v) for v in got.values())
@@ -209,8 +250,14 @@ def tiny_module(predictor: bool, target: Target, offset: float = 0.0, scale: flo
     backbone = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
     backbone.num_features = 5
     head = lambda in_dim: nn.Sequential(nn.Linear(in_dim, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))  # noqa: E731
-    module = SSLModule(backbone, head, NegativeCosineLoss(offset, scale), OptimizerSpec(),
-                       predictor=(lambda in_dim: head(in_dim)) if predictor else None, target=target)  # fmt: skip
+    module = SSLModule(
+        backbone,
+        head,
+        NegativeCosineLoss(offset, scale),
+        OptimizerSpec(),
+        predictor=(lambda in_dim: head(in_dim)) if predictor else None,
+        target=target,
+    )
     return module.double()
 
 
@@ -260,8 +307,9 @@ def test_byol_module_equals_the_symmetrised_loss_and_update():
     opt_ref = torch.optim.SGD([*online.parameters(), *q.parameters()], lr=0.1)
     total = 4
     for k in range(total):
-        x1, x2 = (torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(10 * k + s))
-                  for s in (1, 2))  # fmt: skip
+        x1, x2 = (
+            torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(10 * k + s)) for s in (1, 2)
+        )
         opt_ours.zero_grad()
         opt_ref.zero_grad()
         loss = module_loss(module, x1, x2)
@@ -292,8 +340,10 @@ def test_the_online_probe_does_not_train_the_encoder(tmp_path):
     steps = ["trainer.max_steps=4", "trainer.limit_val_batches=0"]
     run(compose_train(TINY + steps + ["online_probe=true"], tmp_path / "probe"))
     run(compose_train(TINY + steps + ["online_probe=false"], tmp_path / "none"))
-    with_probe, without = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-                           for d in ("probe", "none"))  # fmt: skip
+    with_probe, without = (
+        torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for d in ("probe", "none")
+    )
     assert any(k.startswith("probe.") for k in with_probe) and not any(k.startswith("probe.") for k in without)
     assert {k for k in with_probe if not k.startswith("probe.")} == set(without)
     for key, value in without.items():

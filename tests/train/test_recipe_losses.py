@@ -40,10 +40,16 @@ def shrunk(recipe: str, tmp_path, cifar10_root) -> list[str]:
     """The recipe at a CPU budget: 3 steps, no validation, batches of 8 from 64 CIFAR-10 images (ImageNet recipes:
     a tiny ImageFolder at 64 px; chunk-shared views: 4 chunks of 2 rows), in float64."""
     cfg = compose_train([f"recipes={recipe}"], tmp_path / "probe")
-    extra = ["trainer=cpu", "data.num_workers=0", "trainer.max_steps=3", "trainer.limit_val_batches=0",
-             "callbacks.progress=null", "trainer.enable_model_summary=false",
-             "trainer.log_every_n_steps=1",
-             "trainer.precision=64-true"]  # float64: the same arithmetic on every x86 CPU (module docstring)
+    extra = [
+        "trainer=cpu",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+        "callbacks.progress=null",
+        "trainer.enable_model_summary=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.precision=64-true",
+    ]  # float64: the same arithmetic on every x86 CPU (module docstring)
     if cfg.data.dataset == "imagefolder":
         root = tiny_imagefolder(tmp_path / "folder", per_class=6)
         extra += [f"data.root={root}", "data.batch_size=4", "data.image_size=64"]
@@ -70,8 +76,10 @@ def first_losses(recipe: str, tmp_path: Path, cifar10_root: Path) -> list[float]
 def test_first_losses_are_the_recorded_ones(recipe, tmp_path, cifar10_root):
     key = recording_key()
     if key is None:
-        pytest.skip(f"recorded for torch's x86 kernel sets {sorted(KEYS)}; this CPU runs "
-                    f"{torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
+        pytest.skip(
+            f"recorded for torch's x86 kernel sets {sorted(KEYS)}; this CPU runs "
+            f"{torch.backends.cpu.get_cpu_capability()}"
+        )
     if recipe not in RECORDED[key]:
         pytest.fail(f"no recorded losses for recipes={recipe} in {key}: record them (this module's docstring)")
     got = first_losses(recipe, tmp_path, cifar10_root)

@@ -5,6 +5,12 @@ from selfsup.data.quantize import randomized_quantization
 from selfsup.data.views import NUM_PARAMS, PARAM_NAMES, MultiViewTransform, Slot, ViewAugment
 
 __all__ = [
-    "DATASETS", "SSLDataModule", "MultiViewTransform", "ViewAugment", "NUM_PARAMS", "PARAM_NAMES", "Slot",
+    "DATASETS",
+    "SSLDataModule",
+    "MultiViewTransform",
+    "ViewAugment",
+    "NUM_PARAMS",
+    "PARAM_NAMES",
+    "Slot",
     "randomized_quantization",
-]  # fmt: skip
+]

@@ -55,10 +55,18 @@ class BatchPlan:
 
     @classmethod
     def derive(
-        cls, *, batch_size: int, num_samples: int, world_size: int = 1, accumulate: int = 1,
-        global_batch_size: int | None = None, limit_train_batches: int | float | None = None, max_steps: int = -1,
-        max_epochs: int | None = 1, shared_chunks: int | None = None,
-    ) -> BatchPlan:  # fmt: skip
+        cls,
+        *,
+        batch_size: int,
+        num_samples: int,
+        world_size: int = 1,
+        accumulate: int = 1,
+        global_batch_size: int | None = None,
+        limit_train_batches: int | float | None = None,
+        max_steps: int = -1,
+        max_epochs: int | None = 1,
+        shared_chunks: int | None = None,
+    ) -> BatchPlan:
         """The plan of a run; one-line errors for batch sizes that do not fit the processes or the data.
 
         Args:

@@ -51,8 +51,9 @@ def _digits(dm: SSLDataModule):
     images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8))  # (N, 8, 8)
     images = images[:, None].expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=digits.target,
-                                           random_state=0)  # fmt: skip
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=digits.target, random_state=0
+    )
     classes = [str(c) for c in range(10)]
     return tuple(TensorImages(images[np.sort(i)], labels[np.sort(i)], classes) for i in (train_idx, test_idx))
 
@@ -83,7 +84,8 @@ def _torchvision(dm: SSLDataModule):
     import torchvision.datasets as tvd
 
     tensor = lambda images, labels, classes: TensorImages(  # noqa: E731
-        torch.as_tensor(images).contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long), list(classes))
+        torch.as_tensor(images).contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long), list(classes)
+    )
     try:
         if dm.dataset == "stl10":
             splits = (tvd.STL10(str(root), split=s, download=dm.download) for s in ("train+unlabeled", "test", "train"))
@@ -100,8 +102,13 @@ def _torchvision(dm: SSLDataModule):
 
 
 # dataset -> (train, held-out[, labelled train for evaluation]) sources (selfsup.data.sources)
-DATASETS = {"digits": _digits, "cifar10": _torchvision, "cifar100": _torchvision, "stl10": _torchvision,
-            "imagefolder": _imagefolder}  # fmt: skip
+DATASETS = {
+    "digits": _digits,
+    "cifar10": _torchvision,
+    "cifar100": _torchvision,
+    "stl10": _torchvision,
+    "imagefolder": _imagefolder,
+}
 CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
 
 
@@ -170,8 +177,12 @@ class SSLDataModule(L.LightningDataModule):
             raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
         self.batch_size = _count("batch_size", batch_size, minimum=2, allow_none=False)  # BatchNorm, pairs
         self.image_size = _count("image_size", image_size, allow_none=False)
-        for key, value in dict(subset=subset, eval_train_subset=eval_train_subset,
-                               eval_test_subset=eval_test_subset, num_workers=num_workers).items():  # fmt: skip
+        for key, value in dict(
+            subset=subset,
+            eval_train_subset=eval_train_subset,
+            eval_test_subset=eval_test_subset,
+            num_workers=num_workers,
+        ).items():
             _count(key, value, minimum=0 if key == "num_workers" else 1)
         self.dataset, self.root = dataset, root
         self.mean, self.std = tuple(mean), tuple(std)
@@ -228,13 +239,15 @@ class SSLDataModule(L.LightningDataModule):
         if self.plan is None:
             trainer = self.trainer
             self.plan = BatchPlan.derive(
-                batch_size=self.batch_size, num_samples=len(self.splits[0]), world_size=self._world()[0],
+                batch_size=self.batch_size,
+                num_samples=len(self.splits[0]),
+                world_size=self._world()[0],
                 accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
                 limit_train_batches=trainer.limit_train_batches if trainer is not None else None,
                 max_steps=trainer.max_steps if trainer is not None else -1,
                 max_epochs=trainer.max_epochs if trainer is not None else 1,
                 shared_chunks=self.views.shared_chunks if self.views is not None else None,
-            )  # fmt: skip
+            )
         return self.plan
 
     def train_dataloader(self) -> DataLoader:
@@ -292,9 +305,11 @@ class SSLDataModule(L.LightningDataModule):
         lidar = self.lidar_dataset()
         return [
             DataLoader(
-                _Indexed(ds), batch_size=min(self.batch_size, 512), sampler=ShardSampler(len(ds), rank, world_size),
+                _Indexed(ds),
+                batch_size=min(self.batch_size, 512),
+                sampler=ShardSampler(len(ds), rank, world_size),
                 num_workers=self.num_workers,
-            )  # fmt: skip
+            )
             for ds in (*self.eval_datasets(), *([lidar] if lidar is not None else []))
         ]
 

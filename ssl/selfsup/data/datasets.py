@@ -84,9 +84,15 @@ class GlobalBatchSampler(Sampler):
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-        shuffle: bool = True, shared_chunks: int | None = None,
-    ):  # fmt: skip
+        self,
+        num_samples: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        shared_chunks: int | None = None,
+    ):
         self.n, self.batch_size, self.world_size, self.rank = num_samples, batch_size, world_size, rank
         self.seed, self.shuffle, self.shared_chunks = seed, shuffle, shared_chunks
         self.global_batch = batch_size * world_size
@@ -124,13 +130,22 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset, batch_sampler: GlobalBatchSampler, position, num_workers: int = 0, pin_memory: bool = False,
+        self,
+        dataset,
+        batch_sampler: GlobalBatchSampler,
+        position,
+        num_workers: int = 0,
+        pin_memory: bool = False,
         collate_fn=None,
-    ):  # fmt: skip
+    ):
         super().__init__(
-            dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=num_workers > 0, collate_fn=collate_fn,
-        )  # fmt: skip
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            collate_fn=collate_fn,
+        )
         self._position, self._resume = position, None
 
     def __iter__(self):

@@ -97,8 +97,9 @@ class DeviceViews:
         """The raw-image loader (same resume state as the CPU path's), batches by :func:`collate_raw`."""
         workers = 0 if self.resident else num_workers  # nothing to decode: no worker processes
         pin = torch.cuda.is_available() and not self.resident
-        return ResumableLoader(RawImages(self.source, self.resident), batch_sampler, position, workers, pin,
-                               collate_fn=collate_raw)  # fmt: skip
+        return ResumableLoader(
+            RawImages(self.source, self.resident), batch_sampler, position, workers, pin, collate_fn=collate_raw
+        )
 
     def device_images(self, device: torch.device) -> torch.Tensor:
         """The split on ``device`` (copied once)."""

@@ -140,9 +140,11 @@ class GpuViewAugment(ViewAugment):
         jitter = u[:, k + 1] < self.jitter_p
         lo = lambda s: max(0.0, 1 - s)  # noqa: E731
         factors = (
-            (lo(self.brightness), 1 + self.brightness), (lo(self.contrast), 1 + self.contrast),
-            (lo(self.saturation), 1 + self.saturation), (-self.hue, self.hue),
-        )  # fmt: skip
+            (lo(self.brightness), 1 + self.brightness),
+            (lo(self.contrast), 1 + self.contrast),
+            (lo(self.saturation), 1 + self.saturation),
+            (-self.hue, self.hue),
+        )
         for i, (f_lo, f_hi) in enumerate(factors):
             identity = 1.0 if i < 3 else 0.0  # factors 1, hue shift 0
             p[:, Slot.BRIGHTNESS + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], identity)
@@ -498,8 +500,9 @@ class GpuMultiViewTransform(MultiViewTransform):
             if self.sampler == "exact":
                 rows, cuts, values = [], [], []
                 m, c = view.quant_bins[1], view.QUANT_CHANNELS
-                for e, i, ch, s, (hh, ww) in zip(epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(),
-                                                sizes.tolist()):  # fmt: skip
+                for e, i, ch, s, (hh, ww) in zip(
+                    epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(), sizes.tolist()
+                ):
                     key = (seed, e, 1, ch, v) if s else (seed, e, 0, i, v)  # = MultiViewTransform's keys
                     g = generator_for(*key)
                     rows.append(ViewAugment.sample(view, g, hh, ww))
@@ -514,8 +517,9 @@ class GpuMultiViewTransform(MultiViewTransform):
                 out.append(torch.stack(rows).to(keys.device))
                 noise.append((torch.stack(cuts).to(keys.device), torch.stack(values).to(keys.device)) if cuts else None)
             else:
-                u = counter_uniforms(seed, epoch, by_chunk.long(), torch.where(by_chunk, chunk, index), v,
-                                     view.num_draws)  # fmt: skip
+                u = counter_uniforms(
+                    seed, epoch, by_chunk.long(), torch.where(by_chunk, chunk, index), v, view.num_draws
+                )
                 out.append(view.sample_batch(u, sizes[:, 0], sizes[:, 1]))
                 noise.append(view.quant_uniforms(u) if view.quant_p > 0 else None)
         return out, noise

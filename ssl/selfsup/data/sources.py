@@ -103,8 +103,13 @@ class FileImages:
             keep = [why is None for why in problems]
             self.paths = [p for p, k in zip(self.paths, keep) if k]
             self.labels = self.labels[torch.tensor(keep)]
-            log.warning("data.skip_bad: left out %d unreadable image(s) of the %s split, e.g. %s (%s)", len(bad),
-                        split, bad[0][0], bad[0][1])  # fmt: skip
+            log.warning(
+                "data.skip_bad: left out %d unreadable image(s) of the %s split, e.g. %s (%s)",
+                len(bad),
+                split,
+                bad[0][0],
+                bad[0][1],
+            )
             if not self.paths:
                 raise ValueError(f"data.root={self.root}: every image of the {split} split is unreadable")
         return [p for p, _ in bad]

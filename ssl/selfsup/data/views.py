@@ -47,9 +47,23 @@ from torchvision.transforms.v2 import functional as TF
 from selfsup.data.quantize import randomized_quantization
 
 PARAM_NAMES = (
-    "crop_x0", "crop_y0", "crop_w", "crop_h", "flip", "brightness", "contrast", "saturation", "hue",
-    "jitter_order", "grayscale", "blur_sigma", "solarize", "rotation", "quant", "quant_bins",
-)  # fmt: skip
+    "crop_x0",
+    "crop_y0",
+    "crop_w",
+    "crop_h",
+    "flip",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "jitter_order",
+    "grayscale",
+    "blur_sigma",
+    "solarize",
+    "rotation",
+    "quant",
+    "quant_bins",
+)
 NUM_PARAMS = len(PARAM_NAMES)
 
 
@@ -65,9 +79,21 @@ class Slot:
 JITTER_ORDERS = tuple(itertools.permutations(range(4)))  # 0 brightness, 1 contrast, 2 saturation, 3 hue
 
 RELATIVE_NAMES = (
-    "one", "shift_x", "shift_y", "log_scale_w", "log_scale_h", "flip", "log_brightness", "log_contrast",
-    "log_saturation", "hue", "grayscale", "blur_sigma", "solarize", "rotation",
-)  # fmt: skip
+    "one",
+    "shift_x",
+    "shift_y",
+    "log_scale_w",
+    "log_scale_h",
+    "flip",
+    "log_brightness",
+    "log_contrast",
+    "log_saturation",
+    "hue",
+    "grayscale",
+    "blur_sigma",
+    "solarize",
+    "rotation",
+)
 
 
 def relative_transform(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor:
@@ -172,8 +198,14 @@ class ViewAugment:
             raise ValueError(f"views.scale={list(scale)}: expected 0 < min <= max <= 1")
         if not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"views.ratio={list(ratio)}: expected 0 < min <= max")
-        for key, p in dict(flip_p=flip_p, jitter_p=jitter_p, grayscale_p=grayscale_p, blur_p=blur_p,
-                           solarize_p=solarize_p, quant_p=quant_p).items():  # fmt: skip
+        for key, p in dict(
+            flip_p=flip_p,
+            jitter_p=jitter_p,
+            grayscale_p=grayscale_p,
+            blur_p=blur_p,
+            solarize_p=solarize_p,
+            quant_p=quant_p,
+        ).items():
             if not 0 <= p <= 1:
                 raise ValueError(f"views.{key}={p}: expected a probability in [0, 1]")
         if not 0 <= hue <= 0.5:
@@ -281,9 +313,11 @@ def _bin_range(bins) -> tuple[int, int]:
     if isinstance(bins, int) and not isinstance(bins, bool):
         bins = (bins, bins)
     ok = (
-        isinstance(bins, Sequence) and len(bins) == 2
-        and all(isinstance(b, int) and not isinstance(b, bool) for b in bins) and 1 <= bins[0] <= bins[1]
-    )  # fmt: skip
+        isinstance(bins, Sequence)
+        and len(bins) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bins)
+        and 1 <= bins[0] <= bins[1]
+    )
     if not ok:
         raise ValueError(f"views.quant_bins={bins!r}: expected an int >= 1 or ints [min, max], 1 <= min <= max")
     return int(bins[0]), int(bins[1])

@@ -109,8 +109,13 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
         data_root=data.get("root"),
         seconds=timings,
     )
-    return metrics, {"singular_values": sv, "test_embedding": te["embedding"], "test_labels": te["labels"],
-                     "classes": list(test_ds.source.classes), "data": data}  # fmt: skip
+    return metrics, {
+        "singular_values": sv,
+        "test_embedding": te["embedding"],
+        "test_labels": te["labels"],
+        "classes": list(test_ds.source.classes),
+        "data": data,
+    }
 
 
 def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfig) -> list[Path]:
@@ -120,17 +125,21 @@ def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfi
     if cfg.eval.plots:
         spectrum = report.spectrum_png(artefacts["singular_values"])
         embedding_map = report.embedding_map_png(
-            artefacts["test_embedding"], artefacts["test_labels"], artefacts["classes"], cfg.eval.map_points,
+            artefacts["test_embedding"],
+            artefacts["test_labels"],
+            artefacts["classes"],
+            cfg.eval.map_points,
             cfg.eval.seed,
-        )  # fmt: skip
+        )
     curves = eigenvalues = None
     csv_path = run_dir_of(Path(target.source)) / "metrics.csv" if target.source != "random" else None
     if cfg.eval.plots and csv_path is not None and csv_path.is_file():
         series = report.read_metrics_csv(csv_path)
         curves, eigenvalues = report.curves_png(series), report.eigenvalues_png(series)
     details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
-    reports = report.write_run_report(target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum,
-                                      embedding_map, details, curves, eigenvalues)  # fmt: skip
+    reports = report.write_run_report(
+        target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details, curves, eigenvalues
+    )
     report.write_json(target.out_dir / "metrics.json", metrics)
     return [target.out_dir / "metrics.json", *reports]
 
@@ -158,8 +167,14 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("wrote %s", ", ".join(str(p) for p in (out / "sweep.json", *reports)))
     for acc, by in summary["correlations"].items():
         for key, c in by.items():
-            log.info("%s vs %s: Spearman %.3f, Kendall %.3f (%d runs)", key, acc, c.get("spearman", math.nan),
-                     c.get("kendall", math.nan), c.get("n", 0))  # fmt: skip
+            log.info(
+                "%s vs %s: Spearman %.3f, Kendall %.3f (%d runs)",
+                key,
+                acc,
+                c.get("spearman", math.nan),
+                c.get("kendall", math.nan),
+                c.get("n", 0),
+            )
     return summary
 
 

@@ -24,8 +24,18 @@ from selfsup.runtime.files import atomic_write
 log = logging.getLogger("selfsup.eval")
 
 # Data options that do not change the images a datamodule's evaluation splits yield (left out of the cache key).
-_DATA_KEYS_NOT_IN_KEY = ("batch_size", "num_workers", "download", "views", "seed", "subset", "verify", "skip_bad",
-                         "views_on_device", "resident")  # fmt: skip
+_DATA_KEYS_NOT_IN_KEY = (
+    "batch_size",
+    "num_workers",
+    "download",
+    "views",
+    "seed",
+    "subset",
+    "verify",
+    "skip_bad",
+    "views_on_device",
+    "resident",
+)
 
 
 @torch.no_grad()
@@ -121,9 +131,14 @@ def _transform_id(ds) -> dict:
         source = {"n": len(ds.source), "classes": list(ds.source.classes), "content": fingerprint(ds.source)}
         return {"views": ds.q, "rows": ds.rows, "seed": ds.seed, "view": vars(ds.view), "source": source}
     return {
-        "size": ds.size, "resize": ds.resize, "mean": list(ds.mean), "std": list(ds.std), "n": len(ds),
-        "classes": list(ds.source.classes), "content": fingerprint(ds.source),
-    }  # fmt: skip
+        "size": ds.size,
+        "resize": ds.resize,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "n": len(ds),
+        "classes": list(ds.source.classes),
+        "content": fingerprint(ds.source),
+    }
 
 
 def device_of(name: str) -> torch.device:
@@ -161,9 +176,14 @@ def features(target: Target, data: dict, datasets: dict, cfg: DictConfig) -> dic
     out = {"key": key}
     for split, ds in datasets.items():
         both, labels = extract(
-            encoder, ds, batch_size=cfg.eval.batch_size, num_workers=cfg.eval.num_workers, device=device,
-            progress=sys.stderr.isatty(), description=f"{target.name}: {split} features",
-        )  # fmt: skip
+            encoder,
+            ds,
+            batch_size=cfg.eval.batch_size,
+            num_workers=cfg.eval.num_workers,
+            device=device,
+            progress=sys.stderr.isatty(),
+            description=f"{target.name}: {split} features",
+        )
         log.info("%s: %s features %s", target.name, split, tuple(both.shape))
         embedding = both[:, width:] if target.projector is not None else both
         out[split] = {"backbone": both[:, :width].contiguous(), "embedding": embedding.contiguous(), "labels": labels}

@@ -22,10 +22,14 @@ class _Augmented(torch.utils.data.Dataset):
         from torchvision.transforms import v2
 
         self.source = eval_ds.source
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(eval_ds.size, antialias=True), v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(eval_ds.mean, eval_ds.std),
-        ])  # fmt: skip
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(eval_ds.size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(eval_ds.mean, eval_ds.std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.source)
@@ -47,9 +51,12 @@ def sgd_probe_augmented(backbone: nn.Module, train_ds, feats: dict, cfg: DictCon
     head.to(device)
     backbone.eval().to(device)
     loader = torch.utils.data.DataLoader(
-        _Augmented(train_ds), batch_size=opts.batch_size, shuffle=True, num_workers=cfg.eval.num_workers,
+        _Augmented(train_ds),
+        batch_size=opts.batch_size,
+        shuffle=True,
+        num_workers=cfg.eval.num_workers,
         drop_last=len(train_ds) > opts.batch_size,
-    )  # fmt: skip
+    )
     opt = torch.optim.SGD(
         head.parameters(), lr=opts.lr * opts.batch_size / 256, momentum=opts.momentum, weight_decay=opts.weight_decay
     )

@@ -95,9 +95,14 @@ def spectrum_png(spectra: Mapping[str, torch.Tensor]) -> bytes:
     return _png(fig)
 
 
-CURVES = (("train/loss", "training loss"), ("train/lr", "learning rate"),
-          ("train/probe_top1", "online probe top-1 (train)"), ("val/knn_top1", "val kNN top-1"),
-          ("val/probe_top1", "val probe top-1"), ("val/rankme", "val RankMe"))  # fmt: skip
+CURVES = (
+    ("train/loss", "training loss"),
+    ("train/lr", "learning rate"),
+    ("train/probe_top1", "online probe top-1 (train)"),
+    ("val/knn_top1", "val kNN top-1"),
+    ("val/probe_top1", "val probe top-1"),
+    ("val/rankme", "val RankMe"),
+)
 
 
 def read_metrics_csv(path: str | os.PathLike) -> dict[str, tuple[list[int], list[float]]]:
@@ -151,8 +156,9 @@ def eigenvalues_png(series: Mapping[str, tuple[Sequence[int], Sequence[float]]])
     log scale: the staircase of stepwise learning (Simon et al. 2023, arXiv:2303.15438, Fig. 1)."""
     from matplotlib.figure import Figure
 
-    keys = sorted((k for k in series if k.startswith("train/eigval_") and series[k][0]),
-                  key=lambda k: int(k.rsplit("_", 1)[1]))  # fmt: skip
+    keys = sorted(
+        (k for k in series if k.startswith("train/eigval_") and series[k][0]), key=lambda k: int(k.rsplit("_", 1)[1])
+    )
     if not keys:
         return None
     fig = Figure(figsize=(6, 3.8))
@@ -272,10 +278,12 @@ def write_run_report(
     rows += [(k, v) for k, v in metrics.items() if k not in shown and isinstance(v, int | float | str)]
     md = [f"# {title}", "", _md_table(("metric", "value"), rows), ""]
     hp = [f"<h2>Metrics</h2>{_html_table(('metric', 'value'), rows)}"]
-    plots = (("curves", curves, "Training curves (metrics.csv)"),
-             ("eigenvalues", eigenvalues, "Top eigenvalues of the embedding covariance during training"),
-             ("spectrum", spectrum, "Singular-value spectrum"),
-             ("map", embedding_map, "PCA map of the test embeddings"))  # fmt: skip
+    plots = (
+        ("curves", curves, "Training curves (metrics.csv)"),
+        ("eigenvalues", eigenvalues, "Top eigenvalues of the embedding covariance during training"),
+        ("spectrum", spectrum, "Singular-value spectrum"),
+        ("map", embedding_map, "PCA map of the test embeddings"),
+    )
     for name, png, heading in plots:
         if png is None:
             continue
@@ -348,8 +356,9 @@ def sweep_summary(runs: Sequence[Mapping]) -> dict:
     for acc in ACCURACY_KEYS:
         if not any(math.isfinite(_value(r, acc)) for r in runs):
             continue
-        correlations[acc] = {k: rank_correlations([score(r, k) for r in runs], [_value(r, acc) for r in runs])
-                             for k in scores}  # fmt: skip
+        correlations[acc] = {
+            k: rank_correlations([score(r, k) for r in runs], [_value(r, acc) for r in runs]) for k in scores
+        }
         best = max(_value(r, acc) for r in runs if math.isfinite(_value(r, acc)))
         selection[acc] = {}
         for k in scores:
@@ -389,11 +398,12 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
     names = lambda key: METRIC_COLUMNS.get(key, key)  # noqa: E731
     ranks = summary.get("ranks", {})
     accs = [k for k in ACCURACY_KEYS if k in summary["correlations"]]
-    acc_ranks = {k: {r["name"]: i for i, r in enumerate(_ranked(runs, lambda r, k=k: _value(r, k)), 1)}
-                 for k in accs}  # fmt: skip
+    acc_ranks = {k: {r["name"]: i for i, r in enumerate(_ranked(runs, lambda r, k=k: _value(r, k)), 1)} for k in accs}
     rank_header = ["run", *(names(k) for k in ranks), *(names(k) for k in accs)]
-    rank_rows = [[labels[r["name"]], *(ranks[k].get(r["name"], "—") for k in ranks),
-                  *(acc_ranks[k][r["name"]] for k in accs)] for r in runs]  # fmt: skip
+    rank_rows = [
+        [labels[r["name"]], *(ranks[k].get(r["name"], "—") for k in ranks), *(acc_ranks[k][r["name"]] for k in accs)]
+        for r in runs
+    ]
     corr_rows = [
         [acc, names(k) + (" (−|α−1|)" if k.startswith("alpha_req") else ""), c["spearman"], c["kendall"], c["n"]]
         for acc, by_score in summary["correlations"].items()
@@ -409,9 +419,11 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
     intro = f"{len(runs)} runs ranked by RankMe of the embeddings (higher first)."
     if common:
         intro += f" Overrides shared by all runs: {' '.join(common)}."
-    sections = (("Rank of each run under each score (α-ReQ: closest to α = 1 first) and each accuracy", rank_header,
-                 rank_rows), ("Rank correlation with accuracy", corr_header, corr_rows),
-                ("Selecting a run without labels", sel_header, sel_rows))  # fmt: skip
+    sections = (
+        ("Rank of each run under each score (α-ReQ: closest to α = 1 first) and each accuracy", rank_header, rank_rows),
+        ("Rank correlation with accuracy", corr_header, corr_rows),
+        ("Selecting a run without labels", sel_header, sel_rows),
+    )
     md = [f"# {title}", "", intro, "", _md_table(header, rows), ""]
     hp = [f"<p>{html.escape(intro)}</p>{_html_table(header, rows)}"]
     for heading, head, body in sections:

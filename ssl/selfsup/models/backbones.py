@@ -79,8 +79,11 @@ def build_backbone(
         return model.train()
     if not timm.is_model(name):
         raise ValueError(f"backbone.name={name}: not a timm model (see timm.list_models()) nor torchvision/<name>")
-    vit = {k: v for k, v in dict(img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size).items()
-           if v is not None}  # fmt: skip
+    vit = {
+        k: v
+        for k, v in dict(img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size).items()
+        if v is not None
+    }
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **vit)
     except TypeError as e:  # a model whose constructor has no such argument

@@ -57,8 +57,16 @@ class DINOHead(nn.Module):
         norm_last_layer: keep the last layer's weight norm at 1 (more stable; DINO's ViT-S default).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        batch_norm: bool = False,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         if num_layers < 1 or out_dim < 1:
             raise ValueError(f"projector.num_layers={num_layers}, projector.out_dim={out_dim}: expected >= 1")
@@ -81,7 +89,14 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
-def dino_head(in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-              num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> DINOHead:  # fmt: skip
+def dino_head(
+    in_dim: int,
+    out_dim: int = 65536,
+    hidden_dim: int = 2048,
+    bottleneck_dim: int = 256,
+    num_layers: int = 3,
+    batch_norm: bool = False,
+    norm_last_layer: bool = True,
+) -> DINOHead:
     """:class:`DINOHead` (a builder like :func:`mlp`, for ``projector=dino_head``)."""
     return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, num_layers, batch_norm, norm_last_layer)

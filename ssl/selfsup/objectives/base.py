@@ -92,9 +92,14 @@ def accepts(objective: nn.Module, name: str) -> bool:
 
 
 def call_objective(
-    objective: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, feats_a: torch.Tensor | None = None,
-    feats_b: torch.Tensor | None = None, transform: torch.Tensor | None = None, **more,
-) -> torch.Tensor:  # fmt: skip
+    objective: nn.Module,
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    feats_a: torch.Tensor | None = None,
+    feats_b: torch.Tensor | None = None,
+    transform: torch.Tensor | None = None,
+    **more,
+) -> torch.Tensor:
     """``objective(z_a, z_b, **extras)`` with only the extras its ``forward`` names (``feats_a``, ``feats_b``,
     ``transform`` and any ``more``); a ValueError when it requires one that is missing or None."""
     params, var_kw = _forward_parameters(objective)
@@ -106,8 +111,12 @@ def call_objective(
         if value is not None:
             kwargs[key] = value
     for key, p in params.items():
-        if key not in ("self", "z_a", "z_b") and p.default is inspect.Parameter.empty and key not in kwargs and \
-                p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):  # fmt: skip
+        if (
+            key not in ("self", "z_a", "z_b")
+            and p.default is inspect.Parameter.empty
+            and key not in kwargs
+            and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        ):
             raise ValueError(f"{type(objective).__name__}.forward needs {key!r}, which was not given")
     return objective(z_a, z_b, **kwargs)
 
@@ -115,8 +124,15 @@ def call_objective(
 def score_pair(objective: nn.Module, batch: ViewBatch, i: int, j: int) -> torch.Tensor:
     """``objective`` on query view i against key view j, with the extras of that pair."""
     transform = batch.transform(i, j) if accepts(objective, "transform") else None
-    return call_objective(objective, batch.q[i], batch.key(j), feats_a=batch.feats[i], feats_b=batch.feats[j],
-                          transform=transform, **batch.extras)  # fmt: skip
+    return call_objective(
+        objective,
+        batch.q[i],
+        batch.key(j),
+        feats_a=batch.feats[i],
+        feats_b=batch.feats[j],
+        transform=transform,
+        **batch.extras,
+    )
 
 
 def mean_over(values: list[torch.Tensor]) -> torch.Tensor:

@@ -38,8 +38,10 @@ class CAREEquivarianceLoss(Objective):
     def __init__(self, num_chunks: int = 8):
         super().__init__()
         if num_chunks is None:
-            raise ValueError("objective.num_chunks=None: CARE needs views whose draws are shared per chunk "
-                             "(views=care sets views.shared_chunks)")  # fmt: skip
+            raise ValueError(
+                "objective.num_chunks=None: CARE needs views whose draws are shared per chunk "
+                "(views=care sets views.shared_chunks)"
+            )
         if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
             raise ValueError(f"objective.num_chunks={num_chunks!r}: expected an integer >= 1")
         self.num_chunks = num_chunks

@@ -41,8 +41,12 @@ def head_memory(num_samples: int, in_dim: int, batch: int, param_bytes: int = 4,
     """Bytes the DIET head costs on one process: its weights (N·F), their gradient, AdamW's two moments (all of
     ``param_bytes`` each) and the logits of one view with their gradient (2·B·N of ``logit_bytes``)."""
     weights = num_samples * in_dim * param_bytes
-    return {"weights": weights, "grad": weights, "adamw_state": 2 * weights,
-            "logits": 2 * batch * num_samples * logit_bytes}  # fmt: skip
+    return {
+        "weights": weights,
+        "grad": weights,
+        "adamw_state": 2 * weights,
+        "logits": 2 * batch * num_samples * logit_bytes,
+    }
 
 
 class _ChunkedSmoothedCE(torch.autograd.Function):
@@ -117,16 +121,27 @@ class DIETLoss(Objective):
 
     num_views = 1  # the paper's DIET sees one augmented view of each image per step
 
-    def __init__(self, num_samples: int | None = None, in_dim: int | None = None, label_smoothing: float = 0.8,
-                 class_chunk: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        num_samples: int | None = None,
+        in_dim: int | None = None,
+        label_smoothing: float = 0.8,
+        class_chunk: int | None = None,
+    ):
         super().__init__()
-        for value, key in ((num_samples, "objective.num_samples"), (in_dim, "objective.in_dim"),
-                           (class_chunk, "objective.class_chunk")):  # fmt: skip
+        for value, key in (
+            (num_samples, "objective.num_samples"),
+            (in_dim, "objective.in_dim"),
+            (class_chunk, "objective.class_chunk"),
+        ):
             if value is not None:
                 _positive_int(value, key)
         self.class_chunk = class_chunk
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or \
-                not 0.0 <= label_smoothing < 1.0:  # fmt: skip
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, (int, float))
+            or not 0.0 <= label_smoothing < 1.0
+        ):
             raise ValueError(f"objective.label_smoothing={label_smoothing!r}: expected a value in [0, 1)")
         self.num_samples, self.in_dim, self.label_smoothing = num_samples, in_dim, float(label_smoothing)
         self.head: nn.Linear | None = None
@@ -139,21 +154,33 @@ class DIETLoss(Objective):
         if self.num_samples is None:
             self.num_samples = num_samples
         elif self.num_samples < num_samples:
-            raise ValueError(f"objective.num_samples={self.num_samples}: the training split has {num_samples} images; "
-                             "expected at least that many classes (or null: the split's size)")  # fmt: skip
+            raise ValueError(
+                f"objective.num_samples={self.num_samples}: the training split has {num_samples} images; "
+                "expected at least that many classes (or null: the split's size)"
+            )
         elif self.num_samples > num_samples:
-            log.warning("objective.num_samples=%d but the training split has %d images: %d head rows are never a "
-                        "target (null: the split's size)", self.num_samples, num_samples,
-                        self.num_samples - num_samples)  # fmt: skip
+            log.warning(
+                "objective.num_samples=%d but the training split has %d images: %d head rows are never a "
+                "target (null: the split's size)",
+                self.num_samples,
+                num_samples,
+                self.num_samples - num_samples,
+            )
         if self.in_dim is not None and self.in_dim != in_dim:
-            raise ValueError(f"objective.in_dim={self.in_dim}: the embeddings are {in_dim}-d (the projector's output); "
-                             "expected null or that width")  # fmt: skip
+            raise ValueError(
+                f"objective.in_dim={self.in_dim}: the embeddings are {in_dim}-d (the projector's output); "
+                "expected null or that width"
+            )
         self.in_dim = in_dim
         if self.head is None:
             self.head = nn.Linear(in_dim, self.num_samples, bias=False)
-        log.info("DIET head: %d x %d (%.2f GiB of fp32 weights; with its gradient and AdamW state %.2f GiB)",
-                 self.num_samples, in_dim, self.num_samples * in_dim * 4 / 2**30,
-                 self.num_samples * in_dim * 16 / 2**30)  # fmt: skip
+        log.info(
+            "DIET head: %d x %d (%.2f GiB of fp32 weights; with its gradient and AdamW state %.2f GiB)",
+            self.num_samples,
+            in_dim,
+            self.num_samples * in_dim * 4 / 2**30,
+            self.num_samples * in_dim * 16 / 2**30,
+        )
 
     def view_loss(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Label-smoothed cross-entropy of one view's embeddings z (B, F) against their sample indices (B,)."""
@@ -178,8 +205,10 @@ class DIETLoss(Objective):
         if index.numel():
             lo, hi = torch.stack(torch.aminmax(index)).tolist()  # one device sync a step, not two
             if lo < 0 or hi >= self.num_samples:
-                raise ValueError(f"DIETLoss: batch['index'] spans [{lo}, {hi}]: expected indices in "
-                                 f"[0, {self.num_samples}) (objective.num_samples)")  # fmt: skip
+                raise ValueError(
+                    f"DIETLoss: batch['index'] spans [{lo}, {hi}]: expected indices in "
+                    f"[0, {self.num_samples}) (objective.num_samples)"
+                )
         losses = []
         for z in views:
             if z.shape[0] != index.shape[0]:
@@ -191,5 +220,7 @@ class DIETLoss(Objective):
         return self.views_loss(batch.z, batch.index)  # every view, local crops too
 
     def extra_repr(self) -> str:
-        return (f"num_samples={self.num_samples}, in_dim={self.in_dim}, label_smoothing={self.label_smoothing}, "
-                f"class_chunk={self.class_chunk}")  # fmt: skip
+        return (
+            f"num_samples={self.num_samples}, in_dim={self.in_dim}, label_smoothing={self.label_smoothing}, "
+            f"class_chunk={self.class_chunk}"
+        )

@@ -33,8 +33,9 @@ class DINOLoss(Objective):
         center_momentum: m of the centre's moving average.
     """
 
-    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1,
-                 center_momentum: float = 0.9):  # fmt: skip
+    def __init__(
+        self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9
+    ):
         super().__init__()
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
             raise ValueError(f"objective.out_dim={out_dim!r}: expected a positive integer")
@@ -48,12 +49,15 @@ class DINOLoss(Objective):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         if len(student) < 2 or not 1 <= len(teacher) <= len(student):
-            raise ValueError(f"DINOLoss: expected >= 2 student views and 1 to {len(student)} teacher views, got "
-                             f"{len(student)} and {len(teacher)}")  # fmt: skip
+            raise ValueError(
+                f"DINOLoss: expected >= 2 student views and 1 to {len(student)} teacher views, got "
+                f"{len(student)} and {len(teacher)}"
+            )
         log_p = [F.log_softmax(s / self.student_temp, dim=-1) for s in student]  # V x (B, K)
         q = [F.softmax((t - self.center) / self.teacher_temp, dim=-1).detach() for t in teacher]  # G x (B, K)
-        terms = [torch.sum(-q_i * log_p[v], dim=-1).mean() for i, q_i in enumerate(q)
-                 for v in range(len(log_p)) if v != i]  # fmt: skip
+        terms = [
+            torch.sum(-q_i * log_p[v], dim=-1).mean() for i, q_i in enumerate(q) for v in range(len(log_p)) if v != i
+        ]
         loss = sum(terms[1:], terms[0]) / len(terms)
         if self.training:
             self.update_center(teacher)
@@ -70,5 +74,7 @@ class DINOLoss(Objective):
         return self(batch.q, batch.k)  # students: every view; teachers: the global ones
 
     def extra_repr(self) -> str:
-        return (f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, student_temp={self.student_temp}, "
-                f"center_momentum={self.center_momentum}")  # fmt: skip
+        return (
+            f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, student_temp={self.student_temp}, "
+            f"center_momentum={self.center_momentum}"
+        )

@@ -106,5 +106,7 @@ class E2MCLoss(Objective):
         return self.cov_weight * cov - self.entropy_weight * entropy
 
     def extra_repr(self) -> str:
-        return (f"entropy_weight={self.entropy_weight}, cov_weight={self.cov_weight}, squash={self.squash!r}, "
-                f"eps={self.eps}")  # fmt: skip
+        return (
+            f"entropy_weight={self.entropy_weight}, cov_weight={self.cov_weight}, squash={self.squash!r}, "
+            f"eps={self.eps}"
+        )

@@ -38,8 +38,10 @@ class InfoNCELoss(Objective):
         if negatives not in (*NEGATIVES, "queue"):
             raise ValueError(f"objective.negatives={negatives!r}: expected one of {(*NEGATIVES, 'queue')}")
         if negatives in ("one_way", "queue") and impl == "triton":
-            raise ValueError(f"objective.impl='triton' with negatives={negatives!r}: the fused kernel computes all "
-                             "and cross; use impl=auto or torch")  # fmt: skip
+            raise ValueError(
+                f"objective.impl='triton' with negatives={negatives!r}: the fused kernel computes all "
+                "and cross; use impl=auto or torch"
+            )
         if impl not in IMPLS:
             raise ValueError(f"objective.impl={impl!r}: expected one of {IMPLS}")
         self.temperature = temperature

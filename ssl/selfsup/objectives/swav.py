@@ -52,8 +52,13 @@ class SwAVLoss(Objective):
         crops_for_assign: the views whose codes are predicted (global views).
     """
 
-    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iters: int = 3,
-                 crops_for_assign: Sequence[int] = (0, 1)):  # fmt: skip
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        epsilon: float = 0.05,
+        sinkhorn_iters: int = 3,
+        crops_for_assign: Sequence[int] = (0, 1),
+    ):
         super().__init__()
         if not (temperature > 0 and epsilon > 0):
             raise ValueError(f"objective.temperature={temperature}, objective.epsilon={epsilon}: expected > 0")
@@ -79,8 +84,10 @@ class SwAVLoss(Objective):
 
     def forward(self, scores: list[torch.Tensor], queue_scores: list[torch.Tensor] | None = None) -> torch.Tensor:
         if len(scores) < self.num_views:
-            raise ValueError(f"SwAVLoss: crops_for_assign={list(self.crops_for_assign)} needs {self.num_views} views, "
-                             f"got {len(scores)}")  # fmt: skip
+            raise ValueError(
+                f"SwAVLoss: crops_for_assign={list(self.crops_for_assign)} needs {self.num_views} views, "
+                f"got {len(scores)}"
+            )
         log_p = [F.log_softmax(s / self.temperature, dim=1) for s in scores]
         total = None
         for n, i in enumerate(self.crops_for_assign):
@@ -94,5 +101,7 @@ class SwAVLoss(Objective):
         return self(batch.q, batch.extras.get("queue_scores"))  # scores: memory=swav
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, epsilon={self.epsilon}, sinkhorn_iters={self.sinkhorn_iters}, "
-                f"crops_for_assign={list(self.crops_for_assign)}")  # fmt: skip
+        return (
+            f"temperature={self.temperature}, epsilon={self.epsilon}, sinkhorn_iters={self.sinkhorn_iters}, "
+            f"crops_for_assign={list(self.crops_for_assign)}"
+        )

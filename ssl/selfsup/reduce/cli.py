@@ -57,23 +57,47 @@ def _reduce(cfg: DictConfig) -> dict:
 
     with torch.random.fork_rng(devices=[]):  # the model's initialisation, seeded; built first to check tldr.*
         torch.manual_seed(f_cfg.seed)
-        model = TLDR(x.shape[1], n_components=t_cfg.n_components, encoder=t_cfg.encoder, projector=t_cfg.projector,
-                     lambd=t_cfg.lambd, scale_loss=t_cfg.scale_loss)  # fmt: skip
+        model = TLDR(
+            x.shape[1],
+            n_components=t_cfg.n_components,
+            encoder=t_cfg.encoder,
+            projector=t_cfg.projector,
+            lambd=t_cfg.lambd,
+            scale_loss=t_cfg.scale_loss,
+        )
     # the training options too, before the (long) neighbour search
     if not (isinstance(f_cfg.batch_size, int) and 2 <= f_cfg.batch_size <= x.shape[0]):
-        raise ValueError(f"train.batch_size={f_cfg.batch_size}: expected an integer with 2 <= batch_size <= "
-                         f"N={x.shape[0]} rows")  # fmt: skip
+        raise ValueError(
+            f"train.batch_size={f_cfg.batch_size}: expected an integer with 2 <= batch_size <= N={x.shape[0]} rows"
+        )
 
     t0 = time.perf_counter()
     knn = knn_graph(x, k=k_cfg.k, metric=k_cfg.metric, chunk_size=k_cfg.chunk_size, device=device)  # (N, k)
     knn_seconds = time.perf_counter() - t0
     log.info("exact %d-NN graph of %d rows (%s) in %.1f s", k_cfg.k, x.shape[0], k_cfg.metric, knn_seconds)
 
-    stats = fit(model, x, knn, epochs=f_cfg.epochs, batch_size=f_cfg.batch_size, lr=f_cfg.lr,
-                warmup_epochs=f_cfg.warmup_epochs, weight_decay=f_cfg.weight_decay, min_lr_ratio=f_cfg.min_lr_ratio,
-                seed=f_cfg.seed, device=device, log_every=f_cfg.log_every)  # fmt: skip
-    log.info("trained %d steps in %.1f s (%.0f pairs/s), loss %.4f -> %.4f", stats["steps"], stats["seconds"],
-             stats["pairs_per_second"], stats["first_loss"], stats["last_epoch_loss"])  # fmt: skip
+    stats = fit(
+        model,
+        x,
+        knn,
+        epochs=f_cfg.epochs,
+        batch_size=f_cfg.batch_size,
+        lr=f_cfg.lr,
+        warmup_epochs=f_cfg.warmup_epochs,
+        weight_decay=f_cfg.weight_decay,
+        min_lr_ratio=f_cfg.min_lr_ratio,
+        seed=f_cfg.seed,
+        device=device,
+        log_every=f_cfg.log_every,
+    )
+    log.info(
+        "trained %d steps in %.1f s (%.0f pairs/s), loss %.4f -> %.4f",
+        stats["steps"],
+        stats["seconds"],
+        stats["pairs_per_second"],
+        stats["first_loss"],
+        stats["last_epoch_loss"],
+    )
 
     reduced = {}
     for split, d in splits.items():

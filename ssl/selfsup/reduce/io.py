@@ -57,8 +57,10 @@ def _resolve(path: Path) -> Path:
     if path.is_dir():
         caches = sorted((path / "eval_cache").glob("*.pt"), key=lambda p: p.stat().st_mtime)
         if not caches:
-            raise FileNotFoundError(f"features={path}: a directory without eval_cache/*.pt (run selfsup-eval first, "
-                                    f"or pass a {'/'.join(SUFFIXES)} file)")  # fmt: skip
+            raise FileNotFoundError(
+                f"features={path}: a directory without eval_cache/*.pt (run selfsup-eval first, "
+                f"or pass a {'/'.join(SUFFIXES)} file)"
+            )
         return caches[-1]
     if path.suffix not in SUFFIXES:
         raise ValueError(f"features={path}: expected a {', '.join(SUFFIXES)} file or a selfsup-eval output directory")
@@ -106,8 +108,10 @@ def load_features(path: str | os.PathLike, key: str | None = None) -> tuple[Path
         if d["labels"] is not None and d["labels"].shape[0] != d["features"].shape[0]:
             d["labels"] = None
     if "test" in splits and splits["test"]["features"].shape[1] != splits["train"]["features"].shape[1]:
-        raise ValueError(f"features={path}: test width {splits['test']['features'].shape[1]} != train width "
-                         f"{splits['train']['features'].shape[1]}; expected equal")  # fmt: skip
+        raise ValueError(
+            f"features={path}: test width {splits['test']['features'].shape[1]} != train width "
+            f"{splits['train']['features'].shape[1]}; expected equal"
+        )
     return path, splits
 
 
@@ -128,8 +132,10 @@ def check_matrix(x, name: str) -> torch.Tensor:
     bad = ~torch.isfinite(x)
     if bad.any():
         rows = bad.any(1).nonzero().flatten()
-        raise ValueError(f"{name}: {int(bad.sum())} non-finite values (NaN/inf) in {rows.numel()} rows, first row "
-                         f"{int(rows[0])}; expected finite features")  # fmt: skip
+        raise ValueError(
+            f"{name}: {int(bad.sum())} non-finite values (NaN/inf) in {rows.numel()} rows, first row "
+            f"{int(rows[0])}; expected finite features"
+        )
     return x
 
 
@@ -140,8 +146,11 @@ def save_outputs(out: str | os.PathLike, encoder: nn.Module, architecture: dict,
         raise ValueError(f"out={out}: is a file; expected a directory (created if missing)")
     state = {k: v.detach().float().contiguous().cpu() for k, v in encoder.state_dict().items()}
     meta = {"format": "pt", META_KEY: json.dumps(architecture, sort_keys=True)}
-    paths = {"encoder": out / "encoder.safetensors", "reduced": out / "reduced.safetensors",
-             "summary": out / "summary.json"}  # fmt: skip
+    paths = {
+        "encoder": out / "encoder.safetensors",
+        "reduced": out / "reduced.safetensors",
+        "summary": out / "summary.json",
+    }
     atomic_write(paths["encoder"], lambda f: f.write(save_safetensors(state, metadata=meta)))
     tensors = {k: v.contiguous().cpu() for k, v in reduced.items() if v is not None}
     atomic_write(paths["reduced"], lambda f: f.write(save_safetensors(tensors, metadata={"format": "pt"})))

@@ -24,8 +24,9 @@ def _labels(y, n: int, name: str) -> torch.Tensor:
     return y.long()
 
 
-def precision_at_k(bank, bank_labels, queries, query_labels, k: int = 10, metric: str = "cosine",
-                   chunk_size: int | None = None) -> float:  # fmt: skip
+def precision_at_k(
+    bank, bank_labels, queries, query_labels, k: int = 10, metric: str = "cosine", chunk_size: int | None = None
+) -> float:
     """Mean fraction of the k nearest bank rows that share the query's label, in [0, 1]."""
     bank_labels = _labels(bank_labels, bank.shape[0], "bank_labels")
     query_labels = _labels(query_labels, queries.shape[0], "query_labels")

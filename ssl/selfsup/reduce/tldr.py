@@ -265,8 +265,14 @@ def fit(
     model.to(device=device, dtype=x.dtype).train()
     steps_per_epoch = n // batch_size
     total = steps_per_epoch * epochs
-    spec = OptimizerSpec(name="lars", lr=lr, lr_scaling="linear", weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio)  # fmt: skip
+    spec = OptimizerSpec(
+        name="lars",
+        lr=lr,
+        lr_scaling="linear",
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        min_lr_ratio=min_lr_ratio,
+    )
     opt, sched = spec.build(model.parameters(), [], batch_size, total, steps_per_epoch)
     gen = torch.Generator(device=device).manual_seed(seed)
     losses, t0, step = [], time.perf_counter(), 0
@@ -285,13 +291,25 @@ def fit(
                 raise ValueError(f"train.lr={lr}: the loss became {losses[-1]} at step {step}; expected a lower lr")
             if log_every and step % log_every == 0:
                 elapsed = time.perf_counter() - t0
-                log.info("epoch %d step %d/%d loss %.4f lr %.4g  (%.0f pairs/s)", epoch + 1, step, total,
-                         losses[-1], opt.param_groups[0]["lr"], step * batch_size / elapsed)  # fmt: skip
+                log.info(
+                    "epoch %d step %d/%d loss %.4f lr %.4g  (%.0f pairs/s)",
+                    epoch + 1,
+                    step,
+                    total,
+                    losses[-1],
+                    opt.param_groups[0]["lr"],
+                    step * batch_size / elapsed,
+                )
     seconds = time.perf_counter() - t0
     model.eval()
     tail = losses[-steps_per_epoch:]
-    return {"steps": total, "seconds": seconds, "pairs_per_second": total * batch_size / max(seconds, 1e-9),
-            "first_loss": losses[0], "last_epoch_loss": sum(tail) / len(tail)}  # fmt: skip
+    return {
+        "steps": total,
+        "seconds": seconds,
+        "pairs_per_second": total * batch_size / max(seconds, 1e-9),
+        "first_loss": losses[0],
+        "last_epoch_loss": sum(tail) / len(tail),
+    }
 
 
 @torch.no_grad()

@@ -109,8 +109,12 @@ def _finite(trainer: L.Trainer, module: L.LightningModule) -> bool:
 
 
 def _positive(name: str, value, kind=int):
-    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0 or
-                              (kind is int and not isinstance(value, int))):  # fmt: skip
+    if value is not None and (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or value <= 0
+        or (kind is int and not isinstance(value, int))
+    ):
         raise ValueError(f"callbacks.last.{name}={value}: expected a positive {kind.__name__} or null")
     return value
 
@@ -180,10 +184,16 @@ class LastCheckpoint(L.Callback):
         received = self.flag.received
         signalled, interrupted, timed = any_rank(trainer, received is not None, received == signal.SIGINT, timed)
         final = (trainer.max_steps > 0 and step >= trainer.max_steps) or (
-            epoch_end and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1)
-        due = (signalled or timed or final or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
-               or (epoch_end and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0)
-               or (epoch_end and self._keep(epoch)))  # fmt: skip
+            epoch_end and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch + 1
+        )
+        due = (
+            signalled
+            or timed
+            or final
+            or (self.every_n_train_steps and step % self.every_n_train_steps == 0)
+            or (epoch_end and self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0)
+            or (epoch_end and self._keep(epoch))
+        )
         if due and epoch_end and not signalled:
             self._pending = True  # after this epoch's validation (on_train_epoch_end): a kill then loses none of it
         elif due:
@@ -191,8 +201,13 @@ class LastCheckpoint(L.Callback):
         if signalled:
             # where only another rank got the signal: SIGINT if any rank got Ctrl-C (never a requeue), else SIGTERM
             self._stop = signal.SIGINT if interrupted else received or signal.SIGTERM
-            log.warning("rank %d: saved %s at step %d after %s", trainer.global_rank, self.path, step,
-                        signal.Signals(self._stop).name)  # fmt: skip
+            log.warning(
+                "rank %d: saved %s at step %d after %s",
+                trainer.global_rank,
+                self.path,
+                step,
+                signal.Signals(self._stop).name,
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._publish(trainer)

@@ -64,8 +64,10 @@ def load_file(path: Path, key: str = "checkpoint", map_location="cpu", mmap: boo
         if unsafe is None:  # a raw or legacy pickle, or no pickle at all: torch's message names a global, if any
             unsafe = re.findall(r"GLOBAL ([\w.]+)", str(e))[:1]
             if not unsafe:  # (torch's own text would advise weights_only=False: not quoted)
-                raise ValueError(f"{key}={path}: cannot be read as a PyTorch checkpoint (neither a zip archive of "
-                                 "tensors nor a pickle of plain data)") from None  # fmt: skip
+                raise ValueError(
+                    f"{key}={path}: cannot be read as a PyTorch checkpoint (neither a zip archive of "
+                    "tensors nor a pickle of plain data)"
+                ) from None
         raise UnsafeCheckpointError(
             f"{key}={path}: refused: loading it would run code from the file ({', '.join(unsafe) or 'custom'} "
             "objects); selfsup checkpoints hold only tensors and plain containers"
@@ -110,8 +112,10 @@ def load(path: str | os.PathLike, key: str = "checkpoint", trusted: Sequence[str
     _saved_config(ckpt, path, key, trusted)
     bad = non_finite(ckpt["state_dict"])
     if bad:
-        raise ValueError(f"{key}={path}: refused: {len(bad)} weights or buffers hold NaN/Inf ({', '.join(bad[:3])}); "
-                         "the run diverged before this checkpoint was written — evaluate an earlier one")  # fmt: skip
+        raise ValueError(
+            f"{key}={path}: refused: {len(bad)} weights or buffers hold NaN/Inf ({', '.join(bad[:3])}); "
+            "the run diverged before this checkpoint was written — evaluate an earlier one"
+        )
     return ckpt
 
 
@@ -149,8 +153,11 @@ def check_compatible(model: nn.Module, ckpt: dict, path, key: str = "ckpt_path")
 
 def non_finite(state_dict: dict) -> list[str]:
     """Names of floating-point tensors in ``state_dict`` holding NaN or Inf."""
-    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and
-            not bool(torch.isfinite(v).all())]  # fmt: skip
+    return [
+        k
+        for k, v in state_dict.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def backbone_from(ckpt: dict, path="checkpoint") -> nn.Module:
@@ -185,8 +192,9 @@ def _tag_dir(path: Path, key: str) -> Path:
 def _model_states(path: Path, key: str) -> Path:
     states = sorted(_tag_dir(path, key).glob("*model_states.pt"))
     if not states:
-        raise FileNotFoundError(f"{key}={path}: no model states under {_tag_dir(path, key).name}/ (not a DeepSpeed "
-                                "checkpoint)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{key}={path}: no model states under {_tag_dir(path, key).name}/ (not a DeepSpeed checkpoint)"
+        )
     return states[0]
 
 

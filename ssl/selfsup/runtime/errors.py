@@ -85,10 +85,20 @@ def one_line_errors(prog: str):
 
 # Keys whose values are paths: a value Hydra's override grammar cannot read as one string (a sweep point's directory
 # holds "=" and ","; brackets, "#", "~") is passed to Hydra quoted.
-PATH_KEYS = frozenset({
-    "hydra.run.dir", "hydra.sweep.dir", "checkpoint", "ckpt_path", "init_from", "out", "features", "data.root",
-    "data.train_dir", "data.val_dir",
-})  # fmt: skip
+PATH_KEYS = frozenset(
+    {
+        "hydra.run.dir",
+        "hydra.sweep.dir",
+        "checkpoint",
+        "ckpt_path",
+        "init_from",
+        "out",
+        "features",
+        "data.root",
+        "data.train_dir",
+        "data.val_dir",
+    }
+)
 _PLAIN = (str, int, float, bool, type(None))
 _UNREADABLE = object()
 
@@ -131,8 +141,10 @@ def quote_path_values(argv: list[str]) -> list[str]:
 def _override_hint(e: OverrideParseException) -> str:
     """Hydra's parse error, naming the override and how to quote a value."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else "cannot parse it"
-    return (f"{e.override}: {first}; expected key=value: quote a value holding '=', ',', brackets or spaces for Hydra, "
-            """e.g. 'key="a=b"' in the shell""")  # fmt: skip
+    return (
+        f"{e.override}: {first}; expected key=value: quote a value holding '=', ',', brackets or spaces for Hydra, "
+        """e.g. 'key="a=b"' in the shell"""
+    )
 
 
 def _in_selfsup(tb) -> bool:

@@ -26,8 +26,11 @@ class NoSpaceError(OSError):
 
     def __init__(self, path: Path):
         free = shutil.disk_usage(path.parent).free
-        super().__init__(errno.ENOSPC, f"no space left on {path.parent} writing {path.name} "
-                                       f"({free / 2**20:.1f} MiB free); the previous {path.name} is kept")
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on {path.parent} writing {path.name} "
+            f"({free / 2**20:.1f} MiB free); the previous {path.name} is kept",
+        )
 
     def __str__(self) -> str:
         return self.strerror
@@ -58,7 +61,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException as e:
         # torch.save reports a full disk as a RuntimeError of its zip writer: judge by the space left
         full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
-            isinstance(e, OSError | RuntimeError) and shutil.disk_usage(path.parent).free < FULL_BELOW)
+            isinstance(e, OSError | RuntimeError) and shutil.disk_usage(path.parent).free < FULL_BELOW
+        )
         tmp.unlink(missing_ok=True)
         if full:
             raise NoSpaceError(path) from None

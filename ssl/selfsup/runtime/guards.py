@@ -45,8 +45,11 @@ class NonFiniteGuard(L.Callback):
         value, step, epoch = loss.detach().float().cpu().item(), trainer.global_step, trainer.current_epoch
         if self.skipped >= self.max_skips:
             last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-            saved = (f"{last.path} holds step {last.saved_step}" if last is not None and last.saved_step is not None
-                     else "no checkpoint was written in this session")  # fmt: skip
+            saved = (
+                f"{last.path} holds step {last.saved_step}"
+                if last is not None and last.saved_step is not None
+                else "no checkpoint was written in this session"
+            )
             raise NonFiniteLoss(
                 f"training loss is {value} at step {step} (epoch {epoch}): stopped before it changed the weights; "
                 f"{saved}. Lower optim.lr or check the data, or set callbacks.nonfinite.max_skips=K to skip up to "
@@ -54,8 +57,13 @@ class NonFiniteGuard(L.Callback):
             )
         self.skipped += 1
         self._skip_step = True
-        log.warning("training loss is %s at step %d: skipping the step (%d of callbacks.nonfinite.max_skips=%d)",
-                    value, step, self.skipped, self.max_skips)  # fmt: skip
+        log.warning(
+            "training loss is %s at step %d: skipping the step (%d of callbacks.nonfinite.max_skips=%d)",
+            value,
+            step,
+            self.skipped,
+            self.max_skips,
+        )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._skip_step:
@@ -139,9 +147,16 @@ class CollapseMonitor(L.Callback):
         if self.warned_at is None and (std < self.min_std or rank <= self.min_rankme):
             self.warned_at = step
             if trainer.is_global_zero:
-                log.warning("the representation collapsed at step %d: train/embed_std %.3f (callbacks.collapse."
-                            "min_std=%g), train/rankme %.2f (min_rankme=%g); check the method's stop-gradient, "
-                            "predictor and LR", step, std, self.min_std, rank, self.min_rankme)  # fmt: skip
+                log.warning(
+                    "the representation collapsed at step %d: train/embed_std %.3f (callbacks.collapse."
+                    "min_std=%g), train/rankme %.2f (min_rankme=%g); check the method's stop-gradient, "
+                    "predictor and LR",
+                    step,
+                    std,
+                    self.min_std,
+                    rank,
+                    self.min_rankme,
+                )
 
     def state_dict(self) -> dict:
         return {"warned_at": self.warned_at}

@@ -65,9 +65,13 @@ class RunLock:
         self.run_dir, self.key = Path(run_dir), key
         self.path = self.run_dir / LOCK_NAME
         self.me = {
-            "host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-            "slurm_job": slurm_job_id(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv,
-        }  # fmt: skip
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _process_start(os.getpid()),
+            "slurm_job": slurm_job_id(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": sys.argv,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

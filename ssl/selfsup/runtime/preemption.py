@@ -96,8 +96,9 @@ class SignalFlag:
             raise KeyboardInterrupt  # Ctrl-C a second time: stop now, without waiting for the end of the step
         if self.received is None:
             again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-            log.warning("received %s: saving a checkpoint at the end of this step%s", signal.Signals(signum).name,
-                        again)  # fmt: skip
+            log.warning(
+                "received %s: saving a checkpoint at the end of this step%s", signal.Signals(signum).name, again
+            )
         self.received = signum
 
     def hand_over(self, signum: int, is_global_zero: bool) -> None:

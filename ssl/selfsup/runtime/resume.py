@@ -34,13 +34,34 @@ log = logging.getLogger("selfsup.resume")
 # checked separately: selfsup.train.build), where the data lives, logging (label-free validation scores included),
 # checkpoint cadence and launcher settings.
 SAFE_ON_RESUME = (
-    "trainer.max_epochs", "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps",
-    "trainer.enable_model_summary", "trainer.enable_progress_bar", "trainer.limit_val_batches",
-    "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
-    "data.root", "data.num_workers", "data.download", "data.verify", "data.skip_bad", "data.batch_size",
-    "global_batch_size", "callbacks", "logger", "launcher", "resume", "ckpt_path", "run_dir", "report_baseline",
-    "optimize_metric", "label_free",
-)  # fmt: skip
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.log_every_n_steps",
+    "trainer.enable_model_summary",
+    "trainer.enable_progress_bar",
+    "trainer.limit_val_batches",
+    "trainer.check_val_every_n_epoch",
+    "trainer.val_check_interval",
+    "trainer.num_sanity_val_steps",
+    "data.root",
+    "data.num_workers",
+    "data.download",
+    "data.verify",
+    "data.skip_bad",
+    "data.batch_size",
+    "global_batch_size",
+    "callbacks",
+    "logger",
+    "launcher",
+    "resume",
+    "ckpt_path",
+    "run_dir",
+    "report_baseline",
+    "optimize_metric",
+    "label_free",
+)
 
 
 # how this command was started, not the run's settings (what this command trusts, too: never the file's word)
@@ -88,8 +109,10 @@ def plan(cfg: DictConfig, overrides: list[str] | None = None, rank_zero: bool = 
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = cfg.resume
     if resume not in RESUME_CHOICES:
-        raise ValueError(f"resume={resume!r}: expected true (continue the run in hydra.run.dir), false (a new run) or "
-                         "auto (continue it where there is one, else start it)")  # fmt: skip
+        raise ValueError(
+            f"resume={resume!r}: expected true (continue the run in hydra.run.dir), false (a new run) or "
+            "auto (continue it where there is one, else start it)"
+        )
     if cfg.ckpt_path is not None:
         path = last if str(cfg.ckpt_path) == "last" else Path(str(cfg.ckpt_path))
         if not path.exists():
@@ -169,8 +192,12 @@ def _resume_plan(cfg: DictConfig, overrides: list[str] | None, path: Path) -> Pl
         result[key] = current[key]
     new_cfg = OmegaConf.create(result)
     OmegaConf.set_struct(new_cfg, True)
-    log.info("resuming from %s (step %d) with the run's saved config%s", path, step,
-             f"; changed {sorted(changes)}" if changes else "")  # fmt: skip
+    log.info(
+        "resuming from %s (step %d) with the run's saved config%s",
+        path,
+        step,
+        f"; changed {sorted(changes)}" if changes else "",
+    )
     return Plan(new_cfg, str(path), step, changes, info)
 
 
@@ -180,10 +207,16 @@ def record(run_dir: Path, plan_: Plan, overrides: list[str] | None) -> None:
 
     path = run_dir / ".hydra" / "resumes.yaml"
     entries = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
-    entries.append({
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "checkpoint": plan_.ckpt_path, "step": plan_.step,
-        "overrides": list(overrides or []), "changed": plan_.changes, "pid": os.getpid(),
-    })  # fmt: skip
+    entries.append(
+        {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "checkpoint": plan_.ckpt_path,
+            "step": plan_.step,
+            "overrides": list(overrides or []),
+            "changed": plan_.changes,
+            "pid": os.getpid(),
+        }
+    )
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(entries)))
 
 
@@ -203,7 +236,7 @@ def _touched(cfg: DictConfig, override: str) -> str | None:
     key = key.replace("/", ".")
     if parsed.package is not None:  # trainer@x=..., or a group placed in the global package
         package = parsed.package
-        key = package[len("_global_"):].lstrip(".") if package.startswith("_global_") else package
+        key = package[len("_global_") :].lstrip(".") if package.startswith("_global_") else package
     return key if OmegaConf.select(cfg, key, default="__missing__") != "__missing__" or "." in key else ""
 
 
@@ -260,5 +293,5 @@ def _relocate(tree, old: str | None, new: str):
     if isinstance(tree, list):
         return [_relocate(v, old, new) for v in tree]
     if isinstance(tree, str) and (tree == old or tree.startswith(old.rstrip("/") + "/")):
-        return new + tree[len(old):]
+        return new + tree[len(old) :]
     return tree

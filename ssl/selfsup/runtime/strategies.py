@@ -50,8 +50,7 @@ class FSDPStrategy(_FSDPStrategy):
             from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
             policy = functools.partial(size_based_auto_wrap_policy, min_num_params=auto_wrap_min_params)
-        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
-                         auto_wrap_policy=policy)  # fmt: skip
+        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, auto_wrap_policy=policy)
         self.start_method = start_method
 
     def _configure_launcher(self) -> None:
@@ -65,9 +64,13 @@ class FSDPStrategy(_FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         return FullyShardedDataParallel(
-            module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs,
-        )  # fmt: skip
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )
 
 
 class _FullWeightsLauncher(_MultiProcessingLauncher):

@@ -116,8 +116,9 @@ def sweep_jobs(config) -> list[list[str]]:
         for key, value in params.items():
             override = parser.parse_override(f"{key}={value}")
             if override.is_sweep_override():
-                first = next(iter(override.sweep_iterator())) if override.is_discrete_sweep() else \
-                    override.value().start  # fmt: skip
+                first = (
+                    next(iter(override.sweep_iterator())) if override.is_discrete_sweep() else override.value().start
+                )
             else:
                 first = override.value()
             task.append(f"{key}={first}")

@@ -52,23 +52,35 @@ def build(cfg: DictConfig):
     )
     check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
     datamodule.plan = BatchPlan.derive(  # the one place the batch facts are derived
-        batch_size=cfg.data.batch_size, global_batch_size=cfg.get("global_batch_size"),
-        num_samples=len(datamodule.splits[0]), world_size=trainer.world_size,
-        accumulate=trainer.accumulate_grad_batches, limit_train_batches=trainer.limit_train_batches,
-        max_steps=trainer.max_steps, max_epochs=trainer.max_epochs, shared_chunks=views.shared_chunks,
-    )  # fmt: skip
+        batch_size=cfg.data.batch_size,
+        global_batch_size=cfg.get("global_batch_size"),
+        num_samples=len(datamodule.splits[0]),
+        world_size=trainer.world_size,
+        accumulate=trainer.accumulate_grad_batches,
+        limit_train_batches=trainer.limit_train_batches,
+        max_steps=trainer.max_steps,
+        max_epochs=trainer.max_epochs,
+        shared_chunks=views.shared_chunks,
+    )
     module.memory.check(datamodule.plan.global_batch)
     if hasattr(objective, "attach"):  # a head over the training samples (DIET): N and the embedding width
         objective.attach(num_samples=len(datamodule.splits[0]), in_dim=module.embedding_dim)
     check_grad_cache(cfg, module, trainer, datamodule.plan)
     if trainer.accumulate_grad_batches > 1:
-        log.warning("trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "
-                    "of %d (fewer negatives); grad_cache_chunks=%d with data.batch_size=%d keeps the whole batch in "
-                    "the loss", trainer.accumulate_grad_batches, datamodule.plan.per_device,
-                    datamodule.plan.global_batch, trainer.accumulate_grad_batches,
-                    datamodule.plan.per_device * trainer.accumulate_grad_batches)  # fmt: skip
-    module.run_info = {"config": OmegaConf.to_container(cfg, resolve=True),
-                       "global_batch": datamodule.plan.global_batch}  # fmt: skip
+        log.warning(
+            "trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "
+            "of %d (fewer negatives); grad_cache_chunks=%d with data.batch_size=%d keeps the whole batch in "
+            "the loss",
+            trainer.accumulate_grad_batches,
+            datamodule.plan.per_device,
+            datamodule.plan.global_batch,
+            trainer.accumulate_grad_batches,
+            datamodule.plan.per_device * trainer.accumulate_grad_batches,
+        )
+    module.run_info = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "global_batch": datamodule.plan.global_batch,
+    }
     return datamodule, module, trainer
 
 
@@ -87,8 +99,10 @@ def views_and_objective(cfg: DictConfig):
     views, objective = instantiate(cfg.views), instantiate(cfg.objective)
     needed = getattr(objective, "num_views", 2)
     if needed > len(views):
-        raise ValueError(f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
-                         f"config with {needed} (e.g. views=care for objective=care)")
+        raise ValueError(
+            f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
+            f"config with {needed} (e.g. views=care for objective=care)"
+        )
     check_local_views(views, objective)
     return views, objective
 
@@ -117,19 +131,30 @@ def build_module(cfg: DictConfig, views, objective, num_classes: int, label_free
 def build_callbacks(cfg: DictConfig) -> list:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if sum(isinstance(c, LastCheckpoint) for c in callbacks) != 1:
-        raise ValueError("callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
-                         "checkpoints/last.ckpt, which resume and preemption need)")  # fmt: skip
+        raise ValueError(
+            "callbacks.last: expected exactly one selfsup.runtime.autosave.LastCheckpoint (it writes "
+            "checkpoints/last.ckpt, which resume and preemption need)"
+        )
     return callbacks
 
 
 def label_free(cfg: DictConfig) -> tuple[dict, tuple[int, int] | None]:
     """The ``label_free`` settings checked: (SSLModule's settings, (images, views) of val/lidar or None: off).
     A run saved before the key existed gets the defaults."""
-    lf = {"alpha_fit_range": [6, 100], "lidar_images": 500, "lidar_views": 8, "lidar_delta": 1e-4,
-          **OmegaConf.to_container(cfg.get("label_free") or OmegaConf.create({}), resolve=True)}  # fmt: skip
+    lf = {
+        "alpha_fit_range": [6, 100],
+        "lidar_images": 500,
+        "lidar_views": 8,
+        "lidar_delta": 1e-4,
+        **OmegaConf.to_container(cfg.get("label_free") or OmegaConf.create({}), resolve=True),
+    }
     fit = lf["alpha_fit_range"]
-    if not (isinstance(fit, list | tuple) and len(fit) == 2 and all(isinstance(v, int) for v in fit)
-            and 1 <= fit[0] < fit[1]):  # fmt: skip
+    if not (
+        isinstance(fit, list | tuple)
+        and len(fit) == 2
+        and all(isinstance(v, int) for v in fit)
+        and 1 <= fit[0] < fit[1]
+    ):
         raise ValueError(f"label_free.alpha_fit_range={fit}: expected [first, last] 1-based ranks, 1 <= first < last")
     images, views = lf["lidar_images"], lf["lidar_views"]
     for key, value, minimum in (("lidar_images", images, 0), ("lidar_views", views, 2)):
@@ -166,11 +191,15 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
     )
     for refused, setting in refusals:
         if refused:
-            raise ValueError(f"grad_cache_chunks={chunks} with {setting}: not supported (gradient caching runs on one "
-                             "process, without gradient accumulation, Trainer gradient clipping or a memory part)")
+            raise ValueError(
+                f"grad_cache_chunks={chunks} with {setting}: not supported (gradient caching runs on one "
+                "process, without gradient accumulation, Trainer gradient clipping or a memory part)"
+            )
     if plan.per_device % chunks:
-        raise ValueError(f"grad_cache_chunks={chunks}: the batch of {plan.per_device} rows (data.batch_size) must "
-                         "split into equal chunks")  # fmt: skip
+        raise ValueError(
+            f"grad_cache_chunks={chunks}: the batch of {plan.per_device} rows (data.batch_size) must "
+            "split into equal chunks"
+        )
 
 
 def check_local_views(views, objective) -> None:
@@ -193,8 +222,12 @@ def check_patch_size(backbone, views) -> None:
     fixed = getattr(patch_embed, "img_size", None)
     for name, view in zip(views.names, views.views):
         if view.size % patch:
-            raise ValueError(f"views.views.{name}.size={view.size}: not a multiple of the ViT's patch size {patch} "
-                             "(backbone.patch_size)")  # fmt: skip
+            raise ValueError(
+                f"views.views.{name}.size={view.size}: not a multiple of the ViT's patch size {patch} "
+                "(backbone.patch_size)"
+            )
         if not dynamic and fixed is not None and view.size != int(fixed[0]):
-            raise ValueError(f"views.views.{name}.size={view.size}: the ViT is built for {int(fixed[0])} px; set "
-                             "backbone.dynamic_img_size=true (multi-crop) or backbone.img_size")  # fmt: skip
+            raise ValueError(
+                f"views.views.{name}.size={view.size}: the ViT is built for {int(fixed[0])} px; set "
+                "backbone.dynamic_img_size=true (multi-crop) or backbone.img_size"
+            )

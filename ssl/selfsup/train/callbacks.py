@@ -39,8 +39,10 @@ class ObjectiveSchedule(L.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not hasattr(pl_module.objective, self.attribute):
-            raise ValueError(f"callbacks: objective {type(pl_module.objective).__name__} has no attribute "
-                             f"{self.attribute!r} to schedule")  # fmt: skip
+            raise ValueError(
+                f"callbacks: objective {type(pl_module.objective).__name__} has no attribute "
+                f"{self.attribute!r} to schedule"
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         setattr(pl_module.objective, self.attribute, self.value(trainer.current_epoch))

@@ -67,8 +67,11 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FRESH_PREFIXES)}
     found = {k: v for k, v in state.items() if not k.startswith(FRESH_PREFIXES)}
     missing = sorted(expected.keys() - found.keys())
-    mismatched = [f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in sorted(expected.keys() & found.keys()) if found[k].shape != expected[k].shape]  # fmt: skip
+    mismatched = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(expected.keys() & found.keys())
+        if found[k].shape != expected[k].shape
+    ]
     saved_cfg = ckpt["selfsup"].get("config") or {}
     if missing or mismatched:
         backbone = (saved_cfg.get("backbone") or {}).get("name", "?")
@@ -83,8 +86,13 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
     left_out = sorted(found.keys() - expected.keys())
     module.load_state_dict({k: found[k] for k in expected}, strict=False)  # not strict: probe/memory stay fresh
     if left_out:
-        log.warning("%s=%s: %d weights of the checkpoint are not part of this model and were left out: %s",
-                    KEY, source, len(left_out), _listed(left_out))  # fmt: skip
+        log.warning(
+            "%s=%s: %d weights of the checkpoint are not part of this model and were left out: %s",
+            KEY,
+            source,
+            len(left_out),
+            _listed(left_out),
+        )
     objective = (saved_cfg.get("objective") or {}).get("_target_")
     record = {
         "path": str(path.resolve()),
@@ -95,8 +103,14 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
         "loaded": len(expected),
         "left_out": left_out,
     }
-    log.info("%s: loaded %d weights from %s (step %d, sha256 %s); optimiser, schedule and step start fresh",
-             KEY, len(expected), path, record["global_step"], record["sha256"][:12])  # fmt: skip
+    log.info(
+        "%s: loaded %d weights from %s (step %d, sha256 %s); optimiser, schedule and step start fresh",
+        KEY,
+        len(expected),
+        path,
+        record["global_step"],
+        record["sha256"][:12],
+    )
     return record
 
 
@@ -113,8 +127,12 @@ def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
     source = cfg.get(KEY)
     if source is None:
         if any(type(m).__name__ == "E2MCLoss" for m in module.modules()):
-            log.warning("%s=null: E2MC is a criterion for continuing a trained model (docs/e2mc.md), but this run "
-                        "starts from random weights; set %s=<checkpoint|run dir>", KEY, KEY)  # fmt: skip
+            log.warning(
+                "%s=null: E2MC is a criterion for continuing a trained model (docs/e2mc.md), but this run "
+                "starts from random weights; set %s=<checkpoint|run dir>",
+                KEY,
+                KEY,
+            )
         return None
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"{KEY}={source!r}: expected the path of a selfsup checkpoint or run directory")

@@ -58,8 +58,10 @@ class _Queue(Memory):
 
     def check(self, global_batch: int) -> None:
         if self.size < global_batch:
-            raise ValueError(f"memory.size={self.size}: smaller than the global batch ({global_batch} rows); expected "
-                             f"at least {global_batch}")  # fmt: skip
+            raise ValueError(
+                f"memory.size={self.size}: smaller than the global batch ({global_batch} rows); expected "
+                f"at least {global_batch}"
+            )
 
     @torch.no_grad()
     def enqueue(self, rows: torch.Tensor) -> None:
@@ -127,8 +129,13 @@ class SwAVPrototypes(Memory):
         crops_for_assign: the views whose codes are computed (as the objective's).
     """
 
-    def __init__(self, num_prototypes: int = 3000, queue_size: int = 0, queue_start_epoch: int = 15,
-                 crops_for_assign: tuple[int, ...] = (0, 1)):  # fmt: skip
+    def __init__(
+        self,
+        num_prototypes: int = 3000,
+        queue_size: int = 0,
+        queue_start_epoch: int = 15,
+        crops_for_assign: tuple[int, ...] = (0, 1),
+    ):
         super().__init__()
         if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
             raise ValueError(f"memory.num_prototypes={num_prototypes!r}: expected a positive integer")
@@ -143,8 +150,10 @@ class SwAVPrototypes(Memory):
 
     def check(self, global_batch: int) -> None:
         if 0 < self.queue_size < global_batch:
-            raise ValueError(f"memory.queue_size={self.queue_size}: smaller than the global batch ({global_batch} "
-                             f"rows); expected 0 (no queue) or at least {global_batch}")  # fmt: skip
+            raise ValueError(
+                f"memory.queue_size={self.queue_size}: smaller than the global batch ({global_batch} "
+                f"rows); expected 0 (no queue) or at least {global_batch}"
+            )
 
     def prepare(self, batch, epoch):
         with torch.no_grad():

@@ -235,8 +235,10 @@ class SSLModule(L.LightningModule):
         if n < 2 or not torch.equal(index.cpu(), torch.arange(n * q)):
             return {}
         delta = self.label_free["lidar_delta"]
-        return {"val/lidar": lidar(z.reshape(n, q, -1), delta).item(),
-                "val/lidar_backbone": lidar(f.reshape(n, q, -1), delta).item()}  # fmt: skip
+        return {
+            "val/lidar": lidar(z.reshape(n, q, -1), delta).item(),
+            "val/lidar_backbone": lidar(f.reshape(n, q, -1), delta).item(),
+        }
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -82,12 +82,19 @@ class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
         if kept.total_steps == planned or (torch.distributed.is_initialized() and torch.distributed.get_rank()):
             return
         if planned > kept.total_steps:
-            then = (f"steps {kept.total_steps}-{planned - 1} run at its final LR, optim.min_lr_ratio={kept.min_ratio} "
-                    "x the peak")
+            then = (
+                f"steps {kept.total_steps}-{planned - 1} run at its final LR, optim.min_lr_ratio={kept.min_ratio} "
+                "x the peak"
+            )
         else:
             then = f"the run stops at step {planned}, at {kept(planned - 1):.4g} x the peak LR"
-        log.warning("resume: the run is now %d optimiser steps long, its LR schedule %d (trainer.max_steps/"
-                    "max_epochs changed): the schedule is kept; %s", planned, kept.total_steps, then)
+        log.warning(
+            "resume: the run is now %d optimiser steps long, its LR schedule %d (trainer.max_steps/"
+            "max_epochs changed): the schedule is kept; %s",
+            planned,
+            kept.total_steps,
+            then,
+        )
 
 
 class OptimizerSpec:
