@@ -1,0 +1,64 @@
+"""The value checks every part runs on its arguments, one owner for their wording (docs/design.md, "Where each
+fact lives").
+
+Each takes the config key the value came from (``objective.temperature``, ``data.batch_size``) and returns the value
+itself, so a constructor reads ``self.k = checks.integer("objective.k", k, minimum=2)``; a bad value raises one
+:class:`ValueError` line naming the key, what it got and what it expects — what the command-line tools print.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _expected(minimum, maximum, noun: str) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{noun} in [{minimum}, {maximum}]"
+    if minimum == 1 and noun == "an integer":
+        return "a positive integer"
+    if minimum is not None:
+        return f"{noun} >= {minimum}"
+    if maximum is not None:
+        return f"{noun} <= {maximum}"
+    return noun
+
+
+def integer(key: str, value, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False):
+    """``value`` if it is an integer (not a bool) within [minimum, maximum] (or None where ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+        return value
+    expected = _expected(minimum, maximum, "an integer") + (" or null" if allow_none else "")
+    raise ValueError(f"{key}={value!r}: expected {expected}")
+
+
+def number(
+    key: str,
+    value,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    allow_none: bool = False,
+):
+    """``value`` if it is a finite real number (not a bool) within [minimum, maximum] and > ``above``."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if (
+        ok
+        and (minimum is None or value >= minimum)
+        and (maximum is None or value <= maximum)
+        and (above is None or value > above)
+    ):
+        return value
+    expected = f"a number > {above}" if above is not None else _expected(minimum, maximum, "a number")
+    raise ValueError(f"{key}={value!r}: expected {expected}" + (" or null" if allow_none else ""))
+
+
+def one_of(key: str, value, choices) -> object:
+    """``value`` if it is one of ``choices``."""
+    if value in choices:
+        return value
+    raise ValueError(f"{key}={value!r}: expected one of {', '.join(repr(c) for c in choices)}")
