@@ -1,7 +1,7 @@
 """Objectives: one ``nn.Module`` per file, ``forward(z_a, z_b, **extras) -> 0-dim Tensor`` (docs/api.md)."""
 
 from selfsup.objectives.barlow_twins import BarlowTwinsLoss
-from selfsup.objectives.base import Objective, ViewBatch, call_objective
+from selfsup.objectives.base import Objective, RunFacts, ViewBatch, call_objective
 from selfsup.objectives.care import CAREEquivarianceLoss
 from selfsup.objectives.composite import CompositeObjective
 from selfsup.objectives.debiased_info_nce import DebiasedInfoNCELoss
@@ -29,6 +29,7 @@ __all__ = [
     "LDRegLoss",
     "NegativeCosineLoss",
     "Objective",
+    "RunFacts",
     "SIELoss",
     "SwAVLoss",
     "VICRegLoss",

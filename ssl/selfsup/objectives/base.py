@@ -26,6 +26,23 @@ from torch import nn
 from selfsup.data.views import relative_transform
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What the parts of a training module may be built with (:meth:`Objective.attach`, ``Memory.attach``).
+
+    Attributes:
+        embedding_dim: D, the width of the projections the objective receives.
+        feature_dim: F, the width of the backbone's features.
+        num_samples: images in the training split (None where no data is loaded: a sweep's pre-check).
+        global_batch: rows per optimiser step over all processes (None where no data is loaded).
+    """
+
+    embedding_dim: int
+    feature_dim: int
+    num_samples: int | None = None
+    global_batch: int | None = None
+
+
 @dataclass
 class ViewBatch:
     """One training step's outputs, per view, global views first.
@@ -145,11 +162,30 @@ def mean_over(values: list[torch.Tensor]) -> torch.Tensor:
 
 class Objective(nn.Module):
     """Base of every objective: ``forward(z_a, z_b, **extras)`` is the loss of one pair of views;
-    :meth:`forward_views` applies it to a step's pairs (module docstring). ``num_views``: the views it needs;
-    ``takes_local_views``: whether multi-crop's local views can be among them."""
+    :meth:`forward_views` applies it to a step's pairs (module docstring).
 
-    num_views = 2
-    takes_local_views = True
+    What an objective declares — the training module and ``train/build.py`` read these and nothing else about it
+    (docs/design.md, "Part contracts"):
+
+    - ``num_views``: how many views a step must carry (2).
+    - ``takes_local_views``: whether multi-crop's local views may be among them (True).
+    - ``continues_trained_model``: it is a criterion for continuing a trained encoder (E2MC), so a run that starts
+      from random weights (``init_from=null``) is warned (False).
+    - :meth:`attach`: called once, when the training module is built, with the run's facts (a head over the
+      training samples is created there: DIET).
+    - :meth:`terms`: the detached values of its parts after the last call, logged as ``train/<name>`` ({}).
+    """
+
+    num_views: int = 2
+    takes_local_views: bool = True
+    continues_trained_model: bool = False
+
+    def attach(self, facts: RunFacts) -> None:
+        """Called once by the training module with the run's facts; the default needs none."""
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """Detached values of the objective's parts after the last call (logged as ``train/<name>``)."""
+        return {}
 
     def forward_views(self, batch: ViewBatch) -> torch.Tensor:
         return mean_over([score_pair(self, batch, i, j) for i, j in batch.pairs()])

@@ -66,6 +66,17 @@ class CompositeObjective(Objective):
         self.last_terms: dict[str, torch.Tensor] = {}
 
     @property
+    def continues_trained_model(self) -> bool:
+        return any(loss.continues_trained_model for loss in self.losses.values())
+
+    def attach(self, facts) -> None:
+        for loss in self.losses.values():
+            loss.attach(facts)
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        return self.last_terms
+
+    @property
     def num_views(self) -> int:
         """How many views the terms use (max index + 1)."""
         return 1 + max(max(v) for v in self.views.values())

@@ -72,6 +72,8 @@ class E2MCLoss(Objective):
         eps: > 0, added to each scaled spacing inside the log (the official runs: 1e-7).
     """
 
+    continues_trained_model = True  # docs/e2mc.md: a criterion for continuing a trained encoder
+
     def __init__(
         self,
         entropy_weight: float = 10.0,
