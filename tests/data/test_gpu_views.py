@@ -137,6 +137,21 @@ def test_counter_sampler_is_a_pure_function_of_the_key():
     assert not torch.equal(gpu.sample(1, keys, sizes)[0], full[0])  # seed changes the draws
 
 
+def test_draws_are_named_in_sampling_order():
+    """``Draw`` names every column of a counter-sampled row, contiguously and in ``ViewAugment.sample``'s order;
+    the offsets are part of every counter-sampled run's views, so they are pinned here."""
+    from selfsup.data.gpu_views import Draw
+
+    names = ["CROP_TOP", "CROP_LEFT", "FLIP", "JITTER", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"]
+    names += ["JITTER_ORDER", "GRAYSCALE", "BLUR", "BLUR_SIGMA", "SOLARIZE", "ROTATION", "QUANT", "QUANT_BINS"]
+    assert [getattr(Draw, n) for n in names] == list(range(20, 36))
+    assert list(range(34))[Draw.CROP_AREA] == list(range(0, 20, 2))
+    assert list(range(34))[Draw.CROP_ASPECT] == list(range(1, 20, 2))
+    assert Draw.NUM == GpuViewAugment(8).num_draws == 34
+    assert (Draw.quant_cuts(5), Draw.quant_values(5)) == (slice(36, 48), slice(48, 63))
+    assert GpuViewAugment(8, quant_p=0.5, quant_bins=(2, 5)).num_draws == 63
+
+
 def test_output_pixel_statistics_agree_with_cpu_pipeline():
     kw = dict(size=24, blur_p=0.5, solarize_p=0.2)
     cpu = MultiViewTransform([ViewAugment(**kw)])

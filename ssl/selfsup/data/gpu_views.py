@@ -42,12 +42,63 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.quantize import quantize_with_uniforms
-from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, MultiViewTransform, Slot, ViewAugment, generator_for
+from selfsup.data.views import (
+    CROP_ATTEMPTS,
+    JITTER_ORDERS,
+    NUM_PARAMS,
+    MultiViewTransform,
+    Slot,
+    ViewAugment,
+    generator_for,
+)
 
 SAMPLERS = ("counter", "exact")
 _MASK32 = 0xFFFFFFFF
 _ORDERS = torch.tensor(JITTER_ORDERS, dtype=torch.long)  # (24, 4)
-_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
+QUANT_CHANNELS = 3  # the views are RGB
+
+
+class Draw:
+    """Where each uniform sits in a row of the counter sampler's draws ``u`` (B, num_draws): ``u[:, Draw.FLIP]``.
+
+    :class:`~selfsup.data.views.Slot`'s counterpart for draws instead of parameters, in the order
+    :meth:`ViewAugment.sample` draws them; each offset is the previous one's plus its width. The layout is part of
+    every counter-sampled run's views (docs/params.md, "How a view is drawn"): moving or inserting an entry changes
+    them all.
+    """
+
+    CROP_TRIES = 0  # CROP_ATTEMPTS x (area, log aspect) interleaved: attempt i at CROP_TRIES + 2i, + 2i + 1
+    CROP_TOP = CROP_TRIES + 2 * CROP_ATTEMPTS  # the first valid attempt's box position
+    CROP_LEFT = CROP_TOP + 1
+    FLIP = CROP_LEFT + 1
+    JITTER = FLIP + 1  # coin
+    BRIGHTNESS = JITTER + 1  # the four factors, drawn whether or not the coin applies jitter
+    CONTRAST = BRIGHTNESS + 1
+    SATURATION = CONTRAST + 1
+    HUE = SATURATION + 1
+    JITTER_ORDER = HUE + 1
+    GRAYSCALE = JITTER_ORDER + 1
+    BLUR = GRAYSCALE + 1  # coin
+    BLUR_SIGMA = BLUR + 1
+    SOLARIZE = BLUR_SIGMA + 1
+    ROTATION = SOLARIZE + 1
+    NUM = ROTATION + 1  # the draws of every view; quantization's follow only where quant_p > 0
+    QUANT = NUM  # coin
+    QUANT_BINS = QUANT + 1
+    QUANT_CUTS = QUANT_BINS + 1  # QUANT_CHANNELS x (m − 1) cut uniforms, then QUANT_CHANNELS x m value uniforms
+
+    CROP_AREA = slice(CROP_TRIES, CROP_TOP, 2)  # (B, CROP_ATTEMPTS)
+    CROP_ASPECT = slice(CROP_TRIES + 1, CROP_TOP, 2)
+
+    @staticmethod
+    def quant_cuts(m: int) -> slice:
+        """The cut uniforms for a largest bin count ``m``."""
+        return slice(Draw.QUANT_CUTS, Draw.QUANT_CUTS + QUANT_CHANNELS * (m - 1))
+
+    @staticmethod
+    def quant_values(m: int) -> slice:
+        """The value uniforms for a largest bin count ``m`` (right after the cuts)."""
+        return slice(Draw.quant_cuts(m).stop, Draw.quant_cuts(m).stop + QUANT_CHANNELS * m)
 
 
 # -- counter-based uniforms -------------------------------------------------------------------------------------
@@ -80,49 +131,43 @@ class GpuViewAugment(ViewAugment):
     """
 
     # -- sampling ---------------------------------------------------------------------------------------------
-    # uniforms per row: crop (10 attempts x 2 + top, left), flip, jitter (coin, 4 factors, order), grey, blur
-    # (coin, sigma), solarise, rotation
-    NUM_DRAWS = 2 * _CROP_ATTEMPTS + 2 + 1 + 6 + 1 + 2 + 1 + 1
-    QUANT_CHANNELS = 3  # the views are RGB
-
     @property
     def num_draws(self) -> int:
-        """Uniforms per row: ``NUM_DRAWS``, plus (quant_p > 0 only) quantization's coin, bin count, then its cut
+        """Uniforms per row: ``Draw.NUM``, plus (quant_p > 0 only) quantization's coin, bin count, then its cut
         and value uniforms for the largest bin count m: 3 x (m − 1) + 3 x m. Column j's value does not depend on
         how many are drawn, so views without quantization draw exactly what they drew before it existed."""
         if self.quant_p <= 0:
-            return self.NUM_DRAWS
-        m = self.quant_bins[1]
-        return self.NUM_DRAWS + 2 + self.QUANT_CHANNELS * (2 * m - 1)
+            return Draw.NUM
+        return Draw.quant_values(self.quant_bins[1]).stop
 
     def quant_uniforms(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantization's (cut (B, 3, m − 1), value (B, 3, m)) float32 uniforms from ``u`` (B, num_draws)."""
-        m, c, k = self.quant_bins[1], self.QUANT_CHANNELS, self.NUM_DRAWS + 2
-        cut = u[:, k : k + c * (m - 1)].reshape(-1, c, m - 1)
-        value = u[:, k + c * (m - 1) : k + c * (2 * m - 1)].reshape(-1, c, m)
+        m = self.quant_bins[1]
+        cut = u[:, Draw.quant_cuts(m)].reshape(-1, QUANT_CHANNELS, m - 1)
+        value = u[:, Draw.quant_values(m)].reshape(-1, QUANT_CHANNELS, m)
         return cut.float(), value.float()
 
     def sample_batch(self, u: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-        """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, NUM_DRAWS), for sources of the given sizes (B,).
+        """Parameters (B, NUM_PARAMS) from uniforms ``u`` (B, num_draws) laid out as :class:`Draw`, for sources of
+        the given sizes (B,).
 
-        Same distributions as :meth:`ViewAugment.sample` (10 crop attempts then torchvision's central fallback,
-        Python's round-half-even for the box sides).
+        Same distributions as :meth:`ViewAugment.sample` (``CROP_ATTEMPTS`` crop attempts then torchvision's
+        central fallback, Python's round-half-even for the box sides).
         """
         B, dev = u.shape[0], u.device
         H, W = heights.to(dev, torch.float64), widths.to(dev, torch.float64)
         area = (H * W)[:, None]
-        a = 2 * _CROP_ATTEMPTS
-        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0:a:2])  # (B, 10)
+        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, Draw.CROP_AREA])  # (B, attempts)
         lr = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        aspect = torch.exp(lr[0] + (lr[1] - lr[0]) * u[:, 1:a:2])
+        aspect = torch.exp(lr[0] + (lr[1] - lr[0]) * u[:, Draw.CROP_ASPECT])
         w = torch.round(torch.sqrt(target * aspect))
         h = torch.round(torch.sqrt(target / aspect))
         ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
         first = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)  # first valid attempt
         any_ok = ok.any(dim=1)
         w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-        top = torch.floor(u[:, a] * (H - h + 1)).clamp(max=H - h)
-        left = torch.floor(u[:, a + 1] * (W - w + 1)).clamp(max=W - w)
+        top = torch.floor(u[:, Draw.CROP_TOP] * (H - h + 1)).clamp(max=H - h)
+        left = torch.floor(u[:, Draw.CROP_LEFT] * (W - w + 1)).clamp(max=W - w)
         # fallback: central crop with the aspect ratio clamped into range
         in_ratio = W / H
         fw = torch.where(
@@ -135,34 +180,31 @@ class GpuViewAugment(ViewAugment):
 
         p = torch.zeros(B, NUM_PARAMS, dtype=torch.float64, device=dev)
         p[:, Slot.CROP] = torch.stack([left / W, top / H, w / W, h / H], dim=1)
-        k = a + 2
-        p[:, Slot.FLIP] = (u[:, k] < self.flip_p).double()
-        jitter = u[:, k + 1] < self.jitter_p
+        p[:, Slot.FLIP] = (u[:, Draw.FLIP] < self.flip_p).double()
+        jitter = u[:, Draw.JITTER] < self.jitter_p
         lo = lambda s: max(0.0, 1 - s)  # noqa: E731
-        factors = (
-            (lo(self.brightness), 1 + self.brightness),
-            (lo(self.contrast), 1 + self.contrast),
-            (lo(self.saturation), 1 + self.saturation),
-            (-self.hue, self.hue),
+        factors = (  # (slot, draw, range, identity: factors 1, hue shift 0)
+            (Slot.BRIGHTNESS, Draw.BRIGHTNESS, (lo(self.brightness), 1 + self.brightness), 1.0),
+            (Slot.CONTRAST, Draw.CONTRAST, (lo(self.contrast), 1 + self.contrast), 1.0),
+            (Slot.SATURATION, Draw.SATURATION, (lo(self.saturation), 1 + self.saturation), 1.0),
+            (Slot.HUE, Draw.HUE, (-self.hue, self.hue), 0.0),
         )
-        for i, (f_lo, f_hi) in enumerate(factors):
-            identity = 1.0 if i < 3 else 0.0  # factors 1, hue shift 0
-            p[:, Slot.BRIGHTNESS + i] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, k + 2 + i], identity)
+        for slot, draw, (f_lo, f_hi), identity in factors:
+            p[:, slot] = torch.where(jitter, f_lo + (f_hi - f_lo) * u[:, draw], identity)
         p[:, Slot.JITTER_ORDER] = torch.where(
-            jitter, torch.floor(u[:, k + 6] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0
+            jitter, torch.floor(u[:, Draw.JITTER_ORDER] * len(JITTER_ORDERS)).clamp(max=len(JITTER_ORDERS) - 1), 0.0
         )
-        p[:, Slot.GRAYSCALE] = (u[:, k + 7] < self.grayscale_p).double()
-        blur = u[:, k + 8] < self.blur_p
+        p[:, Slot.GRAYSCALE] = (u[:, Draw.GRAYSCALE] < self.grayscale_p).double()
+        blur = u[:, Draw.BLUR] < self.blur_p
         sigma_lo, sigma_hi = self.blur_sigma
-        p[:, Slot.BLUR_SIGMA] = torch.where(blur, sigma_lo + (sigma_hi - sigma_lo) * u[:, k + 9], 0.0)
-        p[:, Slot.SOLARIZE] = (u[:, k + 10] < self.solarize_p).double()
+        p[:, Slot.BLUR_SIGMA] = torch.where(blur, sigma_lo + (sigma_hi - sigma_lo) * u[:, Draw.BLUR_SIGMA], 0.0)
+        p[:, Slot.SOLARIZE] = (u[:, Draw.SOLARIZE] < self.solarize_p).double()
         if self.rotation > 0:
-            p[:, Slot.ROTATION] = -self.rotation + 2 * self.rotation * u[:, k + 11]
+            p[:, Slot.ROTATION] = -self.rotation + 2 * self.rotation * u[:, Draw.ROTATION]
         if self.quant_p > 0:
-            q = self.NUM_DRAWS
-            lo, hi = self.quant_bins
-            quant = u[:, q] < self.quant_p
-            bins = (lo + torch.floor(u[:, q + 1] * (hi - lo + 1))).clamp(max=hi)
+            bins_lo, bins_hi = self.quant_bins
+            quant = u[:, Draw.QUANT] < self.quant_p
+            bins = (bins_lo + torch.floor(u[:, Draw.QUANT_BINS] * (bins_hi - bins_lo + 1))).clamp(max=bins_hi)
             p[:, Slot.QUANT] = quant.double()
             p[:, Slot.QUANT_BINS] = torch.where(quant, bins, 0.0)
         return p.float()  # the CPU path stores float32 too
@@ -174,8 +216,8 @@ class GpuViewAugment(ViewAugment):
         noise = None
         if p[Slot.QUANT] > 0:
             bins = int(p[Slot.QUANT_BINS])
-            cut = torch.rand(self.QUANT_CHANNELS, bins - 1, generator=generator)
-            value = torch.rand(self.QUANT_CHANNELS, bins, generator=generator)
+            cut = torch.rand(QUANT_CHANNELS, bins - 1, generator=generator)
+            value = torch.rand(QUANT_CHANNELS, bins, generator=generator)
             noise = cut[None].to(img.device), value[None].to(img.device)
         return self.apply_batch(img[None], p[None], noise)[0]
 
@@ -499,7 +541,7 @@ class GpuMultiViewTransform(MultiViewTransform):
             by_chunk = (chunk >= 0) if shared else torch.zeros_like(chunk, dtype=torch.bool)
             if self.sampler == "exact":
                 rows, cuts, values = [], [], []
-                m, c = view.quant_bins[1], view.QUANT_CHANNELS
+                m, c = view.quant_bins[1], QUANT_CHANNELS
                 for e, i, ch, s, (hh, ww) in zip(
                     epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(), sizes.tolist()
                 ):

@@ -77,6 +77,7 @@ class Slot:
 
 
 JITTER_ORDERS = tuple(itertools.permutations(range(4)))  # 0 brightness, 1 contrast, 2 saturation, 3 hue
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params: tries before the central fallback
 
 RELATIVE_NAMES = (
     "one",
@@ -226,7 +227,7 @@ class ViewAugment:
         """torchvision's RandomResizedCrop.get_params, drawn from ``g``: (top, left, h, w) in pixels."""
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
+        for _ in range(CROP_ATTEMPTS):
             target_area = area * _uniform(g, *self.scale)
             aspect = math.exp(_uniform(g, *log_ratio))
             w = int(round(math.sqrt(target_area * aspect)))
