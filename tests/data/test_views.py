@@ -70,6 +70,9 @@ def test_global_batches_do_not_depend_on_world_size():
         (dict(size=8, scale=(0.5, 0.2)), "views.scale"),
         (dict(size=8, flip_p=1.5), "views.flip_p"),
         (dict(size=8, hue=0.7), "views.hue"),
+        (dict(size=8.5), r"views.size=8.5: expected a positive integer"),
+        (dict(size=8, jitter_p=True), r"views.jitter_p=True: expected a number in \[0, 1\]"),
+        (dict(size=8, quant_bins=[4, 2]), r"views.quant_bins\[1\]=2: expected an integer >= 4"),
     ],
 )
 def test_bad_view_arguments_are_refused(kwargs, match):
@@ -80,8 +83,10 @@ def test_bad_view_arguments_are_refused(kwargs, match):
 def test_bad_shared_views_are_refused():
     with pytest.raises(ValueError, match="not view names"):
         MultiViewTransform({"v1": simclr()}, shared=["c1"], shared_chunks=2)
-    with pytest.raises(ValueError, match="views.shared_chunks"):
+    with pytest.raises(ValueError, match="views.shared_chunks=None: expected a positive integer"):
         MultiViewTransform({"v1": simclr()}, shared=["v1"])
+    with pytest.raises(ValueError, match=r"views.global_views=3: expected an integer in \[1, 2\] or null"):
+        MultiViewTransform([simclr(), simclr()], global_views=3)
 
 
 def test_slots_name_the_parameter_layout():

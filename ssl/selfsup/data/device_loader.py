@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from selfsup import checks
 from selfsup.data.datasets import GlobalBatchSampler, ResumableLoader
 from selfsup.data.gpu_views import GpuMultiViewTransform, augment_batch
 from selfsup.data.sources import Subset, TensorImages
@@ -126,9 +127,7 @@ def use_device_views(views: MultiViewTransform, trainer, setting: str = "auto") 
             converted with the same settings and the batched ``counter`` sampler: same distributions, other
             draws); ``"true"`` / ``"false"`` force either path.
     """
-    if str(setting).lower() not in VIEWS_ON_DEVICE:
-        raise ValueError(f"data.views_on_device={setting!r}: expected one of {VIEWS_ON_DEVICE}")
-    setting = str(setting).lower()
+    setting = checks.one_of("data.views_on_device", str(setting).lower(), VIEWS_ON_DEVICE)
     if setting != "auto":
         return setting == "true"
     if isinstance(views, GpuMultiViewTransform):

@@ -29,8 +29,9 @@ Parameters come from one of two samplers with ``ViewAugment.sample``'s distribut
   of the CPU pipeline (a Python loop: ~50 µs per view, fine for tests and small batches), quantization's
   uniforms included (drawn from the same generator right after the parameters, as ``ViewAugment.__call__`` does).
 - ``"counter"`` (default): a counter-based hash of (seed, epoch, 0/1 tag, index or chunk, view, draw) computed
-  batched on the device: still a pure function of the sample key (independent of processes, workers and
-  restarts; ``shared`` views key on the chunk), but not the same numbers as the CPU generators.
+  batched on the device (draw j's column named by :class:`Draw`): still a pure function of the sample key
+  (independent of processes, workers and restarts; ``shared`` views key on the chunk), but not the same numbers as
+  the CPU generators.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from selfsup import checks
 from selfsup.data.quantize import quantize_with_uniforms
 from selfsup.data.views import (
     CROP_ATTEMPTS,
@@ -50,6 +52,7 @@ from selfsup.data.views import (
     Slot,
     ViewAugment,
     generator_for,
+    view_key,
 )
 
 SAMPLERS = ("counter", "exact")
@@ -491,38 +494,38 @@ class GpuMultiViewTransform(MultiViewTransform):
     Args:
         views: name → :class:`GpuViewAugment` (or plain ViewAugment, converted), in view order; views may have
             different sizes (multi-crop: 2 global + k local views).
-        shared: names of the views that share one draw across each chunk of the global batch (CARE).
-        shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
-        global_views: how many leading views are global (the rest: local crops); null: all.
         sampler: ``"counter"`` (batched, on the device) or ``"exact"`` (``ViewAugment.sample``'s CPU generators:
             the CPU pipeline's very parameters).
         on_device: ask the datamodule to ship raw uint8 images and augment after the batch transfer (the
             per-sample ``__call__`` still works for loaders that augment in workers).
+        layout: :class:`~selfsup.data.views.MultiViewTransform`'s ``shared``, ``shared_chunks`` and
+            ``global_views``, by keyword.
     """
 
     def __init__(
         self,
         views: Mapping[str, ViewAugment] | Sequence[ViewAugment],
-        shared: Sequence[str] | None = None,
-        shared_chunks: int | None = None,
-        global_views: int | None = None,
+        *,
         sampler: str = "counter",
         on_device: bool = True,
+        **layout,
     ):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"views.sampler={sampler!r}: expected one of {SAMPLERS}")
-        if not isinstance(views, Mapping):
-            views = {f"v{i + 1}": v for i, v in enumerate(views)}
-        super().__init__({k: as_gpu_view(v) for k, v in views.items()}, shared, shared_chunks, global_views)
-        self.sampler, self.on_device = sampler, on_device
+        self.sampler = checks.one_of("views.sampler", sampler, SAMPLERS)
+        self.on_device = on_device
+        super().__init__(views, **layout)
+
+    @staticmethod
+    def as_view(view: ViewAugment) -> GpuViewAugment:
+        return as_gpu_view(view)
 
     @classmethod
     def from_transform(cls, t: MultiViewTransform, sampler: str = "counter") -> GpuMultiViewTransform:
         """The GPU version of a CPU views config (same views, sharing and chunks)."""
         if isinstance(t, GpuMultiViewTransform):
             return t
-        shared = [n for n, s in zip(t.names, t.shared) if s]
-        return cls(dict(zip(t.names, t.views)), shared or None, t.shared_chunks, t.global_views, sampler)
+        shared = [n for n, s in zip(t.names, t.shared) if s] or None
+        views = dict(zip(t.names, t.views))
+        return cls(views, sampler=sampler, shared=shared, shared_chunks=t.shared_chunks, global_views=t.global_views)
 
     def sample(self, seed: int, keys: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
         """Parameters of every view: V x (B, NUM_PARAMS) for sample keys (B, 3) = (epoch, index, chunk) and source
@@ -542,11 +545,8 @@ class GpuMultiViewTransform(MultiViewTransform):
             if self.sampler == "exact":
                 rows, cuts, values = [], [], []
                 m, c = view.quant_bins[1], QUANT_CHANNELS
-                for e, i, ch, s, (hh, ww) in zip(
-                    epoch.tolist(), index.tolist(), chunk.tolist(), by_chunk.tolist(), sizes.tolist()
-                ):
-                    key = (seed, e, 1, ch, v) if s else (seed, e, 0, i, v)  # = MultiViewTransform's keys
-                    g = generator_for(*key)
+                for e, i, ch, (hh, ww) in zip(epoch.tolist(), index.tolist(), chunk.tolist(), sizes.tolist()):
+                    g = generator_for(*view_key(seed, e, i, ch, v, shared))  # = MultiViewTransform's generators
                     rows.append(ViewAugment.sample(view, g, hh, ww))
                     if view.quant_p > 0:  # ViewAugment.apply's next draws on the same generator, padded to m
                         bins = max(int(rows[-1][Slot.QUANT_BINS]), 1)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from selfsup import checks
+
 
 def quantize_with_uniforms(
     x: torch.Tensor, cut_u: torch.Tensor, value_u: torch.Tensor, num_bins: torch.Tensor | int | None = None
@@ -71,8 +73,7 @@ def randomized_quantization(x: torch.Tensor, num_bins: int = 8, generator: torch
     Draws ``torch.rand(..., C, num_bins − 1)`` (cuts), then ``torch.rand(..., C, num_bins)`` (values) from
     ``generator`` (the global generator when None), on ``x``'s device — the official code's order.
     """
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins={num_bins!r}: expected an int >= 1")
+    checks.integer("num_bins", num_bins, minimum=1)
     if x.ndim < 3 or not x.dtype.is_floating_point:
         raise ValueError(f"x: expected float images (..., C, H, W), got {x.dtype} {tuple(x.shape)}")
     lead = x.shape[:-2]  # (..., C)

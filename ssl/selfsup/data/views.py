@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from selfsup import checks
 from selfsup.data.quantize import randomized_quantization
 
 PARAM_NAMES = (
@@ -141,6 +142,13 @@ def generator_for(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def view_key(seed: int, epoch: int, index: int, chunk: int, view: int, shared: bool) -> tuple[int, ...]:
+    """The generator key of view ``view`` of training sample ``index``: ``(seed, epoch, 1, chunk, view)`` for a
+    shared view of a row in a chunk (chunk ≥ 0), else ``(seed, epoch, 0, index, view)``. The 0/1 tag keeps the
+    per-sample and per-chunk streams apart even where index == chunk id (tag 2: ``AugmentedViews``' draws)."""
+    return (seed, epoch, 1, chunk, view) if shared and chunk >= 0 else (seed, epoch, 0, index, view)
+
+
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * torch.rand((), generator=g).item()
 
@@ -193,8 +201,7 @@ class ViewAugment:
         quant_p: float = 0.0,
         quant_bins: int | Sequence[int] = 8,
     ):
-        if size < 1:
-            raise ValueError(f"views.size={size}: expected a positive number of pixels")
+        checks.integer("views.size", size, minimum=1)
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"views.scale={list(scale)}: expected 0 < min <= max <= 1")
         if not (0 < ratio[0] <= ratio[1]):
@@ -207,10 +214,8 @@ class ViewAugment:
             solarize_p=solarize_p,
             quant_p=quant_p,
         ).items():
-            if not 0 <= p <= 1:
-                raise ValueError(f"views.{key}={p}: expected a probability in [0, 1]")
-        if not 0 <= hue <= 0.5:
-            raise ValueError(f"views.hue={hue}: expected a value in [0, 0.5]")
+            checks.number(f"views.{key}", p, minimum=0, maximum=1)  # a probability
+        checks.number("views.hue", hue, minimum=0, maximum=0.5)
         if len(mean) != len(std):
             raise ValueError(f"views.mean/std: expected equal lengths, got {len(mean)} and {len(std)}")
         self.quant_p, self.quant_bins = quant_p, _bin_range(quant_bins)
@@ -311,17 +316,13 @@ class ViewAugment:
 
 def _bin_range(bins) -> tuple[int, int]:
     """``views.quant_bins`` (an int or [min, max]) → (min, max)."""
-    if isinstance(bins, int) and not isinstance(bins, bool):
-        bins = (bins, bins)
-    ok = (
-        isinstance(bins, Sequence)
-        and len(bins) == 2
-        and all(isinstance(b, int) and not isinstance(b, bool) for b in bins)
-        and 1 <= bins[0] <= bins[1]
-    )
-    if not ok:
-        raise ValueError(f"views.quant_bins={bins!r}: expected an int >= 1 or ints [min, max], 1 <= min <= max")
-    return int(bins[0]), int(bins[1])
+    if not isinstance(bins, Sequence) or isinstance(bins, str):
+        bins = checks.integer("views.quant_bins", bins, minimum=1)
+        return bins, bins
+    if len(bins) != 2:
+        raise ValueError(f"views.quant_bins={bins!r}: expected an integer >= 1 or a range [min, max]")
+    lo = checks.integer("views.quant_bins[0]", bins[0], minimum=1)
+    return lo, checks.integer("views.quant_bins[1]", bins[1], minimum=lo)
 
 
 class MultiViewTransform:
@@ -334,6 +335,8 @@ class MultiViewTransform:
         shared_chunks: number K of contiguous chunks each global batch is split into for shared views.
         global_views: how many leading views are global (multi-crop: the rest are local crops that only students
             see); null: all of them.
+
+    Subclasses convert each view with :meth:`as_view` (the GPU views: ``selfsup.data.gpu_views``).
     """
 
     def __init__(
@@ -350,15 +353,19 @@ class MultiViewTransform:
         unknown = sorted(set(shared or ()) - set(views))
         if unknown:
             raise ValueError(f"views.shared={list(shared)}: {unknown} are not view names {list(views)}")
-        if shared and not (shared_chunks and shared_chunks >= 1):
-            raise ValueError(f"views.shared_chunks={shared_chunks}: shared views need a chunk count >= 1")
-        if global_views is not None and not (isinstance(global_views, int) and 1 <= global_views <= len(views)):
-            raise ValueError(f"views.global_views={global_views!r}: expected 1 to {len(views)} (the views) or null")
+        if shared:  # the chunk count the shared views draw per
+            checks.integer("views.shared_chunks", shared_chunks, minimum=1)
+        checks.integer("views.global_views", global_views, minimum=1, maximum=len(views), allow_none=True)
         self.names = list(views)
-        self.views = list(views.values())
+        self.views = [self.as_view(v) for v in views.values()]
         self.shared = [name in (shared or ()) for name in self.names]
         self.shared_chunks = shared_chunks if shared else None
         self.global_views = global_views
+
+    @staticmethod
+    def as_view(view: ViewAugment) -> ViewAugment:
+        """One entry of ``views`` as this transform keeps it (here: as given)."""
+        return view
 
     def __len__(self) -> int:
         return len(self.views)
@@ -366,9 +373,7 @@ class MultiViewTransform:
     def __call__(self, img: torch.Tensor, seed: int, epoch: int, index: int, chunk: int = -1):
         out, params = [], []
         for v, (view, shared) in enumerate(zip(self.views, self.shared)):
-            # 0/1 tag keeps per-sample and per-chunk streams apart even where index == chunk id.
-            key = (seed, epoch, 1, chunk, v) if shared and chunk >= 0 else (seed, epoch, 0, index, v)
-            x, p = view(img, generator_for(*key))
+            x, p = view(img, generator_for(*view_key(seed, epoch, index, chunk, v, shared)))
             out.append(x)
             params.append(p)
         return out, params
