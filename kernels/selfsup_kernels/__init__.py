@@ -9,21 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup_kernels._inputs import DTYPES
+from selfsup_kernels._inputs import DTYPES, IMPLS, check_choice
 from selfsup_kernels.debiased_info_nce_ref import debiased_info_nce_ref
 from selfsup_kernels.info_nce_ref import info_nce_queue_ref, info_nce_ref
 
-IMPLS = ("auto", "torch", "triton")
-
-
-def _check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
-    return impl
-
 
 def _use_triton(impl: str, x: torch.Tensor) -> bool:
-    if _check_impl(impl) == "auto":
+    """Whether ``impl`` picks the fused kernel for inputs like ``x`` ("auto": CUDA tensors of a kernel dtype)."""
+    if check_choice("impl", impl, IMPLS) == "auto":
         return x.is_cuda and x.dtype in DTYPES
     return impl == "triton"
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup_kernels._inputs import check_min_keys, key_rows
+
 
 def debiased_info_nce_ref(
     a: torch.Tensor,
@@ -36,11 +38,9 @@ def debiased_info_nce_ref(
     beta: float = 0.0,
 ) -> torch.Tensor:
     """Mean debiased InfoNCE over the local anchors ``a, b`` (N, D) against keys ``keys_a, keys_b`` (M, D)."""
-    keys_a = a if keys_a is None else keys_a
-    keys_b = b if keys_b is None else keys_b
+    keys_a, keys_b = key_rows(a, b, keys_a, keys_b)
     n, m = a.shape[0], keys_a.shape[0]
-    if m < 2:
-        raise ValueError(f"debiased InfoNCE needs at least 2 pairs in the (global) batch, got {m}")
+    check_min_keys(m, 2)
     num_neg = 2 * m - 2
     pos = torch.arange(n, device=a.device) + offset  # (N,) index of each row's positive among M keys
     rows = torch.cat([a, b])  # (2N, D)

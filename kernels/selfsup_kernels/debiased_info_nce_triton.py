@@ -1,8 +1,10 @@
 """Fused Triton debiased / hard-negative InfoNCE: no (2N, 2M) logit matrix in device memory.
 
 Same signature, value and gradients as :func:`selfsup_kernels.debiased_info_nce_ref.debiased_info_nce_ref` (THE
-reference; Chuang et al. 2020 arXiv:2007.00224 and Robinson et al. 2021 arXiv:2010.04592 are cited there). Tiling,
-masking, D chunks and the single-process symmetric backward are those of :mod:`selfsup_kernels.info_nce_triton`.
+reference; Chuang et al. 2020 arXiv:2007.00224 and Robinson et al. 2021 arXiv:2010.04592 are cited there). Row/key
+layout, logit tiles, D chunks, gradient stores and the launch are :mod:`selfsup_kernels._tiles`, as for InfoNCE
+(:mod:`selfsup_kernels.info_nce_triton`, whose single-process symmetric backward this one follows); this module keeps
+the statistics, the epilogue and ``∂l_i/∂l_ij``.
 
 Per anchor i (2N rows ``[a; b]`` against 2M keys ``[keys_a; keys_b]``, l = q·k/τ, Mneg = 2M − 2 negatives)::
 
@@ -28,11 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from selfsup_kernels import info_nce_triton as base
-from selfsup_kernels._inputs import check_rows, interpreting
-from selfsup_kernels.info_nce_triton import LOG2E, _dot, _row_layout, _scores
-
-LN2 = tl.constexpr(0.6931471805599453)
+from selfsup_kernels import _tiles as tiles
+from selfsup_kernels._inputs import check_debiased, check_rows
+from selfsup_kernels._tiles import LN2, LOG2E
 
 
 @triton.jit
@@ -60,29 +60,15 @@ def _fwd_kernel(
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row, row_ok, pos_col, self_col = _row_layout(r, 0, N, M, offset, False)
-    row = row.to(tl.int64)
+    row, row_ok, pos_col, self_col = tiles.row_tile(tl.program_id(0) * BLOCK_M, 0, N, M, offset, BLOCK_M, False)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # running max of the negatives' logits (log2 units)
     a_i = tl.zeros([BLOCK_M], tl.float32)  # Σ 2^{(1+β)(s − m)}
     z_i = tl.zeros([BLOCK_M], tl.float32)  # Σ 2^{β(s − m)} (HARD only)
     s_pos = tl.zeros([BLOCK_M], tl.float32)
-    dd = tl.arange(0, BLOCK_D)
-    if D <= BLOCK_D:
-        q = tl.load(Q + row[:, None] * stride_q + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
+    q = tiles.resident_rows(Q, row, row_ok, stride_q, D, BLOCK_D)
     for n0 in range(0, 2 * M, BLOCK_N):
-        col = n0 + tl.arange(0, BLOCK_N)
-        col_ok = col < 2 * M
-        if D <= BLOCK_D:
-            kt = tl.load(
-                K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
-                mask=col_ok[None, :] & (dd[:, None] < D),
-                other=0.0,
-            )
-            s = _dot(q, kt, UPCAST, PREC)
-        else:
-            s = _scores(Q, K, row, row_ok, col.to(tl.int64), col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        col, col_ok, col64 = tiles.key_tile(n0, 0, M, BLOCK_N, False)
+        s = tiles.fwd_logits(Q, K, q, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
         s = s * scale
         is_pos = col[None, :] == pos_col[:, None]
         s_pos += tl.sum(tl.where(is_pos, s, 0.0), axis=1)
@@ -164,26 +150,14 @@ def _dq_kernel(
     PREC: tl.constexpr,
 ):
     """dQ[rows, chunk] = Σ_j G_ij K[j, chunk] / τ (+ G_ji when SYMMETRIC, K = Q), G = GRAD/(2N) · ∂l_i/∂l_ij."""
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(2)
-    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row, row_ok, pos_col, self_col = _row_layout(r, 0, N, M, offset, False)
-    row = row.to(tl.int64)
+    row, row_ok, pos_col, self_col = tiles.row_tile(tl.program_id(0) * BLOCK_M, 0, N, M, offset, BLOCK_M, False)
     m_r, alpha_r, gamma_r, delta_r = _load_stats(STATS, row, row_ok)
-    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = do < D
+    do, q = tiles.grad_chunk(tl.program_id(2), Q, row, row_ok, stride_q, D, BLOCK_D, BLOCK_DO)
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
-    if D <= BLOCK_D:
-        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
     for n0 in range(0, 2 * M, BLOCK_N):
-        col = n0 + tl.arange(0, BLOCK_N)
-        col_ok = col < 2 * M
-        col64 = col.to(tl.int64)
-        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
-        if D <= BLOCK_D:
-            s = _dot(q, tl.trans(k), UPCAST, PREC)
-        else:
-            s = _scores(Q, K, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        col, col_ok, col64 = tiles.key_tile(n0, 0, M, BLOCK_N, False)
+        k = tiles.load_rows(K, col64, col_ok, stride_k, do, D)
+        s = tiles.grad_logits(Q, K, q, k, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
         s = s * scale
         is_pos = col[None, :] == pos_col[:, None]
         is_neg = col_ok[None, :] & (col[None, :] != self_col[:, None]) & ~is_pos
@@ -191,13 +165,8 @@ def _dq_kernel(
         if SYMMETRIC:  # the same pair seen from row j: l_jx = l_xj, pos/neg masks are symmetric
             m_c, alpha_c, gamma_c, delta_c = _load_stats(STATS, col64, col_ok)
             g += _dl(s, is_pos, is_neg, m_c[None, :], alpha_c[None, :], gamma_c[None, :], delta_c[None, :], beta, HARD)
-        acc += _dot(g.to(k.dtype), k, UPCAST, PREC)
-    gs = tl.load(GRAD).to(tl.float32) * grad_scale
-    tl.store(
-        DQ + row[:, None] * stride_dq + do[None, :],
-        (acc * gs).to(DQ.dtype.element_ty),
-        mask=row_ok[:, None] & do_ok[None, :],
-    )
+        acc += tiles.dot(g.to(k.dtype), k, UPCAST, PREC)
+    tiles.store_grad(DQ, row, row_ok, stride_dq, do, D, acc, GRAD, grad_scale)
 
 
 @triton.jit
@@ -227,50 +196,26 @@ def _dk_kernel(
     PREC: tl.constexpr,
 ):
     """dK[cols, chunk] = Σ_i G_ij Q[i, chunk] / τ, one program per BLOCK_N keys."""
-    pid_n = tl.program_id(0)
-    pid_d = tl.program_id(2)
-    col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = col < 2 * M
-    col64 = col.to(tl.int64)
-    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = do < D
+    col, col_ok, col64 = tiles.key_tile(tl.program_id(0) * BLOCK_N, 0, M, BLOCK_N, False)
+    do, k = tiles.grad_chunk(tl.program_id(2), K, col64, col_ok, stride_k, D, BLOCK_D, BLOCK_DO)
     acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
-    if D <= BLOCK_D:
-        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
     for m0 in range(0, 2 * N, BLOCK_M):
-        r = m0 + tl.arange(0, BLOCK_M)
-        row, row_ok, pos_col, self_col = _row_layout(r, 0, N, M, offset, False)
-        row = row.to(tl.int64)
-        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
-        if D <= BLOCK_D:
-            st = _dot(k, tl.trans(q), UPCAST, PREC)
-        else:
-            st = _scores(K, Q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
+        row, row_ok, pos_col, self_col = tiles.row_tile(m0, 0, N, M, offset, BLOCK_M, False)
+        q = tiles.load_rows(Q, row, row_ok, stride_q, do, D)
+        st = tiles.grad_logits(K, Q, k, q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
         st = st * scale  # (BLOCK_N, BLOCK_M) transposed logits
         is_pos = row_ok[None, :] & (col[:, None] == pos_col[None, :])
         is_neg = row_ok[None, :] & col_ok[:, None] & (col[:, None] != self_col[None, :]) & ~is_pos
         m_r, alpha_r, gamma_r, delta_r = _load_stats(STATS, row, row_ok)
         gt = _dl(st, is_pos, is_neg, m_r[None, :], alpha_r[None, :], gamma_r[None, :], delta_r[None, :], beta, HARD)
-        acc += _dot(gt.to(q.dtype), q, UPCAST, PREC)
-    gs = tl.load(GRAD).to(tl.float32) * grad_scale
-    tl.store(
-        DK + col64[:, None] * stride_dk + do[None, :],
-        (acc * gs).to(DK.dtype.element_ty),
-        mask=col_ok[:, None] & do_ok[None, :],
-    )
-
-
-def _launch(kernel, n_tiled: int, d: int, args: tuple, consts: dict) -> None:
-    # tile sizes: the heuristics of the InfoNCE kernel in the same role (no autotuning for this op yet)
-    twin = {_fwd_kernel: base._fwd_kernel, _dq_kernel: base._dq_kernel, _dk_kernel: base._dk_kernel}[kernel]
-    cfg = base.heuristic_config(twin, d)
-    tile = cfg["BLOCK_N"] if kernel is _dk_kernel else cfg["BLOCK_M"]
-    n_dchunks = triton.cdiv(d, cfg["BLOCK_DO"]) if "BLOCK_DO" in cfg else 1
-    kernel[(triton.cdiv(n_tiled, tile), 1, n_dchunks)](*args, **consts, **cfg)
+        acc += tiles.dot(gt.to(q.dtype), q, UPCAST, PREC)
+    tiles.store_grad(DK, col64, col_ok, stride_dk, do, D, acc, GRAD, grad_scale)
 
 
 class DebiasedInfoNCEFunction(torch.autograd.Function):
-    """Autograd wrapper: forward saves Q, K and 4 fp32 statistics per row; backward recomputes logit tiles."""
+    """Autograd wrapper: forward saves Q, K and 4 fp32 statistics per row; backward recomputes logit tiles.
+
+    Tile sizes: the heuristics of the InfoNCE kernels (``_tiles.heuristic_config``); this op is not autotuned."""
 
     @staticmethod
     def forward(
@@ -278,34 +223,13 @@ class DebiasedInfoNCEFunction(torch.autograd.Function):
     ):
         n, d = a.shape
         m = keys_a.shape[0]
-        q = torch.cat([a, b]).contiguous()  # (2N, D)
-        k = q if symmetric else torch.cat([keys_a, keys_b]).contiguous()  # (2M, D)
+        q, k = tiles.stack(a, b, keys_a, keys_b, symmetric)  # (2N, D) rows, (2M, D) keys
         stats = torch.empty(2 * n, 4, device=a.device, dtype=torch.float32)  # m, α, γ, δ per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
-        consts = dict(
-            D=d,
-            HARD=beta > 0,
-            SYMMETRIC=symmetric,
-            UPCAST=interpreting() and a.dtype == torch.bfloat16,
-            PREC="ieee" if a.dtype == torch.float32 else "tf32",
-        )
-        args = (
-            q,
-            k,
-            stats,
-            row_loss,
-            n,
-            m,
-            offset,
-            LOG2E / temperature,
-            1.0 / temperature,
-            tau_plus,
-            beta,
-            float(2 * m - 2),
-            q.stride(0),
-            k.stride(0),
-        )
-        _launch(_fwd_kernel, 2 * n, d, args, consts)
+        consts = dict(D=d, HARD=beta > 0, SYMMETRIC=symmetric, **tiles.precision(a.dtype))
+        hyper = (LOG2E / temperature, 1.0 / temperature, tau_plus, beta, float(2 * m - 2))
+        args = (q, k, stats, row_loss, n, m, offset, *hyper, q.stride(0), k.stride(0))
+        tiles.launch(_fwd_kernel, "fwd", 2 * n, 1, d, args, consts)
         ctx.save_for_backward(q, k, stats)
         ctx.setup = (n, m, d, offset, temperature, beta, symmetric, consts)
         return (row_loss.sum() / (2 * n)).to(a.dtype)
@@ -316,13 +240,13 @@ class DebiasedInfoNCEFunction(torch.autograd.Function):
         n, m, d, offset, temperature, beta, symmetric, consts = ctx.setup
         grad = grad.contiguous()
         common = (n, m, offset, LOG2E / temperature, 1.0 / (2 * n * temperature), beta, q.stride(0), k.stride(0))
-        dq = torch.empty_like(q)
-        _launch(_dq_kernel, 2 * n, d, (q, k, stats, grad, dq, *common, dq.stride(0)), consts)
-        if symmetric:
-            return dq[:n], dq[n:], None, None, None, None, None, None, None
-        dk = torch.empty_like(k)
-        _launch(_dk_kernel, 2 * m, d, (q, k, stats, grad, dk, *common, dk.stride(0)), consts)
-        return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None, None
+
+        def run(role, kernel, n_tiled, out):
+            tiles.launch(kernel, role, n_tiled, 1, d, (q, k, stats, grad, out, *common, out.stride(0)), consts)
+
+        run_dq = lambda dq: run("dq", _dq_kernel, 2 * n, dq)
+        run_dk = lambda dk: run("dk", _dk_kernel, 2 * m, dk)
+        return (*tiles.input_grads(q, k, n, m, symmetric, run_dq, run_dk), None, None, None, None, None)
 
 
 def debiased_info_nce_triton(
@@ -339,10 +263,7 @@ def debiased_info_nce_triton(
 
     Inputs must be L2-normalised, one dtype in {fp32, fp16, bf16}, on CUDA (or the CPU under TRITON_INTERPRET=1).
     """
-    if not 0 <= tau_plus < 1:
-        raise ValueError(f"tau_plus={tau_plus}: expected a value in [0, 1)")
-    if not beta >= 0:
-        raise ValueError(f"beta={beta}: expected a value >= 0")
+    check_debiased(tau_plus, beta)
     keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature, min_keys=2)
     return DebiasedInfoNCEFunction.apply(
         a, b, keys_a, keys_b, offset, float(temperature), float(tau_plus), float(beta), symmetric

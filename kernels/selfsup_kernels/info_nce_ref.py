@@ -28,8 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NEGATIVES = ("all", "cross", "one_way")
-REDUCTIONS = ("mean", "none")
+from selfsup_kernels._inputs import NEGATIVES, REDUCTIONS, check_choice, key_rows
 
 
 def info_nce_ref(
@@ -47,10 +46,9 @@ def info_nce_ref(
     ``reduction="none"`` returns the per-anchor losses instead: (2N,) ordered ``[a rows, b rows]`` for ``"all"``,
     (N,) ``0.5 * (l_ab + l_ba)`` per pair for ``"cross"``, (N,) ``l_ab`` for ``"one_way"``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
-    keys_a = a if keys_a is None else keys_a
-    keys_b = b if keys_b is None else keys_b
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("negatives", negatives, NEGATIVES)
+    keys_a, keys_b = key_rows(a, b, keys_a, keys_b)
     n, m = a.shape[0], keys_a.shape[0]
     pos = torch.arange(n, device=a.device) + offset  # (N,) index of each row's positive among M keys
     if negatives in ("cross", "one_way"):
@@ -59,8 +57,6 @@ def info_nce_ref(
             return loss_ab
         loss_ba = F.cross_entropy(b @ keys_a.T / temperature, pos, reduction=reduction)
         return 0.5 * (loss_ab + loss_ba)
-    if negatives != "all":
-        raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
     rows = torch.cat([a, b])  # (2N, D)
     keys = torch.cat([keys_a, keys_b])  # (2M, D)
     logits = rows @ keys.T / temperature  # (2N, 2M)

@@ -18,16 +18,19 @@ Kernels (FlashAttention-2 tiling, arXiv:2307.08691, with V = K and an O(1) outpu
   deterministic). The D axis of the output is a grid axis in BLOCK_DO chunks so the fp32 accumulator stays
   (BLOCK, BLOCK_DO) for D up to 2048 and beyond; for D > BLOCK_DO the logits of a tile are recomputed once per
   chunk (a D/BLOCK_DO FLOP factor on the backward, the price of not storing them).
-- single process (``keys_a is a and keys_b is b``): K = Q and l is symmetric, so one kernel produces the whole
-  gradient ``g_x = Σ_j (dl_xj + dl_jx) q_j / τ`` with ``dl_jx = (exp(l_xj − LSE_j) − y_jx)/(2N)``: the backward
-  computes each logit tile once, not twice (4·(2N)²·D backward FLOPs instead of 8·(2N)²·D).
-
+- single process (the keys are the rows: ``keys_a``/``keys_b`` None or ``a``/``b`` themselves, offset 0): K = Q and l
+  is symmetric, so one kernel produces the whole gradient ``g_x = Σ_j (dl_xj + dl_jx) q_j / τ`` with
+  ``dl_jx = (exp(l_xj − LSE_j) − y_jx)/(2N)``: the backward computes each logit tile once, not twice (4·(2N)²·D
+  backward FLOPs instead of 8·(2N)²·D).
 - ``reduction="none"`` (as the reference): the row losses are returned instead of their mean and the backward
   takes per-row weights ``w_i`` (upstream gradients, max-normalised) in ``dl_ij = w_i (p_ij − y_ij)``.
 
-Launch: tile sizes from a heuristic (``heuristic_config``; d ≤ 128 keeps whole rows in registers, larger d uses
-128-wide forward chunks and (64, 256) backward accumulators, checked spill-free for sm_90 by compiling ahead of
-time); ``SELFSUP_KERNELS_AUTOTUNE=1`` autotunes BLOCK_M/BLOCK_N/warps/stages instead (the benchmark does).
+Row/key layout, logit tiles, gradient chunks and the launch are :mod:`selfsup_kernels._tiles` (shared with the
+debiased kernel); this module keeps the online LSE and ``p − y``. Tile sizes come from a heuristic
+(``_tiles.heuristic_config``; d ≤ 128 keeps whole rows in registers, larger d uses 128-wide forward chunks and
+(64, 256) backward accumulators, checked spill-free for sm_90 by compiling ahead of time);
+``SELFSUP_KERNELS_AUTOTUNE=1`` autotunes BLOCK_M/BLOCK_N/warps/stages of this op's kernels instead (the benchmark
+does).
 
 Memory: inputs, O(N·D) for the concatenated rows/keys and gradients, 2 fp32 values per row — nothing O(N²).
 Precision: fp32/fp16/bf16 inputs; dot products accumulate in fp32 (fp32 inputs use IEEE fp32 dots, not TF32);
@@ -38,70 +41,15 @@ The interpreter (``TRITON_INTERPRET=1``) computes bf16 ``tl.dot`` wrongly, so th
 
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from selfsup_kernels._inputs import check_rows, interpreting
-from selfsup_kernels.info_nce_ref import REDUCTIONS
+from selfsup_kernels import _tiles as tiles
+from selfsup_kernels._inputs import REDUCTIONS, check_choice, check_rows
+from selfsup_kernels._tiles import LN2, LOG2E
 
 NEGATIVES = ("all", "cross")  # the kernel's forms (one_way runs on the reference)
-
-LOG2E = 1.0 / math.log(2.0)
-
-
-@triton.jit
-def _row_layout(r, h, N, M, offset, CROSS: tl.constexpr):
-    """For local row indices ``r`` of row range ``h``: global row in Q, validity, positive and self key columns."""
-    if CROSS:  # rows h*N + r (view h) against keys (1-h)*M ... (other view only)
-        row = h * N + r
-        ok = r < N
-        pos_col = (1 - h) * M + offset + r
-        self_col = tl.full(r.shape, -1, tl.int32)
-    else:  # rows [a; b] against keys [keys_a; keys_b], minus each anchor's own column
-        row = r
-        ok = r < 2 * N
-        second = (r >= N).to(tl.int32)
-        loc = r - second * N
-        self_col = second * M + offset + loc
-        pos_col = (1 - second) * M + offset + loc
-    return row, ok, pos_col, self_col
-
-
-@triton.jit
-def _dot(x, y, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    if UPCAST:
-        x = x.to(tl.float32)
-        y = y.to(tl.float32)
-    return tl.dot(x, y, input_precision=PREC)
-
-
-@triton.jit
-def _scores(
-    A,
-    B,
-    ia,
-    a_ok,
-    ib,
-    b_ok,
-    stride_a,
-    stride_b,
-    D: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    """(len(ia), len(ib)) fp32 tile of A[ia] · B[ib]ᵀ, reduced over D in BLOCK_D chunks."""
-    acc = tl.zeros((ia.shape[0], ib.shape[0]), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        x = tl.load(A + ia[:, None] * stride_a + dd[None, :], mask=a_ok[:, None] & (dd[None, :] < D), other=0.0)
-        yt = tl.load(B + ib[None, :] * stride_b + dd[:, None], mask=b_ok[None, :] & (dd[:, None] < D), other=0.0)
-        acc += _dot(x, yt, UPCAST, PREC)
-    return acc
 
 
 @triton.jit
@@ -125,37 +73,16 @@ def _fwd_kernel(
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     h = tl.program_id(1)
-    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row, row_ok, pos_col, self_col = _row_layout(r, h, N, M, offset, CROSS)
-    row = row.to(tl.int64)
-    if CROSS:
-        col_start = (1 - h) * M
-        n_cols = M
-    else:
-        col_start = 0
-        n_cols = 2 * M
+    row, row_ok, pos_col, self_col = tiles.row_tile(tl.program_id(0) * BLOCK_M, h, N, M, offset, BLOCK_M, CROSS)
     # log2-domain online LSE; a finite initial max keeps fully masked tiles NaN-free (alpha = 1, l += 0)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     s_pos = tl.zeros([BLOCK_M], tl.float32)
-    dd = tl.arange(0, BLOCK_D)
-    if D <= BLOCK_D:  # whole rows fit: keep the Q tile in registers across key tiles
-        q = tl.load(Q + row[:, None] * stride_q + dd[None, :], mask=row_ok[:, None] & (dd[None, :] < D), other=0.0)
-    for n0 in range(0, n_cols, BLOCK_N):
-        j = n0 + tl.arange(0, BLOCK_N)
-        col_ok = j < n_cols
-        col = col_start + j
-        if D <= BLOCK_D:
-            kt = tl.load(
-                K + col.to(tl.int64)[None, :] * stride_k + dd[:, None],
-                mask=col_ok[None, :] & (dd[:, None] < D),
-                other=0.0,
-            )
-            s = _dot(q, kt, UPCAST, PREC)
-        else:
-            s = _scores(Q, K, row, row_ok, col.to(tl.int64), col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+    q = tiles.resident_rows(Q, row, row_ok, stride_q, D, BLOCK_D)
+    for n0 in range(0, tiles.span(M, CROSS), BLOCK_N):
+        col, col_ok, col64 = tiles.key_tile(n0, 1 - h, M, BLOCK_N, CROSS)
+        s = tiles.fwd_logits(Q, K, q, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
         s = s * scale  # (BLOCK_M, BLOCK_N) logits in log2 units
         s_pos += tl.sum(tl.where(col[None, :] == pos_col[:, None], s, 0.0), axis=1)
         s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s, float("-inf"))
@@ -164,7 +91,7 @@ def _fwd_kernel(
         m_i = m_new
     lse = m_i + tl.log2(l_i)
     tl.store(LSE + row, lse, mask=row_ok)
-    tl.store(LOSS + row, (lse - s_pos) * 0.6931471805599453, mask=row_ok)
+    tl.store(LOSS + row, (lse - s_pos) * LN2, mask=row_ok)
 
 
 @triton.jit
@@ -198,36 +125,17 @@ def _dq_kernel(
 
     dl_ij = GRAD · grad_scale · W_i · (p_ij − y_ij); W (per-row weights, max |W| = 1) only when ROW_WEIGHTS.
     """
-    pid_m = tl.program_id(0)
     h = tl.program_id(1)
-    pid_d = tl.program_id(2)
-    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row, row_ok, pos_col, self_col = _row_layout(r, h, N, M, offset, CROSS)
-    row = row.to(tl.int64)
-    if CROSS:
-        col_start = (1 - h) * M
-        n_cols = M
-    else:
-        col_start = 0
-        n_cols = 2 * M
+    row, row_ok, pos_col, self_col = tiles.row_tile(tl.program_id(0) * BLOCK_M, h, N, M, offset, BLOCK_M, CROSS)
     lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
     if ROW_WEIGHTS:
         w_r = tl.load(W + row, mask=row_ok, other=0.0)
-    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = do < D
+    do, q = tiles.grad_chunk(tl.program_id(2), Q, row, row_ok, stride_q, D, BLOCK_D, BLOCK_DO)
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
-    if D <= BLOCK_D:  # one chunk (BLOCK_DO == BLOCK_D): Q tile resident, each K tile loaded once
-        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
-    for n0 in range(0, n_cols, BLOCK_N):
-        j = n0 + tl.arange(0, BLOCK_N)
-        col_ok = j < n_cols
-        col = col_start + j
-        col64 = col.to(tl.int64)
-        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
-        if D <= BLOCK_D:
-            s = _dot(q, tl.trans(k), UPCAST, PREC)
-        else:
-            s = _scores(Q, K, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+    for n0 in range(0, tiles.span(M, CROSS), BLOCK_N):
+        col, col_ok, col64 = tiles.key_tile(n0, 1 - h, M, BLOCK_N, CROSS)
+        k = tiles.load_rows(K, col64, col_ok, stride_k, do, D)
+        s = tiles.grad_logits(Q, K, q, k, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
         s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s * scale, float("-inf"))
         y = (col[None, :] == pos_col[:, None]).to(tl.float32)
         ds = tl.exp2(s - lse_r[:, None]) - y  # (BLOCK_M, BLOCK_N) = dL/dl up to the weights
@@ -239,13 +147,8 @@ def _dq_kernel(
             if ROW_WEIGHTS:
                 ds_t = ds_t * tl.load(W + col64, mask=col_ok, other=0.0)[None, :]
             ds += ds_t
-        acc += _dot(ds.to(k.dtype), k, UPCAST, PREC)
-    g = tl.load(GRAD) * grad_scale
-    tl.store(
-        DQ + row[:, None] * stride_dq + do[None, :],
-        (acc * g).to(DQ.dtype.element_ty),
-        mask=row_ok[:, None] & do_ok[None, :],
-    )
+        acc += tiles.dot(ds.to(k.dtype), k, UPCAST, PREC)
+    tiles.store_grad(DQ, row, row_ok, stride_dq, do, D, acc, GRAD, grad_scale)
 
 
 @triton.jit
@@ -276,35 +179,14 @@ def _dk_kernel(
     PREC: tl.constexpr,
 ):
     """dK[cols, chunk] = Σ_i dl_ij Q[i, chunk] / τ, one program per BLOCK_N keys (no atomics)."""
-    pid_n = tl.program_id(0)
-    hc = tl.program_id(1)
-    pid_d = tl.program_id(2)
-    if CROSS:  # key half hc is seen by the rows of the other view
-        col_start = hc * M
-        n_cols = M
-        n_rows = N
-    else:
-        col_start = 0
-        n_cols = 2 * M
-        n_rows = 2 * N
-    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = j < n_cols
-    col = col_start + j
-    col64 = col.to(tl.int64)
-    do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = do < D
+    hc = tl.program_id(1)  # with CROSS, key half hc is seen by the rows of the other view
+    col, col_ok, col64 = tiles.key_tile(tl.program_id(0) * BLOCK_N, hc, M, BLOCK_N, CROSS)
+    do, k = tiles.grad_chunk(tl.program_id(2), K, col64, col_ok, stride_k, D, BLOCK_D, BLOCK_DO)
     acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
-    if D <= BLOCK_D:
-        k = tl.load(K + col64[:, None] * stride_k + do[None, :], mask=col_ok[:, None] & do_ok[None, :], other=0.0)
-    for m0 in range(0, n_rows, BLOCK_M):
-        r = m0 + tl.arange(0, BLOCK_M)
-        row, row_ok, pos_col, self_col = _row_layout(r, 1 - hc, N, M, offset, CROSS)
-        row = row.to(tl.int64)
-        q = tl.load(Q + row[:, None] * stride_q + do[None, :], mask=row_ok[:, None] & do_ok[None, :], other=0.0)
-        if D <= BLOCK_D:
-            st = _dot(k, tl.trans(q), UPCAST, PREC)
-        else:
-            st = _scores(K, Q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
+    for m0 in range(0, tiles.span(N, CROSS), BLOCK_M):
+        row, row_ok, pos_col, self_col = tiles.row_tile(m0, 1 - hc, N, M, offset, BLOCK_M, CROSS)
+        q = tiles.load_rows(Q, row, row_ok, stride_q, do, D)
+        st = tiles.grad_logits(K, Q, k, q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
         # (BLOCK_N, BLOCK_M) transposed logits; masked rows contribute nothing
         st = tl.where(row_ok[None, :] & (col[:, None] != self_col[None, :]), st * scale, float("-inf"))
         lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
@@ -312,13 +194,8 @@ def _dk_kernel(
         dst = tl.exp2(st - lse_r[None, :]) - y
         if ROW_WEIGHTS:
             dst = dst * tl.load(W + row, mask=row_ok, other=0.0)[None, :]
-        acc += _dot(dst.to(q.dtype), q, UPCAST, PREC)
-    g = tl.load(GRAD) * grad_scale
-    tl.store(
-        DK + col64[:, None] * stride_dk + do[None, :],
-        (acc * g).to(DK.dtype.element_ty),
-        mask=col_ok[:, None] & do_ok[None, :],
-    )
+        acc += tiles.dot(dst.to(q.dtype), q, UPCAST, PREC)
+    tiles.store_grad(DK, col64, col_ok, stride_dk, do, D, acc, GRAD, grad_scale)
 
 
 def _tuned(kernel, configs):
@@ -336,58 +213,10 @@ _BWD_CONFIGS = [
     for bm, bn, w, s in [(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
 ]
 _TUNED = {
-    _fwd_kernel: _tuned(_fwd_kernel, _FWD_CONFIGS),
-    _dq_kernel: _tuned(_dq_kernel, _BWD_CONFIGS),
-    _dk_kernel: _tuned(_dk_kernel, _BWD_CONFIGS),
+    "fwd": _tuned(_fwd_kernel, _FWD_CONFIGS),
+    "dq": _tuned(_dq_kernel, _BWD_CONFIGS),
+    "dk": _tuned(_dk_kernel, _BWD_CONFIGS),
 }
-
-# Interpreter tiles: small so tests cover several tiles, ragged edges and the D-chunk loop at N, D ≤ 64.
-INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 32}
-AUTOTUNE_ENV = "SELFSUP_KERNELS_AUTOTUNE"  # =1: autotune BLOCK_M/BLOCK_N/warps/stages (the benchmark sets it)
-
-
-def _config(kernel, d: int) -> tuple[dict, bool]:
-    """(launch meta-parameters, autotune the tile sizes?) for one kernel at feature dimension ``d``."""
-    if interpreting():
-        cfg = dict(INTERPRETER_BLOCKS)
-        if kernel is _fwd_kernel:
-            del cfg["BLOCK_DO"]
-        return cfg, False
-    p2 = max(16, triton.next_power_of_2(d))
-    # D <= 128: one chunk, the Q/K tiles stay in registers. Above: the forward reduces in 128-wide steps; the
-    # backward reduces in 64-wide steps and writes 256-wide gradient chunks, so its fp32 accumulator stays (64, 256)
-    # whatever D is. Tile shapes for d > 128 are the ones found spill-free for sm_90 with ptxas (ahead of time).
-    if kernel is _fwd_kernel:
-        chunks = {"BLOCK_D": min(p2, 128)}
-    else:
-        chunks = {"BLOCK_D": p2, "BLOCK_DO": p2} if p2 <= 128 else {"BLOCK_D": 64, "BLOCK_DO": min(p2, 256)}
-    if os.environ.get(AUTOTUNE_ENV, "0") == "1":
-        return chunks, True
-    # untuned defaults (FlashAttention-2-like); the benchmark reports what autotuning picks instead
-    if kernel is _fwd_kernel and p2 <= 128:
-        return dict(chunks, BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3), False
-    if kernel is _fwd_kernel:
-        return dict(chunks, BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2), False
-    return dict(chunks, BLOCK_M=64, BLOCK_N=64, num_warps=4 if p2 <= 64 else 8, num_stages=2), False
-
-
-def heuristic_config(kernel, d: int) -> dict:
-    """The untuned launch config of ``kernel`` (also used by the debiased twins, which are not autotuned)."""
-    saved = os.environ.pop(AUTOTUNE_ENV, None)
-    try:
-        return _config(kernel, d)[0]
-    finally:
-        if saved is not None:
-            os.environ[AUTOTUNE_ENV] = saved
-
-
-def _launch(kernel, n_tiled: int, n_halves: int, d: int, args: tuple, consts: dict) -> None:
-    """Grid (tiles over ``n_tiled`` rows or keys, halves, gradient D chunks)."""
-    cfg, autotune = _config(kernel, d)
-    tile = "BLOCK_N" if kernel is _dk_kernel else "BLOCK_M"
-    n_dchunks = triton.cdiv(d, cfg["BLOCK_DO"]) if "BLOCK_DO" in cfg else 1
-    grid = lambda meta: (triton.cdiv(n_tiled, meta[tile]), n_halves, n_dchunks)
-    (_TUNED[kernel] if autotune else kernel)[grid](*args, **consts, **cfg)
 
 
 def best_configs() -> dict:
@@ -404,20 +233,13 @@ class InfoNCEFunction(torch.autograd.Function):
     ):
         n, d = a.shape
         m = keys_a.shape[0]
-        q = torch.cat([a, b]).contiguous()  # (2N, D) rows
-        k = q if symmetric else torch.cat([keys_a, keys_b]).contiguous()  # (2M, D) keys
+        q, k = tiles.stack(a, b, keys_a, keys_b, symmetric)  # (2N, D) rows, (2M, D) keys
         lse = torch.empty(2 * n, device=a.device, dtype=torch.float32)  # base-2 LSE per row
         row_loss = torch.empty(2 * n, device=a.device, dtype=torch.float32)
         cross = negatives == "cross"
-        consts = dict(
-            D=d,
-            CROSS=cross,
-            SYMMETRIC=symmetric,
-            UPCAST=interpreting() and a.dtype == torch.bfloat16,
-            PREC="ieee" if a.dtype == torch.float32 else "tf32",
-        )
+        consts = dict(D=d, CROSS=cross, SYMMETRIC=symmetric, **tiles.precision(a.dtype))
         args = (q, k, lse, row_loss, n, m, offset, LOG2E / temperature, q.stride(0), k.stride(0))
-        _launch(_fwd_kernel, n if cross else 2 * n, 2 if cross else 1, d, args, consts)
+        tiles.launch(_fwd_kernel, "fwd", n if cross else 2 * n, 2 if cross else 1, d, args, consts, _TUNED["fwd"])
         ctx.save_for_backward(q, k, lse)
         ctx.setup = (n, m, d, offset, temperature, cross, reduction, symmetric, consts)
         if reduction == "mean":
@@ -440,17 +262,14 @@ class InfoNCEFunction(torch.autograd.Function):
         halves = 2 if cross else 1
         consts = dict(consts, ROW_WEIGHTS=row_weights)
         common = (n, m, offset, LOG2E / temperature, 1.0 / temperature, q.stride(0), k.stride(0))
-        dq = torch.empty_like(q)
-        _launch(
-            _dq_kernel, n if cross else 2 * n, halves, d, (q, k, lse, weights, scale, dq, *common, dq.stride(0)), consts
-        )
-        if symmetric:  # the whole gradient landed in dq (keys are the rows)
-            return dq[:n], dq[n:], None, None, None, None, None, None, None
-        dk = torch.empty_like(k)
-        _launch(
-            _dk_kernel, m if cross else 2 * m, halves, d, (q, k, lse, weights, scale, dk, *common, dk.stride(0)), consts
-        )
-        return dq[:n], dq[n:], dk[:m], dk[m:], None, None, None, None, None
+
+        def run(role, kernel, n_tiled, out):
+            args = (q, k, lse, weights, scale, out, *common, out.stride(0))
+            tiles.launch(kernel, role, n_tiled, halves, d, args, consts, _TUNED[role])
+
+        run_dq = lambda dq: run("dq", _dq_kernel, n if cross else 2 * n, dq)
+        run_dk = lambda dk: run("dk", _dk_kernel, m if cross else 2 * m, dk)
+        return (*tiles.input_grads(q, k, n, m, symmetric, run_dq, run_dk), None, None, None, None, None)
 
 
 def info_nce_triton(
@@ -472,9 +291,7 @@ def info_nce_triton(
     ``TRITON_INTERPRET=1``). Gradients flow to all four tensors; when the keys are the rows themselves (one
     process: ``keys_a is a``) autograd accumulates them into ``a, b``.
     """
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r}: expected one of {REDUCTIONS}")
+    check_choice("negatives", negatives, NEGATIVES)
+    check_choice("reduction", reduction, REDUCTIONS)
     keys_a, keys_b, symmetric = check_rows(a, b, keys_a, keys_b, offset, temperature)
     return InfoNCEFunction.apply(a, b, keys_a, keys_b, offset, float(temperature), negatives, reduction, symmetric)

@@ -22,6 +22,7 @@ VARIANTS = [  # (module, kernel, flags)
     ("dcl", "_dk_kernel", dict(HARD=False, SYMMETRIC=False)),
 ]
 DS = (128, 2048)
+ROLES = {"_fwd_kernel": "fwd", "_dq_kernel": "dq", "_dk_kernel": "dk"}  # each kernel's launch role (_tiles.config)
 
 
 def compile_all() -> None:
@@ -30,6 +31,7 @@ def compile_all() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from selfsup_kernels import _tiles as tiles
     from selfsup_kernels import debiased_info_nce_triton as dcl
     from selfsup_kernels import info_nce_triton as nce
 
@@ -38,7 +40,7 @@ def compile_all() -> None:
     for mod, name, flags in VARIANTS:
         kernel = getattr(modules[mod], name)
         for d in DS:
-            cfg = nce.heuristic_config(getattr(nce, name), d)  # what a plain (untuned) GPU run launches
+            cfg = tiles.heuristic_config(ROLES[name], d)  # what a plain (untuned) GPU run launches
             signature = {}
             for param in kernel.params:
                 p = param.name

@@ -1,9 +1,8 @@
 """The Triton InfoNCE and debiased InfoNCE kernels on shapes that need several tiles in both dimensions, a ragged
 last tile in each, and positives that straddle tile boundaries (issue 28).
 
-Under the interpreter (tests/conftest.py: TRITON_INTERPRET=1) the kernels run with
-``info_nce_triton.INTERPRETER_BLOCKS`` (32-wide row and key tiles, 32-wide D chunks; the debiased kernels take the
-same). The shapes here, for those tiles:
+Under the interpreter (tests/conftest.py: TRITON_INTERPRET=1) the kernels of both ops run with
+``_tiles.INTERPRETER_BLOCKS`` (32-wide row and key tiles, 32-wide D chunks). The shapes here, for those tiles:
 
 - rows: 2N = 90 anchors → 3 row tiles, the last 26 wide; keys: 2M = 140 → 5 key tiles, the last 12 wide;
 - offset 13: anchor r's positive is key offset + r of the other view, so the positive band crosses key-tile
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup_kernels import debiased_info_nce_ref, info_nce_ref
-from selfsup_kernels import info_nce_triton as info_nce_module
+from selfsup_kernels._tiles import INTERPRETER_BLOCKS
 from selfsup_kernels.debiased_info_nce_triton import debiased_info_nce_triton
 from selfsup_kernels.info_nce_triton import info_nce_triton
 
@@ -35,7 +34,7 @@ HYPER = [(0.2, 0.1, 0.0), (0.2, 0.1, 1.0)]  # (τ, τ⁺, β): DCL, HCL
 @pytest.fixture
 def tile16(monkeypatch):
     """16-wide interpreter tiles (6 row tiles x 9 key tiles on the KEYS shapes), restored afterwards."""
-    blocks = info_nce_module.INTERPRETER_BLOCKS
+    blocks = INTERPRETER_BLOCKS
     for key in blocks:
         monkeypatch.setitem(blocks, key, 16)
     return 16
@@ -95,12 +94,12 @@ def run_self(fn, ref_fn, n, d, *args):
     assert_close_grads([ma.grad, mb.grad], [ra.grad, rb.grad])
 
 
-TILE = info_nce_module.INTERPRETER_BLOCKS["BLOCK_M"]
+TILE = INTERPRETER_BLOCKS["BLOCK_M"]
 
 
 @pytest.mark.parametrize("tile", [TILE, 16])
 def test_shapes_are_multi_tile(tile):
-    assert info_nce_module.INTERPRETER_BLOCKS == {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 32}
+    assert INTERPRETER_BLOCKS == {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": 32, "BLOCK_DO": 32}
     for n, m, _, offset in KEYS:
         row_tiles, row_last = tiles(2 * n, tile)
         key_tiles, key_last = tiles(2 * m, tile)
