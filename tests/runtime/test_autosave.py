@@ -76,8 +76,13 @@ def test_time_based_saves_and_kept_epoch_copies(tmp_path):
 
 
 def test_bad_checkpoint_settings_are_refused(tmp_path):
-    for key, value in (("every_n_train_steps", 0), ("every_n_minutes", -1), ("every_n_epochs", 1.5)):
-        with pytest.raises(ValueError, match=rf"callbacks.last.{key}={value}: expected a positive"):
+    for key, value, expected in (
+        ("every_n_train_steps", 0, "a positive integer or null"),
+        ("every_n_minutes", -1, "a number > 0 or null"),
+        ("every_n_epochs", 1.5, "a positive integer or null"),
+        ("every_n_epochs", True, "a positive integer or null"),
+    ):
+        with pytest.raises(ValueError, match=rf"^callbacks.last.{key}={value}: expected {expected}$"):
             LastCheckpoint(tmp_path, **{key: value})
     with pytest.raises(Exception, match=r"callbacks.last: expected exactly one"):
         from selfsup.train import build

@@ -37,7 +37,9 @@ def test_fsdp_strategy_is_built_on_the_cpu(tmp_path):
 
     _, _, trainer = build(compose_train(TINY + ["trainer=fsdp_cpu"], tmp_path))
     assert isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size == 2
-    with pytest.raises(InstantiationException, match="trainer.strategy.start_method=thread: expected one of"):
+    with pytest.raises(
+        InstantiationException, match="trainer.strategy.start_method='thread': expected one of 'popen', 'spawn', 'fork'"
+    ):
         build(compose_train(TINY + ["trainer=fsdp_cpu", "trainer.strategy.start_method=thread"], tmp_path))
 
 

@@ -19,9 +19,16 @@ def check_sweep(overrides, run_dir, params=None):
     from omegaconf import open_dict
 
     from selfsup.config import CONF_DIR
-    from selfsup.runtime.sweep import SweepCheck
+    from selfsup.runtime.errors import running_as
+    from selfsup.runtime.sweep import SweepCheck, checking_parts
+    from selfsup.train.build import check_parts
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    # what selfsup-train's main() sets around its Hydra app
+    with (
+        running_as("selfsup-train"),
+        checking_parts(check_parts),
+        initialize_config_dir(str(CONF_DIR), version_base="1.3"),
+    ):
         loader = GlobalHydra.instance().config_loader()
         cfg = loader.load_configuration("train", [f"run_dir={run_dir}", *overrides], RunMode.MULTIRUN)
         with open_dict(cfg):
@@ -52,7 +59,7 @@ def check_sweep(overrides, run_dir, params=None):
             "Could not override 'objective.temprature'",
         ),
         (["objective.temperature=0.2,0"], None, "temperature=0"),
-        (["projector.out_dim=0,128"], None, "projector.out_dim=0: expected an integer >= 1"),
+        (["projector.out_dim=0,128"], None, "projector.out_dim=0: expected a positive integer"),
         (["sweeper=optuna"], {"optim.lr": "choice(-1, 0.1)"}, "lr=-1"),
     ],
     ids=[
@@ -71,6 +78,26 @@ def test_bad_sweeps_fail_in_one_line_before_launching(overrides, params, message
     assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("selfsup-train: error: ") and message in lines[0], lines
+
+
+def test_a_sweep_check_without_a_parts_check_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    """SweepCheck runs the parts check the command hands it (selfsup.runtime.sweep.checking_parts); none: one line."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from selfsup.config import CONF_DIR
+    from selfsup.runtime.errors import running_as
+    from selfsup.runtime.sweep import SweepCheck
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with running_as("selfsup-train"), initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = GlobalHydra.instance().config_loader().load_configuration("train", ["seed=1,2"], RunMode.MULTIRUN)
+        with pytest.raises(SystemExit) as info:
+            SweepCheck().on_multirun_start(config=cfg)
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("selfsup-train: error: hydra.callbacks: SweepCheck has no parts check"), line
 
 
 def test_good_sweeps_pass_the_check(tmp_path):

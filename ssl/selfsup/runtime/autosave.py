@@ -28,12 +28,14 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from selfsup import checks
+from selfsup.runtime import compat
 from selfsup.runtime.checkpoint import non_finite
 from selfsup.runtime.files import NoSpaceError, fsync_dir
 from selfsup.runtime.loggers import RunCSVLogger
 from selfsup.runtime.preemption import PREEMPTION_SIGNALS, Preempted, SignalFlag
 
-log = logging.getLogger("selfsup.autosave")
+log = logging.getLogger(__name__)
 
 LAST, BEST = "last.ckpt", "best.ckpt"
 
@@ -45,9 +47,9 @@ def writes_directory(strategy) -> bool:
     if isinstance(strategy, DeepSpeedStrategy):
         return True
     if isinstance(strategy, FSDPStrategy):
-        return strategy._state_dict_type == "sharded"
+        return compat.fsdp_state_dict_type(strategy) == "sharded"
     if isinstance(strategy, ModelParallelStrategy):
-        return strategy._save_distributed_checkpoint
+        return compat.saves_distributed_checkpoint(strategy)
     return False
 
 
@@ -109,14 +111,11 @@ def _finite(trainer: L.Trainer, module: L.LightningModule) -> bool:
 
 
 def _positive(name: str, value, kind=int):
-    if value is not None and (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or value <= 0
-        or (kind is int and not isinstance(value, int))
-    ):
-        raise ValueError(f"callbacks.last.{name}={value}: expected a positive {kind.__name__} or null")
-    return value
+    """``callbacks.last.<name>``: a positive ``kind`` (int, or any finite number for float), or None (off)."""
+    key = f"callbacks.last.{name}"
+    if kind is int:
+        return checks.integer(key, value, minimum=1, allow_none=True)
+    return checks.number(key, value, above=0, allow_none=True)
 
 
 class LastCheckpoint(L.Callback):
@@ -156,7 +155,7 @@ class LastCheckpoint(L.Callback):
 
     # -- signals -----------------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        env = trainer._accelerator_connector.cluster_environment
+        env = compat.cluster_environment(trainer)
         if isinstance(env, SLURMEnvironment):
             env.auto_requeue = False  # we save at a step boundary and requeue ourselves
         self.flag.remember()
@@ -225,9 +224,7 @@ class LastCheckpoint(L.Callback):
         # Metrics are logged at Lightning's count of batches that stepped the optimiser; after a restore from a
         # checkpoint taken at an epoch's end it is one ahead (its restart adds one for a save made mid-step). It
         # equals the optimiser step by definition: keep the two together.
-        loop = trainer.fit_loop.epoch_loop
-        if loop._batches_that_stepped != trainer.global_step:
-            loop._batches_that_stepped = trainer.global_step
+        compat.log_at_global_step(trainer)
         self._publish(trainer)
         if self._stop is not None:  # stop before the next step, once this step's metrics reached the loggers
             self.flag.hand_over(self._stop, trainer.is_global_zero)
@@ -304,8 +301,7 @@ class BestCheckpoint(L.Callback):
     """
 
     def __init__(self, dirpath: str | os.PathLike, monitor: str = "val/knn_top1", mode: str = "max"):
-        if mode not in ("max", "min"):
-            raise ValueError(f"callbacks.best.mode={mode!r}: expected max or min")
+        checks.one_of("callbacks.best.mode", mode, ("max", "min"))
         self.path = Path(dirpath) / BEST
         self.monitor, self.mode = monitor, mode
         self.best: float | None = None

@@ -2,7 +2,8 @@
 
 The console scripts share this: :func:`one_line_errors` around the work, :func:`run_hydra_app` around a Hydra app
 (whose composition errors — an unknown recipe, a misspelt key — Hydra would print over several lines with exit
-status 1). ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+status 1). ``HYDRA_FULL_ERROR=1`` shows the traceback instead. :func:`exit_with_error` is the one place that prints
+that line and exits; every command and check that ends in one line (a sweep's pre-launch check too) calls it.
 
 :func:`run_hydra_app` also quotes path values for Hydra (:func:`quote_path_values`): a sweep writes its runs into
 directories named by the swept keys (``multirun/<date>/<time>/objective.temperature=0.2``, docs/runs.md), which
@@ -12,12 +13,14 @@ named in one line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -28,7 +31,7 @@ from selfsup.runtime.files import NoSpaceError
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NoSpaceError, HydraException, OmegaConfBaseException)
 
 
-def _user_error(e: BaseException | None) -> BaseException | None:
+def user_error(e: BaseException | None) -> BaseException | None:
     """The first input error in ``e``'s cause chain (Hydra's instantiate wraps constructor errors; a constructor's
     ``TypeError`` is a config value of the wrong type)."""
     from hydra.errors import InstantiationException
@@ -59,8 +62,30 @@ def one_line(e: BaseException) -> str:
     return " ".join(lines[:2]) if isinstance(e, HydraException | OmegaConfBaseException) else lines[0]
 
 
-def _report(prog: str, e: BaseException) -> None:
-    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+_program: str | None = None  # the command run_hydra_app runs
+
+
+def program() -> str:
+    """The name of the running command (``selfsup-train``): the one :func:`run_hydra_app` runs, else the script's."""
+    return _program or Path(sys.argv[0]).name or "selfsup"
+
+
+@contextlib.contextmanager
+def running_as(prog: str):
+    """While inside, :func:`program` is ``prog`` (what :func:`run_hydra_app` sets for its app)."""
+    global _program
+    previous, _program = _program, prog
+    try:
+        yield
+    finally:
+        _program = previous
+
+
+def exit_with_error(error: str | BaseException, prog: str | None = None) -> NoReturn:
+    """The one-line error exit: print ``<prog>: error: <message>`` (``error``'s :func:`one_line` message) to stderr
+    and exit with status 2. ``prog`` defaults to the running command (:func:`program`)."""
+    message = error if isinstance(error, str) else one_line(error)
+    print(f"{prog or program()}: error: {message}", file=sys.stderr)
     raise SystemExit(2) from None
 
 
@@ -73,10 +98,10 @@ def one_line_errors(prog: str):
             try:
                 return fn(*args, **kwargs)
             except Exception as e:
-                err = _user_error(e)
+                err = user_error(e)
                 if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                _report(prog, err)
+                exit_with_error(err, prog)
 
         return run
 
@@ -198,12 +223,11 @@ def _raise(e: BaseException):
 
 def run_hydra_app(app, prog: str) -> None:
     """Run a ``@hydra.main`` app on ``sys.argv`` with its path values quoted (:func:`quote_path_values`); Hydra's
-    own errors (composition, overrides, a run directory it cannot write) are reported in one line, exit 2."""
-    import hydra._internal.utils as hydra_utils
+    own errors (composition, overrides, a run directory it cannot write) are reported in one line, exit 2.
+    While it runs, ``prog`` is the running command (:func:`program`)."""
+    from selfsup.runtime import compat
 
-    original, argv = hydra_utils.run_and_report, sys.argv[:]
-
-    def run_and_report(func):
+    def report(func, original):
         try:
             return func()
         except Exception as e:
@@ -212,20 +236,19 @@ def run_hydra_app(app, prog: str) -> None:
                 return original(lambda: _raise(bug))
             message = _unwritable_run_dir(e)
             if message is None:
-                err = _user_error(e)
+                err = user_error(e)
                 if err is None:  # a bug: Hydra shows where it happened
                     return original(lambda: _raise(bug))
                 cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
                 message = one_line(err) + (f"; {one_line(cause)}" if cause is not None else "")
                 if isinstance(err, OverrideParseException):
                     message = _override_hint(err)
-            print(f"{prog}: error: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with_error(message, prog)
 
-    hydra_utils.run_and_report = run_and_report
+    argv = sys.argv[:]
     sys.argv[1:] = quote_path_values(sys.argv[1:])  # Lightning's DDP launcher re-runs sys.argv: kept while app runs
     try:
-        app()
+        with running_as(prog), compat.hydra_error_report(report):
+            app()
     finally:
-        hydra_utils.run_and_report = original
         sys.argv[:] = argv

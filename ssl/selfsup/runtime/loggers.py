@@ -1,5 +1,5 @@
 """``metrics.csv`` in the run directory that survives a resume (Lightning's CSVLogger deletes it), and the end of
-a run's loggers."""
+a run's loggers. (The private CSVLogger hooks used here are listed, and checked, in :mod:`selfsup.runtime.compat`.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from selfsup.runtime import compat
 from selfsup.runtime.files import atomic_write_text
 
 
@@ -42,7 +43,7 @@ class _ResumingWriter(ExperimentWriter):
 
 class RunCSVLogger(CSVLogger):
     """CSVLogger writing ``<save_dir>/metrics.csv``; on resume (``keep_before_step`` = the checkpoint's global
-    step, set by ``selfsup.train``) it keeps the earlier rows instead of deleting the file.
+    step, set by ``selfsup.train.cli``) it keeps the earlier rows instead of deleting the file.
 
     Lightning writes the rows as they are logged; :meth:`sync` flushes the file to disk before a checkpoint becomes
     ``last.ckpt`` (``selfsup.runtime.autosave``), so a killed run's file holds every row its resume keeps.
@@ -80,5 +81,5 @@ def finish_loggers(trainer, failed: bool = False) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and compat.wandb_run_started(logger):
             logger.experiment.finish(exit_code=1 if failed else 0)

@@ -16,13 +16,16 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy as _DeepSpeedStrategy
 from lightning.pytorch.strategies import FSDPStrategy as _FSDPStrategy
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+from selfsup import checks
+from selfsup.runtime import compat
 
 START_METHODS = ("popen", "spawn", "fork")
 
 
 class FSDPStrategy(_FSDPStrategy):
-    """Lightning's ``FSDPStrategy`` on CUDA or CPU.
+    """Lightning's ``FSDPStrategy`` on CUDA or CPU. (The private hooks it overrides are listed, and checked, in
+    :mod:`selfsup.runtime.compat`.)
 
     Args:
         sharding_strategy: FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), NO_SHARD, HYBRID_SHARD.
@@ -41,8 +44,8 @@ class FSDPStrategy(_FSDPStrategy):
         start_method: str = "popen",
         auto_wrap_min_params: int = 0,
     ):
-        if start_method not in START_METHODS:
-            raise ValueError(f"trainer.strategy.start_method={start_method}: expected one of {START_METHODS}")
+        checks.one_of("trainer.strategy.start_method", start_method, START_METHODS)
+        checks.integer("trainer.strategy.auto_wrap_min_params", auto_wrap_min_params, minimum=0)
         policy = None
         if auto_wrap_min_params > 0:
             import functools
@@ -56,7 +59,7 @@ class FSDPStrategy(_FSDPStrategy):
     def _configure_launcher(self) -> None:
         if self.start_method == "popen" or self.cluster_environment.creates_processes_externally:
             return super()._configure_launcher()
-        self._launcher = _FullWeightsLauncher(self, start_method=self.start_method)
+        self._launcher = compat.FullWeightsLauncher(self, start_method=self.start_method)
 
     def _setup_model(self, model):
         if self.root_device.type != "cpu":
@@ -73,47 +76,9 @@ class FSDPStrategy(_FSDPStrategy):
         )
 
 
-class _FullWeightsLauncher(_MultiProcessingLauncher):
-    """Spawn/fork launcher that hands the main process the full weights, not rank 0's flat FSDP shard."""
-
-    def _collect_rank_zero_results(self, trainer, results):
-        import os
-        import tempfile
-
-        from lightning.pytorch.strategies.launchers.multiprocessing import _WorkerOutput
-        from lightning.pytorch.trainer.states import TrainerFn
-
-        state_dict = self._strategy.lightning_module_state_dict()  # a collective: every rank takes part
-        output = None
-        if self._strategy.local_rank == 0:
-            callback = trainer.checkpoint_callback
-            best = getattr(callback, "best_model_path", None) if callback else None
-            weights_path = None
-            if trainer.state.fn == TrainerFn.FITTING:
-                weights_path = os.path.join(tempfile.mkdtemp(), ".temp.ckpt")
-                self._strategy.checkpoint_io.save_checkpoint(state_dict, weights_path)
-            output = _WorkerOutput(best, weights_path, trainer.state, results, self.get_extra_results(trainer))
-        # No rank leaves (tearing its gloo connections down under a peer still in a collective: "terminate called
-        # without an active exception", SIGABRT) before all are done; then close the group before the process exits.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-        return output
-
-    def _wrapping_function(self, *args, **kwargs) -> None:
-        super()._wrapping_function(*args, **kwargs)  # rank 0 has put its results (a SimpleQueue: written now)
-        # Every collective is done and the group closed, yet the interpreter's own teardown of FSDP's gloo state
-        # still aborted now and then ("terminate called without an active exception"): nothing is left to do
-        # here, so the worker leaves without it.
-        import os
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
 class DeepSpeedStrategy(_DeepSpeedStrategy):
     """Lightning's ``DeepSpeedStrategy`` (ZeRO stage 1-3). ``allow_cpu=true`` runs it on CPU processes (tests).
+    (The private hook it calls is listed, and checked, in :mod:`selfsup.runtime.compat`.)
 
     Args:
         stage: ZeRO stage (2: optimiser state and gradients sharded, 3: parameters too).
@@ -122,8 +87,7 @@ class DeepSpeedStrategy(_DeepSpeedStrategy):
     """
 
     def __init__(self, stage: int = 2, offload_optimizer: bool = False, allow_cpu: bool = False):
-        if stage not in (1, 2, 3):
-            raise ValueError(f"trainer.strategy.stage={stage}: expected a ZeRO stage 1, 2 or 3")
+        checks.integer("trainer.strategy.stage", stage, minimum=1, maximum=3)  # ZeRO stage
         super().__init__(stage=stage, offload_optimizer=offload_optimizer)
         self.allow_cpu = allow_cpu
 

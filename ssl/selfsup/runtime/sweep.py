@@ -8,20 +8,37 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
+from selfsup.runtime import compat
 
 # -- launchers: check every job before anything is submitted ------------------------------------------------------
-def check_job(cfg, overrides: Sequence[str] = ()) -> None:
-    """The per-job checks run for every job of a sweep (composing it already refused unknown keys): its parts
-    built from its values (``objective.temperature=0`` fails here, not after the earlier points trained), then the
-    launcher's settings."""
-    from omegaconf import OmegaConf, read_write
+PartsCheck = Callable[[DictConfig], None]
+_parts_check: PartsCheck | None = None  # set by the command that runs the sweep (checking_parts)
 
-    from selfsup.train.build import check_parts  # the training config's own checks
+
+@contextmanager
+def checking_parts(check: PartsCheck) -> Iterator[None]:
+    """While inside, a sweep's pre-launch check (:class:`SweepCheck`) runs ``check(job_config)`` on every job: the
+    command's own checks of its parts (``selfsup-train`` passes ``selfsup.train.build.check_parts``), so this module
+    needs nothing from the command."""
+    global _parts_check
+    previous, _parts_check = _parts_check, check
+    try:
+        yield
+    finally:
+        _parts_check = previous
+
+
+def check_job(cfg: DictConfig, check_parts: PartsCheck, overrides: Sequence[str] = ()) -> None:
+    """The per-job checks run for every job of a sweep (composing it already refused unknown keys): its parts
+    built from its values by ``check_parts`` (``objective.temperature=0`` fails here, not after the earlier points
+    trained), then the launcher's settings."""
+    from omegaconf import OmegaConf, read_write
 
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     with read_write(job):
@@ -61,23 +78,29 @@ def partition_gpus(partition: str) -> int | None:
 
 class SweepCheck(Callback):
     """Hydra callback (``hydra.callbacks``, set by ``conf/launcher/*``): before a multirun launches anything, compose
-    every job of the sweep and run ``check_job`` on it. Bad input prints one line and exits with status 2 —
-    nothing is submitted half-way. Optuna's search space is checked by composing its keys' first choices.
+    every job of the sweep and run :func:`check_job` on it, with the parts check of the command running the sweep
+    (:func:`checking_parts`). Bad input prints one line and exits with status 2 (``selfsup.runtime.errors.
+    exit_with_error``) — nothing is submitted half-way. Optuna's search space is checked by composing its keys'
+    first choices.
 
     It also names each job's run directory by the swept keys only (:func:`name_runs_by_swept_keys`)."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        from selfsup.runtime.errors import exit_with_error, user_error
+
         try:
+            if _parts_check is None:
+                raise RuntimeError(
+                    "hydra.callbacks: SweepCheck has no parts check; run the sweep through a command that sets one "
+                    "(selfsup-train -m ...; selfsup.runtime.sweep.checking_parts)"
+                )
             name_runs_by_swept_keys(config)
             for overrides in sweep_jobs(config):
-                check_job(_loader().load_sweep_config(config, list(overrides)), overrides)
+                check_job(_loader().load_sweep_config(config, list(overrides)), _parts_check, overrides)
         except Exception as e:  # noqa: BLE001 — composition errors and our ValueErrors both end here
-            from selfsup.runtime.errors import _user_error, one_line
-
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"selfsup-train: error: {one_line(_user_error(e) or e)}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with_error(user_error(e) or e)
 
 
 def name_runs_by_swept_keys(config) -> None:
@@ -105,7 +128,6 @@ def _loader():
 def sweep_jobs(config) -> list[list[str]]:
     """Each job's overrides: the command line's sweeps expanded (basic sweeper), or for Optuna the command line
     plus the first choice of every ``hydra.sweeper.params`` entry (its keys must exist too)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -122,5 +144,4 @@ def sweep_jobs(config) -> list[list[str]]:
             else:
                 first = override.value()
             task.append(f"{key}={first}")
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(task), None)
-    return [list(job) for batch in batches for job in batch]
+    return compat.split_sweep(parser.parse_overrides(task))

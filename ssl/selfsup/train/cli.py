@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup.config import CONF_DIR
 from selfsup.runtime import checkpoint as ckpt_io
+from selfsup.runtime import compat
 from selfsup.runtime.autosave import recover_swaps
 from selfsup.runtime.errors import one_line_errors, run_hydra_app
 from selfsup.runtime.files import atomic_write_text, remove_stale_temps
@@ -29,12 +30,13 @@ from selfsup.runtime.lock import RunLock
 from selfsup.runtime.loggers import RunCSVLogger, finish_loggers
 from selfsup.runtime.preemption import Preempted
 from selfsup.runtime.resume import Plan, plan, record, written_in
+from selfsup.runtime.sweep import checking_parts
 from selfsup.runtime.warnings import quiet_known_warnings
 from selfsup.train import init_from
-from selfsup.train.build import build
+from selfsup.train.build import build, check_parts
 from selfsup.train.module import SSLModule
 
-log = logging.getLogger("selfsup.train")
+log = logging.getLogger(__name__)
 
 
 def check_resumable(p: Plan, module: SSLModule, trainer: L.Trainer) -> None:
@@ -53,10 +55,8 @@ def check_resumable(p: Plan, module: SSLModule, trainer: L.Trainer) -> None:
 
 def env_rank_zero() -> bool:
     """Whether this process is global rank 0 of its job, from the launcher's environment (before any Trainer)."""
-    from lightning.fabric.utilities.rank_zero import _get_rank
-
     node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
-    return _get_rank() in (None, 0) and node == "0"
+    return compat.env_rank() in (None, 0) and node == "0"
 
 
 def task_overrides() -> list[str] | None:
@@ -136,8 +136,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     return None
 
 
+PROG = "selfsup-train"
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-@one_line_errors("selfsup-train")
+@one_line_errors(PROG)
 def _app(cfg: DictConfig) -> float | None:
     return run(cfg, task_overrides())
 
@@ -146,7 +149,8 @@ def main() -> None:
     # warnings.warn (Lightning's among them) goes to the py.warnings logger: stderr as before, and train.log
     logging.captureWarnings(True)
     try:
-        run_hydra_app(_app, "selfsup-train")
+        with checking_parts(check_parts):  # a sweep (-m) builds every point's parts before the first trains
+            run_hydra_app(_app, PROG)
     finally:
         logging.captureWarnings(False)
 
