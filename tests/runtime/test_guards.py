@@ -134,7 +134,7 @@ def test_a_collapsing_run_is_warned_about_once_with_its_step(method, tmp_path, c
         ],
         tmp_path,
     )
-    with caplog.at_level("WARNING", logger="selfsup.guards"):
+    with caplog.at_level("WARNING", logger="selfsup.runtime.guards"):
         run(cfg)
     warned = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     logged = rows(tmp_path)
@@ -151,10 +151,14 @@ def test_a_collapsing_run_is_warned_about_once_with_its_step(method, tmp_path, c
 def test_bad_collapse_settings_are_refused():
     from selfsup.runtime.guards import CollapseMonitor
 
-    for kwargs, key in (
-        (dict(every_n_steps=-1), "every_n_steps"),
-        (dict(min_std=2.0), "min_std"),
-        (dict(min_rankme=-1.0), "min_rankme"),
+    for kwargs, message in (
+        (dict(every_n_steps=-1), "every_n_steps=-1: expected an integer >= 0"),
+        (dict(every_n_steps=True), "every_n_steps=True: expected an integer >= 0"),
+        (dict(min_std=2.0), "min_std=2.0: expected a number in [0, 1)"),
+        (dict(min_std=float("nan")), "min_std=nan: expected a number >= 0"),
+        (dict(min_rankme=-1.0), "min_rankme=-1.0: expected a number >= 0"),
+        (dict(eigenvalues=2.5), "eigenvalues=2.5: expected an integer >= 0"),
     ):
-        with pytest.raises(ValueError, match=f"callbacks.collapse.{key}="):
+        with pytest.raises(ValueError) as info:
             CollapseMonitor(**kwargs)
+        assert str(info.value) == f"callbacks.collapse.{message}"

@@ -9,10 +9,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from selfsup import checks
 from selfsup.metrics import covariance_eigenvalues, rankme
 from selfsup.runtime.autosave import LastCheckpoint, any_rank
 
-log = logging.getLogger("selfsup.guards")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(ValueError):
@@ -32,9 +33,7 @@ class NonFiniteGuard(L.Callback):
     """
 
     def __init__(self, max_skips: int = 0):
-        if not isinstance(max_skips, int) or isinstance(max_skips, bool) or max_skips < 0:
-            raise ValueError(f"callbacks.nonfinite.max_skips={max_skips}: expected an integer >= 0")
-        self.max_skips = max_skips
+        self.max_skips = checks.integer("callbacks.nonfinite.max_skips", max_skips, minimum=0)
         self.skipped = 0
         self._skip_step = False
 
@@ -107,16 +106,12 @@ class CollapseMonitor(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 10, min_std: float = 0.1, min_rankme: float = 2.0, eigenvalues: int = 8):
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
-            raise ValueError(f"callbacks.collapse.every_n_steps={every_n_steps}: expected an integer >= 0")
-        if not 0 <= min_std < 1:
-            raise ValueError(f"callbacks.collapse.min_std={min_std}: expected a value in [0, 1)")
-        if not min_rankme >= 0:
-            raise ValueError(f"callbacks.collapse.min_rankme={min_rankme}: expected a value >= 0")
-        if not isinstance(eigenvalues, int) or isinstance(eigenvalues, bool) or eigenvalues < 0:
-            raise ValueError(f"callbacks.collapse.eigenvalues={eigenvalues}: expected an integer >= 0")
-        self.every_n_steps, self.min_std, self.min_rankme = every_n_steps, min_std, min_rankme
-        self.eigenvalues = eigenvalues
+        self.every_n_steps = checks.integer("callbacks.collapse.every_n_steps", every_n_steps, minimum=0)
+        self.min_std = checks.number("callbacks.collapse.min_std", min_std, minimum=0)
+        if self.min_std >= 1:  # embed_std is about 1 when the embeddings spread: a warning on every healthy run
+            raise ValueError(f"callbacks.collapse.min_std={min_std!r}: expected a number in [0, 1)")
+        self.min_rankme = checks.number("callbacks.collapse.min_rankme", min_rankme, minimum=0)
+        self.eigenvalues = checks.integer("callbacks.collapse.eigenvalues", eigenvalues, minimum=0)
         self.warned_at: int | None = None
         self._measured_at: int | None = None
 

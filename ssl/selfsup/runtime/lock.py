@@ -23,7 +23,7 @@ from pathlib import Path
 
 from selfsup.runtime.preemption import slurm_job_id
 
-log = logging.getLogger("selfsup.lock")
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0

@@ -29,7 +29,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 
-log = logging.getLogger("selfsup.preemption")
+log = logging.getLogger(__name__)
 
 PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
 REQUEUE_SIGNAL = "SIGUSR1"  # the sbatch template's --signal=USR1@120; submitit sends SIGUSR2 and requeues itself

@@ -28,11 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup.runtime.checkpoint import run_info
 
-log = logging.getLogger("selfsup.resume")
+log = logging.getLogger(__name__)
 
 # Keys a resume may change: how long to train, how many processes and data loaders run it (the global batch is
-# checked separately: selfsup.train.build), where the data lives, logging (label-free validation scores included),
-# checkpoint cadence and launcher settings.
+# checked separately: selfsup.train.cli.check_resumable), where the data lives, logging (label-free validation
+# scores included), checkpoint cadence and launcher settings.
 SAFE_ON_RESUME = (
     "trainer.max_epochs",
     "trainer.max_steps",
