@@ -3,7 +3,7 @@ do not fit are refused."""
 
 import pytest
 
-from selfsup.data.batches import BatchPlan
+from selfsup.data.batches import BatchPlan, TrainerFacts
 from selfsup.train import build, run
 from tests.config_utils import compose_train
 from tests.runs import TINY
@@ -23,7 +23,12 @@ def test_global_batch_is_split_over_nodes_and_devices(tmp_path):
         assert plan.per_device * trainer_.world_size * trainer_.accumulate_grad_batches == 32
     with pytest.raises(ValueError, match=r"global_batch_size=30: not divisible by 4 process"):
         build(compose_train(TINY + ["global_batch_size=30", "trainer=ddp_cpu", "trainer.num_nodes=2"], tmp_path))
-    assert BatchPlan.derive(batch_size=0, global_batch_size=4096, num_samples=10**6, world_size=16).per_device == 256
+    assert (
+        BatchPlan.derive(
+            batch_size=0, num_samples=10**6, facts=TrainerFacts(world_size=16, global_batch_size=4096)
+        ).per_device
+        == 256
+    )
 
 
 def test_batch_too_small_for_shared_chunks_is_refused(tmp_path):

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from selfsup.objectives import DIETLoss, ViewBatch
+from selfsup.objectives import DIETLoss, RunFacts, ViewBatch
 from selfsup.objectives.diet import head_memory
 from tests.distributed_utils import run_distributed
 from tests.objectives.helpers import batch_of, randn
@@ -167,12 +167,12 @@ def test_bad_settings_and_inputs_fail_in_one_line(caplog):
     with pytest.raises(ValueError, match="the head is not built"):
         DIETLoss()(z, index=index_of())
     with pytest.raises(ValueError, match="objective.num_samples=5: the training split has 11 images"):
-        DIETLoss(num_samples=5).attach(num_samples=11, in_dim=F)
+        DIETLoss(num_samples=5).attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
     with pytest.raises(ValueError, match="objective.in_dim=4: the embeddings are 5-d"):
-        DIETLoss(in_dim=4).attach(num_samples=11, in_dim=F)
+        DIETLoss(in_dim=4).attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
     with caplog.at_level(logging.WARNING, logger="selfsup.objectives"):
         bigger = DIETLoss(num_samples=20)
-        bigger.attach(num_samples=11, in_dim=F)
+        bigger.attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
     assert "objective.num_samples=20 but the training split has 11 images: 9 head rows" in caplog.text
     assert bigger.head.weight.shape == (20, F)
 

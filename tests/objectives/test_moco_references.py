@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from selfsup.objectives import CompositeObjective, ViewBatch
+from selfsup.objectives import CompositeObjective, RunFacts, ViewBatch
 from tests.config_utils import compose_train
 
 N, D = 8, 16
@@ -67,7 +67,7 @@ def test_mocov2_queue_infonce_matches_official(tmp_path, size_override):
     cfg = compose("cifar10/mocov2", tmp_path, *size_override)
     objective, memory = instantiate(cfg.objective), instantiate(cfg.memory)
     assert (cfg.objective.negatives, cfg.objective.temperature, cfg.symmetric) == ("queue", 0.2, False)
-    memory.attach(D)
+    memory.attach(RunFacts(embedding_dim=D, feature_dim=D))
     memory.double()
     official = OfficialMoCoV2(memory.bank.detach().clone(), cfg.objective.temperature)
     for step in range(3):

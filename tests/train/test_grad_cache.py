@@ -120,7 +120,7 @@ def test_a_run_with_chunks_follows_the_whole_batch_run_and_accumulation_does_not
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["grad_cache_chunks=0"], r"grad_cache_chunks=0: expected null or an integer >= 1"),
+        (["grad_cache_chunks=0"], r"grad_cache_chunks=0: expected a positive integer or null"),
         (["grad_cache_chunks=5"], r"grad_cache_chunks=5: the batch of 32 rows .* must split into equal chunks"),
         (
             ["grad_cache_chunks=2", "trainer.accumulate_grad_batches=2"],

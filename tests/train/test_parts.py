@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.objectives import ViewBatch
+from selfsup.objectives import RunFacts, ViewBatch
 from selfsup.train import build, run
 from selfsup.train.memory import KeyQueue, SupportSet, SwAVPrototypes
 from selfsup.train.target import EMATarget, StopGradTarget, Target
@@ -55,7 +55,7 @@ def batch(z, k=None):
 
 def test_key_queue_is_a_ring_of_normalised_keys_handed_to_the_objective():
     queue = KeyQueue(size=5)
-    queue.attach(3)
+    queue.attach(RunFacts(embedding_dim=3, feature_dim=3))
     keys = [torch.randn(2, 3) for _ in range(2)]
     b = queue.prepare(ViewBatch(keys, [k + 1 for k in keys], keys, [None] * 2, [None] * 2, 2, symmetric=False), 0)
     assert torch.equal(b.extras["queue"], queue.bank)
@@ -70,7 +70,7 @@ def test_key_queue_is_a_ring_of_normalised_keys_handed_to_the_objective():
 
 def test_support_set_replaces_keys_by_their_nearest_neighbour():
     support = SupportSet(size=4)
-    support.attach(2)
+    support.attach(RunFacts(embedding_dim=2, feature_dim=2))
     support.bank.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
     z = [torch.tensor([[0.9, 0.2], [0.1, -2.0]]), torch.tensor([[-3.0, 0.1], [0.2, 0.9]])]
     b = support.prepare(batch(z), 0)
@@ -80,7 +80,7 @@ def test_support_set_replaces_keys_by_their_nearest_neighbour():
 
 def test_swav_prototypes_normalise_score_and_queue():
     swav = SwAVPrototypes(num_prototypes=4, queue_size=4, queue_start_epoch=1)
-    swav.attach(3)
+    swav.attach(RunFacts(embedding_dim=3, feature_dim=3))
     z = [torch.randn(2, 3) for _ in range(3)]
     b = swav.prepare(batch(z), epoch=0)
     torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(4))

@@ -6,12 +6,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfsup import checks
+
 
 def batches_per_epoch(batches: int, limit: int | float | None) -> int:
     """Training batches an epoch runs under Lightning's ``trainer.limit_train_batches`` (a fraction or a count)."""
     if limit is None:
         return batches
     return int(batches * limit) if isinstance(limit, float) else min(batches, int(limit))
+
+
+@dataclass(frozen=True)
+class TrainerFacts:
+    """What the Trainer and the run config decide about batches, before any data is read: the processes, the
+    accumulation, the run length and ``global_batch_size``. With a dataset's size and ``data.batch_size`` they give
+    the :class:`BatchPlan` (:meth:`BatchPlan.derive`)."""
+
+    world_size: int = 1
+    accumulate: int = 1
+    limit_train_batches: int | float | None = None
+    max_steps: int = -1
+    max_epochs: int | None = 1
+    global_batch_size: int | None = None
+
+    @classmethod
+    def of(cls, trainer, global_batch_size: int | None = None) -> TrainerFacts:
+        """The facts of a Lightning ``trainer`` (None: one process, one epoch)."""
+        if trainer is None:
+            return cls(global_batch_size=global_batch_size)
+        return cls(
+            trainer.world_size,
+            trainer.accumulate_grad_batches,
+            trainer.limit_train_batches,
+            trainer.max_steps,
+            trainer.max_epochs,
+            global_batch_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -55,32 +85,21 @@ class BatchPlan:
 
     @classmethod
     def derive(
-        cls,
-        *,
-        batch_size: int,
-        num_samples: int,
-        world_size: int = 1,
-        accumulate: int = 1,
-        global_batch_size: int | None = None,
-        limit_train_batches: int | float | None = None,
-        max_steps: int = -1,
-        max_epochs: int | None = 1,
-        shared_chunks: int | None = None,
+        cls, *, batch_size: int, num_samples: int, facts: TrainerFacts, shared_chunks: int | None = None
     ) -> BatchPlan:
         """The plan of a run; one-line errors for batch sizes that do not fit the processes or the data.
 
         Args:
-            batch_size: ``data.batch_size``, rows per process (used when ``global_batch_size`` is null).
+            batch_size: ``data.batch_size``, rows per process (used when ``facts.global_batch_size`` is null).
             num_samples: images in the training split.
-            global_batch_size: rows per optimiser step whatever the allocation (split over processes and
-                accumulation).
-            max_steps, max_epochs: the Trainer's run length (``max_steps > 0`` wins).
+            facts: the processes, accumulation and run length; ``global_batch_size``: rows per optimiser step
+                whatever the allocation (split over processes and accumulation).
             shared_chunks: chunks of a global batch sharing one view draw (``views.shared_chunks``).
         """
-        per_device = batch_size
+        per_device, world_size, accumulate = batch_size, facts.world_size, facts.accumulate
+        global_batch_size = facts.global_batch_size
         if global_batch_size is not None:
-            if not isinstance(global_batch_size, int) or global_batch_size < 1:
-                raise ValueError(f"global_batch_size={global_batch_size}: expected a positive integer or null")
+            checks.integer("global_batch_size", global_batch_size, minimum=1, allow_none=True)
             parts = world_size * accumulate
             if global_batch_size % parts or global_batch_size // parts < 2:
                 raise ValueError(
@@ -100,6 +119,7 @@ class BatchPlan:
                 f"data.batch_size={per_device} x {world_size} process(es) = {rows} rows is too small for "
                 f"views.shared_chunks={shared_chunks}: expected at least 2 rows per chunk ({2 * shared_chunks} in all)"
             )
-        plan = cls(per_device, world_size, accumulate, batches_per_epoch(num_samples // rows, limit_train_batches))
-        total = max_steps if max_steps > 0 else plan.steps_per_epoch * max(1, max_epochs or 1)
-        return cls(per_device, world_size, accumulate, plan.batches_per_epoch, total)
+        epoch = batches_per_epoch(num_samples // rows, facts.limit_train_batches)
+        plan = cls(per_device, world_size, accumulate, epoch)
+        total = facts.max_steps if facts.max_steps > 0 else plan.steps_per_epoch * max(1, facts.max_epochs or 1)
+        return cls(per_device, world_size, accumulate, epoch, total)

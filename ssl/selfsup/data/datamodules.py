@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from selfsup.data.batches import BatchPlan
+from selfsup import checks
+from selfsup.data.batches import BatchPlan, TrainerFacts
 from selfsup.data.datasets import (
     AugmentedViews,
     EvalDataset,
@@ -112,12 +113,6 @@ DATASETS = {
 CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
 
 
-def _count(key: str, value, minimum: int = 1, allow_none: bool = True):
-    if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        return value
-    raise ValueError(f"data.{key}={value}: expected an integer >= {minimum}{' or null' if allow_none else ''}")
-
-
 class SSLDataModule(L.LightningDataModule):
     """Multi-view training batches and validation loaders of one dataset (defaults of each in ``conf/data/``).
 
@@ -142,6 +137,9 @@ class SSLDataModule(L.LightningDataModule):
         resident: on the device path, keep the training split on the device (null: whenever it is held in memory).
         views: the multi-view transform of training samples (null for evaluation-only use).
         seed: seeds shuffling and every augmentation draw.
+        trainer_facts: processes, accumulation, run length and ``global_batch_size`` (``selfsup.train.build``
+            passes the Trainer's); None: those of the Trainer it is attached to, one process without one.
+        lidar: (images, views) of LiDAR's validation set (``label_free``); None: no val/lidar.
     """
 
     device_views = None
@@ -167,6 +165,8 @@ class SSLDataModule(L.LightningDataModule):
         resident: bool | None = None,
         views: MultiViewTransform | None = None,
         seed: int = 0,
+        trainer_facts: TrainerFacts | None = None,
+        lidar: tuple[int, int] | None = None,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -175,15 +175,15 @@ class SSLDataModule(L.LightningDataModule):
             raise ValueError(f"data.root is not set: expected the directory that holds (or will hold) {dataset}")
         if download and dataset == "imagefolder":
             raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
-        self.batch_size = _count("batch_size", batch_size, minimum=2, allow_none=False)  # BatchNorm, pairs
-        self.image_size = _count("image_size", image_size, allow_none=False)
+        self.batch_size = checks.integer("data.batch_size", batch_size, minimum=2)  # BatchNorm, pairs
+        self.image_size = checks.integer("data.image_size", image_size, minimum=1)
         for key, value in dict(
             subset=subset,
             eval_train_subset=eval_train_subset,
             eval_test_subset=eval_test_subset,
             num_workers=num_workers,
         ).items():
-            _count(key, value, minimum=0 if key == "num_workers" else 1)
+            checks.integer(f"data.{key}", value, minimum=0 if key == "num_workers" else 1, allow_none=True)
         self.dataset, self.root = dataset, root
         self.mean, self.std = tuple(mean), tuple(std)
         self.num_workers = default_num_workers() if num_workers is None else num_workers
@@ -192,8 +192,8 @@ class SSLDataModule(L.LightningDataModule):
         self.train_dir, self.val_dir = train_dir, val_dir
         self.views_on_device, self.resident = views_on_device, resident
         self.views, self.seed = views, seed
-        self.plan: BatchPlan | None = None  # set by selfsup.train.build, else derived in batch_plan()
-        self.lidar: tuple[int, int] | None = None  # (images, views) of val/lidar; set by selfsup.train.build
+        self.trainer_facts, self.lidar = trainer_facts, lidar
+        self._plan: BatchPlan | None = None  # derived once, by batch_plan()
         self.crop_fraction = CROP_FRACTION.get(dataset, 1.0)
         self._splits, self._eval_train = None, None
 
@@ -234,21 +234,16 @@ class SSLDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------------
     def batch_plan(self) -> BatchPlan:
-        """The run's :class:`~selfsup.data.batches.BatchPlan`: the one ``selfsup.train.build`` set (with
-        ``global_batch_size``), else derived from ``batch_size`` and the attached trainer."""
-        if self.plan is None:
-            trainer = self.trainer
-            self.plan = BatchPlan.derive(
+        """The run's :class:`~selfsup.data.batches.BatchPlan`, derived once from the training split's size,
+        ``batch_size``, the views' shared chunks and :attr:`trainer_facts` (else the attached Trainer's)."""
+        if self._plan is None:
+            self._plan = BatchPlan.derive(
                 batch_size=self.batch_size,
                 num_samples=len(self.splits[0]),
-                world_size=self._world()[0],
-                accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
-                limit_train_batches=trainer.limit_train_batches if trainer is not None else None,
-                max_steps=trainer.max_steps if trainer is not None else -1,
-                max_epochs=trainer.max_epochs if trainer is not None else 1,
+                facts=self.trainer_facts or TrainerFacts.of(self.trainer),
                 shared_chunks=self.views.shared_chunks if self.views is not None else None,
             )
-        return self.plan
+        return self._plan
 
     def train_dataloader(self) -> DataLoader:
         """CPU path: workers augment each sample. Device path (``use_device_views``: GPU views, or any views when
@@ -306,7 +301,7 @@ class SSLDataModule(L.LightningDataModule):
         return [
             DataLoader(
                 _Indexed(ds),
-                batch_size=min(self.batch_size, 512),
+                batch_size=min(self.batch_plan().per_device, 512),
                 sampler=ShardSampler(len(ds), rank, world_size),
                 num_workers=self.num_workers,
             )

@@ -18,7 +18,7 @@ SIE) and whatever the run's memory part adds (``ViewBatch.extras``, e.g. MoCo v2
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -88,12 +88,47 @@ class ViewBatch:
         """The key of view j: the target branch's for a global view; with one branch a local view's own output."""
         return self.k[j] if j < len(self.k) else self.q[j]
 
+    @classmethod
+    def cat(cls, chunks: list[ViewBatch]) -> ViewBatch:
+        """Row chunks of one step joined into one batch, in order: every tensor of every field — lists per view,
+        ``extras`` and ``index`` included, and any field added later — concatenated along rows; a tensor two fields
+        share (a query that is its projection) stays one tensor; other values must agree across chunks."""
+        memo: dict = {}
+        return cls(**{f.name: _join([getattr(c, f.name) for c in chunks], torch.cat, memo) for f in fields(cls)})
+
+    def map(self, fn) -> ViewBatch:
+        """A batch of the same structure with ``fn(tensor)`` in place of every tensor; a tensor two fields share is
+        mapped once (the results are shared too)."""
+        memo: dict = {}
+        return type(self)(**{f.name: _join([getattr(self, f.name)], lambda t: fn(t[0]), memo) for f in fields(self)})
+
+    def rows(self, start: int, stop: int) -> ViewBatch:
+        """Rows ``start:stop`` of every tensor of every field (the inverse of :meth:`cat`)."""
+        return self.map(lambda t: t[start:stop])
+
     def transform(self, i: int, j: int) -> torch.Tensor:
         """The transform of view i → view j, (B, 14) (``selfsup.data.views.relative_transform``): what SIE's
         hypernetwork reads (None when the parameters are not known)."""
         if self.params[i] is None or self.params[j] is None:
             return None
         return relative_transform(self.params[i], self.params[j])
+
+
+def _join(parts: list, op, memo: dict):
+    """``op`` over the tensors at the same place of each of ``parts`` (nested lists and dicts walked alike)."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        key = tuple(id(p) for p in parts)
+        if key not in memo:
+            memo[key] = op(parts)
+        return memo[key]
+    if isinstance(first, list | tuple):
+        return type(first)(_join([p[i] for p in parts], op, memo) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _join([p[k] for p in parts], op, memo) for k in first}
+    if any(p != first for p in parts[1:]):
+        raise ValueError(f"ViewBatch: chunks disagree on a value that is not a tensor: {parts}")
+    return first
 
 
 def _forward_parameters(objective: nn.Module) -> tuple[dict[str, inspect.Parameter], bool]:
@@ -171,6 +206,8 @@ class Objective(nn.Module):
     - ``takes_local_views``: whether multi-crop's local views may be among them (True).
     - ``continues_trained_model``: it is a criterion for continuing a trained encoder (E2MC), so a run that starts
       from random weights (``init_from=null``) is warned (False).
+    - ``schedulable``: the attributes a schedule may set between epochs (``callbacks: ObjectiveSchedule``; DINO's
+      ``teacher_temp``) (none).
     - :meth:`attach`: called once, when the training module is built, with the run's facts (a head over the
       training samples is created there: DIET).
     - :meth:`terms`: the detached values of its parts after the last call, logged as ``train/<name>`` ({}).
@@ -179,6 +216,7 @@ class Objective(nn.Module):
     num_views: int = 2
     takes_local_views: bool = True
     continues_trained_model: bool = False
+    schedulable: tuple[str, ...] = ()
 
     def attach(self, facts: RunFacts) -> None:
         """Called once by the training module with the run's facts; the default needs none."""

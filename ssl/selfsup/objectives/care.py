@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives.base import Objective
 
 
@@ -42,9 +42,7 @@ class CAREEquivarianceLoss(Objective):
                 "objective.num_chunks=None: CARE needs views whose draws are shared per chunk "
                 "(views=care sets views.shared_chunks)"
             )
-        if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
-            raise ValueError(f"objective.num_chunks={num_chunks!r}: expected an integer >= 1")
-        self.num_chunks = num_chunks
+        self.num_chunks = checks.integer("objective.num_chunks", num_chunks, minimum=1)
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         a, b = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from selfsup import checks
 from selfsup.objectives.base import Objective, ViewBatch, mean_over, score_pair
 
 TERM_KEYS = ("loss", "weight", "views")
@@ -50,8 +51,7 @@ class CompositeObjective(Objective):
             if not isinstance(loss, nn.Module):
                 raise ValueError(f"objective.terms.{name}.loss={loss!r}: expected an objective (nn.Module)")
             weight = term.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise ValueError(f"objective.terms.{name}.weight={weight!r}: expected a number >= 0")
+            checks.number(f"objective.terms.{name}.weight", weight, minimum=0)
             views = term.get("views", (0, 1))
             if (
                 isinstance(views, (str, bytes))

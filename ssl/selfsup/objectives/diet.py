@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.objectives.base import Objective, ViewBatch, mean_over
+from selfsup import checks
+from selfsup.objectives.base import Objective, RunFacts, ViewBatch, mean_over
 
 log = logging.getLogger("selfsup.objectives")
 
@@ -94,21 +95,15 @@ class _ChunkedSmoothedCE(torch.autograd.Function):
         return grad_z.to(z.dtype), grad_w, None, None, None
 
 
-def _positive_int(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r}: expected a positive integer")
-    return value
-
-
 class DIETLoss(Objective):
     """Datum identification: cross-entropy with label smoothing of a linear head over the N training samples
     (module docstring).
 
     Args:
-        num_samples: N, the classes — the training split's size. null (the config default): set by the trainer to
-            the split's size (``selfsup.train.build``); a value smaller than the split fails, a larger one warns.
-        in_dim: F, the width of the embeddings the head reads. null: set by the trainer to the projector's output
-            width (the backbone's features with ``projector=identity``).
+        num_samples: N, the classes — the training split's size. null (the config default): the split's size,
+            given by the training module (:meth:`attach`); a value smaller than the split fails, a larger one warns.
+        in_dim: F, the width of the embeddings the head reads. null: the projector's output width, given by the
+            training module (the backbone's features with ``projector=identity``).
         label_smoothing: ε in [0, 1).
         class_chunk: compute the logits this many classes at a time and recompute them in the backward pass, so that
             the (B, N) logits and their gradient (2·B·N floats a view) are never held — B·class_chunk instead; the
@@ -129,13 +124,8 @@ class DIETLoss(Objective):
         class_chunk: int | None = None,
     ):
         super().__init__()
-        for value, key in (
-            (num_samples, "objective.num_samples"),
-            (in_dim, "objective.in_dim"),
-            (class_chunk, "objective.class_chunk"),
-        ):
-            if value is not None:
-                _positive_int(value, key)
+        for key, value in (("num_samples", num_samples), ("in_dim", in_dim), ("class_chunk", class_chunk)):
+            checks.integer(f"objective.{key}", value, minimum=1, allow_none=True)
         self.class_chunk = class_chunk
         if (
             isinstance(label_smoothing, bool)
@@ -148,9 +138,18 @@ class DIETLoss(Objective):
         if num_samples is not None and in_dim is not None:
             self.head = nn.Linear(in_dim, num_samples, bias=False)
 
-    def attach(self, num_samples: int, in_dim: int) -> None:
-        """Build the head for the training split's size and the embedding width (``selfsup.train.build``)."""
-        _positive_int(num_samples, "the training split's size")
+    def attach(self, facts: RunFacts) -> None:
+        """Build the head for the training split's size and the embedding width (the training module calls it; a
+        sweep's pre-check, without data, only checks the width)."""
+        num_samples, in_dim = facts.num_samples, facts.embedding_dim
+        if num_samples is None:
+            if self.in_dim is not None and self.in_dim != in_dim:
+                raise ValueError(
+                    f"objective.in_dim={self.in_dim}: the embeddings are {in_dim}-d (the projector's output); "
+                    "expected null or that width"
+                )
+            return
+        checks.integer("the training split's size", num_samples, minimum=1)
         if self.num_samples is None:
             self.num_samples = num_samples
         elif self.num_samples < num_samples:

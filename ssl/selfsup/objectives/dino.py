@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives.base import Objective, ViewBatch
 
 
@@ -33,12 +33,13 @@ class DINOLoss(Objective):
         center_momentum: m of the centre's moving average.
     """
 
+    schedulable = ("teacher_temp",)  # warmed up by callbacks: ObjectiveSchedule
+
     def __init__(
         self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9
     ):
         super().__init__()
-        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
-            raise ValueError(f"objective.out_dim={out_dim!r}: expected a positive integer")
+        checks.integer("objective.out_dim", out_dim, minimum=1)
         if not (teacher_temp > 0 and student_temp > 0):
             raise ValueError(f"objective.teacher_temp={teacher_temp}, student_temp={student_temp}: expected > 0")
         if not 0 <= center_momentum < 1:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives._gram import off_diagonal_sq_sum
 from selfsup.objectives.base import Objective
 
@@ -83,8 +83,7 @@ class E2MCLoss(Objective):
     ):
         super().__init__()
         for key, value in (("entropy_weight", entropy_weight), ("cov_weight", cov_weight)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"objective.{key}={value!r}: expected a number >= 0")
+            checks.number(f"objective.{key}", value, minimum=0)
         if squash not in SQUASHES:
             raise ValueError(f"objective.squash={squash!r}: expected one of {SQUASHES}")
         if not eps > 0:

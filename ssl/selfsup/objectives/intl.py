@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives.base import Objective
 
 
@@ -53,8 +53,7 @@ class INTLLoss(Objective):
 
     def __init__(self, iters: int = 4, trade_off: float = 0.05):
         super().__init__()
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(f"objective.iters={iters!r}: expected an integer >= 1")
+        checks.integer("objective.iters", iters, minimum=1)
         if not trade_off >= 0:
             raise ValueError(f"objective.trade_off={trade_off}: expected a value >= 0")
         self.iters = iters

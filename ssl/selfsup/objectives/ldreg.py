@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives.base import Objective
 from selfsup_kernels.info_nce_ref import info_nce_ref
 
@@ -54,8 +54,7 @@ class LDRegLoss(Objective):
             raise ValueError(f"objective.temperature={temperature}: expected a value > 0")
         if not alpha >= 0:
             raise ValueError(f"objective.alpha={alpha}: expected a value >= 0")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"objective.k={k!r}: expected an integer >= 2")
+        checks.integer("objective.k", k, minimum=2)
         if estimator not in ESTIMATORS:
             raise ValueError(f"objective.estimator={estimator!r}: expected one of {ESTIMATORS}")
         self.temperature, self.alpha, self.k, self.estimator = temperature, alpha, k, estimator

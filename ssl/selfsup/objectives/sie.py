@@ -24,16 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives._gram import check_route
 from selfsup.objectives.base import Objective
 from selfsup.objectives.vicreg import check_nonnegative, covariance_term, variance_term
-
-
-def _check_dim(key: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"objective.{key}={value!r}: expected an integer > 0")
-    return value
 
 
 class SIELoss(Objective):
@@ -65,9 +59,9 @@ class SIELoss(Objective):
         route: str = "auto",
     ):
         super().__init__()
-        self.inv_dim = _check_dim("inv_dim", inv_dim)
-        self.equi_dim = _check_dim("equi_dim", equi_dim)
-        self.transform_dim = _check_dim("transform_dim", transform_dim)
+        self.inv_dim = checks.integer("objective.inv_dim", inv_dim, minimum=1)
+        self.equi_dim = checks.integer("objective.equi_dim", equi_dim, minimum=1)
+        self.transform_dim = checks.integer("objective.transform_dim", transform_dim, minimum=1)
         check_nonnegative(sim_coeff=sim_coeff, equi_factor=equi_factor, std_coeff=std_coeff, cov_coeff=cov_coeff)
         if not eps > 0:
             raise ValueError(f"objective.eps={eps}: expected a value > 0")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives.base import Objective, ViewBatch
 
 
@@ -62,8 +62,7 @@ class SwAVLoss(Objective):
         super().__init__()
         if not (temperature > 0 and epsilon > 0):
             raise ValueError(f"objective.temperature={temperature}, objective.epsilon={epsilon}: expected > 0")
-        if isinstance(sinkhorn_iters, bool) or not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
-            raise ValueError(f"objective.sinkhorn_iters={sinkhorn_iters!r}: expected a positive integer")
+        checks.integer("objective.sinkhorn_iters", sinkhorn_iters, minimum=1)
         if not crops_for_assign or len(set(crops_for_assign)) != len(crops_for_assign) or min(crops_for_assign) < 0:
             raise ValueError(f"objective.crops_for_assign={list(crops_for_assign)}: expected distinct view indices")
         self.temperature, self.epsilon, self.sinkhorn_iters = temperature, epsilon, sinkhorn_iters

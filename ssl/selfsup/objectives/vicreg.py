@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup import distributed
+from selfsup import checks, distributed
 from selfsup.objectives._gram import check_route, off_diagonal_sq_sum
 from selfsup.objectives.base import Objective
 
@@ -34,8 +34,7 @@ def covariance_term(x: torch.Tensor, route: str = "auto") -> torch.Tensor:
 
 def check_nonnegative(**values: float) -> None:
     for key, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"objective.{key}={value}: expected a value >= 0")
+        checks.number(f"objective.{key}", value, minimum=0)
 
 
 class VICRegLoss(Objective):

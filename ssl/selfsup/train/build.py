@@ -1,87 +1,98 @@
-"""Instantiate a composed training config: datamodule, module, trainer — and the run's batch facts, once."""
+"""Instantiate a composed training config, top to bottom: Trainer → data and batch plan → parts → module."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from selfsup.data.batches import BatchPlan
+from selfsup import checks
+from selfsup.data.batches import BatchPlan, TrainerFacts
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
-from selfsup.train.memory import Memory
+from selfsup.train import init_from
+from selfsup.train.label_free import LabelFree
 from selfsup.train.module import SSLModule
 
-log = logging.getLogger("selfsup.train")
+log = logging.getLogger(__name__)
 
 
 def check_trainer(trainer_cfg: DictConfig) -> None:
     """Run lengths Lightning would accept but that train nothing (``max_steps=0``) or that it fails on late."""
-    for key, minimum in (("max_steps", -1), ("max_epochs", -1)):
+    for key in ("max_steps", "max_epochs"):
         value = trainer_cfg.get(key)
         if value is None and key == "max_epochs":
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value == 0 or value < minimum:
+        if not isinstance(value, int) or isinstance(value, bool) or value == 0 or value < -1:
             raise ValueError(
                 f"trainer.{key}={value}: expected a positive integer (or -1: no limit; the other of "
                 "trainer.max_steps/max_epochs ends the run)"
             )
 
 
-def build(cfg: DictConfig):
+def build(cfg: DictConfig, resumed: dict | None = None):
     """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate.
 
-    ``cfg`` is not modified: the batch facts (``global_batch_size`` split over the processes, steps per epoch and
-    per run) go to ``datamodule.plan``. Bad values fail before the Trainer starts printing.
+    Top to bottom, each object constructed with the facts it needs (docs/design.md, "Building a run"): the Trainer
+    (processes, accumulation, run length) → the data and its batch plan → the parts → the module, which loads its
+    starting weights (``init_from``). Bad values fail before the Trainer starts printing; ``cfg`` is not modified.
+
+    Args:
+        cfg: the composed training config.
+        resumed: ``checkpoint["selfsup"]`` of the checkpoint a resumed run continues from (its ``init_from`` record
+            is kept and nothing is loaded); None for a new run.
     """
     check_trainer(cfg.trainer)
+    trainer = build_trainer(cfg)
     views, objective = views_and_objective(cfg)
-    datamodule = instantiate(cfg.data, views=views, seed=cfg.seed)  # checks its values, loads the splits
-    settings, datamodule.lidar = label_free(cfg)
-    module = build_module(cfg, views, objective, datamodule.num_classes if cfg.online_probe else 0, settings)
-    callbacks = build_callbacks(cfg)
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=str(cfg.run_dir),
-        callbacks=callbacks,
-        logger=[instantiate(lg, save_dir=str(cfg.run_dir)) for lg in cfg.logger.values() if lg is not None],
-        plugins=[ckpt_io.AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
+    label_free = LabelFree.from_config(cfg.get("label_free"))
+    datamodule = instantiate(cfg.data, _partial_=True)(
+        views=views,
+        seed=cfg.seed,
+        trainer_facts=TrainerFacts.of(trainer, cfg.get("global_batch_size")),
+        lidar=label_free.lidar,
     )
-    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
-    datamodule.plan = BatchPlan.derive(  # the one place the batch facts are derived
-        batch_size=cfg.data.batch_size,
-        global_batch_size=cfg.get("global_batch_size"),
+    plan = datamodule.batch_plan()  # reads the training split: sizes that do not fit fail here
+    module = build_module(
+        cfg,
+        views,
+        objective,
+        label_free,
+        num_classes=datamodule.num_classes if cfg.online_probe else 0,
         num_samples=len(datamodule.splits[0]),
-        world_size=trainer.world_size,
-        accumulate=trainer.accumulate_grad_batches,
-        limit_train_batches=trainer.limit_train_batches,
-        max_steps=trainer.max_steps,
-        max_epochs=trainer.max_epochs,
-        shared_chunks=views.shared_chunks,
+        global_batch=plan.global_batch,
+        init_from=functools.partial(init_from.apply, cfg, resumed=resumed),
     )
-    module.memory.check(datamodule.plan.global_batch)
-    if hasattr(objective, "attach"):  # a head over the training samples (DIET): N and the embedding width
-        objective.attach(num_samples=len(datamodule.splits[0]), in_dim=module.embedding_dim)
-    check_grad_cache(cfg, module, trainer, datamodule.plan)
+    check_grad_cache(cfg, module, trainer, plan)
     if trainer.accumulate_grad_batches > 1:
         log.warning(
             "trainer.accumulate_grad_batches=%d: the loss sees micro-batches of %d rows, not the global batch "
             "of %d (fewer negatives); grad_cache_chunks=%d with data.batch_size=%d keeps the whole batch in "
             "the loss",
             trainer.accumulate_grad_batches,
-            datamodule.plan.per_device,
-            datamodule.plan.global_batch,
+            plan.per_device,
+            plan.global_batch,
             trainer.accumulate_grad_batches,
-            datamodule.plan.per_device * trainer.accumulate_grad_batches,
+            plan.per_device * trainer.accumulate_grad_batches,
         )
-    module.run_info = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "global_batch": datamodule.plan.global_batch,
-    }
     return datamodule, module, trainer
+
+
+def build_trainer(cfg: DictConfig):
+    """The Lightning Trainer of a run, with its callbacks, loggers and atomic checkpoint writes."""
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=str(cfg.run_dir),
+        callbacks=build_callbacks(cfg),
+        logger=[instantiate(lg, save_dir=str(cfg.run_dir)) for lg in cfg.logger.values() if lg is not None],
+        plugins=[ckpt_io.AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
+    )
+    check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
+    return trainer
 
 
 def check_parts(cfg: DictConfig) -> None:
@@ -90,24 +101,37 @@ def check_parts(cfg: DictConfig) -> None:
     trains (:class:`selfsup.runtime.sweep.SweepCheck`)."""
     check_trainer(cfg.trainer)
     views, objective = views_and_objective(cfg)
-    build_module(cfg, views, objective, num_classes=0, label_free_settings=label_free(cfg)[0])
+    build_module(cfg, views, objective, LabelFree.from_config(cfg.get("label_free")))
     build_callbacks(cfg)
 
 
 def views_and_objective(cfg: DictConfig):
     """The view sampler and the objective, checked against each other (view count, local crops)."""
     views, objective = instantiate(cfg.views), instantiate(cfg.objective)
-    needed = getattr(objective, "num_views", 2)
-    if needed > len(views):
+    if objective.num_views > len(views):
         raise ValueError(
-            f"objective uses {needed} views but views has {len(views)} ({views.names}): pick a views "
-            f"config with {needed} (e.g. views=care for objective=care)"
+            f"objective uses {objective.num_views} views but views has {len(views)} ({views.names}): pick a views "
+            f"config with {objective.num_views} (e.g. views=care for objective=care)"
         )
-    check_local_views(views, objective)
+    n_global = views.global_views or len(views)
+    if n_global < len(views) and not objective.takes_local_views:
+        raise ValueError(
+            f"views: {len(views) - n_global} local crops ({views.names[n_global:]}) but objective "
+            f"{type(objective).__name__} scores fixed views and cannot take them; use views with global views only"
+        )
     return views, objective
 
 
-def build_module(cfg: DictConfig, views, objective, num_classes: int, label_free_settings: dict) -> SSLModule:
+def build_module(
+    cfg: DictConfig,
+    views,
+    objective,
+    label_free: LabelFree,
+    num_classes: int = 0,
+    num_samples: int | None = None,
+    global_batch: int | None = None,
+    init_from=None,
+) -> SSLModule:
     """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
     backbone = instantiate(cfg.backbone)
     check_patch_size(backbone, views)
@@ -123,8 +147,12 @@ def build_module(cfg: DictConfig, views, objective, num_classes: int, label_free
         symmetric=cfg.symmetric,
         global_views=views.global_views,
         batch_views=cfg.batch_views,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        num_samples=num_samples,
+        global_batch=global_batch,
+        init_from=init_from,
         grad_cache_chunks=grad_cache_chunks(cfg),
-        label_free=label_free_settings,
+        label_free=label_free,
     )
 
 
@@ -138,43 +166,10 @@ def build_callbacks(cfg: DictConfig) -> list:
     return callbacks
 
 
-def label_free(cfg: DictConfig) -> tuple[dict, tuple[int, int] | None]:
-    """The ``label_free`` settings checked: (SSLModule's settings, (images, views) of val/lidar or None: off).
-    A run saved before the key existed gets the defaults."""
-    lf = {
-        "alpha_fit_range": [6, 100],
-        "lidar_images": 500,
-        "lidar_views": 8,
-        "lidar_delta": 1e-4,
-        **OmegaConf.to_container(cfg.get("label_free") or OmegaConf.create({}), resolve=True),
-    }
-    fit = lf["alpha_fit_range"]
-    if not (
-        isinstance(fit, list | tuple)
-        and len(fit) == 2
-        and all(isinstance(v, int) for v in fit)
-        and 1 <= fit[0] < fit[1]
-    ):
-        raise ValueError(f"label_free.alpha_fit_range={fit}: expected [first, last] 1-based ranks, 1 <= first < last")
-    images, views = lf["lidar_images"], lf["lidar_views"]
-    for key, value, minimum in (("lidar_images", images, 0), ("lidar_views", views, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"label_free.{key}={value}: expected an integer >= {minimum}")
-    if not (isinstance(lf["lidar_delta"], int | float) and lf["lidar_delta"] > 0):
-        raise ValueError(f"label_free.lidar_delta={lf['lidar_delta']}: expected a value > 0")
-    return {"alpha_fit_range": tuple(fit), "lidar_delta": float(lf["lidar_delta"])}, (
-        (images, views) if images >= 2 else None
-    )
-
-
 def grad_cache_chunks(cfg: DictConfig) -> int | None:
     """``grad_cache_chunks``: None, or an integer >= 1 (1: off); what it may run with: :func:`check_grad_cache`."""
-    chunks = cfg.get("grad_cache_chunks")
-    if chunks is None:
-        return None
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"grad_cache_chunks={chunks!r}: expected null or an integer >= 1")
-    return chunks if chunks > 1 else None
+    chunks = checks.integer("grad_cache_chunks", cfg.get("grad_cache_chunks"), minimum=1, allow_none=True)
+    return chunks if chunks is not None and chunks > 1 else None
 
 
 def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPlan) -> None:
@@ -186,7 +181,7 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
     refusals = (
         (trainer.accumulate_grad_batches > 1, f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}"),
         (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
-        (type(module.memory) is not Memory, f"memory={cfg.memory._target_}"),
+        (module.memory.keeps_state, f"memory={cfg.memory._target_}"),
         (trainer.world_size > 1, f"{trainer.world_size} processes"),
     )
     for refused, setting in refusals:
@@ -199,16 +194,6 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
         raise ValueError(
             f"grad_cache_chunks={chunks}: the batch of {plan.per_device} rows (data.batch_size) must "
             "split into equal chunks"
-        )
-
-
-def check_local_views(views, objective) -> None:
-    """Local crops (views past ``views.global_views``) only for objectives that score pairs of any views."""
-    n_global = views.global_views or len(views)
-    if n_global < len(views) and not getattr(objective, "takes_local_views", True):
-        raise ValueError(
-            f"views: {len(views) - n_global} local crops ({views.names[n_global:]}) but objective "
-            f"{type(objective).__name__} scores fixed views and cannot take them; use views with global views only"
         )
 
 

@@ -38,10 +38,10 @@ class ObjectiveSchedule(L.Callback):
         return self.start + (self.end - self.start) * epoch / (self.warmup_epochs - 1)  # np.linspace's points
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not hasattr(pl_module.objective, self.attribute):
+        if self.attribute not in pl_module.objective.schedulable:
             raise ValueError(
-                f"callbacks: objective {type(pl_module.objective).__name__} has no attribute "
-                f"{self.attribute!r} to schedule"
+                f"callbacks: objective {type(pl_module.objective).__name__} has no attribute {self.attribute!r} to "
+                f"schedule; it declares {list(pl_module.objective.schedulable)} (Objective.schedulable)"
             )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

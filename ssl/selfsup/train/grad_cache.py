@@ -54,25 +54,17 @@ def _set_rng_state(state: tuple) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-def _leaf(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(parts).detach().requires_grad_()
+def _online(feats: list, z: list, q: list) -> list[torch.Tensor]:
+    """The online branch's tensors that carry gradient to the parameters, in a fixed order (no duplicates)."""
+    return [*z, *feats, *(qi for qi, zi in zip(q, z, strict=True) if qi is not zi)]
 
 
 def _whole(outs: list[ViewBatch]) -> ViewBatch:
-    """The chunks' outputs joined into one ViewBatch whose differentiable tensors are fresh leaves; a query or key
-    that was the projection itself (no predictor; no target network) stays that same leaf."""
-    first, views = outs[0], len(outs[0].z)
-    z = [_leaf([o.z[v] for o in outs]) for v in range(views)]
-    q = [z[v] if first.q[v] is first.z[v] else _leaf([o.q[v] for o in outs]) for v in range(views)]
-    k = [z[j] if first.k[j] is first.z[j] else torch.cat([o.k[j] for o in outs]) for j in range(len(first.k))]
-    feats = [_leaf([o.feats[v] for o in outs]) for v in range(views)]
-    params = [None if first.params[v] is None else torch.cat([o.params[v] for o in outs]) for v in range(views)]
-    return ViewBatch(z, q, k, feats, params, first.num_global, first.symmetric)
-
-
-def _differentiable(feats: list, z: list, q: list) -> list[torch.Tensor]:
-    """The online branch's tensors that carry gradient to the parameters, in a fixed order (no duplicates)."""
-    return [*z, *feats, *(qi for qi, zi in zip(q, z, strict=True) if qi is not zi)]
+    """The chunks' outputs joined into one ViewBatch (:meth:`ViewBatch.cat`: every field) whose online tensors are
+    fresh leaves; a query or key that was the projection itself (no predictor; no target network) stays that leaf."""
+    whole = ViewBatch.cat(outs)
+    online = {id(t) for t in _online(whole.feats, whole.z, whole.q)}
+    return whole.map(lambda t: t.detach().requires_grad_() if id(t) in online else t)
 
 
 def grad_cache_backward(
@@ -95,12 +87,12 @@ def grad_cache_backward(
     whole = _whole(outs)
     loss = module.objective.forward_views(whole)
     backward(loss, whole)
-    leaves = _differentiable(whole.feats, whole.z, whole.q)
+    leaves = _online(whole.feats, whole.z, whole.q)
     start = 0
     for part, state in zip(parts, states, strict=True):
         rows = part["views"][0].shape[0]
         _set_rng_state(state)
-        tensors = _differentiable(*module.online(part["views"]))  # keys are cached: no second target pass
+        tensors = _online(*module.online(part["views"]))  # keys are cached: no second target pass
         grads = [None if leaf.grad is None else leaf.grad[start : start + rows] for leaf in leaves]
         used = [(t, g) for t, g in zip(tensors, grads, strict=True) if g is not None]
         if used:

@@ -21,18 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup import distributed
-from selfsup.objectives.base import ViewBatch
+from selfsup import checks, distributed
+from selfsup.objectives.base import RunFacts, ViewBatch
 
 
 class Memory(nn.Module):
-    """No memory: the batch passes unchanged."""
+    """No memory: the batch passes unchanged.
 
-    def attach(self, dim: int) -> None:
-        """Called once by the module with the projection width."""
+    What a memory declares (docs/design.md, "Part contracts"): ``keeps_state``, whether it carries rows or weights
+    from step to step (gradient caching, which runs a step in chunks, refuses those); :meth:`attach`, :meth:`prepare`
+    and :meth:`update`, called by the training module around every step.
+    """
 
-    def check(self, global_batch: int) -> None:
-        """Refuse sizes that cannot work with ``global_batch`` rows a step (one line)."""
+    keeps_state: bool = False
+
+    def attach(self, facts: RunFacts) -> None:
+        """Called once by the training module with the run's facts (the projection width ``facts.embedding_dim``;
+        ``facts.global_batch``: refuse sizes that cannot work with that many rows a step, in one line)."""
 
     def prepare(self, batch: ViewBatch, epoch: int) -> ViewBatch:
         """The batch the objective sees (keys replaced, extras added)."""
@@ -45,19 +50,18 @@ class Memory(nn.Module):
 class _Queue(Memory):
     """A ring buffer ``bank`` (size, dim) of L2-normalised rows, oldest overwritten first."""
 
+    keeps_state = True
+
     def __init__(self, size: int):
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"memory.size={size!r}: expected a positive integer")
-        self.size = size
+        self.size = checks.integer("memory.size", size, minimum=1)
 
-    def attach(self, dim: int) -> None:
+    def attach(self, facts: RunFacts) -> None:
         # random unit rows to start with, as MoCo's queue and lightly's memory bank
-        self.register_buffer("bank", F.normalize(torch.randn(self.size, dim), dim=1))
+        self.register_buffer("bank", F.normalize(torch.randn(self.size, facts.embedding_dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    def check(self, global_batch: int) -> None:
-        if self.size < global_batch:
+        global_batch = facts.global_batch
+        if global_batch is not None and self.size < global_batch:
             raise ValueError(
                 f"memory.size={self.size}: smaller than the global batch ({global_batch} rows); expected "
                 f"at least {global_batch}"
@@ -129,6 +133,8 @@ class SwAVPrototypes(Memory):
         crops_for_assign: the views whose codes are computed (as the objective's).
     """
 
+    keeps_state = True
+
     def __init__(
         self,
         num_prototypes: int = 3000,
@@ -137,19 +143,16 @@ class SwAVPrototypes(Memory):
         crops_for_assign: tuple[int, ...] = (0, 1),
     ):
         super().__init__()
-        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
-            raise ValueError(f"memory.num_prototypes={num_prototypes!r}: expected a positive integer")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
-            raise ValueError(f"memory.queue_size={queue_size!r}: expected an integer >= 0 (0: no queue)")
+        checks.integer("memory.num_prototypes", num_prototypes, minimum=1)
+        checks.integer("memory.queue_size", queue_size, minimum=0)  # 0: no queue
         self.num_prototypes, self.queue_size, self.queue_start_epoch = num_prototypes, queue_size, queue_start_epoch
         self.crops_for_assign = tuple(int(i) for i in crops_for_assign)
 
-    def attach(self, dim: int) -> None:
+    def attach(self, facts: RunFacts) -> None:
+        dim, global_batch = facts.embedding_dim, facts.global_batch
         self.prototypes = nn.Linear(dim, self.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(len(self.crops_for_assign), self.queue_size, dim))
-
-    def check(self, global_batch: int) -> None:
-        if 0 < self.queue_size < global_batch:
+        if global_batch is not None and 0 < self.queue_size < global_batch:
             raise ValueError(
                 f"memory.queue_size={self.queue_size}: smaller than the global batch ({global_batch} "
                 f"rows); expected 0 (no queue) or at least {global_batch}"

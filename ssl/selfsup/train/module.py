@@ -24,8 +24,9 @@ from torch import nn
 import selfsup
 from selfsup import distributed
 from selfsup.metrics import alpha_req, knn_top1, lidar, rankme
-from selfsup.objectives import ViewBatch
+from selfsup.objectives import Objective, RunFacts, ViewBatch
 from selfsup.train.grad_cache import grad_cache_backward
+from selfsup.train.label_free import LabelFree
 from selfsup.train.memory import Memory
 from selfsup.train.optim import OptimizerSpec
 from selfsup.train.target import Target
@@ -54,19 +55,23 @@ class SSLModule(L.LightningModule):
         symmetric: score both view orders where queries and keys come from different branches.
         global_views: how many leading views are global (keys and teachers see only those; default: all).
         batch_views: one backbone call per resolution for views of equal size (multi-crop), instead of one per view.
-        run_info: stored in every checkpoint as ``checkpoint["selfsup"]``: the resolved training config
-            (``"config"``) and the global batch it trains with (``"global_batch"``).
+        config: the resolved training config, stored in every checkpoint (``checkpoint["selfsup"]["config"]``).
+        num_samples: images in the training split (for parts that need it: DIET's head); None: not known.
+        global_batch: rows per optimiser step over all processes, checked against the memory part's sizes and
+            stored in every checkpoint (what a resume must keep); None: not known.
+        init_from: called with the built module to load its starting weights (``train/init_from.py``); returns the
+            record of where they came from, stored in every checkpoint (``checkpoint["selfsup"]["init_from"]``).
         grad_cache_chunks: compute each batch in this many chunks with gradient caching (``train/grad_cache.py``):
             the loss and gradient of the whole batch with the activation memory of one chunk (None: off).
-        label_free: settings of the label-free scores logged at validation (``label_free`` in conf/train.yaml):
-            ``alpha_fit_range`` of α-ReQ and ``lidar_delta`` of LiDAR.
+        label_free: settings of the label-free scores logged at validation (``label_free`` in conf/train.yaml;
+            default: its values there).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         projector: Callable[[int], nn.Module],
-        objective: nn.Module,
+        objective: Objective,
         optim: OptimizerSpec,
         num_classes: int = 0,
         predictor: Callable[[int], nn.Module] | None = None,
@@ -75,9 +80,12 @@ class SSLModule(L.LightningModule):
         symmetric: bool = True,
         global_views: int | None = None,
         batch_views: bool = False,
-        run_info: dict | None = None,
+        config: dict | None = None,
+        num_samples: int | None = None,
+        global_batch: int | None = None,
+        init_from: Callable[[nn.Module], dict | None] | None = None,
         grad_cache_chunks: int | None = None,
-        label_free: dict | None = None,
+        label_free: LabelFree | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -87,15 +95,20 @@ class SSLModule(L.LightningModule):
         self.objective = objective
         self.target = target if target is not None else Target()
         self.target.attach(self.backbone, self.projector)
+        facts = RunFacts(proj_dim, backbone.num_features, num_samples, global_batch)
         self.memory = memory if memory is not None else Memory()
-        self.memory.attach(proj_dim)
+        self.memory.attach(facts)
         self.optim, self.symmetric, self.global_views, self.batch_views = optim, symmetric, global_views, batch_views
         self.probe = nn.Linear(backbone.num_features, num_classes) if num_classes > 0 else None
-        self.run_info = run_info or {}
-        self.label_free = {"alpha_fit_range": (6, 100), "lidar_delta": 1e-4, **(label_free or {})}
+        self.objective.attach(facts)  # after every other part: DIET's head is drawn last
+        self.label_free = label_free if label_free is not None else LabelFree.from_config()
         self._val_outputs: dict[int, list] = {}
         self.grad_cache_chunks = grad_cache_chunks
         self.automatic_optimization = not grad_cache_chunks  # gradient caching runs its own backward passes
+        record = init_from(self) if init_from is not None else None
+        self.run_info = {"config": config or {}, "global_batch": global_batch}  # checkpoint["selfsup"]
+        if record is not None:
+            self.run_info["init_from"] = record
 
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +157,7 @@ class SSLModule(L.LightningModule):
         return {"loss": loss, "z": out.z[0].detach()}  # z: for callbacks (runtime/guards.py CollapseMonitor)
 
     def _log_step(self, loss: torch.Tensor) -> None:
-        for name, value in getattr(self.objective, "last_terms", {}).items():
+        for name, value in self.objective.terms().items():
             self.log(f"train/{name}", value, sync_dist=True)
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
@@ -217,7 +230,7 @@ class SSLModule(L.LightningModule):
         metrics = {"val/rankme": rankme(query_z).item(), "val/rankme_backbone": rankme(query_f).item()}
         if query_z.shape[0] >= 2:
             for suffix, x in (("", query_z), ("_backbone", query_f)):
-                fit = alpha_req(x, self.label_free["alpha_fit_range"])
+                fit = alpha_req(x, self.label_free.alpha_fit_range)
                 metrics[f"val/alpha_req{suffix}"], metrics[f"val/alpha_req_r2{suffix}"] = fit["alpha"], fit["r2"]
         if views is not None:
             metrics.update(self._lidar(*views))
@@ -234,7 +247,7 @@ class SSLModule(L.LightningModule):
         n, q = len(views.rows), views.q
         if n < 2 or not torch.equal(index.cpu(), torch.arange(n * q)):
             return {}
-        delta = self.label_free["lidar_delta"]
+        delta = self.label_free.lidar_delta
         return {
             "val/lidar": lidar(z.reshape(n, q, -1), delta).item(),
             "val/lidar_backbone": lidar(f.reshape(n, q, -1), delta).item(),
