@@ -168,7 +168,7 @@ def cli(*args, cwd=ROOT):
         (["recipes=cifar10/simclr", "data.root={tmp}/missing"], "data.root={tmp}/missing: directory does not exist"),
         (["recipes=cifar10/nope"], "Could not find 'recipes/cifar10/nope'; Available options in 'recipes': "),
         (["optim.lrr=0.1"], "Could not override 'optim.lrr'. To append to your config use +optim.lrr=0.1"),
-        (["data.batch_size=abc"], "data.batch_size=abc: expected an integer >= 2"),
+        (["data.batch_size=abc"], "data.batch_size='abc': expected an integer >= 2"),
         (["data.batch_size=1"], "data.batch_size=1: expected an integer >= 2"),
         (["trainer.max_steps=0"], "trainer.max_steps=0: expected a positive integer (or -1: no limit"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a positive integer"),
