@@ -1,4 +1,5 @@
-"""Optimisers (LARS, SGD, AdamW) with bias/norm exclusion, batch-scaled LR, linear warm-up and cosine decay.
+"""Optimisers (LARS, SGD, AdamW) with bias/norm exclusion, batch-scaled LR, linear warm-up and cosine decay — those
+of training (``optim=``, named ``selfsup.train.optim.OptimizerSpec`` in configs) and of ``selfsup-reduce``'s TLDR.
 
 The schedule is planned over the run's optimiser steps (``trainer.max_steps``/``max_epochs``) and saved in every
 checkpoint: a resume that changes the run's length keeps it — the same warm-up and cosine up to the planned end, then
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-log = logging.getLogger("selfsup.optim")
+log = logging.getLogger(__name__)
 
 
 class LARS(torch.optim.Optimizer):

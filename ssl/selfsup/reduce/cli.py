@@ -14,28 +14,21 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from selfsup import checks
 from selfsup.config import CONF_DIR
-from selfsup.evaluate.features import device_of
+from selfsup.devices import device_of
 from selfsup.reduce.io import load_features, save_outputs
-from selfsup.reduce.tldr import TLDR, check_metric, fit, knn_graph, transform
+from selfsup.reduce.tldr import TLDR, check_batch_size, check_metric, fit, knn_graph, transform
 from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
-log = logging.getLogger("selfsup.reduce")
-
-
-def _device(name: str) -> torch.device:
-    try:
-        return device_of(name)
-    except ValueError:
-        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:<i>") from None
+log = logging.getLogger(__name__)
 
 
 def reduce(cfg: DictConfig) -> dict:
     """Run one reduction; returns the summary written to ``<out>/summary.json`` (with the output paths). With
     ``threads`` torch uses that many CPU threads for the reduction only (the caller's count is restored)."""
-    if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
-        raise ValueError(f"threads={cfg.threads}: expected an integer >= 1 (or null: torch's default)")
+    checks.integer("threads", cfg.threads, minimum=1, allow_none=True)
     before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -49,7 +42,7 @@ def _reduce(cfg: DictConfig) -> dict:
     quiet_known_warnings()
     t_cfg, k_cfg, f_cfg = cfg.tldr, cfg.knn, cfg.train
     check_metric(k_cfg.metric)
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     check_output_dir("out", cfg.out)  # before the neighbour search and the training, not after them
     path, splits = load_features(cfg.features, cfg.key)
     x = splits["train"]["features"]  # (N, D)
@@ -66,10 +59,7 @@ def _reduce(cfg: DictConfig) -> dict:
             scale_loss=t_cfg.scale_loss,
         )
     # the training options too, before the (long) neighbour search
-    if not (isinstance(f_cfg.batch_size, int) and 2 <= f_cfg.batch_size <= x.shape[0]):
-        raise ValueError(
-            f"train.batch_size={f_cfg.batch_size}: expected an integer with 2 <= batch_size <= N={x.shape[0]} rows"
-        )
+    check_batch_size(f_cfg.batch_size, x.shape[0])
 
     t0 = time.perf_counter()
     knn = knn_graph(x, k=k_cfg.k, metric=k_cfg.metric, chunk_size=k_cfg.chunk_size, device=device)  # (N, k)

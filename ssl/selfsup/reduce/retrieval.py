@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from selfsup import checks
 from selfsup.reduce.tldr import neighbour_chunks
 
 
@@ -30,8 +31,7 @@ def precision_at_k(
     """Mean fraction of the k nearest bank rows that share the query's label, in [0, 1]."""
     bank_labels = _labels(bank_labels, bank.shape[0], "bank_labels")
     query_labels = _labels(query_labels, queries.shape[0], "query_labels")
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k={k}: expected 1 <= k <= {bank.shape[0]} bank rows")
+    checks.integer("k", k, minimum=1, maximum=bank.shape[0])  # at most every bank row
     hits = 0.0
     for start, _, idx in neighbour_chunks(queries, bank, k, metric, chunk_size):
         y = query_labels[start : start + idx.shape[0], None]  # (B, 1)

@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup import checks
 from selfsup.objectives.barlow_twins import BarlowTwinsLoss
-from selfsup.train.optim import OptimizerSpec
+from selfsup.optim import OptimizerSpec
 
-log = logging.getLogger("selfsup.reduce")
+log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "inner_product", "euclidean")
 # Largest (query rows × bank rows) score block materialised at once when chunk_size is not given: 2^25 = 128 MiB fp32.
@@ -62,9 +63,12 @@ _NET = re.compile(r"^(linear|mlp)(?:-(\d+)-(\d+))?$")
 
 
 def check_metric(metric: str, key: str = "knn.metric") -> str:
-    if metric not in METRICS:
-        raise ValueError(f"{key}={metric!r}: expected one of {METRICS}")
-    return metric
+    return checks.one_of(key, metric, METRICS)
+
+
+def check_batch_size(batch_size: int, rows: int) -> int:
+    """``train.batch_size``: pairs of a step, 2 to all ``rows`` (every epoch takes ``rows // batch_size`` steps)."""
+    return checks.integer("train.batch_size", batch_size, minimum=2, maximum=rows)
 
 
 def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
@@ -90,8 +94,7 @@ def neighbour_chunks(
     n = bank.shape[0]
     if chunk_size is None:
         chunk_size = max(1, BLOCK_ELEMENTS // max(1, n))
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"knn.chunk_size={chunk_size}: expected an integer >= 1 (or null: automatic)")
+    checks.integer("knn.chunk_size", chunk_size, minimum=1)
     sq_norms = bank.pow(2).sum(1) if metric == "euclidean" else None  # (N,)
     for start in range(0, queries.shape[0], chunk_size):
         q = _prepare(queries[start : start + chunk_size].to(device), metric).to(bank.dtype)  # (B, D)
@@ -122,8 +125,7 @@ def knn_graph(
         device: where the search runs (the bank is copied there once); None: x's device. The result is on the CPU.
     """
     n = x.shape[0]
-    if not (isinstance(k, int) and 1 <= k < n):
-        raise ValueError(f"knn.k={k}: expected an integer with 1 <= k < N={n} (the number of rows)")
+    checks.integer("knn.k", k, minimum=1, maximum=n - 1)  # n - 1: the other rows
     out = torch.empty(n, k, dtype=torch.long)
     for start, _, idx in neighbour_chunks(x, x, k, metric, chunk_size, exclude_self=True, device=device):
         out[start : start + idx.shape[0]] = idx.cpu()
@@ -202,10 +204,8 @@ class TLDR(nn.Module):
         scale_loss: float = 1 / 32,
     ):
         super().__init__()
-        if not (isinstance(n_components, int) and n_components >= 1):
-            raise ValueError(f"tldr.n_components={n_components}: expected an integer >= 1")
-        if not scale_loss > 0:
-            raise ValueError(f"tldr.scale_loss={scale_loss}: expected a value > 0")
+        checks.integer("tldr.n_components", n_components, minimum=1)
+        checks.number("tldr.scale_loss", scale_loss, above=0)
         self.input_dim, self.n_components = int(input_dim), n_components
         self.encoder_spec, self.projector_spec = encoder, projector
         self.scale_loss = float(scale_loss)
@@ -248,16 +248,14 @@ def fit(
 
     Every epoch visits a random permutation of the rows in ``N // batch_size`` full batches (the official
     ``BatchSampler(RandomSampler, drop_last=True)``); each row's positive is a fresh uniform pick among its k
-    neighbours. LARS + linear warm-up + cosine come from :class:`selfsup.train.optim.OptimizerSpec` (lr × batch/256).
+    neighbours. LARS + linear warm-up + cosine come from :class:`selfsup.optim.OptimizerSpec` (lr × batch/256).
     The model is left on ``device`` in eval mode.
     """
     n = x.shape[0]
     if knn.ndim != 2 or knn.shape[0] != n:
         raise ValueError(f"knn: got shape {tuple(knn.shape)}, expected ({n}, k)")
-    if not (isinstance(batch_size, int) and 2 <= batch_size <= n):
-        raise ValueError(f"train.batch_size={batch_size}: expected an integer with 2 <= batch_size <= N={n} rows")
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"train.epochs={epochs}: expected an integer >= 1")
+    check_batch_size(batch_size, n)
+    checks.integer("train.epochs", epochs, minimum=1)
     device = torch.device(device)
     x, knn = x.to(device), knn.to(device)
     if x.dtype != torch.float64:
