@@ -28,29 +28,29 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup.config import CONF_DIR
 from selfsup.evaluate import report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
+from selfsup.evaluate.jobs import EvalJob, resolve_jobs, run_dir_of
 from selfsup.evaluate.probes import sgd_probe_augmented
-from selfsup.evaluate.targets import Target, resolve_targets, run_dir_of
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
 from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
-log = logging.getLogger("selfsup.eval")
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("fast", "sgd")
 
 
-def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
+def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     """(metrics, artefacts for the report) of one encoder."""
     e = cfg.eval
     if e.protocol not in PROTOCOLS:
         raise ValueError(f"eval.protocol={e.protocol!r}: expected one of {PROTOCOLS}")
     need_labels = bool(e.knn or e.linear)
-    data = eval_data_config(cfg, target)
+    data = eval_data_config(cfg, job)
     train_ds, test_ds = build_eval_datasets(data, need_labels)
     t0 = time.perf_counter()
-    lidar_ds = lidar_dataset(target, data, train_ds, cfg)
+    lidar_ds = lidar_dataset(job, data, train_ds, cfg)
     datasets = {"train": train_ds, "test": test_ds, **({"lidar": lidar_ds} if lidar_ds is not None else {})}
-    feats = features(target, data, datasets, cfg)
+    feats = features(job, data, datasets, cfg)
     timings = {"features": time.perf_counter() - t0}
     tr, te = feats["train"], feats["test"]
 
@@ -90,7 +90,7 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
             metrics.update(linear_top1=probe["top1"], linear_val_top1=probe["val_top1"], linear_l2=probe["l2"])
         elif e.sgd.augment:
             num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
-            probe = sgd_probe_augmented(target.backbone, train_ds, feats, cfg, num_classes)
+            probe = sgd_probe_augmented(job.backbone, train_ds, feats, cfg, num_classes)
             metrics["linear_top1"] = probe["top1"]
         else:
             sgd = {k: v for k, v in OmegaConf.to_container(e.sgd).items() if k != "augment"}
@@ -104,7 +104,7 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
         backbone_dim=tr["backbone"].shape[1],
         embedding_dim=tr["embedding"].shape[1],
         rankme_samples=len(rows),
-        checkpoint=target.source,
+        checkpoint=job.source,
         data=data.get("_target_"),
         data_root=data.get("root"),
         seconds=timings,
@@ -118,7 +118,7 @@ def evaluate_target(target: Target, cfg: DictConfig) -> tuple[dict, dict]:
     }
 
 
-def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfig) -> list[Path]:
+def write_outputs(job: EvalJob, metrics: dict, artefacts: dict, cfg: DictConfig) -> list[Path]:
     """Reports first, metrics.json last (atomic): a metrics.json exists only for a finished evaluation. Returns the
     files written (plots aside)."""
     spectrum = embedding_map = None
@@ -132,32 +132,32 @@ def write_outputs(target: Target, metrics: dict, artefacts: dict, cfg: DictConfi
             cfg.eval.seed,
         )
     curves = eigenvalues = None
-    csv_path = run_dir_of(Path(target.source)) / "metrics.csv" if target.source != "random" else None
+    csv_path = run_dir_of(Path(job.source)) / "metrics.csv" if job.source != "random" else None
     if cfg.eval.plots and csv_path is not None and csv_path.is_file():
         series = report.read_metrics_csv(csv_path)
         curves, eigenvalues = report.curves_png(series), report.eigenvalues_png(series)
-    details = {"overrides": target.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
+    details = {"overrides": job.overrides, "data": artefacts["data"], "eval": OmegaConf.to_container(cfg.eval)}
     reports = report.write_run_report(
-        target.out_dir, f"selfsup-eval: {target.name}", metrics, spectrum, embedding_map, details, curves, eigenvalues
+        job.out_dir, f"selfsup-eval: {job.name}", metrics, spectrum, embedding_map, details, curves, eigenvalues
     )
-    report.write_json(target.out_dir / "metrics.json", metrics)
-    return [target.out_dir / "metrics.json", *reports]
+    report.write_json(job.out_dir / "metrics.json", metrics)
+    return [job.out_dir / "metrics.json", *reports]
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate every target of ``cfg.checkpoint``; returns the metrics (a sweep: the ranking summary)."""
+    """Evaluate every job of ``cfg.checkpoint``; returns the metrics (a sweep: the ranking summary)."""
     quiet_known_warnings()
     if cfg.out is not None:  # before any work: a file there would fail only once the features are extracted
         check_output_dir("out", cfg.out)
-    targets, sweep_dir = resolve_targets(cfg)
+    jobs, sweep_dir = resolve_jobs(cfg)
     results, metrics = [], {}
-    for target in targets:
-        log.info("evaluating %s (%s)", target.name, target.source)
-        metrics, artefacts = evaluate_target(target, cfg)
-        written = write_outputs(target, metrics, artefacts, cfg)
-        log.info("%s: %s", target.name, _summary(metrics))
+    for job in jobs:
+        log.info("evaluating %s (%s)", job.name, job.source)
+        metrics, artefacts = evaluate_job(job, cfg)
+        written = write_outputs(job, metrics, artefacts, cfg)
+        log.info("%s: %s", job.name, _summary(metrics))
         log.info("wrote %s", ", ".join(str(p) for p in written))
-        results.append({"name": target.name, "overrides": target.overrides, **metrics})
+        results.append({"name": job.name, "overrides": job.overrides, **metrics})
     if sweep_dir is None:
         return metrics
     out = Path(cfg.out) if cfg.out is not None else sweep_dir

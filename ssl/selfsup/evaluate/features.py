@@ -1,10 +1,8 @@
 """Frozen features: extraction (shared by validation tables, ``selfsup-eval`` and the quickstart report), the data
-an evaluation runs on, and the on-disk feature cache of ``selfsup-eval``."""
+an evaluation runs on, and what ``selfsup-eval`` caches (the cache's layout: :mod:`selfsup.feature_cache`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 
@@ -15,13 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup import checks, feature_cache
 from selfsup.data.datasets import AugmentedViews, EvalDataset
 from selfsup.data.sources import fingerprint
 from selfsup.data.views import ViewAugment
-from selfsup.evaluate.targets import Target
-from selfsup.runtime.files import atomic_write
+from selfsup.devices import device_of
+from selfsup.evaluate.jobs import EvalJob
 
-log = logging.getLogger("selfsup.eval")
+log = logging.getLogger(__name__)
 
 # Data options that do not change the images a datamodule's evaluation splits yield (left out of the cache key).
 _DATA_KEYS_NOT_IN_KEY = (
@@ -79,11 +78,11 @@ class Encoder(nn.Module):
         return f if self.projector is None else torch.cat([f, self.projector(f)], dim=1)
 
 
-def eval_data_config(cfg: DictConfig, target: Target) -> dict:
+def eval_data_config(cfg: DictConfig, job: EvalJob) -> dict:
     """The data config to evaluate on: ``data=<name>`` if given, else the run's (``data.<key>=...`` overrides
     either; the run's caps on validation sets do not apply); images at the encoder's size/stats."""
     given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else {}
-    trained = target.train_config.get("data") or {}
+    trained = job.train_config.get("data") or {}
     if "_target_" in given:  # data=<name>: another (transfer) dataset
         missing = sorted(OmegaConf.missing_keys(cfg.data))
         if missing:
@@ -92,7 +91,7 @@ def eval_data_config(cfg: DictConfig, target: Target) -> dict:
     elif trained:
         data = {**trained, "eval_train_subset": None, "eval_test_subset": None, **given}
     else:
-        raise ValueError(f"data is not set: checkpoint={target.source} saves no data config; pass data=<name>")
+        raise ValueError(f"data is not set: checkpoint={job.source} saves no data config; pass data=<name>")
     if cfg.eval.image_size is not None:
         data["image_size"] = int(cfg.eval.image_size)
     elif "image_size" in trained:
@@ -141,39 +140,28 @@ def _transform_id(ds) -> dict:
     }
 
 
-def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"eval.device={name!r}: expected auto, cpu, cuda or cuda:<i>") from None
-
-
-def features(target: Target, data: dict, datasets: dict, cfg: DictConfig) -> dict:
+def features(job: EvalJob, data: dict, datasets: dict, cfg: DictConfig) -> dict:
     """``{split: {"backbone": (N, F), "embedding": (N, D), "labels": (N,)}}`` for each ``split → dataset`` of
     ``datasets`` ("train", "test" and, for LiDAR, "lidar"), from the cache when the key (checkpoint + mtime, data
     config, transform, the image files' paths, sizes and mtimes, LiDAR's views) matches."""
-    key_parts = {
-        "target": target.cache_id,
+    key = {
+        "target": job.cache_id,
         "data": {k: v for k, v in data.items() if k not in _DATA_KEYS_NOT_IN_KEY},
         **{split: _transform_id(ds) for split, ds in datasets.items()},
     }
-    key = json.loads(json.dumps(key_parts, sort_keys=True, default=str))
-    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    cache = target.out_dir / "eval_cache" / f"{digest}.pt"
-    if cfg.eval.cache and cache.is_file():
+    cache = feature_cache.path_of(job.out_dir, key)
+    if cfg.eval.cache:
         try:
-            cached = torch.load(cache, map_location="cpu", weights_only=True)
-            if cached.get("key") == key:
+            cached = feature_cache.load(cache, key)
+            if cached is not None:
                 log.info("features from cache %s", cache)
                 return cached
         except Exception as e:  # noqa: BLE001 — a damaged cache file is re-extracted
             log.warning("ignoring unreadable feature cache %s (%s)", cache, e)
-    encoder = Encoder(target.backbone, target.projector)
-    device = device_of(cfg.eval.device)
-    width = target.backbone.num_features
-    out = {"key": key}
+    encoder = Encoder(job.backbone, job.projector)
+    device = device_of(cfg.eval.device, "eval.device")
+    width = job.backbone.num_features
+    splits = {}
     for split, ds in datasets.items():
         both, labels = extract(
             encoder,
@@ -182,28 +170,27 @@ def features(target: Target, data: dict, datasets: dict, cfg: DictConfig) -> dic
             num_workers=cfg.eval.num_workers,
             device=device,
             progress=sys.stderr.isatty(),
-            description=f"{target.name}: {split} features",
+            description=f"{job.name}: {split} features",
         )
-        log.info("%s: %s features %s", target.name, split, tuple(both.shape))
-        embedding = both[:, width:] if target.projector is not None else both
-        out[split] = {"backbone": both[:, :width].contiguous(), "embedding": embedding.contiguous(), "labels": labels}
+        log.info("%s: %s features %s", job.name, split, tuple(both.shape))
+        embedding = both[:, width:] if job.projector is not None else both
+        splits[split] = feature_cache.split(both[:, :width], embedding, labels)
     encoder.cpu()
+    out = feature_cache.contents(key, splits)
     if cfg.eval.cache:
-        atomic_write(cache, lambda f: torch.save(out, f))
+        feature_cache.save(cache, out)
     return out
 
 
-def lidar_dataset(target: Target, data: dict, train_ds: EvalDataset, cfg: DictConfig) -> AugmentedViews | None:
+def lidar_dataset(job: EvalJob, data: dict, train_ds: EvalDataset, cfg: DictConfig) -> AugmentedViews | None:
     """LiDAR's images: ``eval.lidar.views`` augmented views of each of the first ``eval.lidar.images`` training
     images (class by class), drawn as the run's first training view is (at the evaluation image size and
     statistics; SimCLR's defaults for a run without views); None when ``eval.lidar.images`` < 2."""
-    n, q = cfg.eval.lidar.images, cfg.eval.lidar.views
-    for key, value, minimum in (("images", n, 0), ("views", q, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"eval.lidar.{key}={value}: expected an integer >= {minimum}")
+    n = checks.integer("eval.lidar.images", cfg.eval.lidar.images, minimum=0)
+    q = checks.integer("eval.lidar.views", cfg.eval.lidar.views, minimum=2)
     if n < 2:
         return None
-    views = (target.train_config.get("views") or {}).get("views") or {}
+    views = (job.train_config.get("views") or {}).get("views") or {}
     first = next(iter(views.values())) if isinstance(views, dict) and views else {}
     kwargs = {k: v for k, v in dict(first).items() if k != "_target_"}
     kwargs.update(size=train_ds.size, mean=train_ds.mean, std=train_ds.std)

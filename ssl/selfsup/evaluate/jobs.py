@@ -1,6 +1,7 @@
 """What ``selfsup-eval checkpoint=...`` names: a checkpoint file, a run directory, a sweep directory (runs at any
-depth below it) or ``random`` (the same encoder at random initialisation) — each resolved into a :class:`Target`
-whose encoder is built at once, so bad input fails before anything is written."""
+depth below it) or ``random`` (the same encoder at random initialisation) — each resolved into an :class:`EvalJob`
+(one encoder to evaluate and where its results go) whose encoder is built at once, so bad input fails before anything
+is written."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from selfsup.runtime import checkpoint as ckpt_io
 
 
 @dataclass
-class Target:
-    """One encoder to evaluate: where it came from, its training config and where its results go."""
+class EvalJob:
+    """One encoder to evaluate (a checkpoint's, or a random initialisation): where it came from, its training config
+    and where its results go."""
 
     name: str
     out_dir: Path
@@ -48,40 +50,37 @@ def _read_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
 
 
-def load_checkpoint_target(path: Path, name: str, out_dir: Path, trusted: Sequence[str] = ()) -> Target:
-    """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files; its saved config may
-    name only selfsup's own constructors and ``trusted``)."""
+def checkpoint_job(path: Path, name: str, out_dir: Path, trusted: Sequence[str] = ()) -> EvalJob:
+    """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files and for weights that do
+    not fit the saved architecture; its saved config may name only selfsup's own constructors and ``trusted``)."""
     ckpt = ckpt_io.load(path, "checkpoint", trusted)
     config = ckpt["selfsup"]["config"]
     if not isinstance(config, dict) or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: the saved training config has no 'backbone' entry")
-    try:
-        backbone = ckpt_io.backbone_from(ckpt, path)
-        projector = None
-        if config.get("projector") is not None:
-            projector = instantiate(config["projector"])(in_dim=backbone.num_features)
-            state = {k[len("projector.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("projector.")}
-            projector.load_state_dict(state)
-            projector.eval()
-    except RuntimeError as e:  # load_state_dict: missing / unexpected / mismatched keys
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"checkpoint={path}: weights do not fit the saved architecture ({first})") from None
+    backbone = ckpt_io.backbone_from(ckpt, path)
+    projector = None
+    if config.get("projector") is not None:
+        projector = instantiate(config["projector"])(in_dim=backbone.num_features)
+        ckpt_io.load_part(projector, ckpt, "projector.", path)
     stat = path.stat()
     cache_id = {"checkpoint": str(path.resolve()), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
     run_dir = run_dir_of(path)
-    return Target(name, out_dir, backbone, projector, config, str(path), cache_id, _read_overrides(run_dir))
+    return EvalJob(name, out_dir, backbone, projector, config, str(path), cache_id, _read_overrides(run_dir))
 
 
-def random_target(cfg: DictConfig, out_dir: Path) -> Target:
+def random_init_job(cfg: DictConfig, out_dir: Path) -> EvalJob:
+    """``checkpoint=random``: ``cfg.backbone`` at its random initialisation (seeded by ``eval.seed``)."""
     torch.manual_seed(cfg.eval.seed)
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     backbone = instantiate(cfg.backbone).eval()
     config = {"backbone": backbone_cfg}
     cache_id = {"checkpoint": "random", "backbone": backbone_cfg, "seed": int(cfg.eval.seed)}
-    return Target(f"random {backbone_cfg.get('name', '')}".strip(), out_dir, backbone, None, config, "random", cache_id)
+    return EvalJob(
+        f"random {backbone_cfg.get('name', '')}".strip(), out_dir, backbone, None, config, "random", cache_id
+    )
 
 
-def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
+def resolve_jobs(cfg: DictConfig) -> tuple[list[EvalJob], Path | None]:
     """The encoders named by ``checkpoint=`` (built now, so bad input fails before anything is written) and the
     sweep directory when it names one."""
     if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
@@ -90,22 +89,22 @@ def resolve_targets(cfg: DictConfig) -> tuple[list[Target], Path | None]:
     trusted = list(cfg.get("trusted_targets") or ())
     if str(cfg.checkpoint) == "random":
         name = str(OmegaConf.select(cfg, "backbone.name", default="encoder")).replace("/", "_")
-        return [random_target(cfg, out or Path("runs") / f"random-{name}")], None
+        return [random_init_job(cfg, out or Path("runs") / f"random-{name}")], None
     path = Path(str(cfg.checkpoint)).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     if path.is_file() or ckpt_io.is_sharded(path) or (path / "checkpoints" / "last.ckpt").exists():
         ckpt = ckpt_io.resolve(path, "checkpoint")
-        return [load_checkpoint_target(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt), trusted)], None
+        return [checkpoint_job(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt), trusted)], None
     runs = find_runs(path)
     if not runs:
         raise FileNotFoundError(
             f"checkpoint={path}: a directory without checkpoints/last.ckpt and without run dirs below it; expected "
             "a .ckpt file, a run dir or a sweep dir"
         )
-    targets = []
+    jobs = []
     for run in runs:
         name = str(run.relative_to(path))
         run_out = out / name if out is not None else run
-        targets.append(load_checkpoint_target(run / "checkpoints" / "last.ckpt", name, run_out, trusted))
-    return targets, path
+        jobs.append(checkpoint_job(run / "checkpoints" / "last.ckpt", name, run_out, trusted))
+    return jobs, path

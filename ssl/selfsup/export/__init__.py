@@ -19,17 +19,16 @@ import os
 import sys
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
 import selfsup
-from selfsup.models.backbones import TORCHVISION_PREFIX
+from selfsup.models.backbones import TORCHVISION_PREFIX, replace_cifar_stem
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.errors import one_line_errors
 from selfsup.runtime.files import atomic_write
 
-log = logging.getLogger("selfsup.export")
+log = logging.getLogger(__name__)
 
 USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>"
 VIT_ARGS = ("img_size", "patch_size", "dynamic_img_size")
@@ -77,30 +76,17 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     return out
 
 
-def safetensors_metadata(path: Path, key: str, writer: str) -> dict:
-    """The metadata of the safetensors file ``path``, which must hold ``key`` (one-line errors name the file)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"path={path}: no such file")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if key not in meta:
-        raise ValueError(f"path={path}: no '{key}' in the safetensors metadata (not written by {writer})")
-    return meta
-
-
 def load_encoder(path: str | os.PathLike) -> nn.Module:
     """Rebuild an exported encoder with timm (CIFAR stem restored when the metadata says so), in eval mode."""
     import timm
 
-    from selfsup.models.backbones import _cifar_stem
-
     path = Path(path)
-    meta = safetensors_metadata(path, "timm_name", "selfsup-export")
+    meta = ckpt_io.safetensors_metadata(path, "timm_name", "selfsup-export")
     in_chans = int(meta.get("in_chans", 3))
     vit = {k: (meta[k] == "True") if k == "dynamic_img_size" else int(meta[k]) for k in VIT_ARGS if k in meta}
     model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans, **vit)
     if meta.get("cifar_stem") == "true":
-        _cifar_stem(model, meta["timm_name"], in_chans)
+        replace_cifar_stem(model, meta["timm_name"], in_chans)
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(path)))

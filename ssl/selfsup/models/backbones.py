@@ -13,7 +13,7 @@ from torch import nn
 TORCHVISION_PREFIX = "torchvision/"
 
 
-def _cifar_stem(model: nn.Module, name: str, in_chans: int) -> None:
+def replace_cifar_stem(model: nn.Module, name: str, in_chans: int) -> None:
     """Replace a ResNet-style 7x7/2 ``conv1`` + ``maxpool`` with a 3x3/1 conv and no pooling (32 px inputs)."""
     conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
     if not isinstance(conv, nn.Conv2d) or pool is None:
@@ -71,7 +71,7 @@ def build_backbone(
                 setattr(model, head, nn.Identity())
                 break
         if cifar_stem:
-            _cifar_stem(model, name, in_chans)
+            replace_cifar_stem(model, name, in_chans)
         model.eval()
         side = getattr(model, "image_size", 64)  # torchvision's ViTs take their own size only
         with torch.no_grad():
@@ -89,7 +89,7 @@ def build_backbone(
     except TypeError as e:  # a model whose constructor has no such argument
         raise ValueError(f"backbone.name={name}: does not take {sorted(vit)} ({e})") from None
     if cifar_stem:
-        _cifar_stem(model, name, in_chans)
+        replace_cifar_stem(model, name, in_chans)
     return model
 
 

@@ -8,8 +8,9 @@ Inputs (``features=<path>``), never unpickled beyond plain tensors and container
                         which refuses pickles that would run code
     ``.safetensors``    one tensor, or pick one with ``key=``
     a directory         the newest ``eval_cache/*.pt`` below it (a run dir or ``out`` dir that ``selfsup-eval`` used)
-A feature cache gives a ``train`` split (the encoder is fitted on it) and a ``test`` split (only transformed), with
-labels; ``key`` picks ``backbone`` (default: what kNN and the linear probe use) or ``embedding``.
+A feature cache (its layout: :mod:`selfsup.feature_cache`) gives a ``train`` split (the encoder is fitted on it) and a
+``test`` split (only transformed), with labels; ``key`` picks ``backbone`` (default: what kNN and the linear probe
+use) or ``embedding``.
 
 Outputs (``out=<dir>``), written atomically:
     ``encoder.safetensors``   f's weights; metadata ``selfsup_tldr`` = the architecture (JSON) for :func:`load_encoder`
@@ -30,13 +31,12 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from selfsup.export import safetensors_metadata
+from selfsup import feature_cache
 from selfsup.reduce.tldr import build_encoder
-from selfsup.runtime.checkpoint import load_file
+from selfsup.runtime.checkpoint import load_file, safetensors_metadata
 from selfsup.runtime.files import atomic_write, atomic_write_text
 
 SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
-CACHE_KEYS = ("backbone", "embedding")
 META_KEY = "selfsup_tldr"
 
 
@@ -55,13 +55,13 @@ def _resolve(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"features={path}: no such file or directory")
     if path.is_dir():
-        caches = sorted((path / "eval_cache").glob("*.pt"), key=lambda p: p.stat().st_mtime)
-        if not caches:
+        cache = feature_cache.newest(path)
+        if cache is None:
             raise FileNotFoundError(
-                f"features={path}: a directory without eval_cache/*.pt (run selfsup-eval first, "
+                f"features={path}: a directory without {feature_cache.DIR}/*.pt (run selfsup-eval first, "
                 f"or pass a {'/'.join(SUFFIXES)} file)"
             )
-        return caches[-1]
+        return cache
     if path.suffix not in SUFFIXES:
         raise ValueError(f"features={path}: expected a {', '.join(SUFFIXES)} file or a selfsup-eval output directory")
     return path
@@ -92,13 +92,8 @@ def load_features(path: str | os.PathLike, key: str | None = None) -> tuple[Path
         obj = load_file(path, "features")
         if isinstance(obj, torch.Tensor):
             splits["train"] = {"features": obj, "labels": None}
-        elif isinstance(obj, dict) and isinstance(obj.get("train"), dict):  # selfsup-eval feature cache
-            key = "backbone" if key is None else key
-            if key not in CACHE_KEYS:
-                raise ValueError(f"key={key!r}: features={path} is a selfsup-eval cache; expected one of {CACHE_KEYS}")
-            for split in ("train", "test"):
-                if isinstance(obj.get(split), dict) and key in obj[split]:
-                    splits[split] = {"features": obj[split][key], "labels": obj[split].get("labels")}
+        elif feature_cache.is_cache(obj):
+            splits.update(feature_cache.read_part(obj, "backbone" if key is None else key, path))
         elif isinstance(obj, dict):
             splits["train"] = {"features": _pick(obj, key, path), "labels": None}
         else:

@@ -1,5 +1,8 @@
 """Checkpoint files: atomic writes, loading that cannot run code, architecture checks, and DeepSpeed shards.
 
+Whether a checkpoint's weights fit a model is decided here, once (:func:`fit`; a part's weights are the entries under
+its prefix, :func:`sub_state`): for a resume, ``init_from=``, ``selfsup-eval`` and ``selfsup-export`` alike.
+
 A selfsup checkpoint is a Lightning checkpoint whose every entry is a tensor or a plain container (dict, list,
 str, number, bool, None) — the training config under ``checkpoint["selfsup"]["config"]`` included. So every load
 uses ``torch.load(weights_only=True)``: a file whose pickle names any other class or function (a ``__reduce__``
@@ -136,19 +139,60 @@ def _saved_config(ckpt, path, key: str, trusted: Sequence[str]) -> dict:
     return info
 
 
-def check_compatible(model: nn.Module, ckpt: dict, path, key: str = "ckpt_path") -> None:
-    """One-line error when ``ckpt``'s weights do not fit ``model`` (another backbone, width or projector)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
-    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    mismatched = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-    if missing or unexpected or mismatched:
-        saved = (ckpt.get("selfsup", {}).get("config") or {}).get("backbone", {})
+def sub_state(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix`` (``"backbone."``), named without it: a part's own state dict."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def listed(keys: list[str], limit: int = 3) -> str:
+    """The first ``limit`` names, and how many more: the lists of one-line errors and warnings."""
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{keys[:limit]}{more}"
+
+
+def fit(
+    expected: dict,
+    found: dict,
+    source,
+    key: str,
+    saved_config: dict | None = None,
+    model: str = "this run's model",
+    extra_ok: bool = False,
+) -> list[str]:
+    """Whether the weights ``found`` (name → tensor) fit a model whose state dict is ``expected``: the one check of
+    "does this checkpoint fit this model" (resume, ``init_from=``, ``selfsup-eval``, ``selfsup-export``).
+
+    Every name of ``expected`` must be in ``found`` with the same shape, and — unless ``extra_ok`` — nothing else;
+    otherwise one ValueError line names ``key=source``, the checkpoint's saved backbone (from ``saved_config``) and
+    the first missing, reshaped and unexpected names. Returns the names only ``found`` has (sorted)."""
+    shape = {k: tuple(v.shape) for k, v in expected.items()}
+    saved = {k: tuple(v.shape) for k, v in found.items()}
+    missing, unexpected = sorted(shape.keys() - saved.keys()), sorted(saved.keys() - shape.keys())
+    reshaped = [f"{k} {saved[k]} vs {shape[k]}" for k in sorted(shape.keys() & saved.keys()) if saved[k] != shape[k]]
+    if missing or reshaped or (unexpected and not extra_ok):
+        backbone = ((saved_config or {}).get("backbone") or {}).get("name", "?")
         raise ValueError(
-            f"{key}={path}: checkpoint of another architecture (saved backbone {saved.get('name', saved)}): "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
-            f"{len(mismatched)} with other shapes {mismatched[:3]}"
+            f"{key}={source}: checkpoint of another architecture (saved backbone {backbone}): its weights do not fit "
+            f"{model}: {len(missing)} missing {listed(missing)}, {len(reshaped)} with other shapes (saved vs now) "
+            f"{listed(reshaped)}, {len(unexpected)} unexpected {listed(unexpected)}"
         )
+    return unexpected
+
+
+def check_compatible(model: nn.Module, ckpt: dict, path, key: str = "ckpt_path") -> None:
+    """One-line error when ``ckpt``'s weights do not fit ``model`` (another backbone, width or projector):
+    :func:`fit`."""
+    fit(model.state_dict(), ckpt["state_dict"], path, key, ckpt.get("selfsup", {}).get("config"))
+
+
+def load_part(part: nn.Module, ckpt: dict, prefix: str, path, key: str = "checkpoint") -> nn.Module:
+    """Load the entries of ``ckpt["state_dict"]`` under ``prefix`` (``"backbone."``, ``"projector."``) into ``part``
+    (built from the checkpoint's saved config), after :func:`fit` checked they are exactly its weights; eval mode."""
+    state = sub_state(ckpt["state_dict"], prefix)
+    config = ckpt["selfsup"].get("config")
+    fit(part.state_dict(), state, path, key, config, model=f"the {prefix.rstrip('.')} its saved config builds")
+    part.load_state_dict(state)
+    return part.eval()
 
 
 def non_finite(state_dict: dict) -> list[str]:
@@ -165,11 +209,21 @@ def backbone_from(ckpt: dict, path="checkpoint") -> nn.Module:
     config = ckpt["selfsup"].get("config")
     if not config or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: holds no backbone config to rebuild the encoder from")
-    backbone = instantiate(OmegaConf.create(config).backbone)
-    state = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-    check_compatible(backbone, {"state_dict": state, "selfsup": ckpt["selfsup"]}, path, key="checkpoint")
-    backbone.load_state_dict(state)
-    return backbone.eval()
+    return load_part(instantiate(OmegaConf.create(config).backbone), ckpt, "backbone.", path)
+
+
+def safetensors_metadata(path: Path, key: str, writer: str) -> dict:
+    """The metadata of the safetensors file ``path`` (an exported encoder: ``selfsup-export``, ``selfsup-reduce``),
+    which must hold ``key`` (one-line errors name the file and ``writer``, the command that writes such files)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"path={path}: no such file")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if key not in meta:
+        raise ValueError(f"path={path}: no '{key}' in the safetensors metadata (not written by {writer})")
+    return meta
 
 
 # -- sharded checkpoints (DeepSpeed ZeRO: a directory with a 'latest' tag file) -------------------------------------

@@ -31,7 +31,7 @@ from torch import nn
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.files import atomic_write_text
 
-log = logging.getLogger("selfsup.train")
+log = logging.getLogger(__name__)
 
 FRESH_PREFIXES = ("probe.", "memory.")  # restart as in a new run; never copied
 KEY = "init_from"
@@ -50,40 +50,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _listed(keys: list[str], limit: int = 3) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"{keys[:limit]}{more}"
-
-
 def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict:
     """Copy the weights of the selfsup checkpoint ``source`` (a ``.ckpt`` file, a run directory — its
     ``checkpoints/last.ckpt`` — or a DeepSpeed shard directory) into ``module``; returns what was loaded (the record
     kept in the run's checkpoints). One-line ValueError/FileNotFoundError for a missing file, a file that is not a
-    selfsup checkpoint or would run code, and for weights that are missing or have other shapes. ``trusted``:
-    constructors its saved config may name beyond selfsup's own (``trusted_targets``)."""
+    selfsup checkpoint or would run code, and for weights that are missing or have other shapes
+    (:func:`selfsup.runtime.checkpoint.fit`). ``trusted``: constructors its saved config may name beyond selfsup's
+    own (``trusted_targets``)."""
     path = ckpt_io.resolve(source, KEY)
     ckpt = ckpt_io.load(path, KEY, trusted)
-    state = ckpt["state_dict"]
     expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FRESH_PREFIXES)}
-    found = {k: v for k, v in state.items() if not k.startswith(FRESH_PREFIXES)}
-    missing = sorted(expected.keys() - found.keys())
-    mismatched = [
-        f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(expected.keys() & found.keys())
-        if found[k].shape != expected[k].shape
-    ]
+    found = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(FRESH_PREFIXES)}
     saved_cfg = ckpt["selfsup"].get("config") or {}
-    if missing or mismatched:
-        backbone = (saved_cfg.get("backbone") or {}).get("name", "?")
-        raise ValueError(
-            f"{KEY}={source}: its weights do not fit this run's model (checkpoint backbone {backbone}): "
-            f"{len(missing)} missing {_listed(missing)}, {len(mismatched)} with other shapes (saved vs now) "
-            f"{_listed(mismatched)}: use the recipe/architecture the checkpoint was trained with"
-        )
-    bad = ckpt_io.non_finite({k: found[k] for k in expected})
-    if bad:
-        raise ValueError(f"{KEY}={source}: {len(bad)} weights hold NaN or Inf {_listed(bad)}: not a usable start")
-    left_out = sorted(found.keys() - expected.keys())
+    left_out = ckpt_io.fit(expected, found, source, KEY, saved_cfg, extra_ok=True)
     module.load_state_dict({k: found[k] for k in expected}, strict=False)  # not strict: probe/memory stay fresh
     if left_out:
         log.warning(
@@ -91,7 +70,7 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
             KEY,
             source,
             len(left_out),
-            _listed(left_out),
+            ckpt_io.listed(left_out),
         )
     objective = (saved_cfg.get("objective") or {}).get("_target_")
     record = {
@@ -115,30 +94,30 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
 
 
 def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
-    """For a NEW run with ``cfg.init_from`` set: load the weights into ``module`` and add the record to the
-    checkpoints' run info (``module.run_info["init_from"]``); returns the record (None when ``init_from`` is null).
+    """The ``init_from`` record of this run, for the checkpoints' run info (``checkpoint["selfsup"]["init_from"]``)
+    and ``.hydra/init_from.yaml``; the caller puts it there — ``module.run_info`` is not touched.
+
+    A NEW run (``resumed`` None) with ``cfg.init_from`` set: the weights are loaded into ``module``
+    (:func:`load_weights`) and its record returned; None when ``init_from`` is null (warned when the objective
+    continues a trained model, ``Objective.continues_trained_model``: E2MC).
 
     ``resumed``: the ``checkpoint["selfsup"]`` entry of the checkpoint a resumed run continues from — then nothing
-    is loaded (Lightning restores the run's own weights), the run's original record is kept, and None returned."""
+    is loaded (Lightning restores the run's own weights) and the run's original record (or None) is returned."""
     if resumed is not None:
-        if resumed.get(KEY) is not None:
-            module.run_info = {**getattr(module, "run_info", {}), KEY: resumed[KEY]}
-        return None
+        return resumed.get(KEY)
     source = cfg.get(KEY)
     if source is None:
-        if any(type(m).__name__ == "E2MCLoss" for m in module.modules()):
+        if getattr(getattr(module, "objective", None), "continues_trained_model", False):
             log.warning(
-                "%s=null: E2MC is a criterion for continuing a trained model (docs/e2mc.md), but this run "
-                "starts from random weights; set %s=<checkpoint|run dir>",
+                "%s=null: the objective is a criterion for continuing a trained model (E2MC, docs/e2mc.md), but "
+                "this run starts from random weights; set %s=<checkpoint|run dir>",
                 KEY,
                 KEY,
             )
         return None
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"{KEY}={source!r}: expected the path of a selfsup checkpoint or run directory")
-    record = load_weights(module, source, cfg.get("trusted_targets") or ())
-    module.run_info = {**getattr(module, "run_info", {}), KEY: record}
-    return record
+    return load_weights(module, source, cfg.get("trusted_targets") or ())
 
 
 def write_record(run_dir, record: dict | None) -> None:
