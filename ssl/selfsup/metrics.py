@@ -12,16 +12,19 @@
   chosen on a stratified validation split carved from train (the "fast" protocol).
 - :func:`linear_probe_sgd` — the same classifier trained the standard way (mini-batch SGD, momentum, cosine schedule),
   for comparison with it and with papers' protocol on cached features.
+- :func:`train_head_sgd` — that SGD loop itself, also run on augmented images by ``selfsup.evaluate.probes``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from selfsup import checks
 
 # Largest similarity block (test rows × bank rows) materialised at once by knn_top1: 2^24 floats = 64 MiB.
 _KNN_BLOCK_ELEMENTS = 1 << 24
@@ -209,23 +212,16 @@ def knn_top1(
     Returns:
         top-1 accuracy in [0, 1].
     """
-    _check_matrix("knn_top1 train_feats", train_feats)
-    _check_matrix("knn_top1 test_feats", test_feats)
-    if train_feats.shape[1] != test_feats.shape[1]:
-        raise ValueError(
-            f"knn_top1 test_feats: got dim {test_feats.shape[1]}, expected train_feats' dim {train_feats.shape[1]}"
-        )
-    if not k >= 1:
-        raise ValueError(f"knn_top1 k={k}: expected an integer >= 1")
-    if not temperature > 0:
-        raise ValueError(f"knn_top1 temperature={temperature}: expected a value > 0")
+    train_labels, test_labels, num_classes = _prepare_probe_inputs(
+        "knn_top1", train_feats, train_labels, test_feats, test_labels
+    )
+    checks.integer("knn_top1 k", k, minimum=1)
+    checks.number("knn_top1 temperature", temperature, above=0)
     device = train_feats.device
-    train_labels = _check_labels("knn_top1 train_labels", train_labels, train_feats.shape[0]).to(device)
-    test_labels = _check_labels("knn_top1 test_labels", test_labels, test_feats.shape[0]).to(device)
+    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
     dtype = torch.float64 if train_feats.dtype == torch.float64 else torch.float32
     bank = F.normalize(train_feats.to(dtype), dim=1)  # (N, D)
-    n_bank, k = bank.shape[0], min(int(k), bank.shape[0])
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    n_bank, k = bank.shape[0], min(k, bank.shape[0])
     chunk = max(1, _KNN_BLOCK_ELEMENTS // n_bank)
     correct = 0
     for start in range(0, test_feats.shape[0], chunk):
@@ -426,8 +422,8 @@ def linear_probe_sgd(
     y_train, y_test, num_classes = _prepare_probe_inputs(
         "linear_probe_sgd", train_feats, train_labels, test_feats, test_labels
     )
-    if not epochs >= 1 or not batch_size >= 1:
-        raise ValueError(f"linear_probe_sgd epochs={epochs}, batch_size={batch_size}: expected integers >= 1")
+    checks.integer("linear_probe_sgd epochs", epochs, minimum=1)
+    checks.integer("linear_probe_sgd batch_size", batch_size, minimum=1)
     x_train = train_feats.detach().to("cpu", torch.float32)
     x_test = test_feats.detach().to("cpu", torch.float32)
     if standardize:
@@ -438,17 +434,14 @@ def linear_probe_sgd(
     head = torch.nn.Linear(x_train.shape[1], num_classes)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(head.parameters(), lr=lr * batch_size / 256, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+
+    def batches():  # one epoch: a seeded permutation of the rows
         for rows in torch.randperm(x_train.shape[0], generator=g).split(batch_size):
-            loss = F.cross_entropy(head(x_train[rows]), y_train[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            yield x_train[rows], y_train[rows]
+
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    train_head_sgd(head, batches, epochs, steps_per_epoch, batch_size, lr, momentum, weight_decay)
     with torch.no_grad():
         w, b = head.weight.T, head.bias
         return {
@@ -456,3 +449,37 @@ def linear_probe_sgd(
             "train_top1": _accuracy(x_train, y_train, w, b),
             "seconds": time.perf_counter() - t0,
         }
+
+
+def train_head_sgd(
+    head: torch.nn.Module,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> None:
+    """The SGD protocol's loop: cross-entropy of ``head`` trained by SGD with momentum at ``lr × batch_size / 256``,
+    decayed on a cosine to 0 over ``epochs × steps_per_epoch`` steps (stepped once per batch).
+
+    Args:
+        head: the classifier (its parameters are the only ones updated).
+        batches: called once per epoch; yields (inputs (B, F), class indices (B,)) already on the head's device.
+        epochs, steps_per_epoch: the schedule's length.
+        batch_size, lr, momentum, weight_decay: SGD settings.
+        on_epoch: called after every epoch with (epoch index, the epoch's last loss).
+    """
+    opt = torch.optim.SGD(head.parameters(), lr=lr * batch_size / 256, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    for epoch in range(epochs):
+        for x, y in batches():
+            loss = F.cross_entropy(head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch, loss.item())

@@ -70,5 +70,5 @@ def test_zero_or_negative_head_widths_fail_when_the_run_is_built(tmp_path):
     from tests.runs import TINY
 
     for bad in ("projector.out_dim=0", "projector.hidden_dim=-4", "projector.num_layers=0"):
-        with pytest.raises(ValueError, match=f"{bad}: expected an integer >= 1"):
+        with pytest.raises(ValueError, match=f"{bad}: expected a positive integer"):
             build(compose_train(TINY + [bad], tmp_path))

@@ -1,5 +1,6 @@
 """The standard linear-evaluation protocol on augmented images (``eval.protocol=sgd``, ``eval.sgd.augment=true``);
-the fast probes on cached features are ``selfsup.metrics.linear_probe`` / ``linear_probe_sgd``."""
+the fast probes on cached features are ``selfsup.metrics.linear_probe`` / ``linear_probe_sgd``, and the SGD loop both
+SGD probes run is ``selfsup.metrics.train_head_sgd``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from selfsup.evaluate.features import device_of
+from selfsup.devices import device_of
+from selfsup.metrics import train_head_sgd
 
-log = logging.getLogger("selfsup.eval")
+log = logging.getLogger(__name__)
 
 
 class _Augmented(torch.utils.data.Dataset):
@@ -40,10 +42,9 @@ class _Augmented(torch.utils.data.Dataset):
 
 def sgd_probe_augmented(backbone: nn.Module, train_ds, feats: dict, cfg: DictConfig, num_classes: int) -> dict:
     """Standard linear evaluation: frozen backbone (eval mode), BatchNorm without affine + linear head trained by
-    SGD with momentum and a cosine schedule on augmented images; scored on the cached centre-crop test features."""
-    import torch.nn.functional as F
-
-    opts, device = cfg.eval.sgd, device_of(cfg.eval.device)
+    :func:`selfsup.metrics.train_head_sgd` on augmented images, re-encoded every epoch; scored on the cached
+    centre-crop test features."""
+    opts, device = cfg.eval.sgd, device_of(cfg.eval.device, "eval.device")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.eval.seed)
     width = backbone.num_features
@@ -57,20 +58,19 @@ def sgd_probe_augmented(backbone: nn.Module, train_ds, feats: dict, cfg: DictCon
         num_workers=cfg.eval.num_workers,
         drop_last=len(train_ds) > opts.batch_size,
     )
-    opt = torch.optim.SGD(
-        head.parameters(), lr=opts.lr * opts.batch_size / 256, momentum=opts.momentum, weight_decay=opts.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts.epochs * len(loader))
-    for epoch in range(opts.epochs):
+
+    def batches():  # one epoch of augmented images through the frozen backbone
         for x, y in loader:
             with torch.no_grad():
                 f = backbone(x.to(device)).flatten(1)
-            loss = F.cross_entropy(head(f), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log.info("sgd probe epoch %d/%d loss %.4f", epoch + 1, opts.epochs, loss.item())
+            yield f, y.to(device)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        log.info("sgd probe epoch %d/%d loss %.4f", epoch + 1, opts.epochs, loss)
+
+    train_head_sgd(
+        head, batches, opts.epochs, len(loader), opts.batch_size, opts.lr, opts.momentum, opts.weight_decay, on_epoch
+    )
     head.eval()
     backbone.cpu()
     with torch.no_grad():

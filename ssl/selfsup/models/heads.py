@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup import checks
+
 
 def mlp(
     in_dim: int,
@@ -26,8 +28,7 @@ def mlp(
         last_batch_norm: a non-affine BatchNorm1d on the output (SimCLR v2, Barlow Twins, SimSiam).
     """
     for key, value in (("num_layers", num_layers), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"projector.{key}={value!r}: expected an integer >= 1 (projector or predictor width)")
+        checks.integer(f"projector.{key}", value, minimum=1)
     layers, dim = [], in_dim
     for _ in range(num_layers - 1):
         layers += [nn.Linear(dim, hidden_dim, bias=not batch_norm)]
@@ -68,8 +69,8 @@ class DINOHead(nn.Module):
         norm_last_layer: bool = True,
     ):
         super().__init__()
-        if num_layers < 1 or out_dim < 1:
-            raise ValueError(f"projector.num_layers={num_layers}, projector.out_dim={out_dim}: expected >= 1")
+        for key, value in (("num_layers", num_layers), ("out_dim", out_dim)):
+            checks.integer(f"projector.{key}", value, minimum=1)
         layers, dim = [], in_dim
         for _ in range(num_layers - 1):
             layers += [nn.Linear(dim, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batch_norm else []) + [nn.GELU()]
@@ -89,14 +90,5 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
-def dino_head(
-    in_dim: int,
-    out_dim: int = 65536,
-    hidden_dim: int = 2048,
-    bottleneck_dim: int = 256,
-    num_layers: int = 3,
-    batch_norm: bool = False,
-    norm_last_layer: bool = True,
-) -> DINOHead:
-    """:class:`DINOHead` (a builder like :func:`mlp`, for ``projector=dino_head``)."""
-    return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, num_layers, batch_norm, norm_last_layer)
+# The name ``conf/projector/dino_head.yaml`` builds (``selfsup.models.dino_head``), as ``mlp`` for the others.
+dino_head = DINOHead
