@@ -3,7 +3,8 @@
 Every view of every sample is drawn from its own ``torch.Generator`` seeded by (seed, epoch, sample index, view),
 so a run's views do not depend on the number of processes, workers or restarts. A view marked ``shared`` is seeded
 by (seed, epoch, chunk id, view) instead: all rows of a contiguous chunk of the global batch then share one draw
-(``shared_chunks``, what CARE needs).
+(``shared_chunks``, what CARE needs). :func:`view_key` is that key, for the CPU path and the device path's exact
+sampler alike.
 
 The parameters of view i form ``params[i]``, a float tensor of ``NUM_PARAMS`` entries (identity values when an
 augmentation was not applied):
