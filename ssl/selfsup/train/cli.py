@@ -102,15 +102,15 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     cfg = p.cfg
     log.info("run directory %s", Path(cfg.run_dir).resolve())  # stdout and <run dir>/train.log (conf/train.yaml)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
-    init = init_from.apply(cfg, module, resumed=p.saved if p.ckpt_path is not None else None)
+    datamodule, module, trainer = build(cfg, resumed=p.saved if p.ckpt_path is not None else None)
     if p.ckpt_path is not None:
         check_resumable(p, module, trainer)
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if trainer.is_global_zero else nullcontext():
         if trainer.is_global_zero:
             prepare_run_dir(run_dir, cfg, p, overrides)
-            init_from.write_record(run_dir, init)
+            if p.ckpt_path is None:  # a new run: where its weights came from (a resumed run keeps its record)
+                init_from.write_record(run_dir, module.run_info.get("init_from"))
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger) and p.ckpt_path is not None:
                 logger.keep_before_step = p.step
