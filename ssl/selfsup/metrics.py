@@ -171,8 +171,7 @@ def lidar(z_views: torch.Tensor, delta: float = 1e-4, eps: float = 1e-8) -> torc
     n, q, d = z_views.shape
     if n < 2 or q < 2 or d < 1:
         raise ValueError(f"lidar z_views: got shape {(n, q, d)}, expected n >= 2 images, q >= 2 views and D >= 1")
-    if not delta > 0:
-        raise ValueError(f"lidar delta={delta}: expected a value > 0")
+    checks.number("lidar delta", delta, above=0)
     z = z_views.detach().to(torch.float64)
     if not torch.isfinite(z).all():
         raise ValueError("lidar z_views: contains NaN or Inf, expected finite embeddings")
@@ -343,8 +342,7 @@ def linear_probe(
         raise ValueError(f"linear_probe l2_grid={list(l2_grid)}: expected a non-empty list of finite values >= 0")
     if len(grid) > 1 and val_fraction <= 0:
         raise ValueError(f"linear_probe val_fraction={val_fraction}: expected > 0 to choose among l2_grid={grid}")
-    if not max_iter >= 1:
-        raise ValueError(f"linear_probe max_iter={max_iter}: expected an integer >= 1")
+    checks.integer("linear_probe max_iter", max_iter, minimum=1)
     x_train = train_feats.detach().to("cpu", torch.float32)
     x_test = test_feats.detach().to("cpu", torch.float32)
 

@@ -25,6 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from selfsup import checks
 from selfsup.config import CONF_DIR
 from selfsup.evaluate import report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
@@ -42,8 +43,7 @@ PROTOCOLS = ("fast", "sgd")
 def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     """(metrics, artefacts for the report) of one encoder."""
     e = cfg.eval
-    if e.protocol not in PROTOCOLS:
-        raise ValueError(f"eval.protocol={e.protocol!r}: expected one of {PROTOCOLS}")
+    checks.one_of("eval.protocol", e.protocol, PROTOCOLS)
     need_labels = bool(e.knn or e.linear)
     data = eval_data_config(cfg, job)
     train_ds, test_ds = build_eval_datasets(data, need_labels)
