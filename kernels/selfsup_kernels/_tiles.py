@@ -155,30 +155,32 @@ def fwd_logits(
 
 
 @triton.jit
-def grad_logits(
+def grad_tile(
     X,
     Y,
     x,
-    y,
     ix,
     x_ok,
     iy,
     y_ok,
     stride_x,
     stride_y,
+    do,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """(len(ix), len(iy)) fp32 dots X[ix] · Y[iy]ᵀ of a backward program: X is the side whose gradient it writes
-    (rows for dQ, keys for dK), ``x`` its resident tile and ``y`` the other side's current gradient chunk. When whole
-    rows fit (D <= BLOCK_D, one chunk) the loaded tiles are the rows; else :func:`scores` recomputes over D."""
+    """One step of a backward program's loop: (the other side's chunk Y[iy, do], the (len(ix), len(iy)) fp32 dots
+    X[ix] · Y[iy]ᵀ). X is the side whose gradient the program writes (rows for dQ, keys for dK) and ``x`` its
+    resident tile (:func:`grad_chunk`); when whole rows fit (D <= BLOCK_D, one chunk) the dots come from the two
+    loaded tiles, else :func:`scores` recomputes them over D."""
+    y = load_rows(Y, iy, y_ok, stride_y, do, D)
     if D <= BLOCK_D:
         s = dot(x, tl.trans(y), UPCAST, PREC)
     else:
         s = scores(X, Y, ix, x_ok, iy, y_ok, stride_x, stride_y, D, BLOCK_D, UPCAST, PREC)
-    return s
+    return y, s
 
 
 @triton.jit

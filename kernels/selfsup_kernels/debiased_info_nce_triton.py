@@ -156,8 +156,7 @@ def _dq_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
     for n0 in range(0, 2 * M, BLOCK_N):
         col, col_ok, col64 = tiles.key_tile(n0, 0, M, BLOCK_N, False)
-        k = tiles.load_rows(K, col64, col_ok, stride_k, do, D)
-        s = tiles.grad_logits(Q, K, q, k, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        k, s = tiles.grad_tile(Q, K, q, row, row_ok, col64, col_ok, stride_q, stride_k, do, D, BLOCK_D, UPCAST, PREC)
         s = s * scale
         is_pos = col[None, :] == pos_col[:, None]
         is_neg = col_ok[None, :] & (col[None, :] != self_col[:, None]) & ~is_pos
@@ -201,8 +200,7 @@ def _dk_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
     for m0 in range(0, 2 * N, BLOCK_M):
         row, row_ok, pos_col, self_col = tiles.row_tile(m0, 0, N, M, offset, BLOCK_M, False)
-        q = tiles.load_rows(Q, row, row_ok, stride_q, do, D)
-        st = tiles.grad_logits(K, Q, k, q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
+        q, st = tiles.grad_tile(K, Q, k, col64, col_ok, row, row_ok, stride_k, stride_q, do, D, BLOCK_D, UPCAST, PREC)
         st = st * scale  # (BLOCK_N, BLOCK_M) transposed logits
         is_pos = row_ok[None, :] & (col[:, None] == pos_col[None, :])
         is_neg = row_ok[None, :] & col_ok[:, None] & (col[:, None] != self_col[None, :]) & ~is_pos

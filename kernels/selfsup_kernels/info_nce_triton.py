@@ -134,8 +134,7 @@ def _dq_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_DO), tl.float32)
     for n0 in range(0, tiles.span(M, CROSS), BLOCK_N):
         col, col_ok, col64 = tiles.key_tile(n0, 1 - h, M, BLOCK_N, CROSS)
-        k = tiles.load_rows(K, col64, col_ok, stride_k, do, D)
-        s = tiles.grad_logits(Q, K, q, k, row, row_ok, col64, col_ok, stride_q, stride_k, D, BLOCK_D, UPCAST, PREC)
+        k, s = tiles.grad_tile(Q, K, q, row, row_ok, col64, col_ok, stride_q, stride_k, do, D, BLOCK_D, UPCAST, PREC)
         s = tl.where(col_ok[None, :] & (col[None, :] != self_col[:, None]), s * scale, float("-inf"))
         y = (col[None, :] == pos_col[:, None]).to(tl.float32)
         ds = tl.exp2(s - lse_r[:, None]) - y  # (BLOCK_M, BLOCK_N) = dL/dl up to the weights
@@ -185,8 +184,7 @@ def _dk_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
     for m0 in range(0, tiles.span(N, CROSS), BLOCK_M):
         row, row_ok, pos_col, self_col = tiles.row_tile(m0, 1 - hc, N, M, offset, BLOCK_M, CROSS)
-        q = tiles.load_rows(Q, row, row_ok, stride_q, do, D)
-        st = tiles.grad_logits(K, Q, k, q, col64, col_ok, row, row_ok, stride_k, stride_q, D, BLOCK_D, UPCAST, PREC)
+        q, st = tiles.grad_tile(K, Q, k, col64, col_ok, row, row_ok, stride_k, stride_q, do, D, BLOCK_D, UPCAST, PREC)
         # (BLOCK_N, BLOCK_M) transposed logits; masked rows contribute nothing
         st = tl.where(row_ok[None, :] & (col[:, None] != self_col[None, :]), st * scale, float("-inf"))
         lse_r = tl.load(LSE + row, mask=row_ok, other=0.0)
