@@ -16,7 +16,7 @@ similarities; here every anchor's terms are scaled by e^{−c_i} (c_i its larges
 cancels in l_i and in w, so the value is the same but nothing overflows for small τ. The weights are computed as
 ``Mneg · softmax_j(β s(i, j))`` — equal to neg^β / mean(neg^β).
 
-Inputs must already be L2-normalised; computation runs in the inputs' dtype (float64 for golden tests).
+Inputs (L2-normalised) and the computation's dtype as for :mod:`selfsup_kernels.info_nce_ref`.
 """
 
 from __future__ import annotations
