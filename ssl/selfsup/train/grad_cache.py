@@ -55,8 +55,12 @@ def _set_rng_state(state: tuple) -> None:
 
 
 def _online(feats: list, z: list, q: list) -> list[torch.Tensor]:
-    """The online branch's tensors that carry gradient to the parameters, in a fixed order (no duplicates)."""
-    return [*z, *feats, *(qi for qi, zi in zip(q, z, strict=True) if qi is not zi)]
+    """The online branch's tensors that carry gradient to the parameters, in a fixed order, each once (a query that
+    is its projection, a projection that is the features under ``projector=identity``)."""
+    unique = {}
+    for t in (*z, *feats, *q):
+        unique.setdefault(id(t), t)
+    return list(unique.values())
 
 
 def _whole(outs: list[ViewBatch]) -> ViewBatch:
