@@ -42,3 +42,12 @@ def test_one_of():
     assert checks.one_of("o.negatives", "all", ("all", "cross")) == "all"
     with pytest.raises(ValueError, match=r"^o.negatives='some': expected one of 'all', 'cross'$"):
         checks.one_of("o.negatives", "some", ("all", "cross"))
+
+
+def test_number_below_is_exclusive():
+    assert checks.number("s", 0, minimum=0, below=1) == 0
+    for bad in (1, 1.0, -0.1):
+        with pytest.raises(ValueError, match=r"^s=.*: expected a number in \[0, 1\)$"):
+            checks.number("s", bad, minimum=0, below=1)
+    with pytest.raises(ValueError, match=r"^s=2: expected a number in \(0, 1\)$"):
+        checks.number("s", 2, above=0, below=1)

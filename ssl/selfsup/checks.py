@@ -40,9 +40,10 @@ def number(
     minimum: float | None = None,
     maximum: float | None = None,
     above: float | None = None,
+    below: float | None = None,
     allow_none: bool = False,
 ):
-    """``value`` if it is a finite real number (not a bool) within [minimum, maximum] and > ``above``."""
+    """``value`` if it is a finite real number (not a bool) within [minimum, maximum], > ``above`` and < ``below``."""
     if value is None and allow_none:
         return None
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -51,9 +52,18 @@ def number(
         and (minimum is None or value >= minimum)
         and (maximum is None or value <= maximum)
         and (above is None or value > above)
+        and (below is None or value < below)
     ):
         return value
-    expected = f"a number > {above}" if above is not None else _expected(minimum, maximum, "a number")
+    low = f"[{minimum}" if minimum is not None else (f"({above}" if above is not None else None)
+    if below is not None and low is not None:
+        expected = f"a number in {low}, {below})"
+    elif below is not None:
+        expected = f"a number < {below}"
+    elif above is not None:
+        expected = f"a number > {above}"
+    else:
+        expected = _expected(minimum, maximum, "a number")
     raise ValueError(f"{key}={value!r}: expected {expected}" + (" or null" if allow_none else ""))
 
 

@@ -151,7 +151,7 @@ def test_one_and_two_views():
 
 def test_bad_settings_and_inputs_fail_in_one_line(caplog):
     for kwargs, message in (
-        (dict(label_smoothing=1.0), r"objective.label_smoothing=1.0: expected a value in \[0, 1\)"),
+        (dict(label_smoothing=1.0), r"objective.label_smoothing=1.0: expected a number in \[0, 1\)"),
         (dict(num_samples=0), "objective.num_samples=0: expected a positive integer"),
         (dict(in_dim=2.5), "objective.in_dim=2.5: expected a positive integer"),
         (dict(class_chunk=0), "objective.class_chunk=0: expected a positive integer"),
@@ -170,7 +170,7 @@ def test_bad_settings_and_inputs_fail_in_one_line(caplog):
         DIETLoss(num_samples=5).attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
     with pytest.raises(ValueError, match="objective.in_dim=4: the embeddings are 5-d"):
         DIETLoss(in_dim=4).attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
-    with caplog.at_level(logging.WARNING, logger="selfsup.objectives"):
+    with caplog.at_level(logging.WARNING, logger="selfsup.objectives.diet"):
         bigger = DIETLoss(num_samples=20)
         bigger.attach(RunFacts(embedding_dim=F, feature_dim=F, num_samples=11))
     assert "objective.num_samples=20 but the training split has 11 images: 9 head rows" in caplog.text

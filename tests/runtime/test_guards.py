@@ -155,7 +155,7 @@ def test_bad_collapse_settings_are_refused():
         (dict(every_n_steps=-1), "every_n_steps=-1: expected an integer >= 0"),
         (dict(every_n_steps=True), "every_n_steps=True: expected an integer >= 0"),
         (dict(min_std=2.0), "min_std=2.0: expected a number in [0, 1)"),
-        (dict(min_std=float("nan")), "min_std=nan: expected a number >= 0"),
+        (dict(min_std=float("nan")), "min_std=nan: expected a number in [0, 1)"),
         (dict(min_rankme=-1.0), "min_rankme=-1.0: expected a number >= 0"),
         (dict(eigenvalues=2.5), "eigenvalues=2.5: expected an integer >= 0"),
     ):

@@ -35,7 +35,7 @@ from torch import nn
 from selfsup import checks
 from selfsup.objectives.base import Objective, RunFacts, ViewBatch, mean_over
 
-log = logging.getLogger("selfsup.objectives")
+log = logging.getLogger(__name__)
 
 
 def head_memory(num_samples: int, in_dim: int, batch: int, param_bytes: int = 4, logit_bytes: int = 4) -> dict:
@@ -127,12 +127,7 @@ class DIETLoss(Objective):
         for key, value in (("num_samples", num_samples), ("in_dim", in_dim), ("class_chunk", class_chunk)):
             checks.integer(f"objective.{key}", value, minimum=1, allow_none=True)
         self.class_chunk = class_chunk
-        if (
-            isinstance(label_smoothing, bool)
-            or not isinstance(label_smoothing, (int, float))
-            or not 0.0 <= label_smoothing < 1.0
-        ):
-            raise ValueError(f"objective.label_smoothing={label_smoothing!r}: expected a value in [0, 1)")
+        checks.number("objective.label_smoothing", label_smoothing, minimum=0, below=1)
         self.num_samples, self.in_dim, self.label_smoothing = num_samples, in_dim, float(label_smoothing)
         self.head: nn.Linear | None = None
         if num_samples is not None and in_dim is not None:

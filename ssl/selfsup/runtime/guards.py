@@ -107,9 +107,8 @@ class CollapseMonitor(L.Callback):
 
     def __init__(self, every_n_steps: int = 10, min_std: float = 0.1, min_rankme: float = 2.0, eigenvalues: int = 8):
         self.every_n_steps = checks.integer("callbacks.collapse.every_n_steps", every_n_steps, minimum=0)
-        self.min_std = checks.number("callbacks.collapse.min_std", min_std, minimum=0)
-        if self.min_std >= 1:  # embed_std is about 1 when the embeddings spread: a warning on every healthy run
-            raise ValueError(f"callbacks.collapse.min_std={min_std!r}: expected a number in [0, 1)")
+        # below 1: embed_std is about 1 when the embeddings spread, so 1 would warn on every healthy run
+        self.min_std = checks.number("callbacks.collapse.min_std", min_std, minimum=0, below=1)
         self.min_rankme = checks.number("callbacks.collapse.min_rankme", min_rankme, minimum=0)
         self.eigenvalues = checks.integer("callbacks.collapse.eigenvalues", eigenvalues, minimum=0)
         self.warned_at: int | None = None
