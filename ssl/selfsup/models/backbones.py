@@ -93,6 +93,26 @@ def build_backbone(
     return model
 
 
+def check_input_sizes(backbone: nn.Module, sizes: dict[str, int]) -> None:
+    """Refuse input sizes a timm vision transformer cannot take, in one line naming the config key: a size that its
+    patch size does not divide, or, without ``dynamic_img_size``, another size than the one it is built for.
+    ``sizes``: config key → side length (e.g. ``{"views.views.v1.size": 32}``); other backbones take any size."""
+    patch_embed = getattr(backbone, "patch_embed", None)  # timm's ViTs: the only backbones with a patch size
+    if patch_embed is None or not hasattr(patch_embed, "patch_size"):
+        return
+    patch = int(patch_embed.patch_size[0])
+    dynamic = bool(getattr(backbone, "dynamic_img_size", False))
+    fixed = getattr(patch_embed, "img_size", None)
+    for key, size in sizes.items():
+        if size % patch:
+            raise ValueError(f"{key}={size}: not a multiple of the ViT's patch size {patch} (backbone.patch_size)")
+        if not dynamic and fixed is not None and size != int(fixed[0]):
+            raise ValueError(
+                f"{key}={size}: the ViT is built for {int(fixed[0])} px; set backbone.dynamic_img_size=true "
+                "(multi-crop) or backbone.img_size"
+            )
+
+
 class SmallCNN(nn.Module):
     """Three 3x3 conv blocks (stride 1, 2, 2) and global average pooling — the quickstart encoder.
 

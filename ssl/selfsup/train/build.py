@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup import checks
 from selfsup.data.batches import BatchPlan, TrainerFacts
+from selfsup.models.backbones import check_input_sizes
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
@@ -134,7 +135,7 @@ def build_module(
 ) -> SSLModule:
     """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
     backbone = instantiate(cfg.backbone)
-    check_patch_size(backbone, views)
+    check_input_sizes(backbone, {f"views.views.{name}.size": v.size for name, v in zip(views.names, views.views)})
     return SSLModule(
         backbone=backbone,
         projector=instantiate(cfg.projector),
@@ -195,24 +196,3 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
             f"grad_cache_chunks={chunks}: the batch of {plan.per_device} rows (data.batch_size) must "
             "split into equal chunks"
         )
-
-
-def check_patch_size(backbone, views) -> None:
-    """A vision transformer's patch size divides every view's size (and a fixed-size ViT gets its own size)."""
-    patch_embed = getattr(backbone, "patch_embed", None)
-    if patch_embed is None or not hasattr(patch_embed, "patch_size"):
-        return
-    patch = int(patch_embed.patch_size[0])
-    dynamic = bool(getattr(backbone, "dynamic_img_size", False))
-    fixed = getattr(patch_embed, "img_size", None)
-    for name, view in zip(views.names, views.views):
-        if view.size % patch:
-            raise ValueError(
-                f"views.views.{name}.size={view.size}: not a multiple of the ViT's patch size {patch} "
-                "(backbone.patch_size)"
-            )
-        if not dynamic and fixed is not None and view.size != int(fixed[0]):
-            raise ValueError(
-                f"views.views.{name}.size={view.size}: the ViT is built for {int(fixed[0])} px; set "
-                "backbone.dynamic_img_size=true (multi-crop) or backbone.img_size"
-            )

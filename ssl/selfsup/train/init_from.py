@@ -24,12 +24,16 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from torch import nn
 
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from selfsup.train.module import SSLModule
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
     return record
 
 
-def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
+def apply(cfg, module: SSLModule, resumed: dict | None = None) -> dict | None:
     """The ``init_from`` record of this run, for the checkpoints' run info (``checkpoint["selfsup"]["init_from"]``)
     and ``.hydra/init_from.yaml``; the caller puts it there — ``module.run_info`` is not touched.
 
@@ -107,7 +111,7 @@ def apply(cfg, module: nn.Module, resumed: dict | None = None) -> dict | None:
         return resumed.get(KEY)
     source = cfg.get(KEY)
     if source is None:
-        if getattr(getattr(module, "objective", None), "continues_trained_model", False):
+        if module.objective.continues_trained_model:
             log.warning(
                 "%s=null: the objective is a criterion for continuing a trained model (E2MC, docs/e2mc.md), but "
                 "this run starts from random weights; set %s=<checkpoint|run dir>",
