@@ -143,3 +143,16 @@ def test_weights_the_new_model_lacks_are_left_out_and_listed(source, tmp_path):
     assert record["left_out"] and all(k.startswith("predictor.") for k in record["left_out"])
     saved = ckpt_of(tmp_path / "byol_like")["state_dict"]
     assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items() if k.startswith("backbone."))
+
+
+def test_a_memory_parts_trained_weights_are_copied_and_its_state_restarts(tmp_path):
+    """SwAV's prototypes are weights (copied); its feature queue is state of the old network (restarts)."""
+    swav = TINY + ["memory=swav", "objective=swav", "memory.num_prototypes=16", "memory.queue_size=64"]
+    swav += ["memory.queue_start_epoch=0", "trainer.max_steps=3"]
+    run(compose_train(swav, tmp_path / "swav"))
+    saved = ckpt_of(tmp_path / "swav")["state_dict"]
+    assert saved["memory.queue"].any()  # the run filled some of its queue
+    module = build(compose_train(swav + [f"init_from={tmp_path / 'swav'}"], tmp_path / "new"))[1]
+    assert torch.equal(module.memory.prototypes.weight, saved["memory.prototypes.weight"])
+    assert not module.memory.queue.any()
+    assert "memory.prototypes.weight" not in module.run_info["init_from"]["left_out"]

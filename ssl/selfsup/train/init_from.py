@@ -3,9 +3,10 @@
 The weights of the built module (backbone, projector, predictor, the target branch, the objective's parameters and
 buffers) are copied from the checkpoint's ``state_dict``; the optimiser, LR schedule, step and epoch counters,
 data order and loggers start fresh (``trainer.fit`` without ``ckpt_path``), and two parts restart as in any new
-run: the online probe (``probe.*``: it scores the continued run) and the memory part (``memory.*``: queues of the old
-network's embeddings). What E2MC's continued pre-training needs (``docs/e2mc.md``), and any fine-tuning of a
-selfsup encoder with another recipe of the same architecture.
+run: the online probe (``probe.*``: it scores the continued run) and the memory part's state (its buffers: queues of
+the old network's embeddings); a memory part's trained weights (SwAV's prototypes) are copied like the others.
+What E2MC's continued pre-training needs (``docs/e2mc.md``), and any fine-tuning of a selfsup encoder with another
+recipe of the same architecture.
 
 The file is read by :func:`selfsup.runtime.checkpoint.load` (weights-only unpickling: a pickle that would run code
 is refused; a DeepSpeed shard directory is consolidated first) and must be a selfsup checkpoint. Every weight the
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
-from torch import nn
 
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.files import atomic_write_text
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FRESH_PREFIXES = ("probe.", "memory.")  # restart as in a new run; never copied
 KEY = "init_from"
 
 
@@ -54,7 +53,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict:
+def load_weights(module: SSLModule, source, trusted: Sequence[str] = ()) -> dict:
     """Copy the weights of the selfsup checkpoint ``source`` (a ``.ckpt`` file, a run directory — its
     ``checkpoints/last.ckpt`` — or a DeepSpeed shard directory) into ``module``; returns what was loaded (the record
     kept in the run's checkpoints). One-line ValueError/FileNotFoundError for a missing file, a file that is not a
@@ -63,8 +62,15 @@ def load_weights(module: nn.Module, source, trusted: Sequence[str] = ()) -> dict
     own (``trusted_targets``)."""
     path = ckpt_io.resolve(source, KEY)
     ckpt = ckpt_io.load(path, KEY, trusted)
-    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(FRESH_PREFIXES)}
-    found = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(FRESH_PREFIXES)}
+    trained = {f"memory.{name}" for name, _ in module.memory.named_parameters()}  # SwAV's prototypes
+
+    def restarts(key: str) -> bool:
+        """The online probe and what the memory part keeps between steps (its buffers: queues) restart as in a new
+        run; a memory part's trained weights are copied like every other weight."""
+        return key.startswith("probe.") or (key.startswith("memory.") and key not in trained)
+
+    expected = {k: v for k, v in module.state_dict().items() if not restarts(k)}
+    found = {k: v for k, v in ckpt["state_dict"].items() if not restarts(k)}
     saved_cfg = ckpt["selfsup"].get("config") or {}
     left_out = ckpt_io.fit(expected, found, source, KEY, saved_cfg, extra_ok=True)
     module.load_state_dict({k: found[k] for k in expected}, strict=False)  # not strict: probe/memory stay fresh

@@ -1,8 +1,10 @@
-"""State a method keeps between steps (``conf/memory/``): a queue of keys, a support set, prototypes.
+"""State a method keeps between steps (``conf/memory/``): a queue of keys, a support set, SwAV's feature queue — and
+the trained weights that read it (SwAV's prototypes, which score the batch and the queue).
 
-Every memory is global over ranks — each rank enqueues the whole global batch (``distributed.gather``), so all
-ranks hold the same rows and a 2-process run equals the 1-process run — and lives in buffers of the module, so it is
-saved in every checkpoint and a resumed run continues with it bit for bit.
+The state lives in buffers — saved in every checkpoint, so a resumed run continues with it bit for bit, and restarted
+by ``init_from`` — the trained weights in parameters (trained with the online networks, copied by ``init_from``).
+Every memory is global over ranks: each rank enqueues the whole global batch (``distributed.gather``), so all ranks
+hold the same rows and a 2-process run equals the 1-process run.
 
 - ``none`` (:class:`Memory`): nothing kept.
 - ``key_queue`` (:class:`KeyQueue`): MoCo's queue of past keys (He et al. 2020, arXiv:1911.05722, Algorithm 1;
