@@ -106,9 +106,8 @@ class SSLModule(L.LightningModule):
         self.grad_cache_chunks = grad_cache_chunks
         self.automatic_optimization = not grad_cache_chunks  # gradient caching runs its own backward passes
         record = init_from(self) if init_from is not None else None
-        self.run_info = {"config": config or {}, "global_batch": global_batch}  # checkpoint["selfsup"]
-        if record is not None:
-            self.run_info["init_from"] = record
+        run_info = {"config": config, "global_batch": global_batch, "init_from": record}
+        self.run_info = {k: v for k, v in run_info.items() if v is not None}  # checkpoint["selfsup"]: what is known
 
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
