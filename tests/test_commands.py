@@ -31,10 +31,10 @@ def test_sweep_point_directories_as_arguments_and_what_train_log_holds(tmp_path)
     point = tmp_path / "multirun" / "2026-12-05" / "19-07-45" / "objective.temperature=0.2,optim.lr=0.1"
     # 10 steps an epoch, logged every 50: Lightning warns through warnings.warn
     first = train("trainer.max_epochs=1", "trainer.log_every_n_steps=50", f"hydra.run.dir={point}")
-    assert f"[selfsup.train][INFO] - run directory {point}\n" in first.stdout  # also what `make train` shows
+    assert f"[selfsup.train.cli][INFO] - run directory {point}\n" in first.stdout  # also what `make train` shows
     log = (point / "train.log").read_text()
     for line in (
-        f"[selfsup.train][INFO] - run directory {point}\n",
+        f"[selfsup.train.cli][INFO] - run directory {point}\n",
         "[INFO] - GPU available: False",
         "smaller than the logging interval Trainer(log_every_n_steps=50)",
         "[INFO] - `Trainer.fit` stopped: `max_epochs=1` reached.\n",
@@ -47,7 +47,7 @@ def test_sweep_point_directories_as_arguments_and_what_train_log_holds(tmp_path)
 
     last = point / "checkpoints" / "last.ckpt"
     train("trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={point}")
-    assert f"[selfsup.resume][INFO] - resuming from {last} (step 10)" in (point / "train.log").read_text()
+    assert f"[selfsup.runtime.resume][INFO] - resuming from {last} (step 10)" in (point / "train.log").read_text()
 
     second = tmp_path / "multirun" / "init_from=first"
     train("trainer.max_steps=2", f"init_from={point}", f"hydra.run.dir={second}")
