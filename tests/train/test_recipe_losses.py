@@ -11,6 +11,11 @@ Record (after a deliberate change to a method; say why in the JSON's "recorded" 
 
     .venv/bin/python -m tests.train.test_recipe_losses [recipe ...]
     ATEN_CPU_CAPABILITY=default .venv/bin/python -m tests.train.test_recipe_losses [recipe ...]
+
+After a refactor, on the machine that recorded them, check that the losses are the same bits (``==``, not within REL);
+it prints SAME or DIFF per recipe and exits 1 on any DIFF::
+
+    .venv/bin/python -m tests.train.test_recipe_losses --exact [recipe ...]
 """
 
 import json
@@ -86,20 +91,34 @@ def test_first_losses_are_the_recorded_ones(recipe, tmp_path, cifar10_root):
     assert got == pytest.approx(RECORDED[key][recipe], rel=REL, abs=0), recipe
 
 
-def main(recipes: list[str]) -> None:
-    """Record the first losses of ``recipes`` (all by default) under this CPU's kernel set into the JSON."""
+def main(recipes: list[str], exact: bool = False) -> None:
+    """Record the first losses of ``recipes`` (all by default) under this CPU's kernel set into the JSON — or, with
+    ``exact``, compare them with the recording bit for bit (exit 1 on any difference)."""
     from tests.conftest import CIFAR10
 
     key = recording_key()
     if key is None:
         raise SystemExit(f"no recording for kernel set {torch.backends.cpu.get_cpu_capability()}")
     recorded = json.loads(RECORDING.read_text())
+    differing = []
     for recipe in recipes or RECIPES:
         with tempfile.TemporaryDirectory() as tmp:
-            recorded.setdefault(key, {})[recipe] = first_losses(recipe, Path(tmp), CIFAR10)
-        print(key, recipe, recorded[key][recipe], flush=True)
+            got = first_losses(recipe, Path(tmp), CIFAR10)
+        if exact:
+            same = got == recorded[key].get(recipe)
+            differing += [] if same else [recipe]
+            print(
+                "SAME" if same else "DIFF", recipe, "" if same else f"{got} vs {recorded[key].get(recipe)}", flush=True
+            )
+            continue
+        recorded.setdefault(key, {})[recipe] = got
+        print(key, recipe, got, flush=True)
+    if exact:
+        print(f"{len(differing)} recipe(s) differ: {differing}" if differing else "every recipe: the same bits")
+        raise SystemExit(1 if differing else 0)
     RECORDING.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--exact"], exact="--exact" in args)
