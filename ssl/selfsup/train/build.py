@@ -37,9 +37,9 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
 def build(cfg: DictConfig, resumed: dict | None = None):
     """(datamodule, module, trainer) for a composed config — what ``run`` fits and what tests instantiate.
 
-    Top to bottom, each object constructed with the facts it needs (docs/design.md, "Building a run"): the Trainer
+    Top to bottom, each object constructed with the facts it needs (docs/design.md, "how a run flows"): the Trainer
     (processes, accumulation, run length) → the data and its batch plan → the parts → the module, which loads its
-    starting weights (``init_from``). Bad values fail before the Trainer starts printing; ``cfg`` is not modified.
+    starting weights (``init_from``). Bad values fail here, before training starts; ``cfg`` is not modified.
 
     Args:
         cfg: the composed training config.
@@ -175,7 +175,7 @@ def grad_cache_chunks(cfg: DictConfig) -> int | None:
 
 def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPlan) -> None:
     """Gradient caching (train/grad_cache.py) runs on one process, without gradient accumulation, Trainer gradient
-    clipping or a memory part, on batches that split into equal chunks."""
+    clipping or a memory part that keeps state (``Memory.keeps_state``), on batches that split into equal chunks."""
     chunks = module.grad_cache_chunks
     if not chunks:
         return
