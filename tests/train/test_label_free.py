@@ -100,3 +100,18 @@ def test_covariance_eigenvalues_match_numpy():
     z = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     expected = np.sort(np.linalg.eigvalsh(np.cov(z.numpy(), rowvar=False, bias=True)))[::-1]
     assert covariance_eigenvalues(z).numpy() == pytest.approx(expected, rel=1e-10)
+
+
+def test_the_defaults_are_conf_train_yamls():
+    """One owner: a config without label_free gets conf/train.yaml's values, key by key."""
+    from omegaconf import OmegaConf
+
+    from selfsup.config import CONF_DIR
+    from selfsup.train.label_free import LabelFree
+
+    written = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").label_free)
+    got = LabelFree.from_config(None)
+    assert got == LabelFree(**written)
+    assert LabelFree.from_config({"lidar_images": 0}).lidar is None
+    with pytest.raises(ValueError, match=r"label_free: unexpected keys \['lidar_image'\]"):
+        LabelFree.from_config({"lidar_image": 0})

@@ -20,7 +20,11 @@ KEYS = ("alpha_fit_range", "lidar_images", "lidar_views", "lidar_delta")
 
 @functools.cache
 def _defaults() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").label_free)
+    path = CONF_DIR / "train.yaml"
+    defaults = OmegaConf.load(path).get("label_free")
+    if defaults is None or set(defaults) != set(KEYS):
+        raise ValueError(f"{path}: expected a label_free block with {list(KEYS)} (the defaults' one owner)")
+    return OmegaConf.to_container(defaults)
 
 
 @dataclass(frozen=True)
