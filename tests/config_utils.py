@@ -30,3 +30,17 @@ def tiny_imagefolder(root, splits=("train", "val"), classes=("a", "b"), per_clas
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
     return root
+
+
+def masked_cpu_budget(cfg: DictConfig) -> list[str]:
+    """Overrides that put a masked ImageNet recipe on a CPU budget, its parts unchanged: an 8 x 8 token grid (image
+    size 8 x the patch size), ViT-H swapped for ViT-Ti with the same patch size, and I-JEPA's min_keep of 10 relaxed
+    to 4 on the small grid (its target blocks hold 9-12 tokens there)."""
+    if cfg.get("mask") is None or cfg.data.dataset != "imagefolder":
+        return []
+    out = [f"data.image_size={8 * cfg.backbone.patch_size}"]
+    if "huge" in cfg.backbone.name:
+        out.append("backbone.name=vit_tiny_patch16_224")
+    if "min_keep" in cfg.mask:
+        out.append("mask.min_keep=4")
+    return out

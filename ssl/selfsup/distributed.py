@@ -66,3 +66,17 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
+    """This rank's share of a mean over the global batch: ``total · world_size / Σ_ranks count`` — ``total / count``
+    on one process — so that the mean over ranks of the returned values is ``Σ_ranks total / Σ_ranks count``.
+
+    ``total`` is this rank's sum of per-element losses (with its gradient), ``count`` how many elements it holds (no
+    gradient); a global count of 0 divides by 1 (the loss of nothing is 0, as fairseq's ``sample_size or 1.0``)."""
+    count = torch.as_tensor(count, dtype=total.dtype, device=total.device).detach()
+    world = world_size()
+    if world > 1:
+        count = all_reduce_sum(count)
+    count = torch.where(count > 0, count, torch.ones_like(count))
+    return total * world / count if world > 1 else total / count

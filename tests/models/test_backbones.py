@@ -47,7 +47,7 @@ def test_vision_transformers_take_small_and_multi_crop_inputs():
     for side in (32, 16):
         assert vit(torch.zeros(2, 3, side, side)).shape == (2, vit.num_features) == (2, 192)
     assert build_backbone("torchvision/vit_b_16").num_features == 768
-    with pytest.raises(ValueError, match="timm ViTs only"):
+    with pytest.raises(ValueError, match="timm models only"):
         build_backbone("torchvision/resnet18", patch_size=4)
 
 

@@ -28,7 +28,7 @@ import torch
 
 from selfsup.config import RECIPES_DIR
 from selfsup.train import run
-from tests.config_utils import compose_train, tiny_imagefolder
+from tests.config_utils import compose_train, masked_cpu_budget, tiny_imagefolder
 from tests.runs import losses
 
 RECORDING = Path(__file__).parent / "recipe_losses.json"
@@ -43,7 +43,8 @@ REL = 1e-7
 
 def shrunk(recipe: str, tmp_path, cifar10_root) -> list[str]:
     """The recipe at a CPU budget: 3 steps, no validation, batches of 8 from 64 CIFAR-10 images (ImageNet recipes:
-    a tiny ImageFolder at 64 px; chunk-shared views: 4 chunks of 2 rows), in float64."""
+    a tiny ImageFolder at 64 px, masked ones on an 8 x 8 token grid; chunk-shared views: 4 chunks of 2 rows), in
+    float64."""
     cfg = compose_train([f"recipes={recipe}"], tmp_path / "probe")
     extra = [
         "trainer=cpu",
@@ -64,7 +65,7 @@ def shrunk(recipe: str, tmp_path, cifar10_root) -> list[str]:
         extra += ["views.shared_chunks=4", "data.batch_size=8", "data.subset=16"]
     if recipe == "quickstart":
         extra += ["data.subset=320", "data.batch_size=32"]
-    return [f"recipes={recipe}", *extra]
+    return [f"recipes={recipe}", *extra, *masked_cpu_budget(cfg)]
 
 
 def recording_key() -> str | None:

@@ -20,6 +20,7 @@ from selfsup.data.datasets import (
     AugmentedViews,
     EvalDataset,
     GlobalBatchSampler,
+    MaskDraw,
     MultiViewDataset,
     ResumableLoader,
     default_num_workers,
@@ -140,6 +141,8 @@ class SSLDataModule(L.LightningDataModule):
         trainer_facts: processes, accumulation, run length and ``global_batch_size`` (``selfsup.train.build``
             passes the Trainer's); None: those of the Trainer it is attached to, one process without one.
         lidar: (images, views) of LiDAR's validation set (``label_free``); None: no val/lidar.
+        masks: draws each training sample's masks (masked methods; ``selfsup.train.build`` passes the mask part's);
+            None: no ``masks`` in the batch.
     """
 
     device_views = None
@@ -167,6 +170,7 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         trainer_facts: TrainerFacts | None = None,
         lidar: tuple[int, int] | None = None,
+        masks: MaskDraw | None = None,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -192,7 +196,7 @@ class SSLDataModule(L.LightningDataModule):
         self.train_dir, self.val_dir = train_dir, val_dir
         self.views_on_device, self.resident = views_on_device, resident
         self.views, self.seed = views, seed
-        self.trainer_facts, self.lidar = trainer_facts, lidar
+        self.trainer_facts, self.lidar, self.masks = trainer_facts, lidar, masks
         self._plan: BatchPlan | None = None  # derived once, by batch_plan()
         self.crop_fraction = CROP_FRACTION.get(dataset, 1.0)
         self._splits, self._eval_train = None, None
@@ -263,10 +267,18 @@ class SSLDataModule(L.LightningDataModule):
             return plan.position(trainer.global_step) if trainer is not None else (0, 0)
 
         self.device_views = None
-        if use_device_views(self.views, trainer, self.views_on_device):
+        on_device = use_device_views(self.views, trainer, self.views_on_device)
+        if on_device and self.masks is not None:  # masks are drawn with the views, by the CPU workers
+            if use_device_views(self.views, None, self.views_on_device):  # GPU views or views_on_device=true
+                raise ValueError(
+                    f"data.views_on_device={self.views_on_device}: masks (mask=...) are drawn on the CPU path only; "
+                    "use CPU views with data.views_on_device=false or auto"
+                )
+            on_device = False
+        if on_device:
             self.device_views = DeviceViews(self.splits[0], self.views, self.seed, self.resident)
             return self.device_views.loader(sampler, position, self.num_workers)
-        dataset = MultiViewDataset(self.splits[0], self.views, self.seed)
+        dataset = MultiViewDataset(self.splits[0], self.views, self.seed, self.masks)
         return ResumableLoader(dataset, sampler, position, self.num_workers, pin_memory=torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -17,12 +17,32 @@ from torchvision.transforms.v2 import functional as TF
 from selfsup.data.sources import stratified_first
 from selfsup.data.views import MultiViewTransform, ViewAugment, generator_for
 
+MASK_TAG = 3  # generator keys (seed, epoch, 3, index, view): apart from the views' tags 0, 1 and AugmentedViews' 2
+
+
+class MaskDraw:
+    """The masks of one training sample (masked methods, docs/tokens.md): mask ``generator`` (``selfsup.data.masks``)
+    on the token grid of each of the leading ``generator.views`` views, ``patch_size`` pixels per token, each view's
+    drawn from its own generator seeded by (seed, epoch, 3, index, view) — so a sample's masks are the same whatever
+    the process or worker count, and a resumed run redraws them exactly."""
+
+    def __init__(self, generator, patch_size: int):
+        self.generator, self.patch_size = generator, patch_size
+
+    def __call__(self, views: list[torch.Tensor], seed: int, epoch: int, index: int) -> list[dict]:
+        p = self.patch_size
+        return [
+            self.generator(generator_for(seed, epoch, MASK_TAG, index, v), x.shape[-2] // p, x.shape[-1] // p)
+            for v, x in enumerate(views[: self.generator.views])
+        ]
+
 
 class MultiViewDataset(Dataset):
-    """``dataset[(epoch, index, chunk)]`` → one sample of the training batch format (docs/api.md)."""
+    """``dataset[(epoch, index, chunk)]`` → one sample of the training batch format (docs/api.md), with its
+    ``masks`` when a :class:`MaskDraw` is given."""
 
-    def __init__(self, source, transform: MultiViewTransform, seed: int):
-        self.source, self.transform, self.seed = source, transform, seed
+    def __init__(self, source, transform: MultiViewTransform, seed: int, masks: MaskDraw | None = None):
+        self.source, self.transform, self.seed, self.masks = source, transform, seed, masks
 
     def __len__(self) -> int:
         return len(self.source)
@@ -30,7 +50,10 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, index, chunk = key
         views, params = self.transform(self.source.image(index), self.seed, epoch, index, chunk)
-        return {"views": views, "params": params, "label": self.source.labels[index], "index": index}
+        sample = {"views": views, "params": params, "label": self.source.labels[index], "index": index}
+        if self.masks is not None:
+            sample["masks"] = self.masks(views, self.seed, epoch, index)
+        return sample
 
 
 class EvalDataset(Dataset):

@@ -34,6 +34,7 @@ def build_backbone(
     img_size: int | None = None,
     patch_size: int | None = None,
     dynamic_img_size: bool | None = None,
+    global_pool: str | None = None,
 ) -> nn.Module:
     """Build an encoder without classification head.
 
@@ -48,6 +49,8 @@ def build_backbone(
         img_size, patch_size, dynamic_img_size: timm vision transformers: the input size the position embedding is
             made for, the patch size (4 for 32 px CIFAR images), and interpolating the position embedding for
             other input sizes (multi-crop's local views).
+        global_pool: timm models: what the features are — for ViTs ``"token"`` (the class token) or ``"avg"`` (the
+            mean of the patch tokens); each masked recipe declares the one its paper evaluates (docs/tokens.md).
     """
     if name == "small_cnn":
         if pretrained:
@@ -63,8 +66,10 @@ def build_backbone(
             raise ValueError(f"backbone.name={name}: {tv_name!r} is not in torchvision.models.list_models()")
         if in_chans != 3:
             raise ValueError(f"backbone.in_chans={in_chans}: torchvision backbones take 3 channels")
-        if img_size is not None or patch_size is not None or dynamic_img_size is not None:
-            raise ValueError(f"backbone.img_size/patch_size/dynamic_img_size: timm ViTs only, not backbone.name={name}")
+        if img_size is not None or patch_size is not None or dynamic_img_size is not None or global_pool is not None:
+            raise ValueError(
+                f"backbone.img_size/patch_size/dynamic_img_size/global_pool: timm models only, not backbone.name={name}"
+            )
         model = torchvision.models.get_model(tv_name, weights="DEFAULT" if pretrained else None)
         for head in ("fc", "classifier", "heads", "head"):
             if hasattr(model, head):
@@ -81,7 +86,9 @@ def build_backbone(
         raise ValueError(f"backbone.name={name}: not a timm model (see timm.list_models()) nor torchvision/<name>")
     vit = {
         k: v
-        for k, v in dict(img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size).items()
+        for k, v in dict(
+            img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size, global_pool=global_pool
+        ).items()
         if v is not None
     }
     try:

@@ -17,6 +17,7 @@ SIE) and whatever the run's memory part adds (``ViewBatch.extras``, e.g. MoCo v2
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field, fields
 
@@ -58,6 +59,16 @@ class ViewBatch:
         symmetric: score both orders of a pair when queries and keys come from different branches.
         extras: named tensors for the objective's ``forward`` (a memory part's queue, its scores).
         index: each row's global dataset index (B,) (``batch["index"]``; DIET's classes), None when not known.
+
+    Token level (masked methods, docs/tokens.md; empty otherwise), one entry per masked view (the leading views):
+
+        masks: the mask part's draws (``batch["masks"]``, ``selfsup.data.masks``): dicts of bool tensors.
+        tokens: the online encoder's :class:`~selfsup.models.tokens.Tokens` of the masked views.
+        predictions: the token head's outputs (``conf/token_head/``); with ``token_head=projector``, the projector
+            on the masked patch tokens, (Σ masked, K) in (sample, position) order.
+        teacher: the target network's :class:`~selfsup.models.tokens.Tokens` of the unmasked global views, with
+            the blocks and projections the objective declares (``Objective.teacher_tokens``).
+        pixels: the masked views' images (B, C, H, W) (MAE's targets).
     """
 
     z: list[torch.Tensor]
@@ -69,6 +80,11 @@ class ViewBatch:
     symmetric: bool = True
     extras: dict = field(default_factory=dict)
     index: torch.Tensor | None = None
+    masks: list[dict] = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    predictions: list = field(default_factory=list)
+    teacher: list = field(default_factory=list)
+    pixels: list = field(default_factory=list)
 
     @property
     def one_branch(self) -> bool:
@@ -126,6 +142,8 @@ def _join(parts: list, op, memo: dict):
         return type(first)(_join([p[i] for p in parts], op, memo) for i in range(len(first)))
     if isinstance(first, dict):
         return {k: _join([p[k] for p in parts], op, memo) for k in first}
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):  # Tokens: walked field by field
+        return type(first)(**{f.name: _join([getattr(p, f.name) for p in parts], op, memo) for f in fields(first)})
     if any(p != first for p in parts[1:]):
         raise ValueError(f"ViewBatch: chunks disagree on a value that is not a tensor: {parts}")
     return first
@@ -211,12 +229,31 @@ class Objective(nn.Module):
     - :meth:`attach`: called once, when the training module is built, with the run's facts (a head over the
       training samples is created there: DIET).
     - :meth:`terms`: the detached values of its parts after the last call, logged as ``train/<name>`` ({}).
+
+    Token level (docs/tokens.md): what a masked method reads, checked against the run's parts when it is built.
+
+    - ``masked``: it reads the masks of the leading views (``ViewBatch.masks``), so the run needs a mask part
+      (``mask=...``) and a ViT backbone (False).
+    - ``predicts_tokens``: it reads the token head's outputs (``ViewBatch.predictions``), so the run needs a
+      ``token_head`` (False).
+    - ``teacher_tokens``: what it reads of the target network on the unmasked views (``ViewBatch.teacher``):
+      None (nothing), ``"final"`` (the patch tokens after the final norm), ``"blocks"`` (also the outputs of the last
+      ``teacher_blocks`` blocks) or ``"projected"`` (also the target projector on the masked patch tokens) —
+      a run with such an objective needs ``target=ema`` (None).
     """
 
     num_views: int = 2
     takes_local_views: bool = True
     continues_trained_model: bool = False
     schedulable: tuple[str, ...] = ()
+    masked: bool = False
+    predicts_tokens: bool = False
+    teacher_tokens: str | None = None
+    teacher_blocks: int = 0
+
+    def set_scheduled(self, name: str, value: float) -> None:
+        """Set one of :attr:`schedulable` (``callbacks: ObjectiveSchedule``)."""
+        setattr(self, name, value)
 
     def attach(self, facts: RunFacts) -> None:
         """Called once by the training module with the run's facts; the default needs none."""

@@ -2,9 +2,10 @@
 
     total = Σ_t weight_t · loss_t(z[views_t[0]], z[views_t[1]], **extras_t)
 
-Each term is ``{loss: <objective>, weight: float ≥ 0, views: [i, j]}``; ``loss`` is any objective of this package
-(Hydra instantiates it from its ``_target_``). After each call, ``last_terms`` holds the detached unweighted value of
-every term, for logging (``train/<name>``).
+Each term is ``{loss: <objective>, weight: float ≥ 0, views: [i, j] | all}``; ``loss`` is any objective of this
+package (Hydra instantiates it from its ``_target_``). ``views: all`` hands the term the whole step (its own
+``forward_views``): how DINOv2 adds iBOT and KoLeo to DINO over multi-crop views. After each call, ``last_terms``
+holds the detached unweighted value of every term, for logging (``train/<name>``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class CompositeObjective(Objective):
     term uses them.
 
     Args:
-        terms: name → ``{"loss": objective, "weight": float ≥ 0 (default 1.0), "views": [i, j] (default [0, 1])}``.
-    """
+        terms: name → ``{"loss": objective, "weight": float ≥ 0 (default 1.0), "views": [i, j] (default [0, 1]) or
+            "all"}``.
 
-    takes_local_views = False  # every term names its views
+    What it declares (``Objective``) is what its terms declare: any term's token inputs, the union of their
+    schedulable attributes (a schedule sets every term that has the attribute).
+    """
 
     def __init__(self, terms: Mapping[str, Mapping]):
         super().__init__()
@@ -41,7 +44,7 @@ class CompositeObjective(Objective):
             raise ValueError("objective.terms: expected at least one term")
         self.losses = nn.ModuleDict()
         self.weights: dict[str, float] = {}
-        self.views: dict[str, tuple[int, int]] = {}
+        self.views: dict[str, tuple[int, int] | None] = {}  # None: all views (the term's forward_views)
         for name, term in dict(terms).items():
             term = dict(term)
             unknown = sorted(set(term) - set(TERM_KEYS))
@@ -53,21 +56,45 @@ class CompositeObjective(Objective):
             weight = term.get("weight", 1.0)
             checks.number(f"objective.terms.{name}.weight", weight, minimum=0)
             views = term.get("views", (0, 1))
+            if views == "all":
+                self.losses[name], self.weights[name], self.views[name] = loss, float(weight), None
+                continue
             if (
                 isinstance(views, (str, bytes))
                 or len(views) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in views)
                 or views[0] == views[1]
             ):
-                raise ValueError(f"objective.terms.{name}.views={views!r}: expected two distinct view indices >= 0")
+                raise ValueError(
+                    f"objective.terms.{name}.views={views!r}: expected two distinct view indices >= 0 or 'all'"
+                )
             self.losses[name] = loss
             self.weights[name] = float(weight)
             self.views[name] = (int(views[0]), int(views[1]))
         self.last_terms: dict[str, torch.Tensor] = {}
 
+        teachers = {loss.teacher_tokens for loss in self.losses.values()} - {None}
+        if len(teachers) > 1:
+            raise ValueError(f"objective.terms: the terms read different teacher tokens {sorted(teachers)}")
+        self.teacher_tokens = teachers.pop() if teachers else None
+        self.teacher_blocks = max(loss.teacher_blocks for loss in self.losses.values())
+        self.masked = any(loss.masked for loss in self.losses.values())
+        self.predicts_tokens = any(loss.predicts_tokens for loss in self.losses.values())
+        self.schedulable = tuple(dict.fromkeys(a for loss in self.losses.values() for a in loss.schedulable))
+
+    @property
+    def takes_local_views(self) -> bool:
+        """Only when every term takes the whole step (a term on views [i, j] scores fixed views)."""
+        return all(v is None and self.losses[n].takes_local_views for n, v in self.views.items())
+
     @property
     def continues_trained_model(self) -> bool:
         return any(loss.continues_trained_model for loss in self.losses.values())
+
+    def set_scheduled(self, name: str, value: float) -> None:
+        for loss in self.losses.values():
+            if name in loss.schedulable:
+                loss.set_scheduled(name, value)
 
     def attach(self, facts) -> None:
         for loss in self.losses.values():
@@ -78,17 +105,20 @@ class CompositeObjective(Objective):
 
     @property
     def num_views(self) -> int:
-        """How many views the terms use (max index + 1)."""
-        return 1 + max(max(v) for v in self.views.values())
+        """How many views the terms use (max index + 1; a term on all views: its own ``num_views``)."""
+        return max(1 + max(v) if v is not None else self.losses[n].num_views for n, v in self.views.items())
 
     def forward_views(self, batch: ViewBatch) -> torch.Tensor:
         if len(batch.q) < self.num_views:
             raise ValueError(f"CompositeObjective: the terms use {self.num_views} views, got {len(batch.q)}")
         total, last = None, {}
         for name, loss in self.losses.items():
-            i, j = self.views[name]
-            orders = [(i, j)] if batch.one_branch or not batch.symmetric else [(i, j), (j, i)]
-            value = mean_over([score_pair(loss, batch, a, b) for a, b in orders])
+            if self.views[name] is None:
+                value = loss.forward_views(batch)
+            else:
+                i, j = self.views[name]
+                orders = [(i, j)] if batch.one_branch or not batch.symmetric else [(i, j), (j, i)]
+                value = mean_over([score_pair(loss, batch, a, b) for a, b in orders])
             last[name] = value.detach()
             total = self.weights[name] * value if total is None else total + self.weights[name] * value
         self.last_terms = last
@@ -111,4 +141,5 @@ class CompositeObjective(Objective):
         return self.forward_views(ViewBatch(z, z, z, feats, params, num_global=2))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}: weight={self.weights[name]}, views={list(self.views[name])}" for name in self.losses)
+        views = {n: "all" if v is None else list(v) for n, v in self.views.items()}
+        return ", ".join(f"{name}: weight={self.weights[name]}, views={views[name]}" for name in self.losses)

@@ -21,7 +21,7 @@ The model returns the sum over masked positions with ``sample_size`` = their num
 logs ``loss / sample_size`` and ``Trainer.train_step`` (``fairseq/trainer.py``) multiplies the gradients by
 ``world_size / sample_size`` (sample size summed over ranks) after DDP's averaging — so the optimised and logged loss
 is the mean over the masked positions of the global batch. Here each rank returns
-``local_sum · world_size / global_count`` (:func:`selfsup.objectives.mae.global_mean`): the mean over ranks of the
+``local_sum · world_size / global_count`` (:func:`selfsup.distributed.global_mean`): the mean over ranks of the
 returned values is that loss, each rank's gradient ``world_size · dL_global/dpred_r``.
 
 Defaults: fairseq's data2vec-1 image recipe ``examples/data2vec/config/vision/pretraining/base_imagenet_d2v1.yaml``
@@ -43,9 +43,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from selfsup import checks
-from selfsup.objectives.base import Objective
-from selfsup.objectives.mae import global_mean
+from selfsup import checks, distributed
+from selfsup.objectives.base import Objective, ViewBatch, mean_over
 
 
 def _instance_norm(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +73,8 @@ class Data2VecLoss(Objective):
         instance_norm_targets: instance-normalise the average over the tokens of each sample.
     """
 
+    num_views, masked, predicts_tokens, teacher_tokens = 1, True, True, "blocks"  # docs/tokens.md
+
     def __init__(
         self,
         top_k: int = 6,
@@ -85,7 +86,7 @@ class Data2VecLoss(Objective):
         instance_norm_targets: bool = False,
     ):
         super().__init__()
-        self.top_k = checks.integer("objective.top_k", top_k, minimum=1)
+        self.top_k = self.teacher_blocks = checks.integer("objective.top_k", top_k, minimum=1)
         flags = {
             "instance_norm_target_layer": instance_norm_target_layer,
             "layer_norm_targets": layer_norm_targets,
@@ -141,7 +142,14 @@ class Data2VecLoss(Objective):
             per_position = F.smooth_l1_loss(x, y, reduction="none", beta=self.beta).sum(dim=-1)
         scale = self.scale if self.scale is not None else 1 / math.sqrt(pred.shape[-1])
         per_position = per_position * scale
-        return global_mean(per_position.sum(), per_position.numel())
+        return distributed.global_mean(per_position.sum(), per_position.numel())
+
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        """The regression head's outputs of each masked view against the target network's top-K blocks of the same
+        view unmasked, at the masked positions; mean over the masked views."""
+        return mean_over(
+            [self(p, t.hidden, m["mask"]) for p, t, m in zip(batch.predictions, batch.teacher, batch.masks)]
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -24,7 +24,7 @@ The teacher probabilities q are made without gradient by one of (``SSLMetaArch.f
   (``dinov2/loss/dino_clstoken_loss.py``) for the class tokens (rows = samples).
 
 Under a process group, the losses divide by the global number of samples (all-reduced,
-:func:`selfsup.objectives.mae.global_mean`): with B samples on every rank that is each rank's own mean — exactly
+:func:`selfsup.distributed.global_mean`): with B samples on every rank that is each rank's own mean — exactly
 what the official code returns, which DDP then averages — and with unequal B the mean over ranks of the returned
 values is still the single-process loss of the concatenated batch, each rank's gradient
 ``world_size · dL_global/ds_r``. The centre and the Sinkhorn codes are those of the global batch on every rank.
@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import checks, distributed
-from selfsup.objectives.base import Objective
-from selfsup.objectives.mae import global_mean
+from selfsup.objectives.base import Objective, ViewBatch
 
 
 def _logsumexp_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -109,11 +108,29 @@ class IBOTPatchLoss(Objective):
         patch_out_dim: K, the patch head's output width (the centre's size).
         student_temp: τ_s.
         center_momentum: m of the centre's moving average.
+        teacher_temp: τ_t of the teacher's targets in a training step (:meth:`forward_views`; warmed up from
+            outside as DINO's: ``callbacks: ObjectiveSchedule``).
+        centering: how :meth:`forward_views` makes the teacher's targets: ``"centering"`` or ``"sinkhorn_knopp"``
+            (DINOv2's default, ``train.centering``).
     """
 
-    def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    masked, teacher_tokens = True, "projected"  # docs/tokens.md: masks; the target's head on its masked patches
+    takes_local_views = True
+    schedulable = ("teacher_temp",)
+    CENTERINGS = ("centering", "sinkhorn_knopp")
+
+    def __init__(
+        self,
+        patch_out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        teacher_temp: float = 0.04,
+        centering: str = "centering",
+    ):
         super().__init__()
         checks.integer("objective.patch_out_dim", patch_out_dim, minimum=1)
+        self.teacher_temp = checks.number("objective.teacher_temp", teacher_temp, above=0)
+        self.centering = checks.one_of("objective.centering", centering, self.CENTERINGS)
         self.student_temp = checks.number("objective.student_temp", student_temp, above=0)
         self.center_momentum = checks.number("objective.center_momentum", center_momentum, minimum=0, below=1)
         self.patch_out_dim = patch_out_dim
@@ -132,7 +149,7 @@ class IBOTPatchLoss(Objective):
         keep = masks.bool()
         masked_sum = torch.where(keep, per_patch, torch.zeros_like(per_patch)).sum(dim=-1)  # (B,)
         per_sample = masked_sum / keep.sum(dim=-1).clamp(min=1).to(per_patch.dtype)  # (B,)
-        return -global_mean(per_sample.sum(), per_sample.shape[0])
+        return -distributed.global_mean(per_sample.sum(), per_sample.shape[0])
 
     def forward_masked(
         self,
@@ -157,7 +174,7 @@ class IBOTPatchLoss(Objective):
                 f"IBOTPatchLoss.forward_masked: {per_row.shape[0]} rows but {masks_weight.shape[0]} weights "
                 f"({int(masks.sum())} masked patches in student_masks_flat)"
             )
-        return -global_mean((per_row * masks_weight).sum(), masks.shape[0])
+        return -distributed.global_mean((per_row * masks_weight).sum(), masks.shape[0])
 
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_patch_tokens: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -191,6 +208,24 @@ class IBOTPatchLoss(Objective):
         total = distributed.all_reduce_sum(t.mean(dim=1).sum(dim=0, keepdim=True))  # (1, K)
         count = distributed.all_reduce_sum(torch.tensor(float(t.shape[0]), dtype=t.dtype, device=t.device))
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        """DINOv2's iBOT step: the student's head on the masked patch tokens of the masked (global) views
+        (``ViewBatch.predictions``, (Σ masked, K)) against the teacher's head on the same patches of the unmasked
+        views (``ViewBatch.teacher[v].projected``), all masked views at once, as ``forward_masked``; then the
+        centre's update (``"centering"``, from the teacher's masked patches as one sample, as DINOv2)."""
+        n = len(batch.masks)
+        masks = torch.cat([m["mask"].flatten(1) for m in batch.masks])  # (n·B, L)
+        student = torch.cat(batch.predictions)
+        teacher = torch.cat([t.projected for t in batch.teacher[:n]])
+        if self.centering == "sinkhorn_knopp":
+            probs = self.sinkhorn_knopp_teacher(teacher, self.teacher_temp, teacher.shape[0])
+        else:
+            probs = self.softmax_center_teacher(teacher, self.teacher_temp)
+        loss = self.forward_masked(student, probs, masks)
+        if self.training and self.centering == "centering":
+            self.update_center(teacher[None])
+        return loss
 
     def extra_repr(self) -> str:
         return (

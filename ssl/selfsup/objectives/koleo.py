@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import distributed
-from selfsup.objectives.base import Objective
+from selfsup.objectives.base import Objective, ViewBatch
 
 EPS = 1e-8
 
@@ -68,6 +68,14 @@ class KoLeoLoss(Objective):
                 nearest = dots.argmax(dim=1)  # (B,)
             distances = F.pairwise_distance(queries, u[nearest], p=2, eps=EPS)  # (B,)
             return -torch.log(distances + EPS).mean()
+
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        """Summed over the global views, of the student's backbone features (its class tokens): DINOv2's
+        ``sum(koleo_loss(p) for p in student_cls_tokens.chunk(2))`` (``ssl_meta_arch.py``)."""
+        total = self(batch.feats[0])
+        for f in batch.feats[1 : batch.num_global]:
+            total = total + self(f)
+        return total
 
     def extra_repr(self) -> str:
         return f"global_batch={self.global_batch}"

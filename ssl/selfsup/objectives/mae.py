@@ -24,21 +24,7 @@ from __future__ import annotations
 import torch
 
 from selfsup import checks, distributed
-from selfsup.objectives.base import Objective
-
-
-def global_mean(total: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
-    """This rank's share of a mean over the global batch: ``total · world_size / Σ_ranks count`` — ``total / count``
-    on one process — so that the mean over ranks of the returned values is ``Σ_ranks total / Σ_ranks count``.
-
-    ``total`` is this rank's sum of per-element losses (with its gradient), ``count`` how many elements it holds (no
-    gradient); a global count of 0 divides by 1 (the loss of nothing is 0, as fairseq's ``sample_size or 1.0``)."""
-    count = torch.as_tensor(count, dtype=total.dtype, device=total.device).detach()
-    world = distributed.world_size()
-    if world > 1:
-        count = distributed.all_reduce_sum(count)
-    count = torch.where(count > 0, count, torch.ones_like(count))
-    return total * world / count if world > 1 else total / count
+from selfsup.objectives.base import Objective, ViewBatch, mean_over
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -65,6 +51,8 @@ class MAELoss(Objective):
         patch_size: p, the patch side in pixels.
         norm_pix_loss: regress per-patch normalised pixels (the paper's default for its best results).
     """
+
+    num_views, masked, predicts_tokens = 1, True, True  # a mask part and a token head (docs/tokens.md)
 
     def __init__(self, patch_size: int, norm_pix_loss: bool = True):
         super().__init__()
@@ -93,7 +81,11 @@ class MAELoss(Objective):
             raise ValueError(f"MAELoss: mask has shape {tuple(mask.shape)}, expected {tuple(target.shape[:2])}")
         per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, L)
         m = mask.to(per_patch.dtype)
-        return global_mean((per_patch * m).sum(), m.sum())
+        return distributed.global_mean((per_patch * m).sum(), m.sum())
+
+    def forward_views(self, batch: ViewBatch) -> torch.Tensor:
+        """The decoder's pixels of each masked view against the view itself, mean over the masked views."""
+        return mean_over([self(x, p, m["mask"]) for x, p, m in zip(batch.pixels, batch.predictions, batch.masks)])
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"

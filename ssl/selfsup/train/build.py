@@ -10,7 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup import checks
 from selfsup.data.batches import BatchPlan, TrainerFacts
+from selfsup.data.datasets import MaskDraw
 from selfsup.models.backbones import check_input_sizes
+from selfsup.models.tokens import patch_size
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
@@ -49,12 +51,14 @@ def build(cfg: DictConfig, resumed: dict | None = None):
     check_trainer(cfg.trainer)
     trainer = build_trainer(cfg)
     views, objective = views_and_objective(cfg)
+    masking = build_masking(cfg, views)
     label_free = LabelFree.from_config(cfg.get("label_free"))
     datamodule = instantiate(cfg.data, _partial_=True)(
         views=views,
         seed=cfg.seed,
         trainer_facts=TrainerFacts.of(trainer, cfg.get("global_batch_size")),
         lidar=label_free.lidar,
+        masks=MaskDraw(masking, cfg.backbone.patch_size) if masking is not None else None,
     )
     plan = datamodule.batch_plan()  # reads the training split: sizes that do not fit fail here
     module = build_module(
@@ -66,6 +70,7 @@ def build(cfg: DictConfig, resumed: dict | None = None):
         num_samples=len(datamodule.splits[0]),
         global_batch=plan.global_batch,
         init_from=functools.partial(init_from.apply, cfg, resumed=resumed),
+        masking=masking,
     )
     check_grad_cache(cfg, module, trainer, plan)
     if trainer.accumulate_grad_batches > 1:
@@ -102,7 +107,8 @@ def check_parts(cfg: DictConfig) -> None:
     trains (:class:`selfsup.runtime.sweep.SweepCheck`)."""
     check_trainer(cfg.trainer)
     views, objective = views_and_objective(cfg)
-    build_module(cfg, views, objective, LabelFree.from_config(cfg.get("label_free")))
+    masking = build_masking(cfg, views)
+    build_module(cfg, views, objective, LabelFree.from_config(cfg.get("label_free")), masking=masking)
     build_callbacks(cfg)
 
 
@@ -123,6 +129,29 @@ def views_and_objective(cfg: DictConfig):
     return views, objective
 
 
+def build_masking(cfg: DictConfig, views):
+    """The mask part (``mask=...``; None without one), checked against the views: it masks global views only,
+    each of a size the patch size (``backbone.patch_size``) divides into a grid the mask can be drawn on."""
+    if cfg.get("mask") is None:
+        return None
+    masking = instantiate(cfg.mask)
+    patch = cfg.backbone.get("patch_size")
+    if patch is None:
+        raise ValueError(
+            f"mask={cfg.mask._target_}: masked methods need a ViT backbone with backbone.patch_size set "
+            f"(e.g. backbone=vit_tiny_cifar), not backbone.name={cfg.backbone.get('name')}"
+        )
+    n_global = views.global_views or len(views)
+    if masking.views > n_global:
+        raise ValueError(f"mask.views={masking.views}: the views have only {n_global} global views to mask")
+    for name, view in list(zip(views.names, views.views))[: masking.views]:
+        key = f"views.views.{name}.size={view.size}"
+        if view.size % patch:
+            raise ValueError(f"{key}: not a multiple of the ViT's patch size {patch} (backbone.patch_size)")
+        masking.check_grid(view.size // patch, view.size // patch, key)
+    return masking
+
+
 def build_module(
     cfg: DictConfig,
     views,
@@ -132,10 +161,15 @@ def build_module(
     num_samples: int | None = None,
     global_batch: int | None = None,
     init_from=None,
+    masking=None,
 ) -> SSLModule:
     """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
     backbone = instantiate(cfg.backbone)
     check_input_sizes(backbone, {f"views.views.{name}.size": v.size for name, v in zip(views.names, views.views)})
+    if masking is not None and patch_size(backbone) != cfg.backbone.patch_size:
+        raise ValueError(
+            f"backbone.patch_size={cfg.backbone.patch_size}: the built ViT has patches of {patch_size(backbone)}"
+        )
     return SSLModule(
         backbone=backbone,
         projector=instantiate(cfg.projector),
@@ -154,6 +188,8 @@ def build_module(
         init_from=init_from,
         grad_cache_chunks=grad_cache_chunks(cfg),
         label_free=label_free,
+        masking=masking,
+        token_head=instantiate(cfg.token_head) if cfg.get("token_head") is not None else None,
     )
 
 
@@ -183,13 +219,14 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
         (trainer.accumulate_grad_batches > 1, f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}"),
         (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
         (module.memory.keeps_state, f"memory={cfg.memory._target_}"),
+        (module.masking is not None, f"mask={cfg.get('mask', {}).get('_target_')}"),
         (trainer.world_size > 1, f"{trainer.world_size} processes"),
     )
     for refused, setting in refusals:
         if refused:
             raise ValueError(
                 f"grad_cache_chunks={chunks} with {setting}: not supported (gradient caching runs on one "
-                "process, without gradient accumulation, Trainer gradient clipping or a memory part)"
+                "process, without gradient accumulation, Trainer gradient clipping, a memory part or masks)"
             )
     if plan.per_device % chunks:
         raise ValueError(

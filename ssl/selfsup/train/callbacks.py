@@ -45,7 +45,7 @@ class ObjectiveSchedule(L.Callback):
             )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        setattr(pl_module.objective, self.attribute, self.value(trainer.current_epoch))
+        pl_module.objective.set_scheduled(self.attribute, self.value(trainer.current_epoch))
 
 
 class FreezeParameters(L.Callback):

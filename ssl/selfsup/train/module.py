@@ -5,6 +5,13 @@
     (q, k, features, parameters) ─► memory (none | key_queue | support_set | swav) ─► objective.forward_views
                                                                           (conf/memory/, conf/objective/)
 
+Masked methods (docs/tokens.md) add three parts: a mask drawn with the views (conf/mask/), a head over tokens
+(conf/token_head/: MAE's decoder, I-JEPA's predictor, data2vec's linear head, or the projector itself for iBOT)
+and the target network's tokens; the objective declares which it reads (``Objective.masked``, ``predicts_tokens``,
+``teacher_tokens``). MAE = random mask (drop) + decoder + mae; I-JEPA = multi-block mask + predictor + ema + ijepa;
+data2vec = block mask (mask token) + linear head + ema + data2vec; DINOv2's iBOT + KoLeo = DINO + block mask +
+token_head=projector + composite(dino, ibot, koleo).
+
 A method is a recipe that picks the parts: SimCLR = projector + info_nce; SimSiam = projector + predictor +
 stopgrad + negative_cosine; BYOL = ... + ema; MoCo v2 = projector + ema + key_queue + info_nce (queue negatives);
 NNCLR = projector + predictor + support_set + info_nce; DINO = DINO head + ema + multi-crop + dino; SwAV = projector
@@ -24,6 +31,8 @@ from torch import nn
 import selfsup
 from selfsup import distributed
 from selfsup.metrics import alpha_req, knn_top1, lidar, rankme
+from selfsup.models.token_heads import ProjectorOnTokens
+from selfsup.models.tokens import Tokens, encode, is_vit
 from selfsup.objectives import Objective, RunFacts, ViewBatch
 from selfsup.train.grad_cache import grad_cache_backward
 from selfsup.train.label_free import LabelFree
@@ -65,6 +74,11 @@ class SSLModule(L.LightningModule):
             the loss and gradient of the whole batch with the activation memory of one chunk (None: off).
         label_free: settings of the label-free scores logged at validation (``label_free`` in conf/train.yaml;
             default: its values there).
+        masking: the mask part the data draws masks with (``selfsup.data.masks``; masked methods): its ``apply``
+            says how the encoder hides masked patches; None: no masks.
+        token_head: builder ``in_dim -> nn.Module`` of the head over tokens (``conf/token_head/``); a
+            :class:`~selfsup.models.token_heads.ProjectorOnTokens` means the projector on the masked patch tokens
+            (iBOT's head shared with DINO's); None: no head.
     """
 
     def __init__(
@@ -86,6 +100,8 @@ class SSLModule(L.LightningModule):
         init_from: Callable[[nn.Module], dict | None] | None = None,
         grad_cache_chunks: int | None = None,
         label_free: LabelFree | None = None,
+        masking=None,
+        token_head: Callable[[int], nn.Module] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -100,6 +116,8 @@ class SSLModule(L.LightningModule):
         self.memory.attach(facts)
         self.optim, self.symmetric, self.global_views, self.batch_views = optim, symmetric, global_views, batch_views
         self.probe = nn.Linear(backbone.num_features, num_classes) if num_classes > 0 else None
+        self.masking = masking
+        self._attach_token_parts(objective, token_head)
         self.objective.attach(facts)  # after every other part: DIET's head is drawn last
         self.label_free = label_free if label_free is not None else LabelFree.from_config()
         self._val_outputs: dict[int, list] = {}
@@ -108,6 +126,28 @@ class SSLModule(L.LightningModule):
         record = init_from(self) if init_from is not None else None
         run_info = {"config": config, "global_batch": global_batch, "init_from": record}
         self.run_info = {k: v for k, v in run_info.items() if v is not None}  # checkpoint["selfsup"]: what is known
+
+    def _attach_token_parts(self, objective: Objective, token_head) -> None:
+        """The mask token and the head over tokens, checked against what the objective reads (one line each)."""
+        name = type(objective).__name__
+        if objective.masked and self.masking is None:
+            raise ValueError(f"objective {name} is a masked method: set a mask part (e.g. mask=random)")
+        if (self.masking is not None or token_head is not None) and not is_vit(self.backbone):
+            part = f"mask={type(self.masking).__name__}" if self.masking is not None else "token_head"
+            raise ValueError(
+                f"{part}: masked methods need a timm vision transformer backbone (e.g. backbone=vit_tiny_cifar), "
+                f"not {type(self.backbone).__name__}"
+            )
+        if objective.predicts_tokens and token_head is None:
+            raise ValueError(f"objective {name} reads token predictions: set a token_head (e.g. token_head=mae)")
+        if objective.teacher_tokens is not None and type(self.target).token_keys is Target.token_keys:
+            raise ValueError(f"objective {name} reads the target network's tokens: it needs target=ema")
+        self.mask_token = None
+        if self.masking is not None and self.masking.apply == "token":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))  # DINOv2's init: zeros
+        head = token_head(in_dim=self.backbone.embed_dim) if token_head is not None else None
+        self.head_is_projector = isinstance(head, ProjectorOnTokens)
+        self.token_head = None if self.head_is_projector else head
 
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,9 +179,55 @@ class SSLModule(L.LightningModule):
         """The parts applied to a training batch: what the objective's ``forward_views`` receives."""
         views, params = batch["views"], batch["params"]
         n_global = self.global_views or len(views)
+        if batch.get("masks"):
+            return self._masked_step_outputs(batch, n_global)
         feats, z, q = self.online(views)
         k = self.target.keys(views[:n_global], z[:n_global])  # G x (B, D)
         out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric, index=batch.get("index"))
+        return self.memory.prepare(out, self.current_epoch)
+
+    def _encode_masked(self, x: torch.Tensor, masks: dict) -> Tokens:
+        """One masked view through the online encoder: kept patches only (``apply="drop"``: the context of
+        I-JEPA's masks, else the unmasked patches) or masked patches replaced by the mask token."""
+        if self.masking.apply == "drop":
+            keep = masks["context"] if "context" in masks else ~masks["mask"]
+            return encode(self.backbone, x, keep=keep)
+        return encode(self.backbone, x, replace=masks["mask"], mask_token=self.mask_token)
+
+    def _masked_step_outputs(self, batch: dict, n_global: int) -> ViewBatch:
+        """The step of a masked method: the leading views encoded at token level with their masks, the rest as
+        usual; the token head on each masked view; the target network's tokens of the unmasked global views."""
+        views, masks = batch["views"], batch["masks"]
+        tokens = [self._encode_masked(x, m) for x, m in zip(views, masks)]
+        feats = [t.pooled for t in tokens] + self._features(views[len(masks) :])
+        z = [self.projector(f) for f in feats]
+        q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
+        k, teacher = self.target.token_keys(views[:n_global], z[:n_global], self.objective.teacher_blocks)
+        patch = self.backbone.patch_embed.patch_size
+        predictions = []
+        for v, (x, m, t) in enumerate(zip(views, masks, tokens)):
+            grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
+            if self.head_is_projector:  # iBOT: the (shared) heads on the masked patches only, as DINOv2
+                predictions.append(self.projector(t.patches[m["mask"]]))
+                if self.objective.teacher_tokens == "projected":
+                    teacher[v].projected = self.target.project_tokens(teacher[v].patches[m["mask"]])
+            elif self.token_head is not None:
+                predictions.append(self.token_head(t, m, grid))
+        out = ViewBatch(
+            z,
+            q,
+            k,
+            feats,
+            batch["params"],
+            n_global,
+            self.symmetric,
+            index=batch.get("index"),
+            masks=list(masks),
+            tokens=tokens,
+            predictions=predictions,
+            teacher=teacher,
+            pixels=list(views[: len(masks)]),
+        )
         return self.memory.prepare(out, self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:

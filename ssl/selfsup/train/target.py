@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from selfsup.models.tokens import Tokens, encode
+
 
 class Target(nn.Module):
     """No target network: the keys are the online projections of the global views (module docstring)."""
@@ -25,6 +27,17 @@ class Target(nn.Module):
     def keys(self, views: list[torch.Tensor], z: list[torch.Tensor]) -> list[torch.Tensor]:
         """The keys of the global ``views`` (G x (B, C, H, W)) given their online projections ``z`` (G x (B, D))."""
         return z
+
+    def token_keys(
+        self, views: list[torch.Tensor], z: list[torch.Tensor], blocks: int = 0
+    ) -> tuple[list[torch.Tensor], list[Tokens]]:
+        """The keys of the global ``views`` and the target network's :class:`Tokens` of them, unmasked, with the
+        outputs of its last ``blocks`` blocks (masked methods, docs/tokens.md); no target network: no tokens."""
+        return self.keys(views, z), []
+
+    def project_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The target projector on token rows (N, D) (iBOT's teacher patch head)."""
+        raise ValueError("the objective reads the target network's projected tokens: it needs target=ema")
 
     def step(self, backbone: nn.Module, projector: nn.Module, step: int, total: int) -> float | None:
         """After optimiser step ``step`` of ``total``; returns the momentum used, if any (logged)."""
@@ -63,6 +76,15 @@ class EMATarget(Target):
     @torch.no_grad()
     def keys(self, views, z):
         return [self.projector(self.backbone(v)) for v in views]
+
+    @torch.no_grad()
+    def token_keys(self, views, z, blocks=0):
+        teacher = [encode(self.backbone, v, blocks=range(-blocks, 0)) for v in views]
+        return [self.projector(t.pooled) for t in teacher], teacher
+
+    @torch.no_grad()
+    def project_tokens(self, x):
+        return self.projector(x)
 
     @torch.no_grad()
     def step(self, backbone, projector, step, total) -> float:
