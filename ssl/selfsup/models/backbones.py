@@ -35,6 +35,7 @@ def build_backbone(
     patch_size: int | None = None,
     dynamic_img_size: bool | None = None,
     global_pool: str | None = None,
+    depth: int | None = None,
 ) -> nn.Module:
     """Build an encoder without classification head.
 
@@ -51,6 +52,7 @@ def build_backbone(
             other input sizes (multi-crop's local views).
         global_pool: timm models: what the features are — for ViTs ``"token"`` (the class token) or ``"avg"`` (the
             mean of the patch tokens); each masked recipe declares the one its paper evaluates (docs/tokens.md).
+        depth: timm vision transformers: the number of blocks (a shallower ViT of the same width: CPU budgets).
     """
     if name == "small_cnn":
         if pretrained:
@@ -66,9 +68,10 @@ def build_backbone(
             raise ValueError(f"backbone.name={name}: {tv_name!r} is not in torchvision.models.list_models()")
         if in_chans != 3:
             raise ValueError(f"backbone.in_chans={in_chans}: torchvision backbones take 3 channels")
-        if img_size is not None or patch_size is not None or dynamic_img_size is not None or global_pool is not None:
+        if any(v is not None for v in (img_size, patch_size, dynamic_img_size, global_pool, depth)):
             raise ValueError(
-                f"backbone.img_size/patch_size/dynamic_img_size/global_pool: timm models only, not backbone.name={name}"
+                f"backbone.img_size/patch_size/dynamic_img_size/global_pool/depth: timm models only, not "
+                f"backbone.name={name}"
             )
         model = torchvision.models.get_model(tv_name, weights="DEFAULT" if pretrained else None)
         for head in ("fc", "classifier", "heads", "head"):
@@ -87,7 +90,11 @@ def build_backbone(
     vit = {
         k: v
         for k, v in dict(
-            img_size=img_size, patch_size=patch_size, dynamic_img_size=dynamic_img_size, global_pool=global_pool
+            img_size=img_size,
+            patch_size=patch_size,
+            dynamic_img_size=dynamic_img_size,
+            global_pool=global_pool,
+            depth=depth,
         ).items()
         if v is not None
     }

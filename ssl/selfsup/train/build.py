@@ -12,7 +12,7 @@ from selfsup import checks
 from selfsup.data.batches import BatchPlan, TrainerFacts
 from selfsup.data.datasets import MaskDraw
 from selfsup.models.backbones import check_input_sizes
-from selfsup.models.tokens import patch_size
+from selfsup.models.tokens import is_vit, patch_size
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
 from selfsup.runtime.strategies import check_sync_batchnorm
@@ -50,8 +50,7 @@ def build(cfg: DictConfig, resumed: dict | None = None):
     """
     check_trainer(cfg.trainer)
     trainer = build_trainer(cfg)
-    views, objective = views_and_objective(cfg)
-    masking = build_masking(cfg, views)
+    views, objective, masking = views_and_objective(cfg)
     label_free = LabelFree.from_config(cfg.get("label_free"))
     datamodule = instantiate(cfg.data, _partial_=True)(
         views=views,
@@ -106,15 +105,17 @@ def check_parts(cfg: DictConfig) -> None:
     optimiser, callbacks — so that a bad value fails now: what a sweep runs for every point before the first
     trains (:class:`selfsup.runtime.sweep.SweepCheck`)."""
     check_trainer(cfg.trainer)
-    views, objective = views_and_objective(cfg)
-    masking = build_masking(cfg, views)
+    views, objective, masking = views_and_objective(cfg)
     build_module(cfg, views, objective, LabelFree.from_config(cfg.get("label_free")), masking=masking)
     build_callbacks(cfg)
 
 
 def views_and_objective(cfg: DictConfig):
-    """The view sampler and the objective, checked against each other (view count, local crops)."""
-    views, objective = instantiate(cfg.views), instantiate(cfg.objective)
+    """The view sampler, the mask part (None without one) and the objective, checked against each other (view
+    count, local crops, what the mask covers)."""
+    views = instantiate(cfg.views)
+    masking = build_masking(cfg, views)  # before the objective: its config may read backbone.patch_size
+    objective = instantiate(cfg.objective)
     if objective.num_views > len(views):
         raise ValueError(
             f"objective uses {objective.num_views} views but views has {len(views)} ({views.names}): pick a views "
@@ -126,7 +127,7 @@ def views_and_objective(cfg: DictConfig):
             f"views: {len(views) - n_global} local crops ({views.names[n_global:]}) but objective "
             f"{type(objective).__name__} scores fixed views and cannot take them; use views with global views only"
         )
-    return views, objective
+    return views, objective, masking
 
 
 def build_masking(cfg: DictConfig, views):
@@ -166,7 +167,7 @@ def build_module(
     """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
     backbone = instantiate(cfg.backbone)
     check_input_sizes(backbone, {f"views.views.{name}.size": v.size for name, v in zip(views.names, views.views)})
-    if masking is not None and patch_size(backbone) != cfg.backbone.patch_size:
+    if masking is not None and is_vit(backbone) and patch_size(backbone) != cfg.backbone.patch_size:
         raise ValueError(
             f"backbone.patch_size={cfg.backbone.patch_size}: the built ViT has patches of {patch_size(backbone)}"
         )
