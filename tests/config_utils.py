@@ -34,13 +34,15 @@ def tiny_imagefolder(root, splits=("train", "val"), classes=("a", "b"), per_clas
 
 def masked_cpu_budget(cfg: DictConfig) -> list[str]:
     """Overrides that put a masked ImageNet recipe on a CPU budget, its parts unchanged: an 8 x 8 token grid (image
-    size 8 x the patch size), ViT-H swapped for ViT-Ti with the same patch size, and I-JEPA's min_keep of 10 relaxed
-    to 4 on the small grid (its target blocks hold 9-12 tokens there)."""
+    size 8 x the patch size; multi-crop's local crops 4 x), its ViT (B, S or H) swapped for a 6-block ViT-Ti with the
+    same patch size (data2vec averages the last 6 blocks), and I-JEPA's min_keep of 10 relaxed to 4 on the small grid
+    (its target blocks hold 9-12 tokens there)."""
     if cfg.get("mask") is None or cfg.data.dataset != "imagefolder":
         return []
-    out = [f"data.image_size={8 * cfg.backbone.patch_size}"]
-    if "huge" in cfg.backbone.name:
-        out.append("backbone.name=vit_tiny_patch16_224")
+    patch = cfg.backbone.patch_size
+    out = [f"data.image_size={8 * patch}", "backbone.name=vit_tiny_patch16_224", "++backbone.depth=6"]
+    if "l1" in cfg.views.views:
+        out.append(f"views.views.l1.size={4 * patch}")
     if "min_keep" in cfg.mask:
         out.append("mask.min_keep=4")
     return out

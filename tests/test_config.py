@@ -27,14 +27,17 @@ COMPANIONS = {
     ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"],
     ("views", "diet"): ["objective=diet"],
 }
-# masked methods: the CIFAR ViT with 2 px patches (an 8 x 8 grid on 16 px digits) and each method's parts
-VIT = ["backbone=vit_tiny_cifar", "backbone.patch_size=2", "projector=identity", "views=masked"]
-MAE = [*VIT, "mask=random", "token_head=mae", "objective=mae"]
-IJEPA = [*VIT, "mask=multiblock", "mask.min_keep=4", "token_head=jepa", "objective=ijepa", "target=ema"]
+# masked methods: a 1-block CIFAR ViT with 2 px patches (an 8 x 8 grid on 16 px digits) and each method's parts
+VIT = ["backbone=vit_tiny_cifar", "backbone.patch_size=2", "+backbone.depth=1", "projector=identity", "views=masked"]
+MAE = [*VIT, "mask=random", "token_head=mae", "token_head.depth=1", "objective=mae"]
+IJEPA = [*VIT, "mask=multiblock", "mask.min_keep=4", "token_head=jepa", "token_head.depth=1", "objective=ijepa"]
+IJEPA += ["target=ema"]
 DATA2VEC = [*VIT, "mask=block", "mask.min_patches=4", "token_head=linear", "objective=data2vec", "target=ema"]
+DATA2VEC += ["objective.top_k=1"]
 DINOV2 = [
     "backbone=vit_tiny_cifar",
     "backbone.patch_size=2",
+    "+backbone.depth=1",
     "views=multicrop",
     "views.views.l1.size=8",
     "projector=dino_head",

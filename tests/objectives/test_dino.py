@@ -75,3 +75,25 @@ def test_bad_settings_refused():
             DINOLoss(**kwargs)
     with pytest.raises(ValueError, match="expected >= 2 student views"):
         DINOLoss(4)([randn(3, 4)], [randn(3, 4)])
+
+
+def test_sinkhorn_knopp_centering_uses_the_codes_of_all_global_views_and_keeps_the_centre():
+    """DINOv2's option: the teacher's targets are the Sinkhorn-Knopp codes of the global views' rows together
+    (dinov2 ``DINOLoss.sinkhorn_knopp_teacher``), the centre is not moved."""
+    from selfsup.objectives.ibot import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(0)
+    student = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    teacher = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    loss = DINOLoss(5, teacher_temp=0.05, centering="sinkhorn_knopp").double().train()
+    q = sinkhorn_knopp(torch.cat(teacher), 0.05).chunk(2)
+    terms = [
+        torch.sum(-q[i] * torch.log_softmax(student[v] / 0.1, dim=-1), dim=-1).mean()
+        for i in range(2)
+        for v in range(3)
+        if v != i
+    ]
+    torch.testing.assert_close(loss(student, teacher), sum(terms) / len(terms))
+    assert torch.equal(loss.center, torch.zeros(1, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="objective.centering='sinkhorn'"):
+        DINOLoss(5, centering="sinkhorn")

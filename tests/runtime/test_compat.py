@@ -215,3 +215,20 @@ def test_runtime_imports_no_command_package():
                 if name.split(".")[:2] in (["selfsup", p] for p in ("train", "evaluate", "export", "reduce")):
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
     assert found == []
+
+
+def test_vit_pos_embed_is_the_step_forward_features_takes_after_patch_embed():
+    """timm's ``_pos_embed`` between ``patch_embed`` and the blocks: the ViT's own forward, rebuilt around the shim,
+    gives the same bits, at its own size and at another (dynamic_img_size: the resampled embedding)."""
+    import torch
+
+    from selfsup.models import build_backbone
+    from selfsup.runtime.compat import vit_pos_embed
+
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny_patch16_224", img_size=16, patch_size=4, dynamic_img_size=True, depth=1).eval()
+    for side in (16, 8):
+        x = torch.randn(2, 3, side, side)
+        h = vit.norm_pre(vit.patch_drop(vit_pos_embed(vit, vit.patch_embed(x))))
+        assert torch.equal(vit.norm(vit.blocks(h)), vit.forward_features(x))
+        assert h.shape == (2, 1 + (side // 4) ** 2, 192)

@@ -27,6 +27,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from selfsup.runtime.compat import vit_pos_embed
+
 
 @dataclass
 class Tokens:
@@ -105,7 +107,7 @@ def encode(
         flat = h.reshape(h.shape[0], -1, h.shape[-1])
         flat = torch.where(replace[..., None], mask_token.to(flat.dtype), flat)
         h = flat.reshape(h.shape)
-    h = vit._pos_embed(h)  # timm: prefix tokens + position embedding (resampled with dynamic_img_size)
+    h = vit_pos_embed(vit, h)  # timm: prefix tokens + position embedding (resampled with dynamic_img_size)
     positions = valid = bias = None
     if keep is not None:
         positions, valid = positions_of(keep)

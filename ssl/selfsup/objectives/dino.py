@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from selfsup import checks, distributed
 from selfsup.objectives.base import Objective, ViewBatch
+from selfsup.objectives.ibot import sinkhorn_knopp
 
 
 class DINOLoss(Objective):
@@ -31,12 +32,23 @@ class DINOLoss(Objective):
         teacher_temp: τ_t (0.04 to 0.07; warmed up from outside).
         student_temp: τ_s.
         center_momentum: m of the centre's moving average.
+        centering: how the teacher's targets are made: ``"centering"`` (DINO's centre above) or ``"sinkhorn_knopp"``
+            (DINOv2's option, ``train.centering``: Sinkhorn-Knopp codes of all global views' teacher rows of the
+            global batch at τ_t, 3 iterations, ``DINOLoss.sinkhorn_knopp_teacher`` in facebookresearch/dinov2
+            ``dinov2/loss/dino_clstoken_loss.py``; no centre update).
     """
 
     schedulable = ("teacher_temp",)  # warmed up by callbacks: ObjectiveSchedule
 
+    CENTERINGS = ("centering", "sinkhorn_knopp")
+
     def __init__(
-        self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9
+        self,
+        out_dim: int,
+        teacher_temp: float = 0.04,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "centering",
     ):
         super().__init__()
         checks.integer("objective.out_dim", out_dim, minimum=1)
@@ -46,6 +58,7 @@ class DINOLoss(Objective):
             raise ValueError(f"objective.center_momentum={center_momentum}: expected a value in [0, 1)")
         self.out_dim, self.teacher_temp, self.student_temp = out_dim, teacher_temp, student_temp
         self.center_momentum = center_momentum
+        self.centering = checks.one_of("objective.centering", centering, self.CENTERINGS)
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
@@ -55,12 +68,15 @@ class DINOLoss(Objective):
                 f"{len(student)} and {len(teacher)}"
             )
         log_p = [F.log_softmax(s / self.student_temp, dim=-1) for s in student]  # V x (B, K)
-        q = [F.softmax((t - self.center) / self.teacher_temp, dim=-1).detach() for t in teacher]  # G x (B, K)
+        if self.centering == "sinkhorn_knopp":
+            q = list(sinkhorn_knopp(torch.cat(teacher), self.teacher_temp).chunk(len(teacher)))
+        else:
+            q = [F.softmax((t - self.center) / self.teacher_temp, dim=-1).detach() for t in teacher]  # G x (B, K)
         terms = [
             torch.sum(-q_i * log_p[v], dim=-1).mean() for i, q_i in enumerate(q) for v in range(len(log_p)) if v != i
         ]
         loss = sum(terms[1:], terms[0]) / len(terms)
-        if self.training:
+        if self.training and self.centering == "centering":
             self.update_center(teacher)
         return loss
 
@@ -77,5 +93,5 @@ class DINOLoss(Objective):
     def extra_repr(self) -> str:
         return (
             f"out_dim={self.out_dim}, teacher_temp={self.teacher_temp}, student_temp={self.student_temp}, "
-            f"center_momentum={self.center_momentum}"
+            f"center_momentum={self.center_momentum}, centering={self.centering!r}"
         )

@@ -1,4 +1,4 @@
-"""Every use of a private Lightning or Hydra API, in one place.
+"""Every use of a private Lightning, Hydra or timm API, in one place.
 
 selfsup leans on a few internals of its frameworks that have no public equivalent. Each shim below names the
 upstream code it touches and the version range it was checked on; ``tests/runtime/test_compat.py`` fails when
@@ -8,7 +8,8 @@ no private name of Lightning or Hydra and reads no private attribute of their ob
 Where a subclass must override a private hook (it can only do so in its own class body),
 :data:`SUBCLASS_HOOKS` lists the hook and the module that overrides it, and the test checks the hook still exists.
 
-Checked on: lightning 2.6.6, hydra-core 1.3.8, torch 2.14.1 (``pip show lightning hydra-core torch``).
+Checked on: lightning 2.6.6, hydra-core 1.3.8, timm 1.0.31, torch 2.14.1 (``pip show lightning hydra-core timm
+torch``).
 """
 
 from __future__ import annotations
@@ -158,3 +159,12 @@ SUBCLASS_HOOKS: dict[tuple[str, str], str] = {
     ("lightning.pytorch.loggers.CSVLogger", "_experiment"): "selfsup.runtime.loggers",
     ("lightning.pytorch.loggers.CSVLogger", "_fs"): "selfsup.runtime.loggers",
 }
+
+
+# -- timm -----------------------------------------------------------------------------------------------------------
+# timm 1.0.x (checked on 1.0.31): ``VisionTransformer._pos_embed`` adds the prefix tokens (class, registers) and the
+# position embedding — resampled to the grid with ``dynamic_img_size`` — to patch embeddings, the step of
+# ``forward_features`` between ``patch_embed`` and the blocks; masked methods (``selfsup.models.tokens.encode``) run
+# the steps around it themselves (a mask token before it, kept patches after it).
+def vit_pos_embed(vit, patches):
+    return vit._pos_embed(patches)
