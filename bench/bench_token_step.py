@@ -1,6 +1,6 @@
 """Training-step time per image of the masked methods next to SimCLR, with the same ViT, on this machine.
 
-    .venv/bin/python bench/bench_token_step.py [--batch 64] [--steps 5] [--out bench/TOKENS.md]
+    .venv/bin/python bench/bench_token_step.py [--batch 64] [--steps 5] [--threads 1] [--out bench/TOKENS.md]
 
 Each row builds its CIFAR-10 recipe's parts (``recipes/cifar10/<method>.yaml``) on 32 px inputs with the CIFAR ViT-Ti
 (4 px patches: 64 tokens), times ``--steps`` optimiser steps (forward, backward, AdamW, the EMA update where there is
@@ -82,8 +82,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [time_method(m, args.batch, args.steps) for m in args.only.split(",")]
     base = next((r for r in rows if r["method"] == "simclr"), None)
     lines = [
