@@ -4,6 +4,8 @@ MAE decoder puts every token where MAE's unshuffle does; the position embedding 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -126,10 +128,17 @@ def test_mae_decoder_places_tokens_as_maes_unshuffle(vit):
     shuffled = kept_sorted.gather(1, order[..., None].expand(-1, -1, 192))
     y = dec.embed(shuffled)
     y = torch.cat([y, dec.mask_token.expand(3, 12, -1)], dim=1)
-    y = y.gather(1, ids_restore[..., None].expand(-1, -1, 32)) + sincos_2d(32, 4, 4).double()
-    ref = dec.proj(dec.run(y, None))
+    y = y.gather(1, ids_restore[..., None].expand(-1, -1, 32))
+    # the class token is appended in front; decoder_pos_embed has a zero row for it (cls_token=True)
+    y = torch.cat([dec.embed(t.prefix), y], dim=1)
+    y = y + torch.cat([torch.zeros(1, 32, dtype=torch.float64), sincos_2d(32, 4, 4).double()])
+    ref = dec.proj(dec.run(y, None))[:, 1:]  # the class token's prediction is dropped
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert out.shape == (3, 16, 4 * 4 * 3)
+    # so the encoder's final class token is trained by the pixel loss (what MAE's linear probe reads)
+    cls = t.prefix.detach().requires_grad_()
+    grad = torch.autograd.grad(dec(replace(t, prefix=cls), {"mask": ~keep}, (4, 4)).square().sum(), cls)[0]
+    assert bool((grad.abs().sum(-1) > 0).all())
 
 
 def test_jepa_predictor_padded_equals_each_sample_alone(vit):

@@ -87,8 +87,11 @@ class _TokenViT(nn.Module):
 
 class MAEDecoder(_TokenViT):
     """MAE's decoder (He et al. 2021; facebookresearch/mae ``models_mae.py``, ``forward_decoder``): the encoded
-    visible patches are embedded, a shared mask token fills every removed position, the fixed position embedding is
-    added, ``depth`` ViT blocks and a norm run, and a linear layer predicts each patch's p·p·C pixels.
+    visible patches and the class token are embedded, a shared mask token fills every removed position, the fixed
+    position embedding is added (zero at the class token, as ``get_2d_sincos_pos_embed(cls_token=True)``), ``depth``
+    ViT blocks and a norm run over class token and grid, and a linear layer predicts each patch's p·p·C pixels (the
+    class token's output is dropped). The class token enters the decoder as in the official code, so it is trained:
+    it is what MAE's linear probe reads.
 
     Args:
         in_dim: the encoder's width (given by the module).
@@ -120,7 +123,8 @@ class MAEDecoder(_TokenViT):
             slots = torch.where(tokens.valid, tokens.positions, torch.full_like(tokens.positions, length))
             full = full.scatter(1, slots[..., None].expand(-1, -1, self.dim), x)
         full = full[:, :length] + self.pos(grid, x)
-        return self.proj(self.run(full, None))
+        prefix = self.embed(tokens.prefix) if tokens.prefix is not None else full[:, :0]
+        return self.proj(self.run(torch.cat([prefix, full], dim=1), None)[:, prefix.shape[1] :])
 
 
 class JEPAPredictor(_TokenViT):

@@ -42,6 +42,7 @@ class Tokens:
         hidden: outputs of the requested blocks (residual stream, patch tokens only, before the final norm), in
             block order.
         projected: (B, T, K) the head applied to ``patches`` (iBOT's patch head), when asked for.
+        prefix: (B, P, D) the class (and register) tokens after the final norm; (B, 0, D) for a ViT without them.
     """
 
     pooled: torch.Tensor
@@ -50,6 +51,7 @@ class Tokens:
     valid: torch.Tensor | None = None
     hidden: list[torch.Tensor] = field(default_factory=list)
     projected: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None
 
 
 def is_vit(backbone: nn.Module) -> bool:
@@ -131,4 +133,6 @@ def encode(
         pooled = vit.fc_norm((h[:, prefix:] * w).sum(1) / w.sum(1))
     else:
         raise ValueError(f"backbone.global_pool={vit.global_pool!r}: padded token sets pool by 'token' or 'avg' only")
-    return Tokens(pooled=pooled, patches=h[:, prefix:], positions=positions, valid=valid, hidden=hidden)
+    return Tokens(
+        pooled=pooled, patches=h[:, prefix:], positions=positions, valid=valid, hidden=hidden, prefix=h[:, :prefix]
+    )
