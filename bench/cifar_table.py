@@ -1,0 +1,252 @@
+"""Every CIFAR-10 recipe at one CPU budget, scored on the full CIFAR-10 test set, next to raw pixels and random init.
+
+    .venv/bin/python bench/cifar_table.py [--only simclr,byol] [--epochs 5] [--out bench/CIFAR.md]
+
+Each row is ``selfsup-train recipes=cifar10/<name>`` with the recipe's parts (objective, views, projector, target,
+memory, predictor, mask, token head) unchanged and the budget swapped in (:func:`budget`):
+
+- data: a stratified 10,000-image subset of the training split (``data.subset``), batch 256, the recipe's views;
+- encoder: the 3-block CNN of the quickstart (``backbone=small_cnn``) for the ResNet recipes; the recipes' CIFAR
+  ViT-Ti (4 px patches: an 8 x 8 grid) with 4 of its 12 blocks for the masked ones (the 12-block ViT costs 3x);
+- optimiser: the same for every row: AdamW, lr 2e-3 (no batch scaling), weight decay 1e-4 off biases and norms,
+  one warm-up epoch then a cosine to 0; EMA targets start at momentum 0.99 (the recipes' 0.996 hardly moves the
+  target in 200 steps);
+- ``--epochs`` epochs (5: 195 steps), seed 0, the 2-core CPU; ``cifar10/e2mc`` continues the SimCLR row's
+  checkpoint for as many epochs, as the recipe continues a trained SimCLR run.
+
+The encoder is then scored on the **full** test split (10,000 images) with the **full** training split (50,000) as
+the bank and the probe's training set: kNN top-1 (k=200 and k=20, T=0.07), a linear probe (L-BFGS logistic
+regression, ``selfsup.metrics.linear_probe``) and RankMe of the test features — next to raw pixels and each
+encoder at random init (the weights every run of that encoder starts from; a ViT row is compared with the ViT read
+with the same features: class token or patch mean).
+
+Rows are cached: ``<run root>/<name>/table_row.json`` holds the scores and a hash of the composed training config;
+a rerun trains only the rows whose config changed (or ``--redo``), and a run cut short resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from objectives_table import format_row, initial_backbone, trained_backbone, written_rows  # noqa: E402
+from tests.config_utils import compose_train  # noqa: E402
+
+from selfsup.evaluate.features import extract  # noqa: E402
+from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
+
+CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", ROOT.parent / "shared" / "data" / "cifar10"))
+# the nine methods lightly also ships first (bench/peer_table.py), then the others; SimCLR before E2MC, which
+# continues the SimCLR row
+FIRST = ["simclr", "byol", "simsiam", "barlow_twins", "vicreg", "mocov2", "nnclr", "dino", "swav"]
+RECIPES = FIRST + sorted({p.stem for p in (ROOT / "recipes" / "cifar10").glob("*.yaml")} - set(FIRST))
+# the ViT rows' encoder: the recipes' CIFAR ViT-Ti, 4 of its 12 blocks
+VIT_DEPTH = 4
+OPTIM = [
+    "optim=adamw",
+    "optim.lr=2e-3",
+    "optim.lr_scaling=none",
+    "optim.weight_decay=1e-4",
+    "optim.betas=[0.9,0.999]",
+    "optim.exclude_bias_and_norm=true",
+    "optim.warmup_epochs=1",
+    "optim.min_lr_ratio=0.0",
+    "optim.weight_decay_end=null",
+]
+HEADER = ["| encoder | kNN top-1 | kNN k=20 | linear probe | RankMe | train s |", "|---|---|---|---|---|---|"]
+
+
+def run_settings(epochs: int, root: Path = CIFAR10, subset: int = 10_000) -> list[str]:
+    """What every row trains with, whatever the recipe: data, schedule, no validation during training."""
+    return [
+        f"data.root={root}",
+        f"data.subset={subset}",
+        "data.batch_size=256",
+        "trainer=cpu",
+        f"trainer.max_epochs={epochs}",
+        "trainer.limit_val_batches=0",
+        "callbacks.progress=null",
+        "trainer.enable_model_summary=false",
+        "report_baseline=false",
+        *OPTIM,
+    ]
+
+
+def budget(name: str, epochs: int, run_root: Path, root: Path = CIFAR10, subset: int = 10_000) -> list[str]:
+    """The overrides of the row of ``recipes/cifar10/<name>.yaml`` (module docstring)."""
+    out = [f"recipes=cifar10/{name}", *run_settings(epochs, root, subset)]
+    cfg = compose_train(out, run_root / "probe")
+    if cfg.get("mask") is not None:
+        out.append(f"++backbone.depth={VIT_DEPTH}")
+    else:
+        out.append("backbone=small_cnn")
+    if "EMA" in str(cfg.get("target", {}).get("_target_", "")):
+        out.append("target.base=0.99")
+    if "init_from" in OmegaConf.load(ROOT / "recipes" / "cifar10" / f"{name}.yaml"):  # continues a trained run
+        out.append(f"init_from={run_root / 'simclr'}")
+    return out
+
+
+def baseline_label(cfg) -> str:
+    """The random-init row a row is compared with: its encoder at init, read with its features."""
+    if cfg.backbone.name == "small_cnn":
+        return "random init (small CNN)"
+    return f"random init (ViT, {'class token' if cfg.backbone.get('global_pool') == 'token' else 'patch mean'})"
+
+
+def baselines(epochs: int, run_root: Path, root: Path = CIFAR10) -> dict[str, list[str]]:
+    """Overrides that build each random-init encoder exactly as its rows' runs do."""
+    common = [*run_settings(epochs, root), "data.subset=64", "data.batch_size=32"]
+    vit = ["recipes=cifar10/mae", *common, f"++backbone.depth={VIT_DEPTH}"]  # the CIFAR ViT-Ti of every ViT recipe
+    return {
+        "random init (small CNN)": ["recipes=cifar10/simclr", *common, "backbone=small_cnn"],
+        "random init (ViT, class token)": [*vit, "++backbone.global_pool=token"],
+        "random init (ViT, patch mean)": [*vit, "++backbone.global_pool=avg"],
+    }
+
+
+def config_hash(cfg) -> str:
+    """What decides a row's result: the composed config without where it runs."""
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("run_dir", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_images(root: Path = CIFAR10, train_cap: int | None = None, test_cap: int | None = None):
+    """The un-augmented training and test splits (32 px, normalised) as tensor datasets, read once."""
+    cfg = compose_train(
+        [
+            "recipes=cifar10/simclr",
+            f"data.root={root}",
+            "data.subset=null",  # a subset would also cap the bank
+            "data.batch_size=32",
+            f"data.eval_train_subset={train_cap or 'null'}",
+            f"data.eval_test_subset={test_cap or 'null'}",
+        ],
+        Path("/nonexistent"),
+    )
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data, _convert_="object")
+    datamodule.setup("fit")
+    out = []
+    for ds in datamodule.eval_datasets():
+        loader = torch.utils.data.DataLoader(ds, batch_size=500, num_workers=max(1, (os.cpu_count() or 2) - 1))
+        xs, ys = zip(*loader)
+        out.append(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)))
+    return out[0], out[1]
+
+
+def cached(path: Path, key: str, compute) -> dict:
+    """The scores in ``path`` if they were computed for ``key``; else ``compute()`` (with ``seconds`` 0), saved."""
+    if path.is_file() and json.loads(path.read_text()).get("config") == key:
+        return json.loads(path.read_text())
+    out = compute() | {"seconds": 0, "config": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def score(train_x, train_y, test_x, test_y) -> dict:
+    return {
+        "knn": knn_top1(train_x, train_y, test_x, test_y),
+        "knn20": knn_top1(train_x, train_y, test_x, test_y, k=20),
+        "probe": linear_probe(train_x, train_y, test_x, test_y)["top1"],
+        "rankme": rankme(test_x).item(),
+    }
+
+
+def score_encoder(encoder, train_ds, test_ds) -> dict:
+    return score(*extract(encoder, train_ds), *extract(encoder, test_ds))
+
+
+def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds, redo: bool = False) -> dict:
+    """Train (or resume) the row in ``run_dir`` and score it; a finished row with the same config is read back."""
+    cfg = compose_train([*overrides, "resume=auto"], run_dir)
+    key = config_hash(cfg)
+    done = run_dir / "table_row.json"
+    if done.is_file() and not redo:
+        row = json.loads(done.read_text())
+        if row.get("config") == key:
+            print(name, "(cached)", flush=True)
+            return row
+    if run_dir.exists() and (redo or done.is_file()):  # changed since it was scored: train again from scratch
+        shutil.rmtree(run_dir)
+    start = time.time()
+    encoder = trained_backbone(cfg)
+    seconds = time.time() - start
+    row = score_encoder(encoder, train_ds, test_ds) | {"seconds": seconds, "config": key}
+    row["baseline"] = baseline_label(cfg)
+    done.write_text(json.dumps(row))
+    print(name, row, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated recipe names (default: all of recipes/cifar10)")
+    parser.add_argument("--redo", action="store_true", help="train the chosen rows again even if cached")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "CIFAR.md"))
+    parser.add_argument("--run-root", default=str(ROOT / "runs" / "cifar_table"))
+    args = parser.parse_args()
+    run_root = Path(args.run_root)
+    chosen = [n for n in RECIPES if not args.only or n in args.only.split(",")]
+    unknown = set(args.only.split(",")) - set(RECIPES) - {""}
+    if unknown:
+        raise SystemExit(f"--only: no recipes/cifar10/{sorted(unknown)[0]}.yaml (have: {', '.join(RECIPES)})")
+    if not (CIFAR10 / "train").is_dir():
+        raise SystemExit(f"no CIFAR-10 ImageFolder at {CIFAR10} (set SELFSUP_CIFAR10 to root/{{train,test}}/<class>/)")
+
+    train_ds, test_ds = eval_images()
+    rows: dict[str, str] = {}
+    (pixels, y), (test_pixels, test_y) = (ds.tensors for ds in (train_ds, test_ds))
+    rows["raw pixels (32x32x3)"] = format_row(
+        "raw pixels (32x32x3)",
+        cached(run_root / "raw_pixels.json", "", lambda: score(pixels.flatten(1), y, test_pixels.flatten(1), test_y)),
+        "probe",
+    )
+    for label, overrides in baselines(args.epochs, run_root).items():
+        key = config_hash(compose_train(overrides, run_root / "init"))
+        path = run_root / f"{label.replace(' ', '_')}.json"
+        scores = cached(
+            path, key, lambda o=overrides: score_encoder(initial_backbone(o, run_root / "init")[0], train_ds, test_ds)
+        )
+        rows[label] = format_row(label, scores, "probe")
+    for name in chosen:
+        row = table_row(name, budget(name, args.epochs, run_root), run_root / name, train_ds, test_ds, args.redo)
+        rows[f"cifar10/{name}"] = format_row(f"cifar10/{name}", row, "probe")
+        write_table(rows, args.epochs, Path(args.out))  # after every row: a long run shows its progress
+    print(Path(args.out).read_text())
+
+
+def write_table(rows: dict[str, str], epochs: int, out: Path) -> None:
+    """Write ``rows`` to ``out``, keeping the rows of ``out`` this run did not score (run with ``--only``)."""
+    kept = written_rows(out)
+    lines = [rows.get(n) or kept[n] for n in [*rows, *(n for n in kept if n not in rows)]]
+    header = [
+        f"CIFAR-10, full test split (10,000) against the full training split (50,000); trained {epochs} epochs "
+        f"on a stratified 10,000-image subset, batch 256, AdamW 2e-3, seed 0, 2-core CPU ({datetime.date.today()}). "
+        f"Command: `.venv/bin/python bench/cifar_table.py --epochs {epochs}`",
+        "",
+        *HEADER,
+    ]
+    out.write_text("\n".join(header + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
