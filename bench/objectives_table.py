@@ -10,6 +10,10 @@ T=0.07, bank = the 1,437 training images; and k=20: digits has ~144 training ima
 CIFAR/ImageNet convention, 5,000+ a class — also votes with other classes' images), a linear probe trained on 5
 labelled images a class (``selfsup.metrics.linear_probe``), and RankMe of the backbone features. Prints a markdown
 table (and writes it to ``--out``) with the wall time of each run on this machine.
+
+The masked methods (``MASKED``: MAE, I-JEPA, data2vec, iBOT + KoLeo) train a shallow ViT-Ti for more epochs
+(``VIT_EPOCHS``, ``SLOW_VIT_EPOCHS``; docs/evidence.md says why) and are compared with the same ViT at random init read
+with the same features (``VIT_BASELINES``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,24 @@ MULTICROP = [
     "batch_views=true",
 ]
 THREE_LAYERS = "projector.num_layers=3"
+
+
+# The masked rows' encoder: the recipes' CIFAR ViT-Ti (192 wide, 3 heads) with 4 of its 12 blocks, its position
+# embedding made for 16 px. Patches: 4 px (a 4 x 4 grid of 2 x 2 source pixels of the 8 x 8 digits) where the
+# method fits that grid; I-JEPA's four target blocks and context need the 8 x 8 grid of 2 px patches (on 4 x 4 its
+# context keeps 1-7 tokens). 2 px patches cover one source pixel each: MAE's per-patch normalised targets are then
+# noise (a constant patch has no variance), and it scored below random init (docs/evidence.md).
+def vit(patch: int) -> list[str]:
+    return ["backbone=vit_tiny_cifar", f"backbone.patch_size={patch}", "backbone.img_size=16", "+backbone.depth=4"]
+
+
+VIT_NAME = "the recipes' ViT-Ti with 4 of its 12 blocks"
+# masked methods need hundreds of steps where the others need 100 (MAE on digits: below random init after 100
+# steps, above from ~250; docs/evidence.md)
+VIT_EPOCHS = 150
+SLOW_VIT_EPOCHS = 60  # I-JEPA (an 8 x 8 grid) and iBOT (multi-crop): 3-4x the cost of a step
+CLS = "+backbone.global_pool=token"  # features: the class token (MAE's linear probe, DINOv2)
+PATCH_MEAN = "+backbone.global_pool=avg"  # features: the mean of the patch tokens (I-JEPA, data2vec)
 # name: (the recipe whose parts the row uses — objective, target, memory, predictor, the projector's structure; at
 # the quickstart's widths, data and optimiser —, the overrides on top of recipes=quickstart)
 METHODS = {
@@ -130,6 +152,114 @@ METHODS = {
         ["objective=diet", "projector=identity", "views=diet", "optim.weight_decay=0.05"],
     ),
 }
+# Masked and predictive methods (docs/tokens.md) on the ViT above, one view (views=masked, kept digit-safe by
+# the quickstart's view overrides) unless multi-crop; the token heads of the recipes (MAE's decoder 128 x 4, I-JEPA's
+# predictor 96 x 4); EMA targets at 0.99 as every EMA row of this table; VIT_EPOCHS epochs (I-JEPA: fewer, its
+# 8 x 8 grid costs 4x a step). Each row's evaluation features are its recipe's, and it is compared with the same
+# ViT at random init read with the same features.
+MASKED = {
+    "mae (ViT, masked pixels)": (
+        "cifar10/mae",
+        [
+            *vit(4),
+            f"trainer.max_epochs={VIT_EPOCHS}",
+            CLS,
+            "views=masked",
+            "projector=identity",
+            "mask=random",
+            "token_head=mae",
+            "token_head.dim=128",
+            "token_head.depth=4",
+            "token_head.heads=4",
+            "objective=mae",
+        ],
+    ),
+    "i-jepa (ViT, EMA target blocks)": (
+        "cifar10/ijepa",
+        [
+            *vit(2),
+            f"trainer.max_epochs={SLOW_VIT_EPOCHS}",
+            PATCH_MEAN,
+            "views=masked",
+            "projector=identity",
+            EMA,
+            "target.base=0.99",
+            "mask=multiblock",
+            "mask.min_keep=4",  # the recipe's: target blocks hold 9-12 of the 64 tokens
+            "token_head=jepa",
+            "token_head.dim=96",
+            "token_head.depth=4",
+            "token_head.heads=4",
+            "objective=ijepa",
+        ],
+    ),
+    "data2vec (ViT, EMA top-block targets)": (
+        "cifar10/data2vec",
+        [
+            *vit(4),
+            f"trainer.max_epochs={VIT_EPOCHS}",
+            PATCH_MEAN,
+            "views=masked",
+            "projector=identity",
+            EMA,
+            "target.base=0.99",
+            "mask=block",
+            "mask.ratio=0.6",
+            "mask.min_patches=4",
+            "token_head=linear",
+            "objective=data2vec",
+            "objective.top_k=2",  # half the blocks, as the paper's 6 of 12
+        ],
+    ),
+    "ibot + koleo (ViT, dinov2, multi-crop)": (
+        "cifar10/ibot",
+        [
+            *vit(4),
+            f"trainer.max_epochs={SLOW_VIT_EPOCHS}",
+            CLS,
+            *MULTICROP,
+            "projector=dino_head",
+            "projector.hidden_dim=512",
+            "projector.bottleneck_dim=64",
+            "projector.out_dim=256",
+            EMA,
+            "target.base=0.99",
+            "mask=block",
+            "mask.views=2",
+            "mask.ratio=[0.1,0.5]",
+            "mask.min_patches=4",
+            "mask.probability=0.5",
+            "token_head=projector",
+            "objective=dinov2",
+            "objective.terms.dino.loss.teacher_temp=0.07",  # as the dino row: no warm-up in 20 epochs
+            "objective.terms.ibot.loss.teacher_temp=0.07",
+        ],
+    ),
+}
+METHODS.update(MASKED)
+# The same ViT at random init, read with each of the masked rows' features (a row is compared with the one of its
+# own features): the weights every masked row starts from (seed 0; build() creates the backbone first).
+
+
+def encoder_of(overrides: list[str]) -> tuple[list[str], str]:
+    """A masked row's ViT overrides (patch size and depth) and its features (CLS or PATCH_MEAN)."""
+    return [o for o in overrides if o.startswith(("backbone=", "backbone.", "+backbone.depth"))], (
+        CLS if CLS in overrides else PATCH_MEAN
+    )
+
+
+def vit_baseline(name: str) -> str:
+    """The random-init row a masked row is compared with: the same ViT read with the same features."""
+    encoder, pool = encoder_of(METHODS[name][1])
+    patch = next(o.split("=")[1] for o in encoder if o.startswith("backbone.patch_size="))
+    return f"random init (same ViT, {patch} px patches, {'class token' if pool == CLS else 'patch mean'})"
+
+
+# The same ViT at random init, read with each masked row's features: the weights the row starts from (seed 0;
+# build() creates the backbone first).
+VIT_BASELINES = {
+    vit_baseline(name): [*encoder_of(overrides)[0], encoder_of(overrides)[1]] for name, (_, overrides) in MASKED.items()
+}
 
 
 def quickstart(epochs: int) -> list[str]:
@@ -169,7 +299,7 @@ def table_row(run_dir: Path, overrides: list[str], train_ds, test_ds) -> dict:
         print(run_dir.name, "(from", done, ")", flush=True)
         return json.loads(done.read_text())
     start = time.time()
-    backbone = trained_backbone(compose_train(overrides + ["resume=true"], run_dir))
+    backbone = trained_backbone(compose_train(overrides + ["resume=auto"], run_dir))
     row = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
     row["seconds"] = time.time() - start
     done.write_text(json.dumps(row))
@@ -177,45 +307,89 @@ def table_row(run_dir: Path, overrides: list[str], train_ds, test_ds) -> dict:
     return row
 
 
+def initial_backbone(overrides: list[str], run_dir: Path):
+    """The encoder a run of ``overrides`` starts from (``run()`` seeds with 0 and builds the same way), and the
+    datamodule."""
+    L.seed_everything(0)
+    datamodule, module, _ = build(compose_train(overrides, run_dir))
+    return module.backbone, datamodule
+
+
+def format_row(name: str, m: dict, probe: str = "probe5") -> str:
+    return (
+        f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m[probe]:.1f}% | "
+        f"{m['rankme']:.1f} | {m['seconds']:.0f} |"
+    )
+
+
+def written_rows(path: Path) -> dict[str, str]:
+    """The row lines of a table this script wrote, by encoder name (for --merge)."""
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("| ") and len(cells) > 3 and cells[1].endswith("%"):
+                rows[cells[0]] = line
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--only", default="", help="comma-separated prefixes of method names")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of --out that this run does not train, as they are written (with --only: add or redo "
+        "some rows without training the others again)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "OBJECTIVES.md"))
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "objectives_table"))
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override added to every chosen row (ablations: use another --run-root and --out)",
+    )
     args = parser.parse_args()
     common = quickstart(args.epochs)
+    root = Path(args.run_root)
+    chosen = [n for n in METHODS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
 
-    L.seed_everything(0)  # the initial weights every run starts from (run() seeds the same way)
-    datamodule, module, _ = build(compose_train(common, Path(args.run_root) / "init"))
+    backbone, datamodule = initial_backbone(common, root / "init")
     train_ds, test_ds = datamodule.eval_datasets()
     rows = {}
     pixels = [torch.stack([x for x, _ in ds]).flatten(1) for ds in (train_ds, test_ds)]
     labels = [torch.stack([y for _, y in ds]) for ds in (train_ds, test_ds)]
     rows["raw pixels (16x16x3)"] = score(pixels[0], labels[0], pixels[1], labels[1]) | {"seconds": 0.0}
-    rows["random init (same CNN)"] = score(*extract(module.backbone, train_ds), *extract(module.backbone, test_ds))
+    rows["random init (same CNN)"] = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
     rows["random init (same CNN)"]["seconds"] = 0.0
+    if any(n in MASKED for n in chosen):
+        for label, overrides in VIT_BASELINES.items():
+            vit, _ = initial_backbone(common + overrides, root / "init_vit")
+            rows[label] = score(*extract(vit, train_ds), *extract(vit, test_ds)) | {"seconds": 0.0}
 
-    for name, (_, overrides) in METHODS.items():
-        if args.only and not any(name.startswith(p) for p in args.only.split(",")):
-            continue
-        run_dir = Path(args.run_root) / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        rows[name] = table_row(run_dir, common + overrides, train_ds, test_ds)
+    for name in chosen:
+        run_dir = root / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        rows[name] = table_row(run_dir, common + METHODS[name][1] + args.override, train_ds, test_ds)
 
-    lines = [
+    order = ["raw pixels (16x16x3)", "random init (same CNN)", *METHODS]
+    order[order.index(next(iter(MASKED))) : order.index(next(iter(MASKED)))] = list(VIT_BASELINES)
+    lines = {name: format_row(name, rows[name]) for name in rows}
+    if args.merge:
+        kept = written_rows(Path(args.out))
+        lines = {name: lines.get(name) or kept.get(name) for name in order if name in lines or name in kept}
+    header = [
         f"Digits (held-out 360 images), {args.epochs} epochs of `recipes=quickstart` per method, seed 0, "
-        f"2-core CPU. Command: `.venv/bin/python bench/objectives_table.py --epochs {args.epochs}`",
+        f"2-core CPU. The masked rows train {VIT_NAME} with the same data, batch and optimiser for {VIT_EPOCHS} "
+        f"epochs (I-JEPA and iBOT: {SLOW_VIT_EPOCHS}) and are compared with the same ViT at random init read with "
+        "the same features. "
+        f"Command: `.venv/bin/python bench/objectives_table.py --epochs {args.epochs}`",
         "",
         "| encoder | kNN top-1 | kNN k=20 | 5-labels/class probe | RankMe | train s |",
         "|---|---|---|---|---|---|",
     ]
-    for name, m in rows.items():
-        lines.append(
-            f"| {name} | {100 * m['knn']:.1f}% | {100 * m['knn20']:.1f}% | {100 * m['probe5']:.1f}% | "
-            f"{m['rankme']:.1f} | "
-            f"{m['seconds']:.0f} |"
-        )
-    table = "\n".join(lines)
+    table = "\n".join(header + [lines[name] for name in order if name in lines])
     print(table)
     Path(args.out).write_text(table + "\n")
 
