@@ -174,6 +174,17 @@ def score_encoder(encoder, train_ds, test_ds) -> dict:
     return score(*extract(encoder, train_ds), *extract(encoder, test_ds))
 
 
+def timed(path: Path, train):
+    """``train()``, its wall time added to the seconds in ``path``: a row cut short and resumed counts every call."""
+    start = time.time()
+    try:
+        return train()
+    finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        before = float(path.read_text()) if path.is_file() else 0.0
+        path.write_text(f"{before + time.time() - start:.1f}")
+
+
 def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds, redo: bool = False) -> dict:
     """Train (or resume) the row in ``run_dir`` and score it; a finished row with the same config is read back."""
     cfg = compose_train([*overrides, "resume=auto"], run_dir)
@@ -186,9 +197,8 @@ def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds,
             return row
     if run_dir.exists() and (redo or done.is_file()):  # changed since it was scored: train again from scratch
         shutil.rmtree(run_dir)
-    start = time.time()
-    encoder = trained_backbone(cfg)
-    seconds = time.time() - start
+    encoder = timed(run_dir / "train_seconds", lambda: trained_backbone(cfg))
+    seconds = float((run_dir / "train_seconds").read_text())
     row = score_encoder(encoder, train_ds, test_ds) | {"seconds": seconds, "config": key}
     row["baseline"] = baseline_label(cfg)
     done.write_text(json.dumps(row))
