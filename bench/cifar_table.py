@@ -189,6 +189,8 @@ def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds,
     """Train (or resume) the row in ``run_dir`` and score it; a finished row with the same config is read back."""
     cfg = compose_train([*overrides, "resume=auto"], run_dir)
     key = config_hash(cfg)
+    if cfg.get("init_from") and (Path(cfg.init_from) / "table_row.json").is_file():  # E2MC: a retrained start, too
+        key += "+" + json.loads((Path(cfg.init_from) / "table_row.json").read_text())["config"]
     done = run_dir / "table_row.json"
     if done.is_file() and not redo:
         row = json.loads(done.read_text())
