@@ -248,8 +248,9 @@ def main() -> None:
 
 def write_table(rows: dict[str, str], epochs: int, out: Path) -> None:
     """Write ``rows`` to ``out``, keeping the rows of ``out`` this run did not score (run with ``--only``)."""
-    kept = written_rows(out)
-    lines = [rows.get(n) or kept[n] for n in [*rows, *(n for n in kept if n not in rows)]]
+    kept = written_rows(out) | rows
+    order = [n for n in kept if not n.startswith("cifar10/")] + [f"cifar10/{n}" for n in RECIPES]
+    lines = [kept[n] for n in order if n in kept]  # baselines first, then the recipes in RECIPES order
     header = [
         f"CIFAR-10, full test split (10,000) against the full training split (50,000); trained {epochs} epochs "
         f"on a stratified 10,000-image subset, batch 256, AdamW 2e-3, seed 0, 2-core CPU ({datetime.date.today()}). "
