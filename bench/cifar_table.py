@@ -153,8 +153,9 @@ def eval_images(root: Path = CIFAR10, train_cap: int | None = None, test_cap: in
 
 def cached(path: Path, key: str, compute) -> dict:
     """The scores in ``path`` if they were computed for ``key``; else ``compute()`` (with ``seconds`` 0), saved."""
-    if path.is_file() and json.loads(path.read_text()).get("config") == key:
-        return json.loads(path.read_text())
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("config") == key:
+        return saved
     out = compute() | {"seconds": 0, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))

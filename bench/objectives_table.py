@@ -257,9 +257,7 @@ def vit_baseline(name: str) -> str:
 
 # The same ViT at random init, read with each masked row's features: the weights the row starts from (seed 0;
 # build() creates the backbone first).
-VIT_BASELINES = {
-    vit_baseline(name): [*encoder_of(overrides)[0], encoder_of(overrides)[1]] for name, (_, overrides) in MASKED.items()
-}
+VIT_BASELINES = {vit_baseline(name): [*vit, pool] for name in MASKED for vit, pool in [encoder_of(METHODS[name][1])]}
 
 
 def quickstart(epochs: int) -> list[str]:
