@@ -6,7 +6,7 @@ Reads the train/test features (with labels) that ``selfsup-eval`` cached, then f
 backbone features, PCA-d (centred; and PCA-d whitened), TLDR-d with a linear and an MLP encoder (fitted on train,
 applied to test, through the same code as ``selfsup-reduce``) — reports, with train as the bank and test as queries:
 weighted kNN top-1 (k=200 and 20, T=0.07, :func:`selfsup.metrics.knn_top1`), precision@10 and MAP@R
-(:mod:`selfsup.reduce.retrieval`), all on cosine similarity. Prints a markdown table; ``--json`` writes the numbers.
+(:mod:`selfsup.neighbours`), all on cosine similarity. Prints a markdown table; ``--json`` writes the numbers.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from selfsup.metrics import knn_top1
+from selfsup.neighbours import map_at_r, precision_at_k
 from selfsup.reduce import TLDR, fit, knn_graph, load_features, transform
-from selfsup.reduce.retrieval import map_at_r, precision_at_k
 
 
 def pca(train: torch.Tensor, test: torch.Tensor, dim: int, whiten: bool) -> tuple[torch.Tensor, torch.Tensor]:

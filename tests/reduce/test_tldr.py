@@ -1,17 +1,15 @@
 """TLDR pieces against float64 references: exact kNN, positives, the scaled Barlow Twins loss, networks, training."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from selfsup.metrics import knn_top1
+from selfsup.neighbours import precision_at_k
 from selfsup.objectives import BarlowTwinsLoss
 from selfsup.reduce import TLDR, fit, knn_graph, sample_positives, transform
-from selfsup.reduce.retrieval import map_at_r, precision_at_k
-from selfsup.reduce.tldr import build_encoder, build_projector, neighbour_chunks
+from selfsup.reduce.tldr import build_encoder, build_projector
 
 
 def reference_scores(x: np.ndarray, metric: str) -> np.ndarray:
@@ -65,16 +63,6 @@ def test_duplicates_exclude_the_row_itself_not_its_copy():
     x = torch.cat([base, base])  # row i and row i + 20 are equal
     got = knn_graph(x, k=1, metric="cosine")
     np.testing.assert_array_equal(got[:, 0].numpy(), np.r_[np.arange(20, 40), np.arange(20)])
-
-
-def test_neighbour_chunks_on_another_bank_ranks_by_score():
-    g = torch.Generator().manual_seed(4)
-    bank = torch.randn(50, 6, dtype=torch.float64, generator=g)
-    queries = torch.randn(9, 6, dtype=torch.float64, generator=g)
-    ((start, top, idx),) = list(neighbour_chunks(queries, bank, 3, "inner_product"))
-    ref = queries.numpy() @ bank.numpy().T
-    np.testing.assert_array_equal(idx.numpy(), np.argsort(-ref, axis=1)[:, :3])
-    np.testing.assert_allclose(top.numpy(), np.take_along_axis(ref, idx.numpy(), 1), rtol=1e-12)
 
 
 def test_positives_are_uniform_among_the_k_nearest():
@@ -186,29 +174,3 @@ def test_fit_learns_a_neighbourhood_preserving_map(one_thread):
     acc_in = knn_top1(xtr, ytr, xt, yt, k=10)
     assert acc > 0.88 and acc > acc0 + 0.1 and acc > acc_in - 0.08, (acc0, acc, acc_in)
     assert precision_at_k(z, ytr, zt, yt, k=10) > precision_at_k(z0, ytr, zt0, yt, k=10) + 0.1
-
-
-def reference_retrieval(bank, bl, queries, ql, k):
-    s = reference_scores(np.vstack([bank, queries]), "cosine")[len(bank) :, : len(bank)]
-    order = np.argsort(-s, axis=1, kind="stable")
-    p_at_k, aps = [], []
-    for q in range(len(queries)):
-        rel = (bl[order[q]] == ql[q]).astype(float)
-        p_at_k.append(rel[:k].mean())
-        r = int((bl == ql[q]).sum())
-        aps.append(sum(rel[: i + 1].sum() / (i + 1) * rel[i] for i in range(r)) / r if r else 0.0)
-    return float(np.mean(p_at_k)), float(np.mean(aps))
-
-
-def test_precision_and_map_at_r_equal_float64_references():
-    g = torch.Generator().manual_seed(6)
-    bank = torch.randn(60, 5, dtype=torch.float64, generator=g)
-    queries = torch.randn(25, 5, dtype=torch.float64, generator=g)
-    bl, ql = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 5, (25,), generator=g)  # class 4: not in bank
-    p, m = reference_retrieval(bank.numpy(), bl.numpy(), queries.numpy(), ql.numpy(), k=7)
-    assert precision_at_k(bank, bl, queries, ql, k=7, chunk_size=4) == pytest.approx(p, abs=1e-12)
-    assert map_at_r(bank, bl, queries, ql, chunk_size=4) == pytest.approx(m, abs=1e-12)
-    assert map_at_r(bank, bl, bank, bl) == pytest.approx(
-        reference_retrieval(bank.numpy(), bl.numpy(), bank.numpy(), bl.numpy(), 1)[1], abs=1e-12
-    )
-    assert not math.isnan(m)

@@ -2,7 +2,7 @@
 
 ``selfsup-reduce features=<file | selfsup-eval dir> out=<dir>`` (:mod:`selfsup.reduce.cli`); the pieces:
 :func:`knn_graph` (exact, chunked), :class:`TLDR`, :func:`fit`, :func:`transform`, :func:`load_features`,
-:func:`load_encoder`, and label-based retrieval metrics in :mod:`selfsup.reduce.retrieval`.
+:func:`load_encoder`, and label-based retrieval metrics in :mod:`selfsup.neighbours` (shared with ``selfsup-eval``).
 """
 
 from selfsup.reduce.io import load_encoder, load_features

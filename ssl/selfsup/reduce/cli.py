@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup import checks
 from selfsup.config import CONF_DIR
 from selfsup.devices import device_of
+from selfsup.neighbours import check_metric
 from selfsup.reduce.io import load_features, save_outputs
-from selfsup.reduce.tldr import TLDR, check_batch_size, check_metric, fit, knn_graph, transform
+from selfsup.reduce.tldr import TLDR, check_batch_size, fit, knn_graph, transform
 from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 

@@ -41,71 +41,26 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup import checks
+from selfsup.neighbours import neighbour_chunks
 from selfsup.objectives.barlow_twins import BarlowTwinsLoss
 from selfsup.optim import OptimizerSpec
 
 log = logging.getLogger(__name__)
 
-METRICS = ("cosine", "inner_product", "euclidean")
-# Largest (query rows × bank rows) score block materialised at once when chunk_size is not given: 2^25 = 128 MiB fp32.
-BLOCK_ELEMENTS = 1 << 25
 _NET = re.compile(r"^(linear|mlp)(?:-(\d+)-(\d+))?$")
 
 
-# ---------------------------------------------------------------------------------------------- exact neighbours
-
-
-def check_metric(metric: str, key: str = "knn.metric") -> str:
-    return checks.one_of(key, metric, METRICS)
+# ---------------------------------------------------------------------------------------- neighbour graph, batches
 
 
 def check_batch_size(batch_size: int, rows: int) -> int:
     """``train.batch_size``: pairs of a step, 2 to all ``rows`` (every epoch takes ``rows // batch_size`` steps)."""
     return checks.integer("train.batch_size", batch_size, minimum=2, maximum=rows)
-
-
-def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
-    x = x if x.dtype == torch.float64 else x.float()
-    return F.normalize(x, dim=1) if metric == "cosine" else x
-
-
-def neighbour_chunks(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    k: int,
-    metric: str = "cosine",
-    chunk_size: int | None = None,
-    exclude_self: bool = False,
-    device: str | torch.device | None = None,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Exact top-k search, one block of query rows at a time: yields ``(start, scores (B, k), indices (B, k))``,
-    most similar first. Score: cosine similarity, inner product, or −‖q − x‖² for ``euclidean`` (computed as
-    2 q·x − ‖x‖², the same order). ``exclude_self``: query row i is bank row i and never its own neighbour."""
-    check_metric(metric)
-    device = torch.device(device) if device is not None else bank.device
-    bank = _prepare(bank.to(device), metric)  # (N, D)
-    n = bank.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, BLOCK_ELEMENTS // max(1, n))
-    checks.integer("knn.chunk_size", chunk_size, minimum=1)
-    sq_norms = bank.pow(2).sum(1) if metric == "euclidean" else None  # (N,)
-    for start in range(0, queries.shape[0], chunk_size):
-        q = _prepare(queries[start : start + chunk_size].to(device), metric).to(bank.dtype)  # (B, D)
-        scores = q @ bank.T  # (B, N)
-        if sq_norms is not None:
-            scores = 2 * scores - sq_norms
-        if exclude_self:
-            rows = torch.arange(q.shape[0], device=device)
-            scores[rows, start + rows] = -math.inf
-        top, idx = scores.topk(k, dim=1)  # (B, k)
-        yield start, top, idx
 
 
 def knn_graph(
