@@ -156,6 +156,17 @@ PROMISES = {
         "tests/evaluate/test_evaluate.py::test_sweep_dir_is_ranked_with_rank_correlations",
         "tests/evaluate/test_evaluate.py::test_sweep_runs_are_found_at_any_depth_and_sweep_json_is_strict",
     ],
+    "`eval.protocols` adds 5-way 1- and 5-shot episodes (Tian et al. 2020's\nprotocol": [
+        "tests/evaluate/test_protocols.py::test_fewshot_equals_sklearn_logistic_regression_on_the_same_episodes",
+        "tests/evaluate/test_protocols.py::test_nmi_and_ari_equal_sklearn",
+        "tests/evaluate/test_protocols.py::test_kmeans_finds_sklearns_partition_and_inertia",
+        "tests/test_neighbours.py::test_precision_and_map_at_r_equal_float64_references",
+        "tests/evaluate/test_evaluate.py::test_every_cached_feature_protocol_matches_its_function_and_reaches_the_reports",
+        "tests/evaluate/test_evaluate.py::test_bad_protocol_settings_are_refused_in_one_line_before_anything_is_written",
+    ],
+    "a sweep report ranks the runs by it\nand correlates every label-free score with it": [
+        "tests/evaluate/test_evaluate.py::test_sweep_dir_is_ranked_with_rank_correlations",
+    ],
     "Features are cached per checkpoint, data and transform.": [
         "tests/evaluate/test_evaluate.py::test_features_are_cached_and_invalidated_by_a_new_checkpoint",
         "tests/evaluate/test_evaluate.py::test_feature_cache_is_invalidated_when_the_images_or_the_transform_change",

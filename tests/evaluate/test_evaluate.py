@@ -15,7 +15,9 @@ import selfsup
 from selfsup import evaluate as ev
 from selfsup.config import CONF_DIR
 from selfsup.evaluate import report
+from selfsup.evaluate.protocols import clustering, fewshot
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, rankme
+from selfsup.neighbours import map_at_r, precision_at_k
 
 DIGITS = {
     "_target_": "selfsup.data.SSLDataModule",
@@ -130,7 +132,7 @@ def test_run_dir_writes_metrics_matching_the_metric_functions(run):
 
 
 def test_features_are_cached_and_invalidated_by_a_new_checkpoint(run, monkeypatch):
-    cfg = eval_cfg(f"checkpoint={run}", "eval.knn_k=[5]", "eval.linear=false", "eval.plots=false")
+    cfg = eval_cfg(f"checkpoint={run}", "eval.knn_k=[5]", "eval.protocols=[knn]", "eval.plots=false")
     first = ev.evaluate(cfg)
     calls = []
     from selfsup.evaluate import features as ev_features
@@ -150,9 +152,12 @@ def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
     for i, t in enumerate([0.1, 0.2, 0.5, 1.0]):
         make_run(sweep / str(i), seed=i, overrides=[f"objective.temperature={t}", "seed=0"])
     (sweep / "multirun.yaml").write_text("x: 1\n")
-    summary = ev.evaluate(eval_cfg(f"checkpoint={sweep}", *FAST))
+    every = ["eval.protocols=[knn,linear,fewshot,retrieval,clustering]", "eval.fewshot.episodes=20"]
+    summary = ev.evaluate(eval_cfg(f"checkpoint={sweep}", *FAST, *every, "eval.clustering.n_init=1"))
     names = [r["name"] for r in summary["runs"]]
     assert sorted(names) == ["0", "1", "2", "3"]
+    for acc in report.ACCURACY_KEYS:  # every protocol's score is correlated with every label-free score
+        assert summary["correlations"][acc]["rankme"]["n"] == 4, acc
     rankmes = [r["rankme"] for r in summary["runs"]]
     assert rankmes == sorted(rankmes, reverse=True)
     for i in range(4):
@@ -169,6 +174,8 @@ def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
     assert corr["spearman"] == pytest.approx(spearman) and corr["kendall"] == pytest.approx(sum(signs) / 6)
     md = (sweep / "report.md").read_text()
     assert "objective.temperature" in md and "Spearman" in md and "Kendall" in md
+    for column in ("few-shot, 5 shots", "MAP@R", "k-means ARI"):
+        assert f"| {column} |" in md.splitlines()[4] and f"| {column} | RankMe (emb.) |" in md  # table, correlations
     assert all(f"| {t} |" in md for t in ("0.1", "0.2", "0.5", "1.0"))
 
 
@@ -186,7 +193,7 @@ def test_sgd_protocol_on_cached_features(run, tmp_path):
         "eval.protocol=sgd",
         "eval.sgd.augment=false",
         "eval.sgd.epochs=2",
-        "eval.knn=false",
+        "eval.protocols=[linear]",
         "eval.plots=false",
         f"out={tmp_path / 'o'}",
     )
@@ -199,7 +206,7 @@ def test_sgd_protocol_with_augmentation(run, tmp_path):
         f"checkpoint={run}",
         "eval.protocol=sgd",
         "eval.sgd.epochs=1",
-        "eval.knn=false",
+        "eval.protocols=[linear]",
         "eval.plots=false",
         f"out={tmp_path / 'o'}",
     )
@@ -268,10 +275,10 @@ def test_labels_needed_on_an_unlabeled_set(run, monkeypatch):
         return train, test
 
     monkeypatch.setattr(SSLDataModule, "load_splits", unlabeled)
-    with pytest.raises(ValueError, match="unlabeled images; kNN and linear probes need labels"):
+    with pytest.raises(ValueError, match="unlabeled images; eval.protocols need labels"):
         ev.evaluate(eval_cfg(f"checkpoint={run}"))
     assert not (run / "metrics.json").exists()
-    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.knn=false", "eval.linear=false", "eval.plots=false"))
+    metrics = ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocols=[]", "eval.plots=false"))
     assert "knn_top1" not in metrics and metrics["rankme"] > 1
 
 
@@ -466,7 +473,7 @@ def test_feature_cache_is_invalidated_when_the_images_or_the_transform_change(ru
             "data=imagefolder",
             f"data.root={folder}",
             "eval.knn_k=[3]",
-            "eval.linear=false",
+            "eval.protocols=[knn]",
             "eval.plots=false",
             f"out={tmp_path / 'out'}",
             *more,
@@ -484,3 +491,47 @@ def test_feature_cache_is_invalidated_when_the_images_or_the_transform_change(ru
     assert evaluate()[0] == 3
     assert evaluate("eval.image_size=24")[0] == 3  # another transform (the size; mean/std follow the encoder)
     assert evaluate("eval.image_size=24")[0] == 0 and evaluate()[0] == 0  # both keys stay cached
+
+
+def test_every_cached_feature_protocol_matches_its_function_and_reaches_the_reports(run):
+    metrics = ev.evaluate(
+        eval_cfg(
+            f"checkpoint={run}",
+            "eval.protocols=[fewshot,retrieval,clustering]",
+            "eval.fewshot.episodes=50",
+            "eval.clustering.n_init=2",
+            "eval.plots=false",
+        )
+    )
+    (cache,) = (run / "eval_cache").glob("*.pt")
+    feats = torch.load(cache, weights_only=True)
+    tr, te = feats["train"], feats["test"]
+    for k in (1, 5):
+        ref = fewshot(te["backbone"], te["labels"], ways=5, shots=k, queries=15, episodes=50, seed=0)
+        assert metrics[f"fewshot_{k}shot"] == ref["mean"] and metrics[f"fewshot_{k}shot_ci95"] == ref["ci95"]
+    assert metrics["precision_at_10"] == precision_at_k(tr["backbone"], tr["labels"], te["backbone"], te["labels"])
+    assert metrics["map_at_r"] == map_at_r(tr["backbone"], tr["labels"], te["backbone"], te["labels"])
+    ref = clustering(te["backbone"], te["labels"], n_init=2, seed=0)
+    assert (metrics["nmi"], metrics["ari"], metrics["clusters"]) == (ref["nmi"], ref["ari"], 10)
+    assert "knn_top1" not in metrics and "linear_top1" not in metrics
+    assert set(metrics["seconds"]) == {"features", "fewshot", "retrieval", "clustering"}
+    md = (run / "report.md").read_text()
+    for label in ("few-shot, 1 shot", "few-shot, 5 shots", "precision@10", "MAP@R", "k-means NMI", "k-means ARI"):
+        assert f"| {label} |" in md
+
+
+def test_bad_protocol_settings_are_refused_in_one_line_before_anything_is_written(run, monkeypatch):
+    from selfsup.evaluate import features as ev_features
+
+    monkeypatch.setattr(ev_features, "extract", lambda *a, **k: pytest.fail("features extracted before the check"))
+    # the 360 held-out digits: classes 2 and 8 have 35 rows, the smallest; 21 shots + 15 queries need 36
+    for override, message in (
+        ("eval.protocols=[knn,fewshots]", r"eval.protocols=\['knn', 'fewshots'\]: expected a list of distinct"),
+        ("eval.protocols=[knn,knn]", "expected a list of distinct names"),
+        ("eval.fewshot.shots=[1,21]", r"eval.fewshot.shots=21 \+ eval.fewshot.queries=15: class 2 has only 35 rows"),
+        ("eval.fewshot.ways=11", "eval.fewshot.ways=11: the split has only 10 classes"),
+        ("eval.fewshot.queries=0", "eval.fewshot.queries"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocols=[knn,fewshot]", override, "eval.plots=false"))
+        assert not (run / "metrics.json").exists()

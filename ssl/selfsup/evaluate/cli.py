@@ -3,13 +3,14 @@
 Frozen features of the train and held-out splits are extracted once (cached on disk, keyed by checkpoint path +
 mtime, data config and transform), then: RankMe and α-ReQ of the embeddings and of the backbone features (float64,
 on a seeded sample of ``eval.rankme_samples`` training rows — RankMe's 25,600), LiDAR of ``eval.lidar`` augmented
-views of training images, weighted kNN top-1 (k=200 and 20, T=0.07) and a linear probe on backbone features
-(``eval.protocol=fast``: full-batch L-BFGS with an L2 sweep; ``sgd``: the standard SGD protocol). Writes
-``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
+views of training images, then the protocols of ``eval.protocols`` on backbone features (docs/evaluation.md): by
+default weighted kNN top-1 (k=200 and 20, T=0.07) and a linear probe (``eval.protocol=fast``: full-batch L-BFGS with
+an L2 sweep; ``sgd``: the standard SGD protocol); also few-shot episodes, retrieval (precision@k, MAP@R) and k-means
+clustering (NMI, ARI). Writes ``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
 
 A sweep directory (run dirs below it, each with ``checkpoints/last.ckpt`` and ``.hydra/``) is evaluated run by
 run, then its runs are ranked by each label-free score (RankMe, α-ReQ, LiDAR) with each run's overridden
-hyper-parameters, each score's Spearman / Kendall correlation with probe accuracy and the run it would select
+hyper-parameters, each score's Spearman / Kendall correlation with every protocol's accuracy and the run it would select
 (``sweep.json`` + reports in the sweep dir).
 """
 
@@ -19,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -31,22 +33,65 @@ from selfsup.evaluate import report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
 from selfsup.evaluate.jobs import EvalJob, resolve_jobs, run_dir_of
 from selfsup.evaluate.probes import sgd_probe_augmented
+from selfsup.evaluate.protocols import check_fewshot, clustering, fewshot
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
+from selfsup.neighbours import map_at_r, precision_at_k
 from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("fast", "sgd")
+LINEAR_PROTOCOLS = ("fast", "sgd")
+PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering")
+
+
+def check_protocols(value) -> list[str]:
+    """``eval.protocols``: a list of :data:`PROTOCOLS` names, each once."""
+    names = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if any(not isinstance(n, str) or n not in PROTOCOLS for n in names) or len(set(names)) < len(names):
+        raise ValueError(f"eval.protocols={value}: expected a list of distinct names from {list(PROTOCOLS)}")
+    return names
+
+
+def run_protocols(protocols: Sequence[str], tr: dict, te: dict, e) -> tuple[dict, dict]:
+    """(metrics, seconds per protocol) of the cached-feature protocols ``fewshot``, ``retrieval`` and
+    ``clustering`` on backbone features (docs/evaluation.md); ``tr`` / ``te``: train / held-out features + labels."""
+    metrics, seconds = {}, {}
+    if "fewshot" in protocols:
+        t = time.perf_counter()
+        f = e.fewshot
+        shots = [int(s) for s in f.shots]
+        for k in shots:
+            r = fewshot(te["backbone"], te["labels"], f.ways, k, f.queries, f.episodes, f.C, f.max_iter, e.seed)
+            metrics[f"fewshot_{k}shot"], metrics[f"fewshot_{k}shot_ci95"] = r["mean"], r["ci95"]
+        metrics.update(fewshot_ways=int(f.ways), fewshot_episodes=int(f.episodes))
+        seconds["fewshot"] = time.perf_counter() - t
+    if "retrieval" in protocols:
+        t = time.perf_counter()
+        k = int(e.retrieval.k)
+        metrics[f"precision_at_{k}"] = precision_at_k(tr["backbone"], tr["labels"], te["backbone"], te["labels"], k)
+        metrics["map_at_r"] = map_at_r(tr["backbone"], tr["labels"], te["backbone"], te["labels"])
+        seconds["retrieval"] = time.perf_counter() - t
+    if "clustering" in protocols:
+        t = time.perf_counter()
+        c = e.clustering
+        r = clustering(te["backbone"], te["labels"], c.clusters, n_init=c.n_init, max_iter=c.max_iter, seed=e.seed)
+        metrics.update(nmi=r["nmi"], ari=r["ari"], clusters=r["clusters"])
+        seconds["clustering"] = time.perf_counter() - t
+    return metrics, seconds
 
 
 def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     """(metrics, artefacts for the report) of one encoder."""
     e = cfg.eval
-    checks.one_of("eval.protocol", e.protocol, PROTOCOLS)
-    need_labels = bool(e.knn or e.linear)
+    checks.one_of("eval.protocol", e.protocol, LINEAR_PROTOCOLS)
+    protocols = check_protocols(e.protocols)
+    need_labels = bool(protocols)
     data = eval_data_config(cfg, job)
     train_ds, test_ds = build_eval_datasets(data, need_labels)
+    if "fewshot" in protocols:  # before the features are extracted
+        for k in e.fewshot.shots:
+            check_fewshot(test_ds.source.labels, e.fewshot.ways, int(k), e.fewshot.queries, e.fewshot.episodes)
     t0 = time.perf_counter()
     lidar_ds = lidar_dataset(job, data, train_ds, cfg)
     datasets = {"train": train_ds, "test": test_ds, **({"lidar": lidar_ds} if lidar_ds is not None else {})}
@@ -70,7 +115,7 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
         for suffix, part in (("", "embedding"), ("_backbone", "backbone")):
             metrics[f"lidar{suffix}"] = lidar(feats["lidar"][part].reshape(images, q, -1), e.lidar.delta).item()
         metrics["lidar_images"], metrics["lidar_views"] = images, q
-    if e.knn:
+    if "knn" in protocols:
         t = time.perf_counter()
         metrics["knn_k"] = [int(k) for k in e.knn_k]
         for i, k in enumerate(e.knn_k):
@@ -81,7 +126,7 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
             if i == 0:
                 metrics["knn_top1"] = acc
         timings["knn"] = time.perf_counter() - t
-    if e.linear:
+    if "linear" in protocols:
         t = time.perf_counter()
         if e.protocol == "fast":
             probe = linear_probe(
@@ -97,7 +142,11 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
             probe = linear_probe_sgd(tr["backbone"], tr["labels"], te["backbone"], te["labels"], seed=e.seed, **sgd)
             metrics["linear_top1"] = probe["top1"]
         timings["linear"] = time.perf_counter() - t
+    more, seconds = run_protocols(protocols, tr, te, e)
+    metrics.update(more)
+    timings.update(seconds)
     metrics.update(
+        protocols=protocols,
         protocol=e.protocol,
         num_train=n,
         num_test=te["embedding"].shape[0],

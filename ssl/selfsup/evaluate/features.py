@@ -119,8 +119,8 @@ def build_eval_datasets(data: dict, need_labels: bool):
             if (labels < 0).any():
                 raise ValueError(
                     f"data={data.get('_target_')} root={data.get('root')}: the {split} split has "
-                    f"{int((labels < 0).sum())} unlabeled images; kNN and linear probes need labels "
-                    "(eval.knn=false eval.linear=false computes RankMe only)"
+                    f"{int((labels < 0).sum())} unlabeled images; eval.protocols need labels "
+                    "(eval.protocols=[] computes the label-free scores only)"
                 )
     return train, test
 

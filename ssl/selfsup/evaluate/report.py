@@ -35,8 +35,26 @@ METRIC_COLUMNS = {
     "knn_top1": "kNN top-1 (k=200)",
     "knn_top1_k20": "kNN top-1 (k=20)",
     "linear_top1": "linear top-1",
+    "fewshot_1shot": "few-shot, 1 shot",
+    "fewshot_5shot": "few-shot, 5 shots",
+    "precision_at_10": "precision@10",
+    "map_at_r": "MAP@R",
+    "nmi": "k-means NMI",
+    "ari": "k-means ARI",
 }
-ACCURACY_KEYS = ("knn_top1", "knn_top1_k20", "linear_top1")
+# Label-based scores (the default protocols' and the others of ``eval.protocols``), each correlated with every
+# label-free score in a sweep report.
+ACCURACY_KEYS = (
+    "knn_top1",
+    "knn_top1_k20",
+    "linear_top1",
+    "fewshot_1shot",
+    "fewshot_5shot",
+    "precision_at_10",
+    "map_at_r",
+    "nmi",
+    "ari",
+)
 # Label-free scores a sweep is ranked by: key → how a run's value becomes its score (higher: predicted better).
 # RankMe and LiDAR: the value. α-ReQ: closeness to α = 1, where Agrawal et al. 2022 find probes best.
 LABEL_FREE = {
@@ -405,13 +423,13 @@ def write_sweep_report(out_dir: str | os.PathLike, title: str, summary: Mapping)
         for r in runs
     ]
     corr_rows = [
-        [acc, names(k) + (" (−|α−1|)" if k.startswith("alpha_req") else ""), c["spearman"], c["kendall"], c["n"]]
+        [names(acc), names(k) + (" (−|α−1|)" if k.startswith("alpha_req") else ""), c["spearman"], c["kendall"], c["n"]]
         for acc, by_score in summary["correlations"].items()
         for k, c in by_score.items()
     ]
     corr_header = ("accuracy", "label-free score", "Spearman ρ", "Kendall τ", "runs")
     sel_rows = [
-        [acc, names(k), labels.get(sel["run"], sel["run"]), sel["chosen"], sel["best"], sel["regret"]]
+        [names(acc), names(k), labels.get(sel["run"], sel["run"]), sel["chosen"], sel["best"], sel["regret"]]
         for acc, by_score in summary["selection"].items()
         for k, sel in by_score.items()
     ]
