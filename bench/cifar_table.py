@@ -16,12 +16,15 @@ memory, predictor, mask, token head) unchanged and the budget swapped in (:func:
 
 The encoder is then scored on the **full** test split (10,000 images) with the **full** training split (50,000) as
 the bank and the probe's training set: kNN top-1 (k=200 and k=20, T=0.07), a linear probe (L-BFGS logistic
-regression, ``selfsup.metrics.linear_probe``) and RankMe of the test features — next to raw pixels and each
+regression, ``selfsup.metrics.linear_probe``), 5-way 5-shot episodes of the test split and MAP@R of the test rows
+against the training bank (``selfsup-eval``'s ``fewshot`` and ``retrieval`` protocols) and RankMe of the test
+features — next to raw pixels and each
 encoder at random init (the weights every run of that encoder starts from; a ViT row is compared with the ViT read
 with the same features: class token or patch mean).
 
 Rows are cached: ``<run root>/<name>/table_row.json`` holds the scores and a hash of the composed training config;
-a rerun trains only the rows whose config changed (or ``--redo``), and a run cut short resumes where it stopped.
+a rerun trains only the rows whose config changed (or ``--redo``), and a run cut short resumes where it stopped. A row
+scored before a score was added is scored again from its checkpoint, not trained again.
 """
 
 from __future__ import annotations
@@ -43,11 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from objectives_table import format_row, initial_backbone, trained_backbone, written_rows  # noqa: E402
+from objectives_table import initial_backbone, trained_backbone, written_rows  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
+from selfsup.evaluate.protocols import fewshot  # noqa: E402
 from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
+from selfsup.neighbours import map_at_r  # noqa: E402
+from selfsup.runtime import checkpoint  # noqa: E402
 
 CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", ROOT.parent / "shared" / "data" / "cifar10"))
 # the nine methods lightly also ships first (bench/peer_table.py), then the others; SimCLR before E2MC, which
@@ -67,7 +73,12 @@ OPTIM = [
     "optim.min_lr_ratio=0.0",
     "optim.weight_decay_end=null",
 ]
-HEADER = ["| encoder | kNN top-1 | kNN k=20 | linear probe | RankMe | train s |", "|---|---|---|---|---|---|"]
+HEADER = [
+    "| encoder | kNN top-1 | kNN k=20 | linear probe | 5-way 5-shot | MAP@R | RankMe | train s |",
+    "|---|---|---|---|---|---|---|---|",
+]
+# the scores of a row (:func:`score`); a cached row without one of them is scored again, not trained again
+SCORES = ("knn", "knn20", "probe", "fewshot5", "map_at_r", "rankme")
 
 
 def run_settings(epochs: int, root: Path = CIFAR10, subset: int = 10_000) -> list[str]:
@@ -154,7 +165,7 @@ def eval_images(root: Path = CIFAR10, train_cap: int | None = None, test_cap: in
 def cached(path: Path, key: str, compute) -> dict:
     """The scores in ``path`` if they were computed for ``key``; else ``compute()`` (with ``seconds`` 0), saved."""
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    if saved.get("config") == key:
+    if saved.get("config") == key and set(SCORES) <= saved.keys():
         return saved
     out = compute() | {"seconds": 0, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,10 +174,14 @@ def cached(path: Path, key: str, compute) -> dict:
 
 
 def score(train_x, train_y, test_x, test_y) -> dict:
+    """kNN (k=200, 20), linear probe, 5-way 5-shot episodes of the test split (selfsup-eval's few-shot protocol,
+    600 episodes), MAP@R of the test rows against the training bank and RankMe of the test features."""
     return {
         "knn": knn_top1(train_x, train_y, test_x, test_y),
         "knn20": knn_top1(train_x, train_y, test_x, test_y, k=20),
         "probe": linear_probe(train_x, train_y, test_x, test_y)["top1"],
+        "fewshot5": fewshot(test_x, test_y, shots=5)["mean"],
+        "map_at_r": map_at_r(train_x, train_y, test_x, test_y),
         "rankme": rankme(test_x).item(),
     }
 
@@ -196,7 +211,13 @@ def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds,
     if done.is_file() and not redo:
         row = json.loads(done.read_text())
         if row.get("config") == key:
-            print(name, "(cached)", flush=True)
+            if set(SCORES) <= row.keys():
+                print(name, "(cached)", flush=True)
+                return row
+            encoder = checkpoint.backbone_from(checkpoint.load(run_dir))  # a score added since: the same weights
+            row |= score_encoder(encoder, train_ds, test_ds)
+            done.write_text(json.dumps(row))
+            print(name, "(scored again)", row, flush=True)
             return row
     if run_dir.exists() and (redo or done.is_file()):  # changed since it was scored: train again from scratch
         shutil.rmtree(run_dir)
@@ -231,7 +252,6 @@ def main() -> None:
     rows["raw pixels (32x32x3)"] = format_row(
         "raw pixels (32x32x3)",
         cached(run_root / "raw_pixels.json", "", lambda: score(pixels.flatten(1), y, test_pixels.flatten(1), test_y)),
-        "probe",
     )
     for label, overrides in baselines(args.epochs, run_root).items():
         key = config_hash(compose_train(overrides, run_root / "init"))
@@ -239,17 +259,23 @@ def main() -> None:
         scores = cached(
             path, key, lambda o=overrides: score_encoder(initial_backbone(o, run_root / "init")[0], train_ds, test_ds)
         )
-        rows[label] = format_row(label, scores, "probe")
+        rows[label] = format_row(label, scores)
     for name in chosen:
         row = table_row(name, budget(name, args.epochs, run_root), run_root / name, train_ds, test_ds, args.redo)
-        rows[f"cifar10/{name}"] = format_row(f"cifar10/{name}", row, "probe")
+        rows[f"cifar10/{name}"] = format_row(f"cifar10/{name}", row)
         write_table(rows, args.epochs, Path(args.out))  # after every row: a long run shows its progress
     print(Path(args.out).read_text())
 
 
+def format_row(name: str, m: dict) -> str:
+    percent = " | ".join(f"{100 * m[k]:.1f}%" for k in SCORES[:-1])
+    return f"| {name} | {percent} | {m['rankme']:.1f} | {m['seconds']:.0f} |"
+
+
 def write_table(rows: dict[str, str], epochs: int, out: Path) -> None:
     """Write ``rows`` to ``out``, keeping the rows of ``out`` this run did not score (run with ``--only``)."""
-    kept = written_rows(out) | rows
+    columns = HEADER[0].count("|")  # rows written before a column was added are dropped, not mixed in
+    kept = {n: line for n, line in written_rows(out).items() if line.count("|") == columns} | rows
     order = [n for n in kept if not n.startswith("cifar10/")] + [f"cifar10/{n}" for n in RECIPES]
     lines = [kept[n] for n in order if n in kept]  # baselines first, then the recipes in RECIPES order
     header = [

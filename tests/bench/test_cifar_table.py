@@ -65,6 +65,12 @@ def test_a_cheap_simclr_row_beats_random_init_and_is_cached(tmp_path, cifar10_ro
 
     cached = cifar_table.table_row("simclr", overrides, tmp_path / "simclr", train_ds, test_ds)
     assert cached == row
+    assert 0.2 < row["fewshot5"] < 1 and 0.01 < row["map_at_r"] < 1  # 12 steps: 37% and 4.3% here
+    older = {k: v for k, v in row.items() if k != "map_at_r"}  # a row scored before MAP@R was a column
+    (tmp_path / "simclr" / "table_row.json").write_text(json.dumps(older))
+    seconds = (tmp_path / "simclr" / "train_seconds").read_text()
+    assert cifar_table.table_row("simclr", overrides, tmp_path / "simclr", train_ds, test_ds) == row
+    assert (tmp_path / "simclr" / "train_seconds").read_text() == seconds  # scored again, not trained again
     changed = json.loads((tmp_path / "simclr" / "table_row.json").read_text()) | {"config": "stale"}
     (tmp_path / "simclr" / "table_row.json").write_text(json.dumps(changed))
     again = cifar_table.table_row("simclr", overrides, tmp_path / "simclr", train_ds, test_ds)
