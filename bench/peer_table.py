@@ -1,41 +1,55 @@
-"""Ours vs lightly's implementation of the same method, side by side on the quickstart data and budget.
+"""Ours vs lightly's implementation of the same method, side by side: on digits at the quickstart budget, or on
+CIFAR-10 at the budget of bench/cifar_table.py.
 
     .venv/bin/pip install -e '.[bench]'          # lightly: a benchmark dependency only
-    .venv/bin/python bench/peer_table.py [--epochs 20] [--seeds 0,1,2] [--only simsiam,byol] [--out bench/PEERS.md]
+    .venv/bin/python bench/peer_table.py [--data digits|cifar10] [--epochs N] [--seeds 0,1,2] [--only simsiam,byol]
 
-Both columns of a row train the same backbone from the same initial weights (the 3-block CNN of
-``recipes=quickstart``, per seed) on the same batches of the same views (our digits data module, 16 px, batch 256),
-with the same optimiser and schedule (AdamW, lr 2e-3, weight decay 1e-4 off biases and norms, 2 warm-up epochs then
-cosine) for ``--epochs`` epochs, and are scored the same way as ``bench/objectives_table.py`` (kNN top-1 at
-k=200 and k=20, a probe on 5 labels a class, RankMe of the backbone features on the 360 held-out images). What
-differs is the method:
+Both columns of a row train the same backbone from the same initial weights (per seed) on the same batches of the
+same views, with the same optimiser, schedule and gradient clipping, and are scored the same way. What differs is
+the method's implementation:
 
-- ours: ``selfsup-train recipes=quickstart`` with the parts of ``recipes/cifar10/<method>.yaml`` — its heads'
-  structure, loss, target and memory;
-- lightly (``lightly`` from PyPI): its projection/prediction heads (``lightly.models.modules.heads``) at our widths
-  (hidden 512, output 64), its loss (``lightly.loss``) with its default hyperparameters, and its momentum update
+- ours: ``selfsup-train`` with the parts of ``recipes/cifar10/<method>.yaml`` — its heads' structure, loss, target
+  and memory;
+- lightly (``lightly`` from PyPI): its projection/prediction heads (``lightly.models.modules.heads``) at our
+  recipe's widths, its loss (``lightly.loss``) at our recipe's temperatures, its memory banks and its momentum update
   (``lightly.models.utils.update_momentum`` with ``lightly.utils.scheduler.cosine_schedule``), in a plain PyTorch
-  loop written after lightly's own examples (``examples/pytorch/<method>.py``).
+  loop written after lightly's own examples (``examples/pytorch/<method>.py``) and, for DINO, its benchmark
+  (``benchmarks/imagenet/resnet50/dino.py``: the teacher head is its own initialisation, not a copy).
 
-Prints a markdown table (and writes it to ``--out``) with both numbers and the wall time of each run.
+Settings (``--data``):
+
+- ``digits`` (``bench/PEERS.md``): SimCLR, BYOL, SimSiam, Barlow Twins, VICReg on ``recipes=quickstart`` (the
+  3-block CNN, 16 px, batch 256, AdamW 2e-3, heads 512 → 64), ``--epochs`` 20; scored as ``bench/objectives_table.py``
+  (kNN k=200 and 20, a probe on 5 labels a class, RankMe; the 360 held-out images).
+- ``cifar10`` (``bench/PEERS_CIFAR.md``): the nine methods lightly ships and we do (those five, MoCo v2, NNCLR, DINO,
+  SwAV) as rows of ``bench/cifar_table.py`` (the recipe at its budget: small CNN, 10,000 training images, batch 256,
+  AdamW 2e-3, ``--epochs`` 5; multi-crop for DINO and SwAV), scored as there (full test split against the full
+  training split: kNN, linear probe, 5-way 5-shot, MAP@R, RankMe).
+
+Each side of each run is cached in ``<run root>/<data>/<method>_seed<k>/{ours,lightly}.json`` under a hash of the
+composed config: a rerun trains only what changed, and our side resumes a run cut short. Prints a markdown table
+(and writes it to ``--out``) with both numbers, mean ± std over seeds, and the wall time of each run.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cifar_table  # noqa: E402
 from objectives_table import quickstart, score, trained_backbone  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
@@ -44,13 +58,18 @@ from selfsup.train import build  # noqa: E402
 
 try:
     from lightly import loss as lightly_loss
-    from lightly.models.modules import heads
+    from lightly.models.modules import NNMemoryBankModule, heads
     from lightly.models.utils import update_momentum
     from lightly.utils.scheduler import cosine_schedule
 except ImportError as err:  # pragma: no cover - a benchmark dependency
     raise SystemExit(f"bench/peer_table.py needs lightly: .venv/bin/pip install -e '.[bench]' ({err})") from None
 
-HIDDEN, OUT = 512, 64
+HIDDEN, OUT = 512, 64  # the digits setting's head widths (the quickstart's)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """lightly's momentum copies: ``copy.deepcopy`` then ``deactivate_requires_grad``."""
+    return copy.deepcopy(module).requires_grad_(False)
 
 
 class Siamese(nn.Module):
@@ -62,10 +81,10 @@ class Siamese(nn.Module):
         self.backbone, self.projection, self.prediction, self.criterion = backbone, projection, prediction, loss
         self.momentum, self.stopgrad = momentum, stopgrad
         if momentum is not None:  # lightly's examples/pytorch/byol.py: copies with requires_grad off
-            self.backbone_momentum = copy.deepcopy(backbone).requires_grad_(False)
-            self.projection_momentum = copy.deepcopy(projection).requires_grad_(False)
+            self.backbone_momentum, self.projection_momentum = frozen_copy(backbone), frozen_copy(projection)
 
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        x0, x1 = views[:2]
         z0, z1 = self.projection(self.backbone(x0)), self.projection(self.backbone(x1))
         if self.prediction is None:
             return self.criterion(z0, z1)
@@ -77,6 +96,9 @@ class Siamese(nn.Module):
             z0, z1 = z0.detach(), z1.detach()
         return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
 
+    def after_backward(self, epoch: int) -> None:
+        pass
+
     def after_step(self, step: int, total: int) -> None:
         if self.momentum is not None:
             m = cosine_schedule(step, total, self.momentum, 1.0)
@@ -84,81 +106,219 @@ class Siamese(nn.Module):
             update_momentum(self.projection, self.projection_momentum, m=m)
 
 
-def lightly_simclr(backbone, dim, temperature):
-    return Siamese(backbone, heads.SimCLRProjectionHead(dim, HIDDEN, OUT), lightly_loss.NTXentLoss(temperature))
+class MoCo(Siamese):
+    """lightly's examples/pytorch/moco.py: queries of the first view against the momentum keys of the second,
+    ``NTXentLoss`` with a memory bank of past keys (``memory_bank_size=(queue, dim)``)."""
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        query = self.projection(self.backbone(views[0]))
+        with torch.no_grad():
+            key = self.projection_momentum(self.backbone_momentum(views[1]))
+        return self.criterion(query, key)
 
 
-def lightly_byol(backbone, dim, momentum):
+class NNCLR(Siamese):
+    """lightly's examples/pytorch/nnclr.py: each view's projection replaced by its nearest neighbour in
+    ``NNMemoryBankModule`` (updated with the second view's), against the other view's prediction."""
+
+    def __init__(self, backbone, projection, prediction, loss, bank):
+        super().__init__(backbone, projection, loss, prediction)
+        self.bank = bank
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        (z0, p0), (z1, p1) = (self._zp(x) for x in views[:2])
+        z0, z1 = self.bank(z0, update=False), self.bank(z1, update=True)
+        return 0.5 * (self.criterion(z0, p1) + self.criterion(z1, p0))
+
+    def _zp(self, x):
+        z = self.projection(self.backbone(x))
+        return z.detach(), self.prediction(z)
+
+
+class DINO(nn.Module):
+    """lightly's benchmarks/imagenet/resnet50/dino.py: a teacher (momentum backbone copy, its own
+    ``DINOProjectionHead``) on the global views, the student on every view, ``DINOLoss``; the student head's last
+    layer frozen for its first epochs (``cancel_last_layer_gradients``); each gradient clipped as our recipe's."""
+
+    def __init__(self, backbone, make_head, loss, momentum: float, clip: float | None):
+        super().__init__()
+        self.backbone, self.projection, self.criterion = backbone, make_head(freeze_last_layer=1), loss
+        self.backbone_momentum, self.projection_momentum = frozen_copy(backbone), make_head().requires_grad_(False)
+        self.momentum, self.clip = momentum, clip
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = [self.projection_momentum(self.backbone_momentum(x)) for x in views[:2]]
+        student = [self.projection(self.backbone(x)) for x in views]
+        return self.criterion(teacher, student, epoch=epoch)
+
+    def after_backward(self, epoch: int) -> None:
+        self.projection.cancel_last_layer_gradients(current_epoch=epoch)
+        if self.clip is not None:
+            for p in self.parameters():
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_(p, self.clip)
+
+    after_step = Siamese.after_step
+
+
+class SwaV(nn.Module):
+    """lightly's examples/pytorch/swav.py: normalised projections scored by ``SwaVPrototypes`` (normalised every
+    step, frozen for their first epochs), ``SwaVLoss`` of the high- against the low-resolution crops."""
+
+    def __init__(self, backbone, projection, prototypes, loss):
+        super().__init__()
+        self.backbone, self.projection, self.prototypes, self.criterion = backbone, projection, prototypes, loss
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        self.prototypes.normalize()
+        scores = [self.prototypes(F.normalize(self.projection(self.backbone(x)), dim=1), epoch) for x in views]
+        return self.criterion(scores[:2], scores[2:])
+
+    def after_backward(self, epoch: int) -> None:
+        pass
+
+    def after_step(self, step: int, total: int) -> None:
+        pass
+
+
+def widths(cfg, part: str = "projector") -> tuple[int, int]:
+    return int(cfg[part].hidden_dim), int(cfg[part].out_dim)
+
+
+def lightly_simclr(backbone, dim, cfg):
+    head = heads.SimCLRProjectionHead(dim, *widths(cfg))
+    return Siamese(backbone, head, lightly_loss.NTXentLoss(cfg.objective.temperature))
+
+
+def lightly_byol(backbone, dim, cfg):
     return Siamese(
         backbone,
-        heads.BYOLProjectionHead(dim, HIDDEN, OUT),
+        heads.BYOLProjectionHead(dim, *widths(cfg)),
         lightly_loss.NegativeCosineSimilarity(),
-        heads.BYOLPredictionHead(OUT, HIDDEN, OUT),
-        momentum=momentum,
+        heads.BYOLPredictionHead(cfg.projector.out_dim, *widths(cfg, "predictor")),
+        momentum=cfg.target.base,
     )
 
 
-def lightly_simsiam(backbone, dim):
+def lightly_simsiam(backbone, dim, cfg):
     return Siamese(
         backbone,
-        heads.SimSiamProjectionHead(dim, HIDDEN, OUT),
+        heads.SimSiamProjectionHead(dim, *widths(cfg)),
         lightly_loss.NegativeCosineSimilarity(),
-        heads.SimSiamPredictionHead(OUT, HIDDEN, OUT),
+        heads.SimSiamPredictionHead(cfg.projector.out_dim, *widths(cfg, "predictor")),
         stopgrad=True,
     )
 
 
-def lightly_barlow_twins(backbone, dim):
-    return Siamese(backbone, heads.BarlowTwinsProjectionHead(dim, HIDDEN, OUT), lightly_loss.BarlowTwinsLoss())
+def lightly_barlow_twins(backbone, dim, cfg):
+    return Siamese(backbone, heads.BarlowTwinsProjectionHead(dim, *widths(cfg)), lightly_loss.BarlowTwinsLoss())
 
 
-def lightly_vicreg(backbone, dim):
-    return Siamese(backbone, heads.VICRegProjectionHead(dim, HIDDEN, OUT), lightly_loss.VICRegLoss())
+def lightly_vicreg(backbone, dim, cfg):
+    return Siamese(backbone, heads.VICRegProjectionHead(dim, *widths(cfg)), lightly_loss.VICRegLoss())
 
 
-# method: (our overrides on top of recipes=quickstart — the heads' structure of recipes/cifar10/<method>.yaml at the
-# quickstart widths —, lightly's model from (backbone, feature dim))
+def lightly_mocov2(backbone, dim, cfg):
+    hidden, out = widths(cfg)
+    head = heads.MoCoProjectionHead(dim, hidden, out, batch_norm=bool(cfg.projector.batch_norm))
+    loss = lightly_loss.NTXentLoss(cfg.objective.temperature, memory_bank_size=(int(cfg.memory.size), out))
+    return MoCo(backbone, head, loss, momentum=cfg.target.base)
+
+
+def lightly_nnclr(backbone, dim, cfg):
+    hidden, out = widths(cfg)
+    return NNCLR(
+        backbone,
+        heads.NNCLRProjectionHead(dim, hidden, out),
+        heads.NNCLRPredictionHead(out, *widths(cfg, "predictor")),
+        lightly_loss.NTXentLoss(cfg.objective.temperature),
+        NNMemoryBankModule(size=(int(cfg.memory.size), out)),
+    )
+
+
+def lightly_dino(backbone, dim, cfg):
+    p, teacher_temp = cfg.projector, cfg.callbacks.teacher_temp
+
+    def make_head(**kw):
+        return heads.DINOProjectionHead(
+            dim, p.hidden_dim, p.bottleneck_dim, p.out_dim, p.batch_norm, norm_last_layer=p.norm_last_layer, **kw
+        )
+
+    loss = lightly_loss.DINOLoss(
+        output_dim=p.out_dim,
+        warmup_teacher_temp=teacher_temp.start,
+        teacher_temp=teacher_temp.end,
+        warmup_teacher_temp_epochs=teacher_temp.warmup_epochs,
+        student_temp=cfg.objective.student_temp,
+        center_momentum=cfg.objective.center_momentum,
+    )
+    return DINO(backbone, make_head, loss, cfg.target.base, cfg.callbacks.clip.max_norm)
+
+
+def lightly_swav(backbone, dim, cfg):
+    hidden, out = widths(cfg)
+    frozen = int(cfg.callbacks.freeze_prototypes.epochs)
+    prototypes = heads.SwaVPrototypes(out, int(cfg.memory.num_prototypes), n_steps_frozen_prototypes=frozen)
+    loss = lightly_loss.SwaVLoss(cfg.objective.temperature, cfg.objective.sinkhorn_iters, cfg.objective.epsilon)
+    return SwaV(backbone, heads.SwaVProjectionHead(dim, hidden, out), prototypes, loss)
+
+
+LIGHTLY = {
+    "simclr": lightly_simclr,
+    "byol": lightly_byol,
+    "simsiam": lightly_simsiam,
+    "barlow_twins": lightly_barlow_twins,
+    "vicreg": lightly_vicreg,
+    "mocov2": lightly_mocov2,
+    "nnclr": lightly_nnclr,
+    "dino": lightly_dino,
+    "swav": lightly_swav,
+}
+# digits: our overrides on top of recipes=quickstart — the heads' structure of recipes/cifar10/<method>.yaml at the
+# quickstart widths
 PRED = f"predictor={{_target_:selfsup.models.mlp,_partial_:true,hidden_dim:{HIDDEN},out_dim:{OUT}}}"
 THREE_LAYERS = "projector.num_layers=3"
-METHODS = {
-    "simclr": (["objective=info_nce"], lambda b, d: lightly_simclr(b, d, temperature=0.5)),
-    "byol": (
-        ["objective=negative_cosine", PRED, "target=ema", "target.base=0.99"],
-        lambda b, d: lightly_byol(b, d, momentum=0.99),
-    ),
-    "simsiam": (
-        [
-            "objective=negative_cosine",
-            "objective.offset=0.0",
-            "objective.scale=1.0",
-            PRED,
-            "target=stopgrad",
-            THREE_LAYERS,
-            "projector.last_batch_norm=true",
-        ],
-        lightly_simsiam,
-    ),
-    "barlow_twins": (["objective=barlow_twins", THREE_LAYERS], lightly_barlow_twins),
-    "vicreg": (["objective=vicreg", THREE_LAYERS], lightly_vicreg),
+DIGITS = {
+    "simclr": ["objective=info_nce"],
+    "byol": ["objective=negative_cosine", PRED, "target=ema", "target.base=0.99"],
+    "simsiam": [
+        "objective=negative_cosine",
+        "objective.offset=0.0",
+        "objective.scale=1.0",
+        PRED,
+        "target=stopgrad",
+        THREE_LAYERS,
+        "projector.last_batch_norm=true",
+    ],
+    "barlow_twins": ["objective=barlow_twins", THREE_LAYERS],
+    "vicreg": ["objective=vicreg", THREE_LAYERS],
 }
 
 
-def train_lightly(cfg, make_model) -> nn.Module:
-    """lightly's model on our batches: seed, backbone init, loader, optimiser and schedule as ``selfsup-train``."""
+def lightly_model(cfg, name: str):
+    """(lightly's model of ``name`` around the backbone ``selfsup-train`` starts ``cfg`` from, our datamodule, our
+    module): the same seed and build order, hence the same initial backbone weights."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, _ = build(cfg)
-    model = make_model(module.backbone, module.backbone.num_features)
+    return LIGHTLY[name](module.backbone, module.backbone.num_features, cfg), datamodule, module
+
+
+def train_lightly(cfg, name: str) -> nn.Module:
+    """lightly's model on our batches: seed, backbone init, loader, optimiser and schedule as ``selfsup-train``."""
+    model, datamodule, module = lightly_model(cfg, name)
     plan = datamodule.batch_plan()
     loader = datamodule.train_dataloader()
-    online = [p for n, p in model.named_parameters() if "_momentum" not in n]
-    opt, sched = module.optim.build(online, [], plan.global_batch, plan.total_steps, plan.steps_per_epoch)
+    # the momentum branches are frozen copies: param_groups leaves out what does not require a gradient
+    opt, sched = module.optim.build(model.parameters(), [], plan.global_batch, plan.total_steps, plan.steps_per_epoch)
     step = 0
     for epoch in range(cfg.trainer.max_epochs):
         loader.load_state_dict({"epoch": epoch, "batches_done": 0})  # the epoch's shuffle and augmentation seeds
         for batch in loader:
-            loss = model(*batch["views"][:2])
+            loss = model(batch["views"], epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            model.after_backward(epoch)
             opt.step()
             sched.step()
             step += 1
@@ -168,60 +328,101 @@ def train_lightly(cfg, make_model) -> nn.Module:
     return model.backbone
 
 
+def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list[str]:
+    """Our overrides of one run: the digits quickstart with the method's heads, or the method's CIFAR-10 recipe at
+    the budget of bench/cifar_table.py."""
+    if data == "digits":
+        return [*quickstart(epochs), *DIGITS[name], f"seed={seed}", "resume=auto"]
+    return [*cifar_table.budget(name, epochs, run_dir.parent), f"seed={seed}", "resume=auto"]
+
+
+def run_once(name: str, cfg, who: str, path: Path, score_backbone) -> dict:
+    """One side of one row, trained and scored; read back from ``path`` while the config is unchanged."""
+    key = cifar_table.config_hash(cfg) + ":" + who
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("config") == key:
+        return saved
+    start = time.time()
+    backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
+    result = score_backbone(backbone) | {"seconds": time.time() - start, "config": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def scorer(data: str, cfg, cifar_images: dict):
+    """Scores of a backbone: digits as bench/objectives_table.py (the run's own splits), CIFAR-10 as
+    bench/cifar_table.py (the full splits, read once into ``cifar_images``)."""
+    if data == "digits":
+        train_ds, test_ds = build(cfg)[0].eval_datasets()
+        return lambda b: score(*extract(b, train_ds), *extract(b, test_ds))
+    if not cifar_images:
+        cifar_images["train"], cifar_images["test"] = cifar_table.eval_images()
+    return lambda b: cifar_table.score_encoder(b, cifar_images["train"], cifar_images["test"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--data", choices=("digits", "cifar10"), default="digits")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 20 on digits, 5 on CIFAR-10")
     parser.add_argument("--only", default="", help="comma-separated method names")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the table shows mean ± std)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "PEERS.md"))
+    parser.add_argument("--out", default=None, help="default: bench/PEERS.md (digits), bench/PEERS_CIFAR.md")
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "peer_table"))
     args = parser.parse_args()
-    common = quickstart(args.epochs)
-    names = [m for m in METHODS if not args.only or m in args.only.split(",")]
+    epochs = args.epochs or (20 if args.data == "digits" else 5)
+    out = Path(args.out or ROOT / "bench" / ("PEERS.md" if args.data == "digits" else "PEERS_CIFAR.md"))
+    names = [m for m in (DIGITS if args.data == "digits" else LIGHTLY) if not args.only or m in args.only.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    rows = {}
+    run_root = Path(args.run_root) / args.data
+    rows, cifar_images = {}, {}
     for name in names:
-        overrides, make_model = METHODS[name]
         for seed in seeds:
-            run_dir = Path(args.run_root) / f"{name}_seed{seed}"
-            cfg = compose_train(common + overrides + [f"seed={seed}", "resume=true"], run_dir)
-            train_ds, test_ds = build(cfg)[0].eval_datasets()
+            run_dir = run_root / f"{name}_seed{seed}"
+            cfg = compose_train(setting(name, args.data, epochs, seed, run_dir), run_dir)
+            score_backbone = scorer(args.data, cfg, cifar_images)
             for who in ("ours", "lightly"):
-                start = time.time()
-                backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, make_model)
-                seconds = time.time() - start
-                result = score(*extract(backbone, train_ds), *extract(backbone, test_ds)) | {"seconds": seconds}
+                result = run_once(name, cfg, who, run_dir / f"{who}.json", score_backbone)
                 rows.setdefault((name, who), []).append(result)
                 print(name, who, seed, result, flush=True)
+    write_table(out, rows, names, args.data, epochs, args.seeds)
 
+
+def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int, seeds: str) -> None:
+    probe = "probe5" if data == "digits" else "probe"
+    scores = [("knn", "kNN"), ("knn20", "kNN k=20"), (probe, "probe")]
+    if data == "digits":
+        intro = f"Digits (held-out 360 images), {epochs} epochs at the quickstart budget"
+    else:
+        scores += [("fewshot5", "5-shot"), ("map_at_r", "MAP@R")]
+        intro = (
+            f"CIFAR-10 (full test split, full training split as bank), {epochs} epochs at bench/cifar_table.py's budget"
+        )
+    columns = [
+        *((k, 100, "{:.1f}%", label) for k, label in scores),
+        ("rankme", 1, "{:.1f}", "RankMe"),
+        ("seconds", 1, "{:.0f}", "s"),
+    ]
     lines = [
-        f"Digits (held-out 360 images), {args.epochs} epochs at the quickstart budget, seeds {args.seeds} (mean ± "
-        f"std over seeds), 2-core CPU; ours vs lightly {_lightly_version()}. Command: "
-        f"`.venv/bin/python bench/peer_table.py --epochs {args.epochs} --seeds {args.seeds}`",
+        f"{intro}, seeds {seeds} (mean ± std over seeds), 2-core CPU; ours vs lightly {_lightly_version()}. "
+        f"Command: `.venv/bin/python bench/peer_table.py --data {data} --epochs {epochs} --seeds {seeds}`",
         "",
-        "| method | kNN ours | kNN lightly | kNN k=20 ours | kNN k=20 lightly | probe ours | probe lightly "
-        "| RankMe ours | RankMe lightly | s ours | s lightly |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | " + " | ".join(f"{label} {who}" for *_, label in columns for who in ("ours", "lightly")) + " |",
+        "|---|" + "---|" * (2 * len(columns)),
     ]
     for name in names:
         cells = [name]
-        for key, scale, fmt in (
-            ("knn", 100, "{:.1f}%"),
-            ("knn20", 100, "{:.1f}%"),
-            ("probe5", 100, "{:.1f}%"),
-            ("rankme", 1, "{:.1f}"),
-            ("seconds", 1, "{:.0f}"),
-        ):
+        for key, scale, fmt, _ in columns:
             for who in ("ours", "lightly"):
                 values = torch.tensor([scale * r[key] for r in rows[name, who]], dtype=torch.float64)
                 cell = fmt.format(values.mean().item())
-                if key in ("knn", "knn20", "probe5") and len(values) > 1:
+                if scale == 100 and len(values) > 1:
                     cell += f" ± {values.std().item():.1f}"
                 cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    Path(args.out).write_text(table + "\n")
+    out.write_text(table + "\n")
 
 
 def _lightly_version() -> str:

@@ -1,0 +1,40 @@
+"""bench/peer_table.py's lightly side: each of the nine lightly models starts from the backbone our run starts from,
+trains on our CIFAR-10 batches (multi-crop for DINO and SwAV) and moves its backbone; its heads take the widths of
+our recipe. lightly is a benchmark and test dependency only (never imported by the library)."""
+
+import sys
+
+import pytest
+import torch
+
+from selfsup.config import ROOT
+from tests.config_utils import compose_train
+
+pytest.importorskip("lightly")
+sys.path.insert(0, str(ROOT / "bench"))
+import cifar_table  # noqa: E402
+import peer_table  # noqa: E402
+
+TINY = ["data.subset=64", "data.batch_size=32", "data.num_workers=0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(peer_table.LIGHTLY))
+def test_each_lightly_model_starts_from_our_backbone_and_trains_on_our_cifar_batches(name, tmp_path, cifar10_root):
+    run_dir = tmp_path / f"{name}_seed0"
+    overrides = [*peer_table.setting(name, "cifar10", 1, 0, run_dir), *TINY]
+    overrides = [o.replace(str(cifar_table.CIFAR10), str(cifar10_root)) for o in overrides]
+    cfg = compose_train(overrides, run_dir)
+    model, datamodule, module = peer_table.lightly_model(cfg, name)
+    ours = cifar_table.initial_backbone(overrides, tmp_path / "ours")[0].state_dict()
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    assert start.keys() == ours.keys() and all(torch.equal(start[k], ours[k]) for k in ours), name
+    if name in ("dino", "swav"):
+        batch = next(iter(datamodule.train_dataloader()))
+        assert len(batch["views"]) == 8  # 2 global + 6 local crops, as our run sees them
+
+    trained = peer_table.train_lightly(cfg, name)
+    moved = [k for k, v in trained.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert moved, f"{name}: lightly's model did not move the backbone"
+    heads = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert heads, name
