@@ -164,6 +164,12 @@ PROMISES = {
         "tests/evaluate/test_evaluate.py::test_every_cached_feature_protocol_matches_its_function_and_reaches_the_reports",
         "tests/evaluate/test_evaluate.py::test_bad_protocol_settings_are_refused_in_one_line_before_anything_is_written",
     ],
+    "fine-tuning of the whole encoder (MAE's recipe: AdamW, warm-up and cosine, layer-wise\nLR decay for ViTs": [
+        "tests/evaluate/test_finetune.py::test_every_parameter_follows_the_hand_computed_schedule",
+        "tests/evaluate/test_finetune.py::test_vit_groups_decay_the_lr_layer_by_layer_and_exempt_what_mae_exempts",
+        "tests/evaluate/test_finetune.py::test_a_random_init_cnn_fine_tuned_on_digits_reaches_70_percent",
+        "tests/evaluate/test_evaluate.py::test_finetune_protocol_reaches_metrics_and_reports_and_refuses_bad_settings_first",
+    ],
     "a sweep report ranks the runs by it\nand correlates every label-free score with it": [
         "tests/evaluate/test_evaluate.py::test_sweep_dir_is_ranked_with_rank_correlations",
     ],

@@ -9,6 +9,7 @@ itself, so a constructor reads ``self.k = checks.integer("objective.k", k, minim
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 def _expected(minimum, maximum, noun: str) -> str:
@@ -72,3 +73,21 @@ def one_of(key: str, value, choices) -> object:
     if value in choices:
         return value
     raise ValueError(f"{key}={value!r}: expected one of {', '.join(repr(c) for c in choices)}")
+
+
+def interval(key: str, value, above: float, below: float | None = None, maximum: float | None = None, scalar=True):
+    """``(lo, hi)`` from ``[lo, hi]`` (lo <= hi, each checked), or ``(v, v)`` from a number ``v`` where ``scalar``."""
+    bounds = dict(above=above, below=below, maximum=maximum)
+    if scalar and isinstance(value, int | float) and not isinstance(value, bool):
+        v = float(number(key, value, **bounds))
+        return (v, v)
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    try:
+        lo, hi = (float(number(key, v, **bounds)) for v in items)
+        if lo <= hi:
+            return (lo, hi)
+    except (TypeError, ValueError):
+        pass
+    limits = f"({above}, {below})" if below is not None else f"({above}, {maximum}]" if maximum else f"> {above}"
+    expected = f"[min, max] with min <= max, each in {limits}" if maximum or below else "[min, max] with 0 < min <= max"
+    raise ValueError(f"{key}={items if items is not None else value!r}: expected {'a number or ' * scalar}{expected}")

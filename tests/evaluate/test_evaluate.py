@@ -535,3 +535,29 @@ def test_bad_protocol_settings_are_refused_in_one_line_before_anything_is_writte
         with pytest.raises(ValueError, match=message):
             ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocols=[knn,fewshot]", override, "eval.plots=false"))
         assert not (run / "metrics.json").exists()
+
+
+def test_finetune_protocol_reaches_metrics_and_reports_and_refuses_bad_settings_first(run, monkeypatch):
+    metrics = ev.evaluate(
+        eval_cfg(
+            f"checkpoint={run}",
+            "eval.protocols=[finetune]",
+            "eval.finetune.epochs=1",
+            "eval.finetune.warmup_epochs=0",
+            "eval.finetune.batch_size=256",
+            "eval.plots=false",
+        )
+    )
+    assert 0.0 <= metrics["finetune_top1"] <= 1.0 and metrics["seconds"]["finetune"] > 0
+    assert "| fine-tuned top-1 |" in (run / "report.md").read_text()
+    (run / "metrics.json").unlink()
+    from selfsup.evaluate import features as ev_features
+
+    monkeypatch.setattr(ev_features, "extract", lambda *a, **k: pytest.fail("features extracted before the check"))
+    for override, message in (
+        ("eval.finetune.crop_scale=[0.5,0.1]", r"eval.finetune.crop_scale=\[0.5, 0.1\]: expected \[min, max\]"),
+        ("eval.finetune.layer_decay=2", "eval.finetune.layer_decay=2: expected"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocols=[finetune]", override, "eval.plots=false"))
+        assert not (run / "metrics.json").exists()

@@ -59,24 +59,6 @@ def _flag(key: str, value) -> bool:
     raise ValueError(f"{key}={value!r}: expected true or false")
 
 
-def _range(key: str, value, above: float, below: float | None = None, maximum: float | None = None, scalar=True):
-    """``(lo, hi)`` from ``[lo, hi]`` (lo <= hi, each checked), or ``(v, v)`` from a number ``v`` where ``scalar``."""
-    bounds = dict(above=above, below=below, maximum=maximum)
-    if scalar and isinstance(value, int | float) and not isinstance(value, bool):
-        v = float(checks.number(key, value, **bounds))
-        return (v, v)
-    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
-    try:
-        lo, hi = (float(checks.number(key, v, **bounds)) for v in items)
-        if lo <= hi:
-            return (lo, hi)
-    except (TypeError, ValueError):
-        pass
-    limits = f"({above}, {below})" if below is not None else f"({above}, {maximum}]" if maximum else f"> {above}"
-    expected = f"[min, max] with min <= max, each in {limits}" if maximum or below else "[min, max] with 0 < min <= max"
-    raise ValueError(f"{key}={items if items is not None else value!r}: expected {'a number or ' * scalar}{expected}")
-
-
 class MaskGenerator(abc.ABC):
     """One sample's masks on a token grid (the contract the module is written against; docs/masks.md).
 
@@ -192,7 +174,7 @@ class BlockMask(MaskGenerator):
         views: int = 1,
     ):
         super().__init__(views)
-        self.ratio = _range("mask.ratio", ratio, above=0, below=1)
+        self.ratio = checks.interval("mask.ratio", ratio, above=0, below=1)
         self.min_patches = checks.integer("mask.min_patches", min_patches, minimum=1)
         self.min_aspect = checks.number("mask.min_aspect", min_aspect, above=0)
         self.max_aspect = checks.number("mask.max_aspect", max_aspect, minimum=self.min_aspect, allow_none=True)
@@ -297,9 +279,9 @@ class MultiBlockMask(MaskGenerator):
         views: int = 1,
     ):
         super().__init__(views)
-        self.context_scale = _range("mask.context_scale", context_scale, above=0, maximum=1, scalar=False)
-        self.target_scale = _range("mask.target_scale", target_scale, above=0, maximum=1, scalar=False)
-        self.aspect_ratio = _range("mask.aspect_ratio", aspect_ratio, above=0, scalar=False)
+        self.context_scale = checks.interval("mask.context_scale", context_scale, above=0, maximum=1, scalar=False)
+        self.target_scale = checks.interval("mask.target_scale", target_scale, above=0, maximum=1, scalar=False)
+        self.aspect_ratio = checks.interval("mask.aspect_ratio", aspect_ratio, above=0, scalar=False)
         self.num_targets = checks.integer("mask.num_targets", num_targets, minimum=1)
         self.min_keep = checks.integer("mask.min_keep", min_keep, minimum=0)
         self.allow_overlap = _flag("mask.allow_overlap", allow_overlap)
@@ -438,7 +420,7 @@ class GroupMask(MaskGenerator):
         views: int = 1,
     ):
         super().__init__(views)
-        lo, hi = _range("mask.ratio", ratio, above=0, below=1)
+        lo, hi = checks.interval("mask.ratio", ratio, above=0, below=1)
         is_number = isinstance(ratio, int | float)
         self.ratio = (min(0.5, hi), hi) if is_number else (lo, hi)
         self.max_block = checks.number("mask.max_block", max_block, above=0, maximum=1)

@@ -29,10 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from selfsup import checks
 from selfsup.config import CONF_DIR
+from selfsup.devices import device_of
 from selfsup.evaluate import report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
+from selfsup.evaluate.finetune import check_settings, finetune
 from selfsup.evaluate.jobs import EvalJob, resolve_jobs, run_dir_of
-from selfsup.evaluate.probes import sgd_probe_augmented
+from selfsup.evaluate.probes import AugmentedImages, sgd_probe_augmented
 from selfsup.evaluate.protocols import check_fewshot, clustering, fewshot
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
 from selfsup.neighbours import map_at_r, precision_at_k
@@ -42,7 +44,7 @@ from selfsup.runtime.warnings import quiet_known_warnings
 log = logging.getLogger(__name__)
 
 LINEAR_PROTOCOLS = ("fast", "sgd")
-PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering")
+PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering", "finetune")
 
 
 def check_protocols(value) -> list[str]:
@@ -92,6 +94,12 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     if "fewshot" in protocols:  # before the features are extracted
         for k in e.fewshot.shots:
             check_fewshot(test_ds.source.labels, e.fewshot.ways, int(k), e.fewshot.queries, e.fewshot.episodes)
+    if "finetune" in protocols:
+        finetune_settings = OmegaConf.to_container(e.finetune)
+        crop_scale = checks.interval(
+            "eval.finetune.crop_scale", finetune_settings.pop("crop_scale"), 0, maximum=1, scalar=False
+        )
+        check_settings(**finetune_settings)
     t0 = time.perf_counter()
     lidar_ds = lidar_dataset(job, data, train_ds, cfg)
     datasets = {"train": train_ds, "test": test_ds, **({"lidar": lidar_ds} if lidar_ds is not None else {})}
@@ -145,6 +153,20 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     more, seconds = run_protocols(protocols, tr, te, e)
     metrics.update(more)
     timings.update(seconds)
+    if "finetune" in protocols:  # last: it trains (a copy of) the encoder
+        num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
+        device = device_of(e.device, "eval.device")
+        ft = finetune(
+            job.backbone,
+            AugmentedImages(train_ds, crop_scale),
+            test_ds,
+            num_classes,
+            **finetune_settings,
+            seed=e.seed,
+            device=device,
+            num_workers=e.num_workers,
+        )
+        metrics["finetune_top1"], timings["finetune"] = ft["top1"], ft["seconds"]
     metrics.update(
         protocols=protocols,
         protocol=e.protocol,

@@ -17,16 +17,17 @@ from selfsup.metrics import train_head_sgd
 log = logging.getLogger(__name__)
 
 
-class _Augmented(torch.utils.data.Dataset):
-    """Training images for the SGD protocol: random-resized crop (0.08–1) + horizontal flip, normalised."""
+class AugmentedImages(torch.utils.data.Dataset):
+    """Training images for the SGD protocol and fine-tuning: random-resized crop (area ``scale``, default 0.08–1) +
+    horizontal flip, normalised."""
 
-    def __init__(self, eval_ds):
+    def __init__(self, eval_ds, scale: tuple[float, float] = (0.08, 1.0)):
         from torchvision.transforms import v2
 
         self.source = eval_ds.source
         self.transform = v2.Compose(
             [
-                v2.RandomResizedCrop(eval_ds.size, antialias=True),
+                v2.RandomResizedCrop(eval_ds.size, scale=tuple(scale), antialias=True),
                 v2.RandomHorizontalFlip(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(eval_ds.mean, eval_ds.std),
@@ -52,7 +53,7 @@ def sgd_probe_augmented(backbone: nn.Module, train_ds, feats: dict, cfg: DictCon
     head.to(device)
     backbone.eval().to(device)
     loader = torch.utils.data.DataLoader(
-        _Augmented(train_ds),
+        AugmentedImages(train_ds),
         batch_size=opts.batch_size,
         shuffle=True,
         num_workers=cfg.eval.num_workers,

@@ -41,6 +41,7 @@ METRIC_COLUMNS = {
     "map_at_r": "MAP@R",
     "nmi": "k-means NMI",
     "ari": "k-means ARI",
+    "finetune_top1": "fine-tuned top-1",
 }
 # Label-based scores (the default protocols' and the others of ``eval.protocols``), each correlated with every
 # label-free score in a sweep report.
@@ -54,6 +55,7 @@ ACCURACY_KEYS = (
     "map_at_r",
     "nmi",
     "ari",
+    "finetune_top1",
 )
 # Label-free scores a sweep is ranked by: key → how a run's value becomes its score (higher: predicted better).
 # RankMe and LiDAR: the value. α-ReQ: closeness to α = 1, where Agrawal et al. 2022 find probes best.
