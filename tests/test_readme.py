@@ -164,6 +164,10 @@ PROMISES = {
         "tests/evaluate/test_evaluate.py::test_every_cached_feature_protocol_matches_its_function_and_reaches_the_reports",
         "tests/evaluate/test_evaluate.py::test_bad_protocol_settings_are_refused_in_one_line_before_anything_is_written",
     ],
+    "12 of CIFAR-10-C's 15 corruptions × 5 severities, generated here and scored by the clean\nlinear probe": [
+        "tests/evaluate/test_corruptions.py::test_each_corruption_equals_the_published_function_at_every_severity",
+        "tests/evaluate/test_evaluate.py::test_corruption_protocol_scores_the_clean_probe_on_corrupted_images",
+    ],
     "fine-tuning of the whole encoder (MAE's recipe: AdamW, warm-up and cosine, layer-wise\nLR decay for ViTs": [
         "tests/evaluate/test_finetune.py::test_every_parameter_follows_the_hand_computed_schedule",
         "tests/evaluate/test_finetune.py::test_vit_groups_decay_the_lr_layer_by_layer_and_exempt_what_mae_exempts",

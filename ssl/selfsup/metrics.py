@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -308,6 +308,7 @@ def linear_probe(
     max_iter: int = 100,
     tol: float = 1e-6,
     seed: int = 0,
+    extra_test: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """Fast linear probe: full-batch multinomial logistic regression on frozen features with L-BFGS.
 
@@ -328,10 +329,13 @@ def linear_probe(
         max_iter: L-BFGS iterations per fit (each costs ~1.2 passes over the features).
         tol: L-BFGS first-order optimality tolerance (max |grad|).
         seed: seed of the validation split.
+        extra_test: more held-out sets ``{name: (features, labels)}`` scored by the same fitted classifier (e.g. the
+            test split under corruptions).
 
     Returns:
-        ``{"top1", "val_top1", "l2", "val_top1_by_l2", "train_top1", "iterations", "seconds"}``; accuracies in [0, 1]
-        (``val_top1`` is NaN when no validation split was carved).
+        ``{"top1", "val_top1", "l2", "val_top1_by_l2", "train_top1", "iterations", "seconds"}`` and, with
+        ``extra_test``, ``"extra_top1": {name: accuracy}``; accuracies in [0, 1] (``val_top1`` is NaN when no
+        validation split was carved).
     """
     t0 = time.perf_counter()
     y_train, y_test, num_classes = _prepare_probe_inputs(
@@ -373,10 +377,17 @@ def linear_probe(
         init = solutions[best]
     else:
         init = None
-    x_all, x_te = standardise(x_train, x_test)
+    extra = dict(extra_test or {})
+    x_all, x_te, *x_extra = standardise(
+        x_train, x_test, *(x.detach().to("cpu", torch.float32) for x, _ in extra.values())
+    )
     with torch.enable_grad():
         w, b, n_iter = _fit_logreg(x_all, y_train, num_classes, best, max_iter, tol, init)
-    return {
+    more = {}
+    if extra:
+        labels = [torch.as_tensor(y).long().cpu() for _, y in extra.values()]
+        more["extra_top1"] = {k: _accuracy(x, y, w, b) for k, x, y in zip(extra, x_extra, labels, strict=True)}
+    return more | {
         "top1": _accuracy(x_te, y_test, w, b),
         "val_top1": val_by_l2.get(best, float("nan")),
         "l2": best,

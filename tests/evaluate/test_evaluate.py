@@ -152,7 +152,16 @@ def test_sweep_dir_is_ranked_with_rank_correlations(tmp_path):
     for i, t in enumerate([0.1, 0.2, 0.5, 1.0]):
         make_run(sweep / str(i), seed=i, overrides=[f"objective.temperature={t}", "seed=0"])
     (sweep / "multirun.yaml").write_text("x: 1\n")
-    every = ["eval.protocols=[knn,linear,fewshot,retrieval,clustering]", "eval.fewshot.episodes=20"]
+    every = [
+        "eval.protocols=[knn,linear,fewshot,retrieval,clustering,corruptions,finetune]",
+        "eval.fewshot.episodes=20",
+        "eval.corruptions.types=[contrast]",
+        "eval.corruptions.severities=[5]",
+        "eval.corruptions.images=100",
+        "eval.finetune.epochs=1",
+        "eval.finetune.warmup_epochs=0",
+        "eval.finetune.batch_size=512",
+    ]
     summary = ev.evaluate(eval_cfg(f"checkpoint={sweep}", *FAST, *every, "eval.clustering.n_init=1"))
     names = [r["name"] for r in summary["runs"]]
     assert sorted(names) == ["0", "1", "2", "3"]
@@ -560,4 +569,57 @@ def test_finetune_protocol_reaches_metrics_and_reports_and_refuses_bad_settings_
     ):
         with pytest.raises(ValueError, match=message):
             ev.evaluate(eval_cfg(f"checkpoint={run}", "eval.protocols=[finetune]", override, "eval.plots=false"))
+        assert not (run / "metrics.json").exists()
+
+
+def test_corruption_protocol_scores_the_clean_probe_on_corrupted_images(run, monkeypatch):
+    from selfsup.evaluate.corruptions import CorruptedImages
+    from selfsup.evaluate.features import extract
+    from selfsup.evaluate.jobs import resolve_jobs
+
+    common = ["eval.corruptions.types=[gaussian_noise,contrast]", "eval.corruptions.severities=[1,5]", *FAST]
+    metrics = ev.evaluate(
+        eval_cfg(f"checkpoint={run}", "eval.protocols=[linear,corruptions]", "eval.corruptions.images=100", *common)
+    )
+    (cache,) = (run / "eval_cache").glob("*.pt")
+    feats = torch.load(cache, weights_only=True)
+    tr, te = feats["train"], feats["test"]
+    job = resolve_jobs(eval_cfg(f"checkpoint={run}"))[0][0]
+    test_ds = instantiate(DIGITS).eval_datasets()[1]
+    extra = {}
+    for name in ("gaussian_noise", "contrast"):
+        for s in (1, 5):
+            extra[f"{name}/{s}"] = extract(job.backbone, CorruptedImages(test_ds, name, s, 0, 100))
+    rows = torch.as_tensor(CorruptedImages(test_ds, "contrast", 1, 0, 100).rows)
+    extra["clean"] = (te["backbone"][rows], te["labels"][rows])
+    probe = linear_probe(
+        tr["backbone"], tr["labels"], te["backbone"], te["labels"], l2_grid=[1e-4, 1e-2], max_iter=50, extra_test=extra
+    )["extra_top1"]
+    assert (
+        metrics["linear_top1"]
+        == linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"], l2_grid=[1e-4, 1e-2], max_iter=50)[
+            "top1"
+        ]
+    )  # the extra sets do not change the probe
+    assert metrics["corruption_clean_top1"] == probe["clean"]
+    assert metrics["corruption_top1_gaussian_noise"] == pytest.approx(
+        (probe["gaussian_noise/1"] + probe["gaussian_noise/5"]) / 2
+    )
+    assert metrics["corruption_top1_severity5"] == pytest.approx((probe["gaussian_noise/5"] + probe["contrast/5"]) / 2)
+    mean = sum(v for k, v in probe.items() if k != "clean") / 4
+    assert metrics["corruption_top1"] == pytest.approx(mean)
+    assert metrics["corruption_ratio"] == pytest.approx(mean / probe["clean"])
+    assert "| corrupted top-1 (probe) |" in (run / "report.md").read_text()
+    (run / "metrics.json").unlink()
+
+    from selfsup.evaluate import features as ev_features
+
+    monkeypatch.setattr(ev_features, "extract", lambda *a, **k: pytest.fail("features extracted before the check"))
+    for overrides, message in (
+        (["eval.protocols=[knn,corruptions]"], "corruptions are scored by the clean-trained linear probe"),
+        (["eval.protocols=[linear,corruptions]", "eval.corruptions.types=[frost]"], r"'frost' \(not generated here"),
+        (["eval.protocols=[linear,corruptions]", "eval.corruptions.severities=[0]"], "severities: 0; expected"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ev.evaluate(eval_cfg(f"checkpoint={run}", *overrides, "eval.plots=false"))
         assert not (run / "metrics.json").exists()

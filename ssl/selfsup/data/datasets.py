@@ -66,12 +66,18 @@ class EvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def image(self, index: int) -> torch.Tensor:
+        """The resized, centre-cropped image, uint8 (C, size, size), before normalisation."""
         x = self.source.image(index)
         if min(x.shape[-2:]) != self.resize:
             x = TF.resize(x, [self.resize], antialias=True)
-        x = TF.center_crop(x, [self.size, self.size])
-        return TF.normalize(x.float().div_(255), self.mean, self.std), self.source.labels[index]
+        return TF.center_crop(x, [self.size, self.size])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return TF.normalize(x.float().div_(255), self.mean, self.std)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalize(self.image(index)), self.source.labels[index]
 
 
 class AugmentedViews(Dataset):

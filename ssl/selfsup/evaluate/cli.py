@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from selfsup import checks
 from selfsup.config import CONF_DIR
 from selfsup.devices import device_of
-from selfsup.evaluate import report
-from selfsup.evaluate.features import build_eval_datasets, eval_data_config, features, lidar_dataset
+from selfsup.evaluate import corruptions, report
+from selfsup.evaluate.features import build_eval_datasets, eval_data_config, extract, features, lidar_dataset
 from selfsup.evaluate.finetune import check_settings, finetune
 from selfsup.evaluate.jobs import EvalJob, resolve_jobs, run_dir_of
 from selfsup.evaluate.probes import AugmentedImages, sgd_probe_augmented
@@ -44,7 +44,7 @@ from selfsup.runtime.warnings import quiet_known_warnings
 log = logging.getLogger(__name__)
 
 LINEAR_PROTOCOLS = ("fast", "sgd")
-PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering", "finetune")
+PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering", "corruptions", "finetune")
 
 
 def check_protocols(value) -> list[str]:
@@ -83,6 +83,38 @@ def run_protocols(protocols: Sequence[str], tr: dict, te: dict, e) -> tuple[dict
     return metrics, seconds
 
 
+def corrupted_features(backbone, test_ds, te: dict, types: list[str], severities: list[int], e) -> dict:
+    """``{"<type>/<severity>": (backbone features, labels)}`` of the held-out images under each corruption, and
+    ``"clean"``: the cached features of the same images (``eval.corruptions.images`` caps them class by class)."""
+    device = device_of(e.device, "eval.device")
+    out = {}
+    for name in types:
+        for s in severities:
+            ds = corruptions.CorruptedImages(test_ds, name, s, e.seed, e.corruptions.images)
+            out[f"{name}/{s}"] = extract(backbone, ds, e.batch_size, e.num_workers, device)
+            log.info("corruption %s, severity %d: %d images", name, s, len(ds))
+    rows = torch.as_tensor(ds.rows)
+    out["clean"] = (te["backbone"][rows], te["labels"][rows])
+    return out
+
+
+def corruption_scores(top1: dict[str, float]) -> dict:
+    """The probe's accuracies under corruption, averaged: over everything (``corruption_top1``), per type and per
+    severity; with the clean accuracy of the same images and the ratio of the two (docs/evaluation.md)."""
+    clean = top1.pop("clean")
+    types = sorted({k.split("/")[0] for k in top1})
+    levels = sorted({int(k.split("/")[1]) for k in top1})
+    mean = sum(top1.values()) / len(top1)
+    out = {"corruption_top1": mean, "corruption_clean_top1": clean, "corruption_ratio": mean / clean if clean else 0.0}
+    for name in types:
+        values = [v for k, v in top1.items() if k.split("/")[0] == name]
+        out[f"corruption_top1_{name}"] = sum(values) / len(values)
+    for s in levels:
+        values = [v for k, v in top1.items() if int(k.split("/")[1]) == s]
+        out[f"corruption_top1_severity{s}"] = sum(values) / len(values)
+    return out
+
+
 def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     """(metrics, artefacts for the report) of one encoder."""
     e = cfg.eval
@@ -94,6 +126,13 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     if "fewshot" in protocols:  # before the features are extracted
         for k in e.fewshot.shots:
             check_fewshot(test_ds.source.labels, e.fewshot.ways, int(k), e.fewshot.queries, e.fewshot.episodes)
+    if "corruptions" in protocols:
+        corruption_types, severities = corruptions.check(e.corruptions.types, e.corruptions.severities)
+        if "linear" not in protocols or e.protocol != "fast":
+            raise ValueError(
+                f"eval.protocols={protocols}: corruptions are scored by the clean-trained linear probe; expected "
+                "linear in eval.protocols with eval.protocol=fast"
+            )
     if "finetune" in protocols:
         finetune_settings = OmegaConf.to_container(e.finetune)
         crop_scale = checks.interval(
@@ -134,13 +173,25 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
             if i == 0:
                 metrics["knn_top1"] = acc
         timings["knn"] = time.perf_counter() - t
+    corrupted = {}
+    if "corruptions" in protocols:  # features of the corrupted held-out images, scored by the probe below
+        t = time.perf_counter()
+        corrupted = corrupted_features(job.backbone, test_ds, te, corruption_types, severities, e)
+        timings["corruptions"] = time.perf_counter() - t
     if "linear" in protocols:
         t = time.perf_counter()
         if e.protocol == "fast":
             probe = linear_probe(
-                tr["backbone"], tr["labels"], te["backbone"], te["labels"], **OmegaConf.to_container(e.probe)
+                tr["backbone"],
+                tr["labels"],
+                te["backbone"],
+                te["labels"],
+                **OmegaConf.to_container(e.probe),
+                extra_test=corrupted,
             )
             metrics.update(linear_top1=probe["top1"], linear_val_top1=probe["val_top1"], linear_l2=probe["l2"])
+            if corrupted:
+                metrics.update(corruption_scores(probe["extra_top1"]))
         elif e.sgd.augment:
             num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
             probe = sgd_probe_augmented(job.backbone, train_ds, feats, cfg, num_classes)

@@ -41,6 +41,8 @@ METRIC_COLUMNS = {
     "map_at_r": "MAP@R",
     "nmi": "k-means NMI",
     "ari": "k-means ARI",
+    "corruption_top1": "corrupted top-1 (probe)",
+    "corruption_ratio": "corrupted / clean",
     "finetune_top1": "fine-tuned top-1",
 }
 # Label-based scores (the default protocols' and the others of ``eval.protocols``), each correlated with every
@@ -55,6 +57,7 @@ ACCURACY_KEYS = (
     "map_at_r",
     "nmi",
     "ari",
+    "corruption_top1",
     "finetune_top1",
 )
 # Label-free scores a sweep is ranked by: key → how a run's value becomes its score (higher: predicted better).
