@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from objectives_table import initial_backbone, trained_backbone, written_rows  # noqa: E402
+from objectives_table import config_hash, initial_backbone, written_rows  # noqa: E402
+from objectives_table import table_row as cached_row  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
 from selfsup.evaluate.protocols import fewshot  # noqa: E402
 from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
 from selfsup.neighbours import map_at_r  # noqa: E402
-from selfsup.runtime import checkpoint  # noqa: E402
 
 CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", ROOT.parent / "shared" / "data" / "cifar10"))
 # the nine methods lightly also ships first (bench/peer_table.py), then the others; SimCLR before E2MC, which
@@ -130,13 +127,6 @@ def baselines(epochs: int, run_root: Path, root: Path = CIFAR10) -> dict[str, li
     }
 
 
-def config_hash(cfg) -> str:
-    """What decides a row's result: the composed config without where it runs."""
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("run_dir", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def eval_images(root: Path = CIFAR10, train_cap: int | None = None, test_cap: int | None = None):
     """The un-augmented training and test splits (32 px, normalised) as tensor datasets, read once."""
     cfg = compose_train(
@@ -190,44 +180,11 @@ def score_encoder(encoder, train_ds, test_ds) -> dict:
     return score(*extract(encoder, train_ds), *extract(encoder, test_ds))
 
 
-def timed(path: Path, train):
-    """``train()``, its wall time added to the seconds in ``path``: a row cut short and resumed counts every call."""
-    start = time.time()
-    try:
-        return train()
-    finally:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        before = float(path.read_text()) if path.is_file() else 0.0
-        path.write_text(f"{before + time.time() - start:.1f}")
-
-
 def table_row(name: str, overrides: list[str], run_dir: Path, train_ds, test_ds, redo: bool = False) -> dict:
-    """Train (or resume) the row in ``run_dir`` and score it; a finished row with the same config is read back."""
-    cfg = compose_train([*overrides, "resume=auto"], run_dir)
-    key = config_hash(cfg)
-    if cfg.get("init_from") and (Path(cfg.init_from) / "table_row.json").is_file():  # E2MC: a retrained start, too
-        key += "+" + json.loads((Path(cfg.init_from) / "table_row.json").read_text())["config"]
-    done = run_dir / "table_row.json"
-    if done.is_file() and not redo:
-        row = json.loads(done.read_text())
-        if row.get("config") == key:
-            if set(SCORES) <= row.keys():
-                print(name, "(cached)", flush=True)
-                return row
-            encoder = checkpoint.backbone_from(checkpoint.load(run_dir))  # a score added since: the same weights
-            row |= score_encoder(encoder, train_ds, test_ds)
-            done.write_text(json.dumps(row))
-            print(name, "(scored again)", row, flush=True)
-            return row
-    if run_dir.exists() and (redo or done.is_file()):  # changed since it was scored: train again from scratch
-        shutil.rmtree(run_dir)
-    encoder = timed(run_dir / "train_seconds", lambda: trained_backbone(cfg))
-    seconds = float((run_dir / "train_seconds").read_text())
-    row = score_encoder(encoder, train_ds, test_ds) | {"seconds": seconds, "config": key}
-    row["baseline"] = baseline_label(cfg)
-    done.write_text(json.dumps(row))
-    print(name, row, flush=True)
-    return row
+    """The row of recipe ``name``: :func:`objectives_table.table_row` scored by :func:`score` on the full splits,
+    with the random-init row it is compared with."""
+    annotate = lambda cfg: {"baseline": baseline_label(cfg)}  # noqa: E731
+    return cached_row(run_dir, overrides, lambda b: score_encoder(b, train_ds, test_ds), SCORES, redo, annotate)
 
 
 def main() -> None:

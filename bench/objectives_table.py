@@ -19,14 +19,17 @@ with the same features (``VIT_BASELINES``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.config_utils composes configs exactly like selfsup-train
@@ -278,6 +281,9 @@ def trained_backbone(cfg):
     return checkpoint.backbone_from(checkpoint.load(cfg.run_dir))
 
 
+SCORES = ("knn", "knn20", "probe5", "rankme")
+
+
 def score(train_x, train_y, test_x, test_y) -> dict:
     few = torch.as_tensor(stratified_first(train_y, 5 * int(train_y.max() + 1)))
     probe = linear_probe(train_x[few], train_y[few], test_x, test_y, val_fraction=0.2)
@@ -289,20 +295,67 @@ def score(train_x, train_y, test_x, test_y) -> dict:
     }
 
 
-def table_row(run_dir: Path, overrides: list[str], train_ds, test_ds) -> dict:
-    """Train ``overrides`` in ``run_dir`` (continuing a run cut short) and score its backbone; a finished row is read
-    from ``run_dir/table_row.json`` instead of trained again (delete the run root to redo all)."""
-    done = run_dir / "table_row.json"
-    if done.is_file():
-        print(run_dir.name, "(from", done, ")", flush=True)
-        return json.loads(done.read_text())
+def config_hash(cfg) -> str:
+    """What decides a row's result: the composed config without where it runs."""
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("run_dir", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def timed(path: Path, train):
+    """``train()``, its wall time added to the seconds in ``path``: a row cut short and resumed counts every call."""
     start = time.time()
-    backbone = trained_backbone(compose_train(overrides + ["resume=auto"], run_dir))
-    row = score(*extract(backbone, train_ds), *extract(backbone, test_ds))
-    row["seconds"] = time.time() - start
+    try:
+        return train()
+    finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        before = float(path.read_text()) if path.is_file() else 0.0
+        path.write_text(f"{before + time.time() - start:.1f}")
+
+
+def table_row(
+    run_dir: Path,
+    overrides: list[str],
+    score_backbone,
+    scores: tuple[str, ...] = SCORES,
+    redo: bool = False,
+    annotate=None,
+) -> dict:
+    """Train ``overrides`` in ``run_dir`` (continuing a run cut short) and score its backbone with
+    ``score_backbone(backbone) -> dict``; the row is saved in ``run_dir/table_row.json`` with a hash of the composed
+    config (and of the run it continues, ``init_from``).
+
+    A saved row with the same hash is read back (scored again from its checkpoint if it lacks one of ``scores``: a
+    column added since); a changed config, or ``redo``, trains again from scratch. ``annotate(cfg) -> dict`` adds
+    fields to a new row. ``seconds``: the training time of every call that trained it."""
+    cfg = compose_train([*overrides, "resume=auto"], run_dir)
+    key = config_hash(cfg)
+    if cfg.get("init_from") and (Path(cfg.init_from) / "table_row.json").is_file():  # a retrained start, too
+        key += "+" + json.loads((Path(cfg.init_from) / "table_row.json").read_text())["config"]
+    done = run_dir / "table_row.json"
+    if done.is_file() and not redo:
+        row = json.loads(done.read_text())
+        if row.get("config") == key:
+            if set(scores) <= row.keys():
+                print(run_dir.name, "(cached)", flush=True)
+                return row
+            row |= score_backbone(checkpoint.backbone_from(checkpoint.load(run_dir)))  # the same weights
+            done.write_text(json.dumps(row))
+            print(run_dir.name, "(scored again)", row, flush=True)
+            return row
+    if run_dir.exists() and (redo or done.is_file()):  # changed since it was scored: train again from scratch
+        shutil.rmtree(run_dir)
+    backbone = timed(run_dir / "train_seconds", lambda: trained_backbone(cfg))
+    seconds = float((run_dir / "train_seconds").read_text())
+    row = score_backbone(backbone) | {"seconds": seconds, "config": key} | (annotate(cfg) if annotate else {})
     done.write_text(json.dumps(row))
     print(run_dir.name, row, flush=True)
     return row
+
+
+def scorer(train_ds, test_ds):
+    """:func:`score` of a backbone's features on the digits splits."""
+    return lambda backbone: score(*extract(backbone, train_ds), *extract(backbone, test_ds))
 
 
 def initial_backbone(overrides: list[str], run_dir: Path):
@@ -369,7 +422,7 @@ def main() -> None:
 
     for name in chosen:
         run_dir = root / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        rows[name] = table_row(run_dir, common + METHODS[name][1] + args.override, train_ds, test_ds)
+        rows[name] = table_row(run_dir, common + METHODS[name][1] + args.override, scorer(train_ds, test_ds))
 
     order = ["raw pixels (16x16x3)", "random init (same CNN)", *METHODS]
     order[order.index(next(iter(MASKED))) : order.index(next(iter(MASKED)))] = list(VIT_BASELINES)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cifar_table  # noqa: E402
-from objectives_table import quickstart, score, trained_backbone  # noqa: E402
+from objectives_table import config_hash, quickstart, score, trained_backbone  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
@@ -338,7 +338,7 @@ def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list
 
 def run_once(name: str, cfg, who: str, path: Path, score_backbone) -> dict:
     """One side of one row, trained and scored; read back from ``path`` while the config is unchanged."""
-    key = cifar_table.config_hash(cfg) + ":" + who
+    key = config_hash(cfg) + ":" + who
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("config") == key:
         return saved

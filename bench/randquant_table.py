@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from objectives_table import quickstart, score, table_row  # noqa: E402
+from objectives_table import quickstart, score, scorer, table_row  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     rows["random init (same CNN)"]["seconds"] = 0.0
     for name, overrides in ROWS.items():
         run_dir = Path(args.run_root) / name.split(" (")[0].replace(" ", "_").replace("+", "plus")
-        rows[name] = table_row(run_dir, common + overrides, train_ds, test_ds)
+        rows[name] = table_row(run_dir, common + overrides, scorer(train_ds, test_ds))
 
     lines = [
         f"Digits (held-out 360 images), {args.epochs} epochs of `recipes=quickstart` (SimCLR) per row, only the views "
