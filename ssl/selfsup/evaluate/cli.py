@@ -5,8 +5,9 @@ mtime, data config and transform), then: RankMe and α-ReQ of the embeddings and
 on a seeded sample of ``eval.rankme_samples`` training rows — RankMe's 25,600), LiDAR of ``eval.lidar`` augmented
 views of training images, then the protocols of ``eval.protocols`` on backbone features (docs/evaluation.md): by
 default weighted kNN top-1 (k=200 and 20, T=0.07) and a linear probe (``eval.protocol=fast``: full-batch L-BFGS with
-an L2 sweep; ``sgd``: the standard SGD protocol); also few-shot episodes, retrieval (precision@k, MAP@R) and k-means
-clustering (NMI, ARI). Writes ``metrics.json`` atomically plus ``report.md`` / ``report.html`` next to the run.
+an L2 sweep; ``sgd``: the standard SGD protocol); also few-shot episodes, retrieval (precision@k, MAP@R), k-means
+clustering (NMI, ARI), the probe on corrupted images and fine-tuning. Writes ``metrics.json`` atomically plus
+``report.md`` / ``report.html`` next to the run.
 
 A sweep directory (run dirs below it, each with ``checkpoints/last.ckpt`` and ``.hydra/``) is evaluated run by
 run, then its runs are ranked by each label-free score (RankMe, α-ReQ, LiDAR) with each run's overridden
@@ -83,6 +84,28 @@ def run_protocols(protocols: Sequence[str], tr: dict, te: dict, e) -> tuple[dict
     return metrics, seconds
 
 
+def protocol_settings(protocols: Sequence[str], e, test_labels) -> dict:
+    """One-line errors for settings a chosen protocol cannot run with, checked before any feature is extracted;
+    returns ``{"corruptions": (types, severities), "finetune": (finetune options, crop scale)}`` for those chosen."""
+    out = {}
+    if "fewshot" in protocols:
+        for k in e.fewshot.shots:
+            check_fewshot(test_labels, e.fewshot.ways, int(k), e.fewshot.queries, e.fewshot.episodes)
+    if "corruptions" in protocols:
+        out["corruptions"] = corruptions.check(e.corruptions.types, e.corruptions.severities)
+        if "linear" not in protocols or e.protocol != "fast":
+            raise ValueError(
+                f"eval.protocols={list(protocols)}: corruptions are scored by the clean-trained linear probe; "
+                "expected linear in eval.protocols with eval.protocol=fast"
+            )
+    if "finetune" in protocols:
+        options = OmegaConf.to_container(e.finetune)
+        crop_scale = checks.interval("eval.finetune.crop_scale", options.pop("crop_scale"), 0, maximum=1, scalar=False)
+        check_settings(**options)
+        out["finetune"] = (options | {"num_workers": e.num_workers}, crop_scale)
+    return out
+
+
 def corrupted_features(backbone, test_ds, te: dict, types: list[str], severities: list[int], e) -> dict:
     """``{"<type>/<severity>": (backbone features, labels)}`` of the held-out images under each corruption, and
     ``"clean"``: the cached features of the same images (``eval.corruptions.images`` caps them class by class)."""
@@ -123,22 +146,7 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     need_labels = bool(protocols)
     data = eval_data_config(cfg, job)
     train_ds, test_ds = build_eval_datasets(data, need_labels)
-    if "fewshot" in protocols:  # before the features are extracted
-        for k in e.fewshot.shots:
-            check_fewshot(test_ds.source.labels, e.fewshot.ways, int(k), e.fewshot.queries, e.fewshot.episodes)
-    if "corruptions" in protocols:
-        corruption_types, severities = corruptions.check(e.corruptions.types, e.corruptions.severities)
-        if "linear" not in protocols or e.protocol != "fast":
-            raise ValueError(
-                f"eval.protocols={protocols}: corruptions are scored by the clean-trained linear probe; expected "
-                "linear in eval.protocols with eval.protocol=fast"
-            )
-    if "finetune" in protocols:
-        finetune_settings = OmegaConf.to_container(e.finetune)
-        crop_scale = checks.interval(
-            "eval.finetune.crop_scale", finetune_settings.pop("crop_scale"), 0, maximum=1, scalar=False
-        )
-        check_settings(**finetune_settings)
+    settings = protocol_settings(protocols, e, test_ds.source.labels)  # before the features are extracted
     t0 = time.perf_counter()
     lidar_ds = lidar_dataset(job, data, train_ds, cfg)
     datasets = {"train": train_ds, "test": test_ds, **({"lidar": lidar_ds} if lidar_ds is not None else {})}
@@ -176,7 +184,7 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     corrupted = {}
     if "corruptions" in protocols:  # features of the corrupted held-out images, scored by the probe below
         t = time.perf_counter()
-        corrupted = corrupted_features(job.backbone, test_ds, te, corruption_types, severities, e)
+        corrupted = corrupted_features(job.backbone, test_ds, te, *settings["corruptions"], e)
         timings["corruptions"] = time.perf_counter() - t
     if "linear" in protocols:
         t = time.perf_counter()
@@ -207,16 +215,9 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     if "finetune" in protocols:  # last: it trains (a copy of) the encoder
         num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
         device = device_of(e.device, "eval.device")
-        ft = finetune(
-            job.backbone,
-            AugmentedImages(train_ds, crop_scale),
-            test_ds,
-            num_classes,
-            **finetune_settings,
-            seed=e.seed,
-            device=device,
-            num_workers=e.num_workers,
-        )
+        options, crop_scale = settings["finetune"]
+        train_images = AugmentedImages(train_ds, crop_scale)
+        ft = finetune(job.backbone, train_images, test_ds, num_classes, **options, seed=e.seed, device=device)
         metrics["finetune_top1"], timings["finetune"] = ft["top1"], ft["seconds"]
     metrics.update(
         protocols=protocols,
