@@ -7,7 +7,8 @@ memory, predictor, mask, token head) unchanged and the budget swapped in (:func:
 
 - data: a stratified 10,000-image subset of the training split (``data.subset``), batch 256, the recipe's views;
 - encoder: the 3-block CNN of the quickstart (``backbone=small_cnn``) for the ResNet recipes; the recipes' CIFAR
-  ViT-Ti (4 px patches: an 8 x 8 grid) with 4 of its 12 blocks for the masked ones (the 12-block ViT costs 3x);
+  ViT-Ti (4 px patches: an 8 x 8 grid) with 4 of its 12 blocks for the masked ones (the 12-block ViT costs 3x;
+  data2vec's targets average the top 2 blocks, half of them as the paper's 6 of 12);
 - optimiser: the same for every row: AdamW, lr 2e-3 (no batch scaling), weight decay 1e-4 off biases and norms,
   one warm-up epoch then a cosine to 0; EMA targets start at momentum 0.99 (the recipes' 0.996 hardly moves the
   target in 200 steps);
@@ -100,6 +101,8 @@ def budget(name: str, epochs: int, run_root: Path, root: Path = CIFAR10, subset:
     cfg = compose_train(out, run_root / "probe")
     if cfg.get("mask") is not None:
         out.append(f"++backbone.depth={VIT_DEPTH}")
+        if "top_k" in cfg.objective:  # data2vec's targets average the top half of the blocks (the paper: 6 of 12)
+            out.append(f"objective.top_k={VIT_DEPTH // 2}")
     else:
         out.append("backbone=small_cnn")
     if "EMA" in str(cfg.get("target", {}).get("_target_", "")):
