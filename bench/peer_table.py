@@ -337,12 +337,14 @@ def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list
 
 
 def run_once(name: str, cfg, who: str, path: Path, score_backbone) -> dict:
-    """One side of one row, trained and scored; read back from ``path`` while the config is unchanged."""
+    """One side of one row, trained and scored; read back from ``path`` while the config is unchanged (the hash of
+    ``cfg`` as composed: training gets a copy, since a run completes its config in place)."""
     key = config_hash(cfg) + ":" + who
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("config") == key:
         return saved
     start = time.time()
+    cfg = copy.deepcopy(cfg)
     backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
     result = score_backbone(backbone) | {"seconds": time.time() - start, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
