@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cifar_table  # noqa: E402
-from objectives_table import config_hash, quickstart, score, trained_backbone  # noqa: E402
+from objectives_table import METHODS, config_hash, quickstart, score, trained_backbone  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
@@ -63,8 +63,6 @@ try:
     from lightly.utils.scheduler import cosine_schedule
 except ImportError as err:  # pragma: no cover - a benchmark dependency
     raise SystemExit(f"bench/peer_table.py needs lightly: .venv/bin/pip install -e '.[bench]' ({err})") from None
-
-HIDDEN, OUT = 512, 64  # the digits setting's head widths (the quickstart's)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -275,24 +273,14 @@ LIGHTLY = {
     "dino": lightly_dino,
     "swav": lightly_swav,
 }
-# digits: our overrides on top of recipes=quickstart — the heads' structure of recipes/cifar10/<method>.yaml at the
-# quickstart widths
-PRED = f"predictor={{_target_:selfsup.models.mlp,_partial_:true,hidden_dim:{HIDDEN},out_dim:{OUT}}}"
-THREE_LAYERS = "projector.num_layers=3"
+# digits: our overrides on top of recipes=quickstart — the rows of bench/objectives_table.py (the heads' structure of
+# recipes/cifar10/<method>.yaml at the quickstart widths); Barlow Twins at the default λ, as lightly's loss has it
 DIGITS = {
-    "simclr": ["objective=info_nce"],
-    "byol": ["objective=negative_cosine", PRED, "target=ema", "target.base=0.99"],
-    "simsiam": [
-        "objective=negative_cosine",
-        "objective.offset=0.0",
-        "objective.scale=1.0",
-        PRED,
-        "target=stopgrad",
-        THREE_LAYERS,
-        "projector.last_batch_norm=true",
-    ],
-    "barlow_twins": ["objective=barlow_twins", THREE_LAYERS],
-    "vicreg": ["objective=vicreg", THREE_LAYERS],
+    "simclr": METHODS["simclr (info_nce)"][1],
+    "byol": METHODS["byol (negative_cosine + EMA)"][1],
+    "simsiam": METHODS["simsiam (negative_cosine)"][1],
+    "barlow_twins": [o for o in METHODS["barlow_twins"][1] if not o.startswith("objective.lambd=")],
+    "vicreg": METHODS["vicreg"][1],
 }
 
 
