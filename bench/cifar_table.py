@@ -1,6 +1,7 @@
 """Every CIFAR-10 recipe at one CPU budget, scored on the full CIFAR-10 test set, next to raw pixels and random init.
 
     .venv/bin/python bench/cifar_table.py [--only simclr,byol] [--epochs 5] [--out bench/CIFAR.md]
+    .venv/bin/python bench/cifar_table.py --only byol --override target.base=0.9 --run-root runs/ablation --out a.md
 
 Each row is ``selfsup-train recipes=cifar10/<name>`` with the recipe's parts (objective, views, projector, target,
 memory, predictor, mask, token head) unchanged and the budget swapped in (:func:`budget`):
@@ -197,6 +198,12 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="train the chosen rows again even if cached")
     parser.add_argument("--out", default=str(ROOT / "bench" / "CIFAR.md"))
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "cifar_table"))
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override added to every chosen row (ablations: use another --run-root and --out)",
+    )
     args = parser.parse_args()
     run_root = Path(args.run_root)
     chosen = [n for n in RECIPES if not args.only or n in args.only.split(",")]
@@ -221,7 +228,8 @@ def main() -> None:
         )
         rows[label] = format_row(label, scores)
     for name in chosen:
-        row = table_row(name, budget(name, args.epochs, run_root), run_root / name, train_ds, test_ds, args.redo)
+        overrides = [*budget(name, args.epochs, run_root), *args.override]
+        row = table_row(name, overrides, run_root / name, train_ds, test_ds, args.redo)
         rows[f"cifar10/{name}"] = format_row(f"cifar10/{name}", row)
         write_table(rows, args.epochs, Path(args.out))  # after every row: a long run shows its progress
     print(Path(args.out).read_text())
