@@ -75,6 +75,16 @@ def one_of(key: str, value, choices) -> object:
     raise ValueError(f"{key}={value!r}: expected one of {', '.join(repr(c) for c in choices)}")
 
 
+def labels(key: str, value, n: int):
+    """``value`` as (n,) int64 class labels on the CPU (a tensor or anything ``torch.as_tensor`` takes)."""
+    import torch
+
+    y = torch.as_tensor(value)
+    if y.ndim != 1 or y.shape[0] != n or y.is_floating_point():
+        raise ValueError(f"{key}: got {tuple(y.shape)} {y.dtype}, expected ({n},) integer labels")
+    return y.long().cpu()
+
+
 def interval(key: str, value, above: float, below: float | None = None, maximum: float | None = None, scalar=True):
     """``(lo, hi)`` from ``[lo, hi]`` (lo <= hi, each checked), or ``(v, v)`` from a number ``v`` where ``scalar``."""
     bounds = dict(above=above, below=below, maximum=maximum)

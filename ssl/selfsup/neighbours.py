@@ -69,19 +69,12 @@ def neighbour_chunks(
         yield start, top, idx
 
 
-def _labels(y, n: int, name: str) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or y.shape[0] != n or y.is_floating_point():
-        raise ValueError(f"{name}: got {tuple(y.shape)} {y.dtype}, expected ({n},) integer labels")
-    return y.long()
-
-
 def precision_at_k(
     bank, bank_labels, queries, query_labels, k: int = 10, metric: str = "cosine", chunk_size: int | None = None
 ) -> float:
     """Mean fraction of the k nearest bank rows that share the query's label, in [0, 1]."""
-    bank_labels = _labels(bank_labels, bank.shape[0], "bank_labels")
-    query_labels = _labels(query_labels, queries.shape[0], "query_labels")
+    bank_labels = checks.labels("bank_labels", bank_labels, bank.shape[0])
+    query_labels = checks.labels("query_labels", query_labels, queries.shape[0])
     checks.integer("k", k, minimum=1, maximum=bank.shape[0])  # at most every bank row
     hits = 0.0
     for start, _, idx in neighbour_chunks(queries, bank, k, metric, chunk_size):
@@ -93,8 +86,8 @@ def precision_at_k(
 def map_at_r(bank, bank_labels, queries, query_labels, metric: str = "cosine", chunk_size: int | None = None) -> float:
     """MAP@R of test queries against the bank (module docstring), in [0, 1]. Queries whose label has no bank row
     count as 0."""
-    bank_labels = _labels(bank_labels, bank.shape[0], "bank_labels")
-    query_labels = _labels(query_labels, queries.shape[0], "query_labels")
+    bank_labels = checks.labels("bank_labels", bank_labels, bank.shape[0])
+    query_labels = checks.labels("query_labels", query_labels, queries.shape[0])
     counts = torch.bincount(bank_labels, minlength=int(query_labels.max()) + 1)
     r = counts[query_labels]  # (M,) R per query
     r_max = int(r.max())

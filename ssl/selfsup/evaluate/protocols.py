@@ -27,20 +27,12 @@ import torch.nn.functional as F
 
 from selfsup import checks
 
-
-def _labels(name: str, y, n: int) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or y.shape[0] != n or y.is_floating_point():
-        raise ValueError(f"{name}: got {tuple(y.shape)} {y.dtype}, expected ({n},) integer labels")
-    return y.long().cpu()
-
-
 # ----------------------------------------------------------------------------------------------------- few-shot
 
 
 def check_fewshot(labels, ways: int, shots: int, queries: int, episodes: int = 2) -> list[torch.Tensor]:
     """One-line errors for episodes the split cannot give; returns each class's rows (sorted class order)."""
-    labels = _labels("fewshot labels", labels, torch.as_tensor(labels).shape[0])
+    labels = checks.labels("fewshot labels", labels, torch.as_tensor(labels).shape[0])
     checks.integer("eval.fewshot.shots", shots, minimum=1)
     checks.integer("eval.fewshot.queries", queries, minimum=1)
     checks.integer("eval.fewshot.episodes", episodes, minimum=2)
@@ -66,7 +58,6 @@ def fewshot_episodes(
 
     Each episode draws ``ways`` distinct classes, then per class ``shots`` support rows and ``queries`` other rows,
     uniformly without replacement. Every class must hold ``shots + queries`` rows (one-line error otherwise)."""
-    labels = _labels("fewshot labels", labels, torch.as_tensor(labels).shape[0])
     rows = check_fewshot(labels, ways, shots, queries, episodes)
     g = torch.Generator().manual_seed(int(seed))
     support, query = [], []
@@ -146,7 +137,7 @@ def fewshot(
     """Few-shot accuracy of frozen features (module docstring): ``{"mean", "ci95", "accuracies" (E,)}``, accuracies
     in [0, 1]. Episodes are fitted ``chunk`` at a time."""
     checks.number("eval.fewshot.C", C, above=0)
-    labels = _labels("fewshot labels", labels, features.shape[0])
+    labels = checks.labels("fewshot labels", labels, features.shape[0])
     ep = fewshot_episodes(labels, ways, shots, queries, episodes, seed)
     x = F.normalize(features.detach().cpu().double(), dim=1)  # (N, D), rfs ``normalize``
     accuracies = []
@@ -220,8 +211,8 @@ def kmeans(
 
 
 def _contingency(a, b) -> torch.Tensor:
-    a = _labels("clustering labels_true", a, torch.as_tensor(a).shape[0])
-    b = _labels("clustering labels_pred", b, a.shape[0])
+    a = checks.labels("clustering labels_true", a, torch.as_tensor(a).shape[0])
+    b = checks.labels("clustering labels_pred", b, a.shape[0])
     _, ai = a.unique(return_inverse=True)
     _, bi = b.unique(return_inverse=True)
     table = torch.zeros(int(ai.max()) + 1, int(bi.max()) + 1, dtype=torch.float64)
@@ -260,7 +251,7 @@ def ari(labels_true, labels_pred) -> float:
 def clustering(features: torch.Tensor, labels, clusters: int | None = None, **kmeans_args) -> dict:
     """k-means on L2-normalised ``features`` with ``clusters`` (default: the number of classes) centres, scored
     against ``labels``: ``{"nmi", "ari", "clusters", "inertia"}``."""
-    labels = _labels("clustering labels", labels, features.shape[0])
+    labels = checks.labels("clustering labels", labels, features.shape[0])
     k = int(labels.unique().numel()) if clusters is None else clusters
     assign, _, inertia = kmeans(F.normalize(features.detach().cpu().float(), dim=1), k, **kmeans_args)
     return {"nmi": nmi(labels, assign), "ari": ari(labels, assign), "clusters": k, "inertia": inertia}
