@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from selfsup.data.gpu_views import hsv_to_rgb, rgb_to_hsv
 from selfsup.data.sources import stratified_first
 
 # ------------------------------------------------------------------------------------------------ the corruptions
@@ -163,33 +164,11 @@ def fog(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x * max_val / (max_val + c[0]), 0, 1) * 255
 
 
-def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] → HSV in [0, 1] (hue as a fraction of the circle; 0 for grey)."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    delta = v - x.min(-1)
-    s = np.where(v > 0, delta / np.where(v > 0, v, 1), 0.0)
-    d = np.where(delta > 0, delta, 1)
-    h = np.where(v == r, (g - b) / d, np.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    return np.stack([h, s, v], axis=-1)
-
-
-def _hsv_to_rgb(x: np.ndarray) -> np.ndarray:
-    h, s, v = x[..., 0], x[..., 1], x[..., 2]
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    i = i.astype(int) % 6
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    return np.stack([np.choose(i, [c[k] for c in choices]) for k in range(3)], axis=-1)
-
-
 def brightness(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = [0.05, 0.1, 0.15, 0.2, 0.3][severity - 1]
-    hsv = _rgb_to_hsv(x / 255.0)
-    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
-    return np.clip(_hsv_to_rgb(hsv), 0, 1) * 255
+    hsv = rgb_to_hsv(torch.from_numpy(x / 255.0).permute(2, 0, 1)[None])  # (1, 3, H, W)
+    hsv[:, 2] = (hsv[:, 2] + c).clamp(0, 1)
+    return np.clip(hsv_to_rgb(hsv)[0].permute(1, 2, 0).numpy(), 0, 1) * 255
 
 
 def contrast(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
