@@ -75,6 +75,12 @@ def roots(tmp_path, cifar10_root):
 def data_overrides(dataset: str, roots) -> list[str]:
     if dataset == "imagefolder":
         return [f"data.root={roots['imagefolder']}", "data.batch_size=4", "data.image_size=32"]
+    if dataset == "shards":  # written from the tiny ImageFolder
+        from selfsup.data.shards import parse_args, shards_from
+
+        out = roots["imagefolder"].parent / "shards"
+        shards_from(parse_args([f"src={roots['imagefolder']}", f"out={out}"]), progress=False)
+        return [f"data.root={out}", "data.batch_size=4", "data.image_size=32"]
     if dataset in ("cifar10", "cifar100", "stl10"):
         return [f"data.root={roots['cifar']}", "data.subset=40", "data.batch_size=8"]
     return ["data.batch_size=32"]

@@ -26,6 +26,7 @@ from selfsup.data.datasets import (
     default_num_workers,
 )
 from selfsup.data.device_loader import DeviceViews, use_device_views
+from selfsup.data.shards import EXTRA_SPLIT, ShardImages, is_shard_dir, read_manifest
 from selfsup.data.sources import FileImages, Subset, TensorImages, stratified_first
 from selfsup.data.views import MultiViewTransform
 
@@ -60,9 +61,20 @@ def _digits(dm: SSLDataModule):
     return tuple(TensorImages(images[np.sort(i)], labels[np.sort(i)], classes) for i in (train_idx, test_idx))
 
 
+def _shards(dm: SSLDataModule):
+    """A shard directory written by ``selfsup-shards`` (``selfsup.data.shards``): its splits ``train_dir`` and
+    ``val_dir`` (and STL-10's labelled train split for evaluation, when it was written)."""
+    manifest = read_manifest(dm.root)
+    names = [dm.train_dir, dm.val_dir] + ([EXTRA_SPLIT] if EXTRA_SPLIT in manifest.get("splits", {}) else [])
+    return tuple(ShardImages(dm.root, name) for name in names)
+
+
 def _imagefolder(dm: SSLDataModule):
-    """``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``."""
+    """``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``, or shards written from such a
+    tree (a directory with a shard manifest)."""
     root = Path(dm.root)
+    if is_shard_dir(root):
+        return _shards(dm)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root}: directory does not exist")
     missing = [d for d in (dm.train_dir, dm.val_dir) if not (root / d).is_dir()]
@@ -79,7 +91,7 @@ def _torchvision(dm: SSLDataModule):
     ImageFolder tree (e.g. ../shared/data/cifar10). STL-10 trains on train+unlabeled (labels -1 on the unlabeled
     part) and evaluates on its labelled train/test splits."""
     root = Path(dm.root)
-    if (root / dm.train_dir).is_dir() or (root / dm.val_dir).is_dir():  # an ImageFolder tree (possibly incomplete)
+    if (root / dm.train_dir).is_dir() or (root / dm.val_dir).is_dir() or is_shard_dir(root):  # ImageFolder, shards
         return _imagefolder(dm)
     if not root.is_dir() and not dm.download:
         raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")
@@ -110,8 +122,10 @@ DATASETS = {
     "cifar100": _torchvision,
     "stl10": _torchvision,
     "imagefolder": _imagefolder,
+    "shards": _shards,
 }
-CROP_FRACTION = {"imagefolder": 0.875}  # evaluation: resize the short side to image_size / this, centre-crop
+# evaluation: resize the short side to image_size / this, centre-crop
+CROP_FRACTION = {"imagefolder": 0.875, "shards": 0.875}
 
 
 class SSLDataModule(L.LightningDataModule):
@@ -119,7 +133,8 @@ class SSLDataModule(L.LightningDataModule):
 
     Args:
         dataset: one of :data:`DATASETS` — ``digits`` (scikit-learn's, offline; ``root`` unused), ``cifar10``,
-            ``cifar100``, ``stl10`` (torchvision files, or an ImageFolder tree of the same data), ``imagefolder``.
+            ``cifar100``, ``stl10`` (torchvision files, or an ImageFolder tree of the same data), ``imagefolder``,
+            ``shards`` (written by ``selfsup-shards``; any dataset reads shards when ``root`` holds their manifest).
         root: dataset directory.
         batch_size: per-process training batch (the global batch is batch_size x processes).
         image_size: side length of training views and evaluation images.
@@ -177,8 +192,8 @@ class SSLDataModule(L.LightningDataModule):
             raise ValueError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
         if dataset != "digits" and root is None:
             raise ValueError(f"data.root is not set: expected the directory that holds (or will hold) {dataset}")
-        if download and dataset == "imagefolder":
-            raise ValueError("data.download=true: an ImageFolder cannot be downloaded; point data.root at it")
+        if download and dataset in ("imagefolder", "shards"):
+            raise ValueError(f"data.download=true: {dataset} cannot be downloaded; point data.root at it")
         self.batch_size = checks.integer("data.batch_size", batch_size, minimum=2)  # BatchNorm, pairs
         self.image_size = checks.integer("data.image_size", image_size, minimum=1)
         for key, value in dict(
@@ -207,7 +222,7 @@ class SSLDataModule(L.LightningDataModule):
         splits = DATASETS[self.dataset](self)
         if self.verify:
             for source, split in zip(splits, ("train", "held-out", "labelled train")):
-                if isinstance(source, FileImages):
+                if hasattr(source, "verify"):  # image files, shards
                     source.verify(skip=self.skip_bad, split=split)
         return splits
 
