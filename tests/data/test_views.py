@@ -137,3 +137,28 @@ def test_relative_transform_of_default_views_is_of_order_one():
     assert raw.abs().max() > 10  # what SIE read before: jitter-order and rotation differences dwarf the rest
     assert code.abs().max() < 4 and (code[:, 1:].std(0) < 1.5).all()
     assert (code[:, 1:].std(0) > 0).sum() >= 12  # every applied augmentation moves its entry
+
+
+def test_fast_blur_equals_torchvision_blur_up_to_rounding():
+    """views.fast_blur: two 1-D passes against torchvision's 2-D kernel — at most one grey level apart, on fewer than
+    1 pixel in 10^4 (CIFAR-like and 224 px kernels, the whole sigma range)."""
+    from selfsup.data.views import gaussian_blur, separable_blur
+
+    g = torch.Generator().manual_seed(0)
+    differ = total = 0
+    for size, k in ((32, 3), (96, 9), (224, 23)):
+        for _ in range(8):
+            x = torch.randint(0, 256, (3, size // 8, size // 8), generator=g, dtype=torch.uint8)
+            x = torch.nn.functional.interpolate(x[None].float(), size=size, mode="bilinear")[0].round().byte()
+            sigma = 0.1 + 1.9 * float(torch.rand((), generator=g))
+            a, b = gaussian_blur(x, k, sigma), separable_blur(x, k, sigma)
+            assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
+            d = (a.int() - b.int()).abs()
+            assert int(d.max()) <= 1
+            differ, total = differ + int((d > 0).sum()), total + d.numel()
+    assert differ / total < 1e-4
+    v = ViewAugment(64, blur_p=1.0, fast_blur=True)
+    img = torch.randint(0, 256, (3, 80, 80), generator=g, dtype=torch.uint8)
+    p = v.sample(torch.Generator().manual_seed(1), 80, 80)
+    ref = ViewAugment(64, blur_p=1.0).apply(img, p)
+    assert (v.apply(img, p) - ref).abs().max() <= 1 / 255 / 0.5 + 1e-6  # one grey level, std 0.5
