@@ -253,3 +253,48 @@ def test_cli_writes_shards_and_reports_errors_in_one_line(folder, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("selfsup-shards: error: out=")
     assert np.load(tmp_path / "s" / "train" / "train-000000.idx.npy").shape == (41,)
+
+
+@pytest.fixture
+def served(folder, tmp_path, monkeypatch):
+    """The shards served over HTTP on 127.0.0.1 (a copy, which a test may damage), and an empty shard cache."""
+    import functools
+    import shutil
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    shutil.copytree(folder[1], tmp_path / "served" / "shards")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "served"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SELFSUP_SHARD_CACHE", str(tmp_path / "cache"))
+    yield f"http://127.0.0.1:{server.server_address[1]}/shards", tmp_path / "served" / "shards"
+    server.shutdown()
+
+
+def test_shards_from_a_url_are_fetched_checked_and_cached(folder, served, tmp_path):
+    """data.root=http://...: the same images and the same training run as from the directory; each shard is fetched
+    on its first read into the cache; a shard damaged on the server is refused at download, naming it."""
+    _, shards = folder
+    url, served_dir = served
+    remote, local = ShardImages(url, "train"), ShardImages(shards, "train")
+    assert not list((tmp_path / "cache").rglob("*.tar"))  # nothing fetched before a read
+    assert torch.equal(remote.labels, local.labels)
+    assert all(torch.equal(remote.image(i), local.image(i)) for i in range(len(local)))
+    assert len(list((tmp_path / "cache").rglob("*.tar"))) == 6
+    short = [*TRAIN, "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1"]
+    run(compose_train(data(shards) + short, tmp_path / "local"))
+    run(compose_train(data(url) + short, tmp_path / "remote"))
+    assert losses(tmp_path / "local") == losses(tmp_path / "remote")
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    shard = flip_byte(served_dir, 3)
+    with pytest.raises(ValueError, match=rf"data.root={url}: shard {shard}: {url}/{shard} downloaded as \d+ bytes"):
+        ShardImages(url, "train").image(3)
+    assert not list((tmp_path / "cache").rglob("*.tar*"))  # no partial or damaged shard left in the cache

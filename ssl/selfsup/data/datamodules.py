@@ -72,9 +72,9 @@ def _shards(dm: SSLDataModule):
 def _imagefolder(dm: SSLDataModule):
     """``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``, or shards written from such a
     tree (a directory with a shard manifest)."""
-    root = Path(dm.root)
-    if is_shard_dir(root):
+    if is_shard_dir(dm.root):
         return _shards(dm)
+    root = Path(dm.root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root}: directory does not exist")
     missing = [d for d in (dm.train_dir, dm.val_dir) if not (root / d).is_dir()]
@@ -91,7 +91,7 @@ def _torchvision(dm: SSLDataModule):
     ImageFolder tree (e.g. ../shared/data/cifar10). STL-10 trains on train+unlabeled (labels -1 on the unlabeled
     part) and evaluates on its labelled train/test splits."""
     root = Path(dm.root)
-    if (root / dm.train_dir).is_dir() or (root / dm.val_dir).is_dir() or is_shard_dir(root):  # ImageFolder, shards
+    if (root / dm.train_dir).is_dir() or (root / dm.val_dir).is_dir() or is_shard_dir(dm.root):  # ImageFolder, shards
         return _imagefolder(dm)
     if not root.is_dir() and not dm.download:
         raise FileNotFoundError(f"data.root={root}: directory does not exist (pass data.download=true to fetch)")

@@ -58,94 +58,146 @@ def _read_json(path: Path, key: str) -> dict:
         raise ValueError(f"{key}: {path} is not valid JSON ({e})") from None
 
 
+def is_url(root) -> bool:
+    return str(root).startswith(("http://", "https://"))
+
+
 def is_shard_dir(root: str | os.PathLike) -> bool:
-    """Whether ``root`` holds shards written by ``selfsup-shards write`` (its manifest)."""
-    return (Path(root) / MANIFEST).is_file()
+    """Whether ``root`` holds shards written by ``selfsup-shards`` (its manifest), or is an http(s) URL."""
+    return is_url(root) or (Path(root) / MANIFEST).is_file()
+
+
+def cache_dir(url: str) -> Path:
+    """Where the shards of ``url`` are kept on this machine: ``$SELFSUP_SHARD_CACHE`` (default
+    ``~/.cache/selfsup/shards``) / a digest of the URL."""
+    base = Path(os.environ.get("SELFSUP_SHARD_CACHE", Path.home() / ".cache" / "selfsup" / "shards"))
+    return base / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def download(url: str, dest: Path, key: str, size: int | None = None, md5: str | None = None) -> Path:
+    """Fetch ``url`` to ``dest`` through a temporary file (renamed when complete and, given ``size``/``md5``,
+    checked), so a cut-off download never leaves a file that looks complete; processes fetching the same file at
+    once each write their own temporary file and the same bytes land."""
+    import urllib.error
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    digest, n = hashlib.md5(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            while block := response.read(1 << 20):
+                f.write(block)
+                digest.update(block)
+                n += len(block)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise FileNotFoundError(f"{key}: cannot download {url} ({getattr(e, 'reason', e)})") from None
+    if (size is not None and n != size) or (md5 is not None and digest.hexdigest() != md5):
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{key}: {url} downloaded as {n} bytes with md5 {digest.hexdigest()}, expected {size} / {md5}")
+    os.replace(tmp, dest)
+    return dest
 
 
 def read_manifest(root: str | os.PathLike, key: str = "data.root") -> dict:
-    root = Path(root)
-    if not (root / MANIFEST).is_file():
-        raise FileNotFoundError(
-            f"{key}={root}: no {MANIFEST}: not a shard directory, or its selfsup-shards write did not finish "
-            "(the manifest is written last)"
-        )
-    manifest = _read_json(root / MANIFEST, key)
+    """The manifest of a shard directory or URL (a URL's is fetched again each time: it says what is current)."""
+    if is_url(root):
+        path = download(f"{str(root).rstrip('/')}/{MANIFEST}", cache_dir(str(root)) / MANIFEST, f"{key}={root}")
+    else:
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{key}={root}: no {MANIFEST}: not a shard directory, or its selfsup-shards write did not finish "
+                "(the manifest is written last)"
+            )
+    manifest = _read_json(path, key)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{key}={root}: {MANIFEST} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
 
 class ShardImages:
-    """One split of a shard directory as an image source (``selfsup.data.sources``): ``image(i)`` decodes sample i's
-    bytes exactly as :class:`~selfsup.data.sources.FileImages` decodes its file (``decode_image``, RGB).
+    """One split of a shard directory (or of an http(s) URL serving one) as an image source
+    (``selfsup.data.sources``): ``image(i)`` decodes sample i's bytes exactly as
+    :class:`~selfsup.data.sources.FileImages` decodes its file (``decode_image``, RGB).
 
     Shards are memory-mapped lazily in each process (DataLoader workers map their own; nothing open is pickled), so
-    any number of workers and processes read them concurrently.
+    any number of workers and processes read them concurrently. From a URL, the manifest, index and member tables are
+    fetched when the split is opened and each shard on its first read, into :func:`cache_dir` (checked against the
+    index's size and md5); later runs on the machine read the cached copies.
     """
 
     def __init__(self, root: str | os.PathLike, split: str, key: str = "data.root"):
-        self.root, self.split, self.key = Path(root), split, key
-        manifest = read_manifest(self.root, key)
+        self.url = str(root).rstrip("/") if is_url(root) else None
+        self.root, self.split, self.key = cache_dir(self.url) if self.url else Path(root), split, key
+        self.where = f"{key}={self.url or self.root}"
+        manifest = read_manifest(self.url or self.root, key)
         splits = manifest.get("splits", {})
         if split not in splits:
             raise FileNotFoundError(
-                f"{key}={self.root}: no split {split!r} in its {MANIFEST} (it holds {sorted(splits)}): set "
+                f"{self.where}: no split {split!r} in its {MANIFEST} (it holds {sorted(splits)}): set "
                 "data.train_dir / data.val_dir to those names"
             )
-        index_path = self.root / f"{split}.json"
+        index_path = self._fetched(f"{split}.json", splits[split]["sha256"])
         if not index_path.is_file():
-            raise FileNotFoundError(f"{key}={self.root}: {index_path.name} is missing (listed in {MANIFEST})")
+            raise FileNotFoundError(f"{self.where}: {index_path.name} is missing (listed in {MANIFEST})")
         if _sha256(index_path) != splits[split]["sha256"]:
             raise ValueError(
-                f"{key}={self.root}: {index_path.name} does not match {MANIFEST} (sha256 differs): the shards were "
-                "changed after they were written; write them again with selfsup-shards write"
+                f"{self.where}: {index_path.name} does not match {MANIFEST} (sha256 differs): the shards were "
+                "changed after they were written; write them again with selfsup-shards"
             )
         index = _read_json(index_path, key)
         self.classes = list(manifest["classes"])
-        self.shards, tables = [], []
-        for entry in index["shardlist"]:
+        self.entries, tables = index["shardlist"], []
+        for entry in self.entries:
             shard = self.root / entry["url"]
-            if not shard.is_file():
+            if not self.url and not shard.is_file():
                 raise FileNotFoundError(
-                    f"{key}={self.root}: shard {entry['url']} is missing ({index_path.name} lists "
+                    f"{self.where}: shard {entry['url']} is missing ({index_path.name} lists "
                     f"{len(index['shardlist'])} shards)"
                 )
-            size = shard.stat().st_size
+            size = shard.stat().st_size if shard.is_file() else entry["filesize"]  # a URL's: fetched when read
             if size != entry["filesize"]:
                 raise ValueError(
-                    f"{key}={self.root}: shard {entry['url']} is {size} bytes, {index_path.name} says "
+                    f"{self.where}: shard {entry['url']} is {size} bytes, {index_path.name} says "
                     f"{entry['filesize']}: {'truncated' if size < entry['filesize'] else 'replaced'} since it was "
                     "written; copy it again or write the shards again"
                 )
-            table_path = self.root / entry["members"]
+            table_path = self._fetched(entry["members"], entry["members_sha256"])
             if not table_path.is_file() or _sha256(table_path) != entry["members_sha256"]:
                 raise ValueError(
-                    f"{key}={self.root}: member table {entry['members']} of shard {entry['url']} is "
+                    f"{self.where}: member table {entry['members']} of shard {entry['url']} is "
                     f"{'missing' if not table_path.is_file() else 'not the one written (sha256 differs)'}"
                 )
             table = np.load(table_path, allow_pickle=False)
             if table.dtype != MEMBERS or len(table) != entry["nsamples"]:
                 raise ValueError(
-                    f"{key}={self.root}: member table {entry['members']} has {len(table)} rows of {table.dtype}, "
+                    f"{self.where}: member table {entry['members']} has {len(table)} rows of {table.dtype}, "
                     f"expected {entry['nsamples']} of {MEMBERS}"
                 )
-            self.shards.append(entry["url"])
             tables.append(table)
+        self.shards = [entry["url"] for entry in self.entries]
         table = np.concatenate(tables) if tables else np.zeros(0, MEMBERS)
         if len(table) != splits[split]["nsamples"]:
             raise ValueError(
-                f"{key}={self.root}: split {split} holds {len(table)} samples, {MANIFEST} says "
-                f"{splits[split]['nsamples']}"
+                f"{self.where}: split {split} holds {len(table)} samples, {MANIFEST} says {splits[split]['nsamples']}"
             )
         if not len(table):
-            raise ValueError(f"{key}={self.root}: split {split} holds no samples")
+            raise ValueError(f"{self.where}: split {split} holds no samples")
         self.members = table
         self.shard_of = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
         self.labels = torch.from_numpy(table["label"].astype(np.int64))
         self.ids = np.arange(len(table))  # sample i's member key (data.skip_bad leaves rows out)
         self._digest = splits[split]["sha256"][:20]
         self._maps: dict[int, mmap.mmap] = {}
+
+    def _fetched(self, name: str, sha256: str) -> Path:
+        """``root/name``; from a URL, fetched unless the cached copy has the expected sha256."""
+        path = self.root / name
+        if self.url and not (path.is_file() and _sha256(path) == sha256):
+            download(f"{self.url}/{name}", path, self.where)
+        return path
 
     def __len__(self) -> int:
         return len(self.members)
@@ -160,12 +212,15 @@ class ShardImages:
     def _map(self, s: int) -> mmap.mmap:
         m = self._maps.get(s)
         if m is None:
-            path = self.root / self.shards[s]
+            path, entry = self.root / self.shards[s], self.entries[s]
+            if self.url and not (path.is_file() and path.stat().st_size == entry["filesize"]):
+                where = f"{self.where}: shard {entry['url']}"
+                download(f"{self.url}/{entry['url']}", path, where, entry["filesize"], entry["md5sum"])
             try:
                 with open(path, "rb") as f:
                     m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except (FileNotFoundError, ValueError) as e:  # removed, or emptied, after the split was opened
-                where = f"{self.key}={self.root}: shard {self.shards[s]}"
+                where = f"{self.where}: shard {self.shards[s]}"
                 raise FileNotFoundError(f"{where} cannot be read ({e})") from None
             self._maps[s] = m
         return m
@@ -177,7 +232,7 @@ class ShardImages:
         """Sample i's stored bytes, checked: its tar header names it, and its crc32 is the one written."""
         s, (offset, size, crc, _) = int(self.shard_of[i]), self.members[i]
         m, key = self._map(s), self.member_name(i)
-        where = f"{self.key}={self.root}: shard {self.shards[s]} member {key}"
+        where = f"{self.where}: shard {self.shards[s]} member {key}"
         if offset + size > len(m):
             raise ValueError(f"{where} lies past the shard's end ({len(m)} bytes): the shard was truncated")
         name = m[offset - 512 : offset - 412].rstrip(b"\0").decode("utf-8", "replace")
@@ -198,7 +253,7 @@ class ShardImages:
         except RuntimeError as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
-                f"{self.key}={self.root}: shard {self.shards[int(self.shard_of[i])]} member {self.member_name(i)} "
+                f"{self.where}: shard {self.shards[int(self.shard_of[i])]} member {self.member_name(i)} "
                 f"cannot be decoded ({reason})"
             ) from None
 
@@ -222,7 +277,7 @@ class ShardImages:
                 "data.skip_bad: left out %d damaged sample(s) of the %s split, e.g. %s", len(bad), split, bad[0][1]
             )
             if not len(self):
-                raise ValueError(f"{self.key}={self.root}: every sample of the {split} split is damaged")
+                raise ValueError(f"{self.where}: every sample of the {split} split is damaged")
         return [why for _, why in bad]
 
 
