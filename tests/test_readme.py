@@ -281,6 +281,20 @@ PROMISES = {
     "logs the top eigenvalues of the projections' covariance (`train/eigval_<k>`)": [
         "tests/train/test_label_free.py::test_top_eigenvalues_of_the_projections_are_logged_descending",
     ],
+    # -- shards
+    "a run from shards equals the run from the folder bit for bit": [
+        "tests/data/test_shards.py::test_run_from_shards_equals_run_from_the_folder_and_resumes_mid_epoch",
+    ],
+    "a damaged, truncated, missing or swapped shard stops the run in one line naming the shard and member": [
+        # broken on purpose (the crc32 and the tar-header checks, one at a time):
+        "tests/data/test_shards.py::test_verify_names_a_damaged_member_and_skip_bad_leaves_it_out",
+        "tests/data/test_shards.py::test_a_shard_swapped_for_another_is_named",
+        "tests/data/test_shards.py::test_truncated_missing_and_mismatched_shards_are_named_before_training",
+        "tests/data/test_shards.py::test_damaged_member_stops_training_in_one_line_and_writes_no_checkpoint",
+    ],
+    "From an http(s) URL, shards are fetched on first read into a local cache and checked against their md5": [
+        "tests/data/test_shards.py::test_shards_from_a_url_are_fetched_checked_and_cached",
+    ],
 }
 
 

@@ -1,0 +1,233 @@
+"""Images/s per CPU core from encoded image to two augmented views (bench/LOADING.md).
+
+    .venv/bin/python bench/bench_loading.py [--images 1000] [--out bench/LOADING.md]
+
+Three paths, each in one process with one thread (images/s per core), over the same images in a shuffled order:
+
+- (a) the peers' default: ``torchvision.datasets.ImageFolder`` (PIL loader) with torchvision v2 transforms on PIL
+  images — SimCLR's two views (random resized crop, flip, colour jitter p 0.8, grayscale p 0.2; blur p 0.5 at 224);
+- (b) ours from the ImageFolder: ``FileImages`` (``decode_image``) + ``MultiViewDataset`` with the same views
+  (``selfsup.data.views.ViewAugment``, per-sample seeded);
+- (c) ours from shards: ``ShardImages`` written from (b)'s folder by ``selfsup-shards`` (the same bytes, crc-checked);
+- (d) (c) with ``views.views.v1.fast_blur=true`` (separable blur; equal up to float rounding), where there is blur;
+- (e) (c) with the views of a batch of 64 computed at once (``selfsup.data.gpu_views`` on the CPU, as
+  ``data.views_on_device=true`` runs them; its own parameter stream, not the per-sample one of (b)-(d)).
+
+On two sets: CIFAR-10 (32 px JPEGs, ../shared/data/cifar10) to two 32 px views, and a 224 px set made here by
+upsampling CIFAR-10 training images (bicubic, JPEG quality 90: not natural 224 px photos — their JPEGs are smaller
+and decode faster than ImageNet's) to two 224 px views. A second table times the decoders alone on the 224 px set:
+PIL, PIL in draft mode (libjpeg's DCT scaling to 1/2: what a crop could use when the image is at least twice the
+view), ``torchvision.io.decode_jpeg``, and simplejpeg (if installed; ``pip install simplejpeg``) at full and half size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", ROOT.parent / "shared" / "data" / "cifar10"))
+WORK = ROOT / "runs" / "bench_loading"
+CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def upsampled_set(n_per_class: int) -> Path:
+    """The first ``n_per_class`` CIFAR-10 training images of each class, upsampled to 224 px, as an ImageFolder."""
+    from PIL import Image
+
+    out = WORK / f"cifar224_{n_per_class}"
+    if (out / "done").is_file():
+        return out
+    for cls_dir in sorted((CIFAR10 / "train").iterdir()):
+        (out / "train" / cls_dir.name).mkdir(parents=True, exist_ok=True)
+        (out / "val" / cls_dir.name).mkdir(parents=True, exist_ok=True)
+        for path in sorted(cls_dir.iterdir())[:n_per_class]:
+            with Image.open(path) as im:
+                big = im.convert("RGB").resize((224, 224), Image.BICUBIC)
+            big.save(out / "train" / cls_dir.name / f"{path.stem}.jpg", quality=90)
+        big.save(out / "val" / cls_dir.name / "0.jpg", quality=90)
+    (out / "done").write_text("")
+    return out
+
+
+def shards_of(folder: Path, val_dir: str) -> Path:
+    from selfsup.data.shards import is_shard_dir, parse_args, shards_from
+
+    out = WORK / f"{folder.name}_shards"
+    if not is_shard_dir(out):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        shards_from(parse_args([f"src={folder}", f"out={out}", f"val_dir={val_dir}"]), progress=False)
+    return out
+
+
+def peers_pipeline(folder: Path, size: int, stats, blur: bool):
+    """(a): what solo-learn and lightly run by default — PIL decode, torchvision transforms on PIL images."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    ops = [
+        v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(0.2),
+        *([v2.RandomApply([v2.GaussianBlur(23, (0.1, 2.0))], p=0.5)] if blur else []),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(*stats),
+    ]
+    view = v2.Compose(ops)
+    ds = torchvision.datasets.ImageFolder(str(folder / "train"), transform=lambda im: (view(im), view(im)))
+    return lambda i: ds[i]
+
+
+def ours_pipeline(source, size: int, stats, blur: bool, fast_blur: bool = False):
+    from selfsup.data.datasets import MultiViewDataset
+    from selfsup.data.views import MultiViewTransform, ViewAugment
+
+    v = ViewAugment(size, mean=stats[0], std=stats[1], blur_p=0.5 if blur else 0.0, fast_blur=fast_blur)
+    ds = MultiViewDataset(source, MultiViewTransform({"v1": v, "v2": v}), seed=0)
+    return lambda i: ds[(0, i, -1)]
+
+
+def batched_pipeline(source, size: int, stats, blur: bool, batch: int = 64):
+    """Decode one image at a time, augment a batch at once (``selfsup.data.gpu_views`` on the CPU, what
+    ``data.views_on_device=true`` runs): the rate per image of whole batches."""
+    from selfsup.data.gpu_views import GpuMultiViewTransform
+    from selfsup.data.views import ViewAugment
+
+    v = ViewAugment(size, mean=stats[0], std=stats[1], blur_p=0.5 if blur else 0.0)
+    views, pending = GpuMultiViewTransform({"v1": v, "v2": v}), []
+
+    def step(i):
+        pending.append(i)
+        if len(pending) == batch:
+            images = torch.stack([source.image(j) for j in pending])
+            keys = torch.tensor([[0, j, -1] for j in pending])
+            views.batch(images, 0, keys)
+            pending.clear()
+
+    return step
+
+
+def rate(fn, indices) -> float:
+    for i in indices[:20]:  # warm-up
+        fn(i)
+    t = time.perf_counter()
+    for i in indices:
+        fn(i)
+    return len(indices) / (time.perf_counter() - t)
+
+
+def decoders(folder: Path, n: int) -> list[tuple[str, float]]:
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = sorted((folder / "train").rglob("*.jpg"))[:n]
+    blobs = [p.read_bytes() for p in files]
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+
+    def pil(b, draft=False):
+        with Image.open(io.BytesIO(b)) as im:
+            if draft:
+                im.draft("RGB", (im.width // 2, im.height // 2))
+            return im.convert("RGB").load()
+
+    rows = [
+        ("PIL", lambda i: pil(blobs[i])),
+        ("PIL draft 1/2", lambda i: pil(blobs[i], True)),
+        ("torchvision decode_jpeg", lambda i: decode_jpeg(tensors[i], mode=ImageReadMode.RGB)),
+    ]
+    try:
+        import simplejpeg
+
+        rows.append(("simplejpeg", lambda i: simplejpeg.decode_jpeg(blobs[i])))
+        rows.append(("simplejpeg 1/2 (min_height)", lambda i: simplejpeg.decode_jpeg(blobs[i], min_height=112)))
+    except ImportError:
+        rows.append(("simplejpeg (not installed)", None))
+    idx = list(range(len(blobs)))
+    return [(name, rate(fn, idx) if fn else float("nan")) for name, fn in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000, help="images timed per row")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "LOADING.md"))
+    parser.add_argument("--note", default="", help="a sentence for the table's header (e.g. what else ran)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "ssl"))
+    from selfsup.data.shards import ShardImages
+    from selfsup.data.sources import FileImages
+
+    torch.set_num_threads(1)
+    big = upsampled_set(max(1, -(-args.images // 10)))
+    sets = [
+        ("CIFAR-10 (32 px JPEG)", CIFAR10, "test", 32, CIFAR_STATS, False),
+        ("CIFAR-10 upsampled to 224 px", big, "val", 224, IMAGENET_STATS, True),
+    ]
+    lines = []
+    for name, folder, val_dir, size, stats, blur in sets:
+        shards = shards_of(folder, val_dir)
+        files = FileImages(folder / "train")
+        indices = random.Random(0).sample(range(len(files)), min(args.images, len(files)))
+        paths = [
+            ("(a) ImageFolder + PIL + torchvision v2 (peers)", peers_pipeline(folder, size, stats, blur)),
+            ("(b) ours, ImageFolder", ours_pipeline(files, size, stats, blur)),
+            ("(c) ours, shards", ours_pipeline(ShardImages(shards, "train"), size, stats, blur)),
+            *(
+                [
+                    (
+                        "(d) ours, shards, views.fast_blur",
+                        ours_pipeline(ShardImages(shards, "train"), size, stats, blur, True),
+                    )
+                ]
+                if blur
+                else []
+            ),
+            ("(e) ours, shards, batched views (64)", batched_pipeline(ShardImages(shards, "train"), size, stats, blur)),
+        ]
+        rates = [(label, rate(fn, indices)) for label, fn in paths]
+        for label, r in rates:
+            lines.append(f"| {name} | 2 x {size} px | {label} | {r:.0f} | {r / rates[0][1]:.2f}x |")
+            print(lines[-1], flush=True)
+    dec = decoders(big, args.images)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = "\n".join(
+        [
+            f"Images/s per CPU core (one process, one thread), {args.images} images a row in a shuffled order, "
+            f"SimCLR's two views; {cpu}, {datetime.date.today()}. Command: `.venv/bin/python bench/bench_loading.py`"
+            + (f". {args.note}" if args.note else ""),
+            "",
+            "| images | views | path | images/s per core | vs (a) |",
+            "|---|---|---|---|---|",
+            *lines,
+            "",
+            "Decoding alone, the 224 px JPEGs (quality 90), one thread:",
+            "",
+            "| decoder | images/s |",
+            "|---|---|",
+            *[f"| {label} | {r:.0f} |" for label, r in dec],
+            "",
+        ]
+    )
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
