@@ -298,3 +298,29 @@ def test_shards_from_a_url_are_fetched_checked_and_cached(folder, served, tmp_pa
     with pytest.raises(ValueError, match=rf"data.root={url}: shard {shard}: {url}/{shard} downloaded as \d+ bytes"):
         ShardImages(url, "train").image(3)
     assert not list((tmp_path / "cache").rglob("*.tar*"))  # no partial or damaged shard left in the cache
+
+
+@pytest.mark.slow
+def test_cifar10_from_shards_equals_the_image_folder_over_hundreds_of_steps(cifar10_root, tmp_path):
+    """Real CIFAR-10 JPEGs: SimCLR's views, 2 workers, 250 steps from the shards equal those from the ImageFolder."""
+    shards = write(cifar10_root, tmp_path / "shards", val_dir="test")
+    steps = [
+        "recipes=cifar10/simclr",
+        "backbone=small_cnn",
+        "+backbone.width=8",
+        "projector.hidden_dim=64",
+        "projector.out_dim=32",
+        "data.subset=4000",
+        "data.batch_size=16",
+        "data.num_workers=2",
+        "data.eval_train_subset=200",
+        "data.eval_test_subset=100",
+        "trainer.max_steps=250",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress=null",
+        "report_baseline=false",
+    ]
+    run(compose_train(steps + [f"data.root={cifar10_root}"], tmp_path / "files"))
+    run(compose_train(steps + [f"data.root={shards}"], tmp_path / "shards_run"))
+    a, b = losses(tmp_path / "files"), losses(tmp_path / "shards_run")
+    assert sorted(a) == list(range(250)) and a == b
