@@ -87,6 +87,18 @@ METHODS = {
     "intl": ("cifar10/intl", ["objective=intl", THREE_LAYERS]),
     "ldreg (+ info_nce)": ("cifar10/ldreg", ["objective=ldreg"]),
     "care (+ info_nce)": ("cifar10/care", ["objective=care", "views=care"]),
+    # the quickstart's digit views, a quadrant turned (LoRot-E) / the whole view turned, 4 views (RotNet)
+    "lorot (+ info_nce)": ("cifar10/simclr_lorot", ["objective=lorot", "+views.views.v1.rot90=lorot_e"]),
+    "rotnet (rotation)": (
+        "cifar10/rotnet",
+        [
+            "objective=rotation",
+            "projector=identity",
+            "+views.views.v1.rot90=image",
+            "+views.views.v3=${views.views.v1}",
+            "+views.views.v4=${views.views.v1}",
+        ],
+    ),
     "sie": (
         "cifar10/sie",
         ["objective=sie", "objective.inv_dim=32", "objective.equi_dim=32", "projector.out_dim=64", THREE_LAYERS],

@@ -37,6 +37,7 @@ def parts(cfg) -> dict:
         "token_head": None if cfg.get("token_head") is None else cfg.token_head._target_,
         "terms": {k: (t.loss._target_, t.weight) for k, t in cfg.objective.get("terms", {}).items()},
         "features": cfg.backbone.get("global_pool"),
+        "rot90": sorted({v.get("rot90", "none") for v in cfg.views.views.values()}),  # the rotation task's views
     }
 
 

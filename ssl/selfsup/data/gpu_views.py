@@ -593,6 +593,11 @@ def as_gpu_view(view: ViewAugment) -> GpuViewAugment:
         return view
     if not isinstance(view, ViewAugment):
         raise ValueError(f"views.views: expected ViewAugment entries, got {type(view).__name__}")
+    if getattr(view, "rot90", "none") != "none":
+        raise ValueError(
+            f"views.rot90={view.rot90}: the device path does not rotate squares; use the CPU views "
+            "(data.views_on_device=false)"
+        )
     out = GpuViewAugment.__new__(GpuViewAugment)
     out.__dict__.update(view.__dict__)
     return out

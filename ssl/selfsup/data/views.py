@@ -25,9 +25,12 @@ index  name            meaning
 13     rotation        rotation angle in degrees (0 when unused)
 14     quant           1 if Randomized Quantization was applied
 15     quant_bins      number of quantization bins used (0 when not applied)
+16     rot_k           quarter turns (counter-clockwise) of the rotated square: RotNet / LoRot's label
+17-19  rot_x0..rot_size  that square as fractions of the view: x0, y0, side (0 when ``rot90`` is off; the whole
+                       view for RotNet, a random box for LoRot-I, a quadrant for LoRot-E)
 =====  ==============  ====================================================================
 
-The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation) on uint8 images
+The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation → rot90) on uint8 images
 with ``torchvision.transforms.v2.functional``, then are scaled to [0, 1] and normalised. Randomized Quantization
 (``selfsup.data.quantize``) runs last, on the normalised float image: its per-channel [min, max] construction
 commutes with the per-channel normalisation, and it needs float values, not uint8 levels. Its cut points and bin
@@ -65,6 +68,10 @@ PARAM_NAMES = (
     "rotation",
     "quant",
     "quant_bins",
+    "rot_k",
+    "rot_x0",
+    "rot_y0",
+    "rot_size",
 )
 NUM_PARAMS = len(PARAM_NAMES)
 
@@ -73,7 +80,8 @@ class Slot:
     """Where each parameter sits in a view's vector (``p[Slot.FLIP]``, ``p[:, Slot.CROP]``): the table above."""
 
     CROP_X0, CROP_Y0, CROP_W, CROP_H, FLIP, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(9)
-    JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION, QUANT, QUANT_BINS = range(9, NUM_PARAMS)
+    JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION, QUANT, QUANT_BINS = range(9, 16)
+    ROT_K, ROT_X0, ROT_Y0, ROT_SIZE = range(16, NUM_PARAMS)
     CROP = slice(CROP_X0, CROP_H + 1)  # x0, y0, w, h
     JITTER = slice(BRIGHTNESS, HUE + 1)  # brightness, contrast, saturation, hue: JITTER_ORDERS' op indices 0-3
 
@@ -137,6 +145,9 @@ def relative_transform(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor
     return torch.stack(columns, dim=1)
 
 
+ROT90 = ("none", "image", "lorot_i", "lorot_e")  # ViewAugment.rot90
+
+
 def gaussian_blur(x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
     """torchvision's Gaussian blur of a uint8 image: a k x k kernel, reflected borders, rounded back to uint8."""
     return TF.gaussian_blur(x, [k, k], [sigma, sigma])
@@ -196,6 +207,12 @@ class ViewAugment:
             the normalisation; 0 = off (and no random draws for it).
         quant_bins: its number of bins: an int, or a range [min, max] each application draws from uniformly
             (inclusive), as the paper's ablations vary it.
+        rot90: rotate a square of the view by k quarter turns, k uniform in {0, 1, 2, 3}, recorded for a rotation
+            task (``selfsup.objectives.RotationPrediction``): ``none``; ``image`` (the whole view: RotNet, Gidaris et
+            al. 2018); ``lorot_i`` (a box of side r uniform in {2, ..., size // 2} at a corner uniform in
+            {0, ..., size - r - 1}: LoRot-I, Moon et al. 2022, ``rand_bbox`` of wjun0830/Localizable-Rotation);
+            ``lorot_e`` (one of the four quadrants, uniform: LoRot-E). Drawn after every other parameter, so the
+            other draws are those of the view without it.
         fast_blur: blur with two 1-D passes instead of torchvision's 2-D kernel: ~5x faster at 224 px (the
             costliest op there, bench/LOADING.md), equal up to float rounding — about 3 pixels in 10^5 end one grey
             level apart (tests/data/test_views.py). Off by default: the default views stay bit for bit as they were.
@@ -221,9 +238,14 @@ class ViewAugment:
         std: Sequence[float] = (0.5, 0.5, 0.5),
         quant_p: float = 0.0,
         quant_bins: int | Sequence[int] = 8,
+        rot90: str = "none",
         fast_blur: bool = False,
     ):
         checks.integer("views.size", size, minimum=1)
+        if rot90 not in ROT90:
+            raise ValueError(f"views.rot90={rot90!r}: expected one of {list(ROT90)}")
+        if rot90 == "lorot_i" and size < 5:
+            raise ValueError(f"views.rot90=lorot_i: views.size={size} is too small for its boxes (at least 5)")
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"views.scale={list(scale)}: expected 0 < min <= max <= 1")
         if not (0 < ratio[0] <= ratio[1]):
@@ -248,7 +270,7 @@ class ViewAugment:
         self.blur_p, self.blur_sigma, self.solarize_p, self.rotation = blur_p, tuple(blur_sigma), solarize_p, rotation
         self.mean, self.std = list(mean), list(std)
         self.blur_kernel = max(3, int(0.1 * self.size) // 2 * 2 + 1)
-        self.fast_blur = bool(fast_blur)
+        self.fast_blur, self.rot90 = bool(fast_blur), rot90
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def _crop(self, g: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
@@ -296,7 +318,22 @@ class ViewAugment:
             lo, hi = self.quant_bins
             p[Slot.QUANT] = 1.0
             p[Slot.QUANT_BINS] = float(lo if lo == hi else int(torch.randint(lo, hi + 1, (), generator=g)))
+        if self.rot90 != "none":  # drawn last: the stream of every view without it is unchanged
+            p[Slot.ROT_X0 : Slot.ROT_SIZE + 1] = torch.tensor(self._rot_box(g)) / self.size
+            p[Slot.ROT_K] = float(torch.randint(0, 4, (), generator=g))
         return p
+
+    def _rot_box(self, g: torch.Generator) -> tuple[int, int, int]:
+        """The rotated square (x0, y0, side) in pixels of the view."""
+        s = self.size
+        if self.rot90 == "image":
+            return 0, 0, s
+        if self.rot90 == "lorot_e":
+            q, half = int(torch.randint(0, 4, (), generator=g)), s // 2
+            return (q % 2) * (s - half), (q // 2) * (s - half), half
+        r = int(torch.randint(2, s // 2 + 1, (), generator=g))
+        x0, y0 = (int(torch.randint(0, s - r, (), generator=g)) for _ in range(2))
+        return x0, y0, r
 
     # -- application ------------------------------------------------------------------------------------------
     def apply(self, img: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -328,6 +365,10 @@ class ViewAugment:
             x = TF.solarize(x, threshold=128)
         if p[Slot.ROTATION] != 0:
             x = TF.rotate(x, float(p[Slot.ROTATION]))
+        if p[Slot.ROT_K] != 0:
+            x0, y0, r = (round(float(v) * self.size) for v in p[Slot.ROT_X0 : Slot.ROT_SIZE + 1])
+            x = x.clone()
+            x[:, y0 : y0 + r, x0 : x0 + r] = torch.rot90(x[:, y0 : y0 + r, x0 : x0 + r], int(p[Slot.ROT_K]), (1, 2))
         x = TF.normalize(x.float().div_(255), self.mean, self.std)
         if p[Slot.QUANT] > 0:
             x = randomized_quantization(x, int(p[Slot.QUANT_BINS]), generator)
