@@ -18,6 +18,7 @@ from selfsup.objectives import (
     INTLLoss,
     LDRegLoss,
     NegativeCosineLoss,
+    RotationPrediction,
     SIELoss,
     SwAVLoss,
     VICRegLoss,
@@ -60,6 +61,12 @@ def make_objectives() -> dict[str, torch.nn.Module]:
                 "sie": {"loss": SIELoss(4, 2, len(RELATIVE_NAMES)).double(), "weight": 0.5, "views": [1, 3]},
             }
         ),
+        "lorot": CompositeObjective(  # a linear head over every view's features, labels from its parameters
+            {
+                "info_nce": {"loss": InfoNCELoss(0.5), "weight": 1.0, "views": [0, 1]},
+                "lorot": {"loss": RotationPrediction(True, in_dim=F).double(), "weight": 0.1, "views": "all"},
+            }
+        ),
     }
 
 
@@ -88,7 +95,7 @@ def evaluate(objectives, z, feats, params):
         objective.zero_grad()
         if isinstance(objective, CompositeObjective):
             loss = objective.forward_views(batch_of(zs, fs, ts))
-            inputs = zs + ts
+            inputs = zs + fs + ts
         elif isinstance(objective, DINOLoss):
             loss = objective(zs, [x.detach() for x in zs[:2]])  # teachers: the global views (no gradient)
             inputs = zs
