@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The whole suite, slow/ddp tests included (what CI runs).
+# The whole suite, slow/ddp tests included (what CI runs), in 2 pytest processes (pytest-xdist; the SLURM tests share
+# one worker: one cluster). PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Skip the slow and multi-process tests while iterating.
 test-fast: install

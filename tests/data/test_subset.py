@@ -86,3 +86,35 @@ def test_subset_larger_than_the_split_is_refused(tmp_path):
     sub = SSLDataModule("imagefolder", root=str(root), num_workers=0, batch_size=2, image_size=8, subset=5)
     with pytest.raises(ValueError, match="data.subset=5"):
         _ = sub.splits
+
+
+def test_subset_file_trains_on_the_listed_images_and_refuses_bad_files(tmp_path):
+    """data.subset_file: the listed rows (text or .npy, sorted), the same source as data.subset for the same rows;
+    unknown, duplicated or non-integer indices, an empty or missing file and subset + subset_file refused in one
+    line naming the file."""
+    full = SSLDataModule(dataset="digits", num_workers=0).splits[0]
+    rows = expected_rows(full.labels, 100)
+    (tmp_path / "rows.txt").write_text("# the stratified first 100\n" + "\n".join(map(str, reversed(rows))) + "\n")
+    np.save(tmp_path / "rows.npy", np.array(rows, dtype=np.int64))
+    by_count = SSLDataModule(dataset="digits", num_workers=0, subset=100).splits[0]
+    for name in ("rows.txt", "rows.npy"):
+        train = SSLDataModule(dataset="digits", num_workers=0, subset_file=str(tmp_path / name)).splits[0]
+        assert train.indices.tolist() == rows == by_count.indices.tolist()
+        assert train.fingerprint() == by_count.fingerprint()
+    bad = {
+        "unknown.txt": ("3\n1797\n", r"1 unknown indices \(e.g. 1797\): the training split has 1437 images"),
+        "twice.txt": ("3\n5\n3\n", r"index 3 is listed 2 times"),
+        "words.txt": ("3\nfive\n", r"expected integer indices"),
+        "empty.txt": ("# nothing\n", r"lists no index"),
+    }
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"data.subset_file=.*{name}: {message}"):
+            _ = SSLDataModule(dataset="digits", num_workers=0, subset_file=str(tmp_path / name)).splits
+    np.save(tmp_path / "floats.npy", np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"floats.npy: expected a 1-D array of integer indices, got float64"):
+        _ = SSLDataModule(dataset="digits", num_workers=0, subset_file=str(tmp_path / "floats.npy")).splits
+    with pytest.raises(FileNotFoundError, match=r"data.subset_file=.*nowhere.txt: no such file"):
+        _ = SSLDataModule(dataset="digits", num_workers=0, subset_file=str(tmp_path / "nowhere.txt")).splits
+    with pytest.raises(ValueError, match=r"data.subset and data.subset_file: choose one"):
+        SSLDataModule(dataset="digits", num_workers=0, subset=10, subset_file=str(tmp_path / "rows.txt"))

@@ -128,6 +128,37 @@ DATASETS = {
 CROP_FRACTION = {"imagefolder": 0.875, "shards": 0.875}
 
 
+def read_indices(path, n: int, key: str) -> np.ndarray:
+    """Sorted training-split indices from an index file (``.npy`` of integers, or text with one per line and ``#``
+    comments); one-line errors for a missing or unreadable file, non-integers, duplicates and indices outside
+    [0, n)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            raw = np.load(path, allow_pickle=False)
+        else:
+            lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+            raw = np.array([int(ln) for ln in lines if ln], dtype=np.int64)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{key}={path}: expected integer indices ({str(e).splitlines()[0]})") from None
+    if raw.ndim != 1 or not (raw.size == 0 or np.issubdtype(raw.dtype, np.integer)):
+        raise ValueError(f"{key}={path}: expected a 1-D array of integer indices, got {raw.dtype} {raw.shape}")
+    if raw.size == 0:
+        raise ValueError(f"{key}={path}: lists no index")
+    bad = raw[(raw < 0) | (raw >= n)]
+    if bad.size:
+        raise ValueError(
+            f"{key}={path}: {bad.size} unknown indices (e.g. {int(bad[0])}): the training split has {n} images, "
+            f"indices 0-{n - 1}"
+        )
+    indices, counts = np.unique(raw.astype(np.int64), return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{key}={path}: index {int(indices[counts > 1][0])} is listed {int(counts.max())} times")
+    return indices
+
+
 class SSLDataModule(L.LightningDataModule):
     """Multi-view training batches and validation loaders of one dataset (defaults of each in ``conf/data/``).
 
@@ -141,6 +172,9 @@ class SSLDataModule(L.LightningDataModule):
         mean, std: normalisation statistics.
         num_workers: loader processes per training process (null: cores - 1, at most 8).
         subset: use only the first K training images, stratified by class.
+        subset_file: train on the training images listed in this file (``.npy`` of integers, or text: one index per
+            line, ``#`` comments), indices into the training split as loaded (``selfsup-subset`` writes one; SSLMem's
+            runs are defined by two). Not with ``subset``.
         eval_train_subset, eval_test_subset: cap the kNN bank / query sets of the validation during training
             (stratified); ``selfsup-eval`` uses the whole splits unless told otherwise.
         download: let torchvision download the dataset if it is missing.
@@ -172,6 +206,7 @@ class SSLDataModule(L.LightningDataModule):
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         num_workers: int | None = None,
         subset: int | None = None,
+        subset_file: str | None = None,
         eval_train_subset: int | None = None,
         eval_test_subset: int | None = None,
         download: bool = False,
@@ -207,6 +242,9 @@ class SSLDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.subset, self.eval_train_subset, self.eval_test_subset = subset, eval_train_subset, eval_test_subset
+        if subset is not None and subset_file is not None:
+            raise ValueError("data.subset and data.subset_file: choose one")
+        self.subset_file = subset_file
         self.download, self.verify, self.skip_bad = download, verify or skip_bad, skip_bad
         self.train_dir, self.val_dir = train_dir, val_dir
         self.views_on_device, self.resident = views_on_device, resident
@@ -235,6 +273,8 @@ class SSLDataModule(L.LightningDataModule):
                 if self.subset > len(train):
                     raise ValueError(f"data.subset={self.subset}: the training split has only {len(train)} images")
                 train = Subset(train, stratified_first(train.labels, self.subset))
+            if self.subset_file is not None:
+                train = Subset(train, read_indices(self.subset_file, len(train), "data.subset_file"))
             self._splits = train, test
         return self._splits
 
