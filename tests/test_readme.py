@@ -281,6 +281,10 @@ PROMISES = {
     "logs the top eigenvalues of the projections' covariance (`train/eigval_<k>`)": [
         "tests/train/test_label_free.py::test_top_eigenvalues_of_the_projections_are_logged_descending",
     ],
+    # -- SSLMem
+    "It refuses splits that do not define the score (a candidate f did not train on, or g did)": [
+        "tests/evaluate/test_memorization.py::test_splits_that_do_not_define_sslmem_are_refused",
+    ],
     # -- shards
     "a run from shards equals the run from the folder bit for bit": [
         "tests/data/test_shards.py::test_run_from_shards_equals_run_from_the_folder_and_resumes_mid_epoch",

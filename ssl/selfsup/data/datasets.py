@@ -83,14 +83,14 @@ class EvalDataset(Dataset):
 class AugmentedViews(Dataset):
     """q augmented views of each of the first n images of ``source`` taken class by class (all of them if fewer),
     flattened image-major: item ``i * q + j`` is view j of image ``rows[i]`` — LiDAR's surrogate classes
-    (``selfsup.metrics.lidar``). View j of source row r is drawn from its own generator seeded by (seed, 2, r, j), so
-    the set is the same in every evaluation, process and restart.
+    (``selfsup.metrics.lidar``). View j of source row r is drawn from its own generator seeded by (seed, tag, r, j)
+    (tag 2: LiDAR's; 4: SSLMem's), so the set is the same in every evaluation, process and restart.
 
     Yields ``(image, label)`` as :class:`EvalDataset` does.
     """
 
-    def __init__(self, source, view: ViewAugment, images: int, views: int, seed: int = 0):
-        self.source, self.view, self.q, self.seed = source, view, views, seed
+    def __init__(self, source, view: ViewAugment, images: int, views: int, seed: int = 0, tag: int = 2):
+        self.source, self.view, self.q, self.seed, self.tag = source, view, views, seed, tag
         self.rows = [int(r) for r in stratified_first(source.labels, min(images, len(source)))]
 
     def __len__(self) -> int:
@@ -99,7 +99,7 @@ class AugmentedViews(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, j = divmod(item, self.q)
         row = self.rows[i]
-        x, _ = self.view(self.source.image(row), generator_for(self.seed, 2, row, j))  # tag 2: not a training draw
+        x, _ = self.view(self.source.image(row), generator_for(self.seed, self.tag, row, j))  # not a training draw
         return x, self.source.labels[row]
 
 

@@ -34,18 +34,20 @@ from selfsup.devices import device_of
 from selfsup.evaluate import corruptions, report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, extract, features, lidar_dataset
 from selfsup.evaluate.finetune import check_settings, finetune
-from selfsup.evaluate.jobs import EvalJob, resolve_jobs, run_dir_of
+from selfsup.evaluate.jobs import EvalJob, checkpoint_job, resolve_jobs, run_dir_of
+from selfsup.evaluate.memorization import memorization, write_table
 from selfsup.evaluate.probes import AugmentedImages, sgd_probe_augmented
 from selfsup.evaluate.protocols import check_fewshot, clustering, fewshot
 from selfsup.metrics import alpha_req, knn_top1, lidar, linear_probe, linear_probe_sgd, rankme, singular_values
 from selfsup.neighbours import map_at_r, precision_at_k
+from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.errors import check_output_dir, one_line_errors, run_hydra_app
 from selfsup.runtime.warnings import quiet_known_warnings
 
 log = logging.getLogger(__name__)
 
 LINEAR_PROTOCOLS = ("fast", "sgd")
-PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering", "corruptions", "finetune")
+PROTOCOLS = ("knn", "linear", "fewshot", "retrieval", "clustering", "corruptions", "finetune", "memorization")
 
 
 def check_protocols(value) -> list[str]:
@@ -98,6 +100,14 @@ def protocol_settings(protocols: Sequence[str], e, test_labels) -> dict:
                 f"eval.protocols={list(protocols)}: corruptions are scored by the clean-trained linear probe; "
                 "expected linear in eval.protocols with eval.protocol=fast"
             )
+    if "memorization" in protocols:
+        for key in ("reference", "candidates"):
+            if not e.memorization.get(key):
+                raise ValueError(
+                    f"eval.memorization.{key} is not set: SSLMem needs the reference run (trained without the "
+                    "candidates) and the candidates' index file (docs/memorization.md)"
+                )
+        checks.integer("eval.memorization.views", e.memorization.views, minimum=1)
     if "finetune" in protocols:
         options = OmegaConf.to_container(e.finetune)
         crop_scale = checks.interval("eval.finetune.crop_scale", options.pop("crop_scale"), 0, maximum=1, scalar=False)
@@ -212,6 +222,15 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     more, seconds = run_protocols(protocols, tr, te, e)
     metrics.update(more)
     timings.update(seconds)
+    if "memorization" in protocols:  # SSLMem against the reference run (docs/memorization.md)
+        t = time.perf_counter()
+        ref_path = ckpt_io.resolve(Path(str(e.memorization.reference)).expanduser(), "eval.memorization.reference")
+        reference = checkpoint_job(ref_path, "reference", job.out_dir, list(cfg.get("trusted_targets") or ()))
+        device = device_of(e.device, "eval.device")
+        mem, table = memorization(job, reference, e.memorization, device, e.seed)
+        metrics.update(mem, memorization_reference=str(ref_path))
+        write_table(Path(job.out_dir) / "memorization.csv", table)
+        timings["memorization"] = time.perf_counter() - t
     if "finetune" in protocols:  # last: it trains (a copy of) the encoder
         num_classes = int(max(tr["labels"].max(), te["labels"].max())) + 1
         device = device_of(e.device, "eval.device")
