@@ -14,11 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The whole suite, slow/ddp tests included (what CI runs), in 2 pytest processes (pytest-xdist; the SLURM tests share
-# one worker: one cluster). PYTEST_WORKERS=0 runs it in this process.
-PYTEST_WORKERS ?= 2
+# The whole suite, slow/ddp tests included (what CI runs).
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q
 
 # Skip the slow and multi-process tests while iterating.
 test-fast: install
