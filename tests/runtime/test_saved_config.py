@@ -148,7 +148,7 @@ def test_load_refuses_non_finite_weights_and_buffers(tmp_path):
 
 @pytest.mark.slow
 def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
-    """selfsup-eval, selfsup-export and selfsup-train resume=true (console scripts), ckpt_path= and init_from= (the
+    """selfsup-eval, selfsup-export, selfsup-subset and selfsup-train resume=true (console scripts), ckpt_path= and init_from= (the
     same ``run``, in-process) each refuse the checkpoint in one line naming the key and the target; the pickle
     never runs and the victim file keeps its content."""
     marker, victim = tmp_path / "ran", tmp_path / "victim"
@@ -162,6 +162,7 @@ def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
         "eval": ("torch.load", "selfsup.evaluate", f"checkpoint={file}"),
         "export": ("builtins.open", "selfsup.export", f"checkpoint={opener}", f"out={tmp_path / 'e.safetensors'}"),
         "train resume": ("torch.load", "selfsup.train", "resume=true", f"hydra.run.dir={run_dir}"),
+        "subset": ("torch.load", "selfsup.subsets", f"checkpoint={file}", f"out={tmp_path / 'sas.txt'}"),
     }
     for name, (target, *args) in commands.items():
         proc = cli(*args, cwd=tmp_path)
@@ -174,7 +175,7 @@ def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
             run(compose_train(TINY + [f"{key}={path}"], tmp_path / key))
         assert not (tmp_path / key / "checkpoints").exists()
     assert not marker.exists() and victim.read_text() == "precious"
-    assert not (tmp_path / "e.safetensors").exists()
+    assert not (tmp_path / "e.safetensors").exists() and not (tmp_path / "sas.txt").exists()
 
 
 def test_a_user_trusts_their_own_constructor(tmp_path):
