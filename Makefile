@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The whole suite, slow/ddp tests included (what CI runs).
+# The whole suite, slow/ddp tests included (what CI runs); ends with the 20 slowest tests.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Skip the slow and multi-process tests while iterating.
 test-fast: install
