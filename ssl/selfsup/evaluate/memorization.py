@@ -51,13 +51,14 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
 
 
-def training_rows(data: dict, n: int, key: str) -> np.ndarray:
-    """The training-split rows a run trained on: its ``data.subset_file``, its ``data.subset`` or all ``n``."""
+def training_rows(data: dict, labels: torch.Tensor, key: str) -> np.ndarray:
+    """The training-split rows a run trained on: its ``data.subset_file``, its ``data.subset`` (the first K taken
+    class by class) or all of them."""
     if data.get("subset_file"):
-        return read_indices(data["subset_file"], n, key)
+        return read_indices(data["subset_file"], len(labels), key)
     if data.get("subset"):
-        return None  # resolved by the caller with the labels (stratified first K)
-    return np.arange(n)
+        return stratified_first(labels, int(data["subset"]))
+    return np.arange(len(labels))
 
 
 def _same_data(f: dict, g: dict) -> None:
@@ -79,10 +80,10 @@ def memorization(job, reference, e, device, seed: int) -> tuple[dict, list[dict]
     full = dm.splits[0]
     n = len(full)
     candidates = read_indices(e.candidates, n, "eval.memorization.candidates")
-    rows = {}
-    for name, data in (("evaluated run", data_f), ("reference run", data_g)):
-        r = training_rows(data, n, f"{name}'s data.subset_file")
-        rows[name] = stratified_first(full.labels, int(data["subset"])) if r is None else r
+    rows = {
+        name: training_rows(data, full.labels, f"{name}'s data.subset_file")
+        for name, data in (("evaluated run", data_f), ("reference run", data_g))
+    }
     missing = np.setdiff1d(candidates, rows["evaluated run"])
     if missing.size:
         raise ValueError(
