@@ -148,9 +148,9 @@ def test_load_refuses_non_finite_weights_and_buffers(tmp_path):
 
 @pytest.mark.slow
 def test_no_command_instantiates_a_hostile_saved_config(tmp_path):
-    """selfsup-eval, selfsup-export, selfsup-subset and selfsup-train resume=true (console scripts), ckpt_path= and init_from= (the
-    same ``run``, in-process) each refuse the checkpoint in one line naming the key and the target; the pickle
-    never runs and the victim file keeps its content."""
+    """selfsup-eval, selfsup-export, selfsup-subset and selfsup-train resume=true (console scripts), ckpt_path= and
+    init_from= (the same ``run``, in-process) each refuse the checkpoint in one line naming the key and the target;
+    the pickle never runs and the victim file keeps its content."""
     marker, victim = tmp_path / "ran", tmp_path / "victim"
     victim.write_text("precious")
     hostile = attacks(marker, victim)
