@@ -26,6 +26,8 @@ COMPANIONS = {
     ("objective", "swav"): ["memory=swav"],
     ("objective", "dino"): ["projector=dino_head", "projector.out_dim=256", "target=ema"],
     ("views", "diet"): ["objective=diet"],
+    ("objective", "rotation"): ["views=rotnet"],  # predicts a recorded rotation: the views must draw one
+    ("objective", "lorot"): ["views=lorot"],
 }
 # masked methods: a 1-block CIFAR ViT with 2 px patches (an 8 x 8 grid on 16 px digits) and each method's parts
 VIT = ["backbone=vit_tiny_cifar", "backbone.patch_size=2", "+backbone.depth=1", "projector=identity", "views=masked"]
