@@ -32,15 +32,18 @@ def tiny_imagefolder(root, splits=("train", "val"), classes=("a", "b"), per_clas
     return root
 
 
-def masked_cpu_budget(cfg: DictConfig) -> list[str]:
-    """Overrides that put a masked ImageNet recipe on a CPU budget, its parts unchanged: an 8 x 8 token grid (image
-    size 8 x the patch size; multi-crop's local crops 4 x), its ViT (B, S or H) swapped for a 6-block ViT-Ti with the
-    same patch size (data2vec averages the last 6 blocks), and I-JEPA's min_keep of 10 relaxed to 4 on the small grid
-    (its target blocks hold 9-12 tokens there)."""
-    if cfg.get("mask") is None or cfg.data.dataset != "imagefolder":
+def vit_cpu_budget(cfg: DictConfig) -> list[str]:
+    """Overrides that put an ImageNet ViT recipe on a CPU budget, its parts unchanged: its ViT (S, B or H) swapped for
+    a 6-block ViT-Ti with the same patch size (data2vec averages the last 6 blocks); for a masked recipe also an 8 x 8
+    token grid (image size 8 x the patch size; multi-crop's local crops 4 x) and I-JEPA's min_keep of 10 relaxed to 4
+    on the small grid (its target blocks hold 9-12 tokens there)."""
+    if cfg.data.dataset != "imagefolder" or not str(cfg.backbone.get("name", "")).startswith("vit_"):
         return []
+    out = ["backbone.name=vit_tiny_patch16_224", "++backbone.depth=6"]
+    if cfg.get("mask") is None:
+        return out
     patch = cfg.backbone.patch_size
-    out = [f"data.image_size={8 * patch}", "backbone.name=vit_tiny_patch16_224", "++backbone.depth=6"]
+    out.append(f"data.image_size={8 * patch}")
     if "l1" in cfg.views.views:
         out.append(f"views.views.l1.size={4 * patch}")
     if "min_keep" in cfg.mask:

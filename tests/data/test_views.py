@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from selfsup.data.datasets import GlobalBatchSampler
 from selfsup.data.views import JITTER_ORDERS, NUM_PARAMS, PARAM_NAMES, MultiViewTransform, ViewAugment
@@ -139,26 +140,53 @@ def test_relative_transform_of_default_views_is_of_order_one():
     assert (code[:, 1:].std(0) > 0).sum() >= 12  # every applied augmentation moves its entry
 
 
-def test_fast_blur_equals_torchvision_blur_up_to_rounding():
-    """views.fast_blur: two 1-D passes against torchvision's 2-D kernel — at most one grey level apart, on fewer than
-    1 pixel in 10^4 (CIFAR-like and 224 px kernels, the whole sigma range)."""
-    from selfsup.data.views import gaussian_blur, separable_blur
-
-    g = torch.Generator().manual_seed(0)
-    differ = total = 0
+def _smooth_images(g: torch.Generator):
+    """(image, kernel size, sigma): smooth uint8 images (upsampled noise) at CIFAR-like, 96 and 224 px kernels over
+    the whole sigma range."""
     for size, k in ((32, 3), (96, 9), (224, 23)):
         for _ in range(8):
             x = torch.randint(0, 256, (3, size // 8, size // 8), generator=g, dtype=torch.uint8)
             x = torch.nn.functional.interpolate(x[None].float(), size=size, mode="bilinear")[0].round().byte()
-            sigma = 0.1 + 1.9 * float(torch.rand((), generator=g))
-            a, b = gaussian_blur(x, k, sigma), separable_blur(x, k, sigma)
-            assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
-            d = (a.int() - b.int()).abs()
-            assert int(d.max()) <= 1
-            differ, total = differ + int((d > 0).sum()), total + d.numel()
+            yield x, k, 0.1 + 1.9 * float(torch.rand((), generator=g))
+
+
+@pytest.mark.parametrize("blur", ["gaussian_blur", "separable_blur"])
+def test_blurs_equal_torchvision_blur_up_to_rounding(blur):
+    """The default blur (float64) and views.fast_blur (float32 passes) against torchvision's 2-D float32 kernel: at
+    most one grey level apart, on fewer than 1 pixel in 10^4."""
+    from selfsup.data import views
+
+    differ = total = 0
+    for x, k, sigma in _smooth_images(torch.Generator().manual_seed(0)):
+        a, b = TF.gaussian_blur(x, [k, k], [sigma, sigma]), getattr(views, blur)(x, k, sigma)
+        assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
+        d = (a.int() - b.int()).abs()
+        assert int(d.max()) <= 1
+        differ, total = differ + int((d > 0).sum()), total + d.numel()
     assert differ / total < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_default_blur_is_the_rounded_exact_sum_whatever_the_kernels():
+    """The default blur rounds the float64 sum, which no summation order moves across .5: a float64 2-D convolution
+    with the (exact in float64) outer-product kernel — another order, other kernels, with and without oneDNN — gives
+    the same pixels. That is what makes the default views the same on every CPU (float32 blurs are not: oneDNN's
+    float32 convolution rounds a few pixels differently per instruction set)."""
+    from selfsup.data.views import blur_kernel1d, gaussian_blur
+
+    for x, k, sigma in _smooth_images(torch.Generator().manual_seed(1)):
+        w = blur_kernel1d(k, sigma).double()
+        kernel = (w[:, None] * w[None]).expand(3, 1, k, k)
+        padded = torch.nn.functional.pad(x.double()[None], [k // 2] * 4, mode="reflect")
+        for onednn in (True, False):
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                ref = torch.nn.functional.conv2d(padded, kernel, groups=3)[0].round().clamp(0, 255).byte()
+            assert torch.equal(gaussian_blur(x, k, sigma), ref), (k, sigma, onednn)
+
+
+def test_fast_blur_view_is_the_default_view_up_to_one_grey_level():
     v = ViewAugment(64, blur_p=1.0, fast_blur=True)
-    img = torch.randint(0, 256, (3, 80, 80), generator=g, dtype=torch.uint8)
+    img = torch.randint(0, 256, (3, 80, 80), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     p = v.sample(torch.Generator().manual_seed(1), 80, 80)
     ref = ViewAugment(64, blur_p=1.0).apply(img, p)
     assert (v.apply(img, p) - ref).abs().max() <= 1 / 255 / 0.5 + 1e-6  # one grey level, std 0.5

@@ -2,10 +2,14 @@
 refactored, the methods are not changed). Recipes run shrunk to a CPU budget: 3 steps on a few CIFAR-10 images.
 
 Where the arithmetic is the same on every x86 machine: in float64. Float32 training on one CPU is not portable —
-another 2-core machine (an AMD EPYC: other BLAS kernels) moved step-2 losses by up to 3e-5. In float64 the AVX2 and
-AVX-512 kernel sets (``ATEN_CPU_CAPABILITY=avx2|avx512``) give the same bits. Without AVX2 (``default``) the views
-differ: the uint8 antialiased resize has its own AVX2 kernel, and the generic one rounds some pixels the other way
-(first losses move by up to 0.6%); those machines compare with their own recording, ``train/loss@DEFAULT``.
+another 2-core machine (an AMD EPYC: other BLAS kernels) moved step-2 losses by up to 3e-5. In float64, between the
+Intel machine (AVX-512) and an AMD EPYC (AVX2): CNN recipes agree to a few ulps, ViT recipes to 5e-10 (timm
+initialises in float32, through vectorised kernels that differ per instruction set), far inside REL. The views take
+part: a float32 blur through oneDNN rounded a few pixels the other way on the AMD machine and moved
+imagenet/ibot_vit_small's step-2 loss by 1.1e-7, which is why the default blur sums in float64 (docs/data.md).
+Without AVX2 (``default``) the views differ: the uint8 antialiased resize has its own AVX2 kernel, and the generic
+one rounds some pixels the other way (first losses move by up to 0.6%); those machines compare with their own
+recording, ``train/loss@DEFAULT``. Off x86 (no recording) each recipe still has to take its steps with finite losses.
 
 Record (after a deliberate change to a method; say why in the JSON's "recorded" line)::
 
@@ -19,6 +23,7 @@ it prints SAME or DIFF per recipe and exits 1 on any DIFF::
 """
 
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +33,7 @@ import torch
 
 from selfsup.config import RECIPES_DIR
 from selfsup.train import run
-from tests.config_utils import compose_train, masked_cpu_budget, tiny_imagefolder
+from tests.config_utils import compose_train, tiny_imagefolder, vit_cpu_budget
 from tests.runs import losses
 
 RECORDING = Path(__file__).parent / "recipe_losses.json"
@@ -65,7 +70,7 @@ def shrunk(recipe: str, tmp_path, cifar10_root) -> list[str]:
         extra += ["views.shared_chunks=4", "data.batch_size=8", "data.subset=16"]
     if recipe == "quickstart":
         extra += ["data.subset=320", "data.batch_size=32"]
-    return [f"recipes={recipe}", *extra, *masked_cpu_budget(cfg)]
+    return [f"recipes={recipe}", *extra, *vit_cpu_budget(cfg)]
 
 
 def recording_key() -> str | None:
@@ -81,14 +86,12 @@ def first_losses(recipe: str, tmp_path: Path, cifar10_root: Path) -> list[float]
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_first_losses_are_the_recorded_ones(recipe, tmp_path, cifar10_root):
     key = recording_key()
-    if key is None:
-        pytest.skip(
-            f"recorded for torch's x86 kernel sets {sorted(KEYS)}; this CPU runs "
-            f"{torch.backends.cpu.get_cpu_capability()}"
-        )
-    if recipe not in RECORDED[key]:
+    if key is not None and recipe not in RECORDED[key]:
         pytest.fail(f"no recorded losses for recipes={recipe} in {key}: record them (this module's docstring)")
     got = first_losses(recipe, tmp_path, cifar10_root)
+    if key is None:  # no recording for this kernel set (not x86): the recipe still takes its steps
+        assert all(math.isfinite(v) for v in got), (recipe, got)
+        return
     assert got == pytest.approx(RECORDED[key][recipe], rel=REL, abs=0), recipe
 
 

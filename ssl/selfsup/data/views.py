@@ -31,7 +31,8 @@ index  name            meaning
 =====  ==============  ====================================================================
 
 The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation → rot90) on uint8 images
-with ``torchvision.transforms.v2.functional``, then are scaled to [0, 1] and normalised. Randomized Quantization
+with ``torchvision.transforms.v2.functional`` (the blur is ours: :func:`gaussian_blur`, float64), then are scaled to
+[0, 1] and normalised. Randomized Quantization
 (``selfsup.data.quantize``) runs last, on the normalised float image: its per-channel [min, max] construction
 commutes with the per-channel normalisation, and it needs float values, not uint8 levels. Its cut points and bin
 values are not recorded (3 x (2 x bins − 1) numbers); they are drawn from the view's generator right after the
@@ -148,17 +149,35 @@ def relative_transform(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor
 ROT90 = ("none", "image", "lorot_i", "lorot_e")  # ViewAugment.rot90
 
 
+def blur_kernel1d(k: int, sigma: float) -> torch.Tensor:
+    """The float32 1-D Gaussian kernel torchvision's ``gaussian_blur`` builds (its 2-D kernel is the outer product)."""
+    half = (k - 1) * 0.5
+    pdf = torch.exp(-0.5 * (torch.linspace(-half, half, steps=k) / sigma).pow(2))
+    return pdf / pdf.sum()
+
+
 def gaussian_blur(x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
-    """torchvision's Gaussian blur of a uint8 image: a k x k kernel, reflected borders, rounded back to uint8."""
-    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+    """torchvision's Gaussian blur of a uint8 (C, H, W) image — its kernel, reflected borders, rounded back to uint8
+    — summed in float64 as two 1-D passes of shifted slices: the same pixels on every CPU. (torchvision's float32
+    convolution goes through oneDNN, whose kernels differ per instruction set: an AVX2 and an AVX-512 machine round a
+    few pixels differently. In float64 the sum is exact to ~1e-13 of a grey level, so rounding it never depends on
+    the summation order.) At most one grey level from torchvision's, at a few pixels in 10^4."""
+    w = blur_kernel1d(k, sigma).tolist()
+    _, h, wd = x.shape
+    y = torch.nn.functional.pad(x.double()[None], [k // 2] * 4, mode="reflect")[0]
+    rows = y[:, :, :wd] * w[0]
+    for j in range(1, k):
+        rows += y[:, :, j : j + wd] * w[j]  # a product then a sum, each rounded: no fused multiply-add
+    out = rows[:, :h] * w[0]
+    for j in range(1, k):
+        out += rows[:, j : j + h] * w[j]
+    return out.round_().clamp_(0, 255).to(x.dtype)
 
 
 def separable_blur(x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
-    """:func:`gaussian_blur` as two 1-D passes (the same float32 kernel torchvision builds, reflected borders, the
-    same rounding): 2k instead of k^2 multiply-adds a pixel; equal up to float rounding."""
-    half = (k - 1) * 0.5
-    pdf = torch.exp(-0.5 * (torch.linspace(-half, half, steps=k) / sigma).pow(2))
-    w, c = pdf / pdf.sum(), x.shape[0]
+    """:func:`gaussian_blur` in float32 convolutions (``views.fast_blur``): ~4x faster at 224 px, equal up to float
+    rounding, and like torchvision's own blur not the same pixels on every CPU (a few round the other way)."""
+    w, c = blur_kernel1d(k, sigma), x.shape[0]
     y = torch.nn.functional.pad(x.float()[None], [k // 2] * 4, mode="reflect")
     y = torch.nn.functional.conv2d(y, w.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     y = torch.nn.functional.conv2d(y, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
@@ -213,9 +232,10 @@ class ViewAugment:
             {0, ..., size - r - 1}: LoRot-I, Moon et al. 2022, ``rand_bbox`` of wjun0830/Localizable-Rotation);
             ``lorot_e`` (one of the four quadrants, uniform: LoRot-E). Drawn after every other parameter, so the
             other draws are those of the view without it.
-        fast_blur: blur with two 1-D passes instead of torchvision's 2-D kernel: ~5x faster at 224 px (the
-            costliest op there, bench/LOADING.md), equal up to float rounding — about 3 pixels in 10^5 end one grey
-            level apart (tests/data/test_views.py). Off by default: the default views stay bit for bit as they were.
+        fast_blur: blur in float32 convolutions (:func:`separable_blur`) instead of the default float64 passes
+            (:func:`gaussian_blur`): ~4x faster at 224 px (blur is the costliest op there, bench/LOADING.md), equal
+            up to float rounding — a few pixels in 10^5 end one grey level apart (tests/data/test_views.py) — but,
+            like torchvision's blur, not the same pixels on every CPU. Off by default: the default views are.
     """
 
     def __init__(
