@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The whole suite, slow/ddp tests included (what CI runs); ends with the 20 slowest tests.
+# The whole suite, slow/ddp tests included (what CI runs), in 2 pytest-xdist workers of one torch thread each (the
+# SLURM tests share one worker: one cluster); ends with the 20 slowest tests. PYTEST_WORKERS=0: in this process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=20
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 # Skip the slow and multi-process tests while iterating.
 test-fast: install
