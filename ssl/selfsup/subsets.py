@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,21 +115,11 @@ def select(
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = {"fraction": 0.8, "method": "sas", "order": "official", "partition": "labels", "classes": None}
-    args |= {"threshold": 0.0, "seed": 0, "device": "cpu", "root": None, "pool": None}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ARGS:
-            raise ValueError(f"argument {arg!r}: expected key=value with key one of {list(ARGS)}; {USAGE}")
-        try:
-            args[key] = ARGS[key](value)
-        except ValueError:
-            raise ValueError(f"{key}={value}: expected {ARGS[key].__name__}") from None
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ValueError(f"{key}={value}: expected one of {list(CHOICES[key])}")
-    missing = [k for k in ("checkpoint", "out") if not args.get(k)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} not set: {USAGE}")
+    from selfsup.runtime.errors import key_values
+
+    defaults = {"fraction": 0.8, "method": "sas", "order": "official", "partition": "labels", "classes": None}
+    defaults |= {"threshold": 0.0, "seed": 0, "device": "cpu", "root": None, "pool": None}
+    args = key_values(argv, ARGS, USAGE, required=("checkpoint", "out"), defaults=defaults, choices=CHOICES)
     if not 0 < args["fraction"] <= 1:
         raise ValueError(f"fraction={args['fraction']}: expected the kept share of each class, in (0, 1]")
     if not -1 <= args["threshold"] <= 1:
@@ -179,15 +168,12 @@ def subset_from(args: dict) -> tuple[Path, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from selfsup.runtime.errors import one_line_errors
+    from selfsup.runtime.errors import run_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out, summary = one_line_errors("selfsup-subset")(lambda: subset_from(parse_args(argv)))()
-    print(f"wrote {out}: {summary['kept']} of {summary['of']} training images ({summary['method']})")
+    done = run_command("selfsup-subset", USAGE, argv, lambda a: subset_from(parse_args(a)))
+    if done is not None:
+        out, summary = done
+        print(f"wrote {out}: {summary['kept']} of {summary['of']} training images ({summary['method']})")
 
 
 if __name__ == "__main__":

@@ -404,25 +404,11 @@ ARGS = {
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = {"dataset": "imagefolder", "train_dir": "train", "val_dir": "val", "shard_mb": 256.0, "shard_samples": None}
-    args |= {"download": False, "verify": False}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ARGS:
-            raise ValueError(f"argument {arg!r}: expected key=value with key one of {list(ARGS)}; {USAGE}")
-        kind = ARGS[key]
-        try:
-            if kind is bool:
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                args[key] = value.lower() == "true"
-            else:
-                args[key] = kind(value)
-        except ValueError:
-            raise ValueError(f"{key}={value}: expected {'true or false' if kind is bool else kind.__name__}") from None
-    missing = [k for k in ("src", "out") if not args.get(k)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} not set: {USAGE}")
+    from selfsup.runtime.errors import key_values
+
+    defaults = {"dataset": "imagefolder", "train_dir": "train", "val_dir": "val", "shard_mb": 256.0}
+    defaults |= {"shard_samples": None, "download": False, "verify": False}
+    args = key_values(argv, ARGS, USAGE, required=("src", "out"), defaults=defaults)
     if args["shard_mb"] <= 0 or (args["shard_samples"] is not None and args["shard_samples"] < 1):
         raise ValueError(f"shard_mb={args['shard_mb']} shard_samples={args['shard_samples']}: expected positive sizes")
     return args
@@ -457,16 +443,11 @@ def shards_from(args: dict, progress: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
+    from selfsup.runtime.errors import run_command
 
-    from selfsup.runtime.errors import one_line_errors
-
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return
-    out = one_line_errors("selfsup-shards")(lambda: shards_from(parse_args(argv)))()
-    print(f"wrote {out / MANIFEST}")
+    out = run_command("selfsup-shards", USAGE, argv, lambda a: shards_from(parse_args(a)))
+    if out is not None:
+        print(f"wrote {out / MANIFEST}")
 
 
 if __name__ == "__main__":

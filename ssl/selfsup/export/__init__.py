@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from safetensors.torch import save
@@ -25,7 +24,7 @@ from torch import nn
 import selfsup
 from selfsup.models.backbones import TORCHVISION_PREFIX, replace_cifar_stem
 from selfsup.runtime import checkpoint as ckpt_io
-from selfsup.runtime.errors import one_line_errors
+from selfsup.runtime.errors import key_values, run_command
 from selfsup.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -94,32 +93,13 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments (the Hydra-style command line of the other tools); only checkpoint and out. The value
-    is everything after the first ``=`` (a sweep point's directory, ``.../optim.lr=0.1``, needs no quotes); a value
-    quoted for Hydra as the other commands accept it (``checkpoint='.../optim.lr=0.1'``) is read without its quotes."""
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ("checkpoint", "out"):
-            raise ValueError(f"argument {arg!r}: expected checkpoint=<path> or out=<file.safetensors>")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        args[key] = value
-    missing = [k for k in ("checkpoint", "out") if not args.get(k)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} not set: {USAGE}")
-    return args
+    """``checkpoint=`` and ``out=`` (``selfsup.runtime.errors.key_values``: a sweep point's directory as it is, or
+    quoted for Hydra)."""
+    return key_values(argv, {"checkpoint": str, "out": str}, USAGE, required=("checkpoint", "out"))
 
 
-@one_line_errors("selfsup-export")
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    log.info("wrote %s", export(args["checkpoint"], args["out"]))
+    run_command("selfsup-export", USAGE, argv, lambda a: log.info("wrote %s", export(**parse_args(a))))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,56 @@ def one_line_errors(prog: str):
     return wrap
 
 
+def key_values(
+    argv: list[str],
+    kinds: dict[str, type],
+    usage: str,
+    required: tuple[str, ...] = (),
+    defaults: dict | None = None,
+    choices: dict[str, tuple[str, ...]] | None = None,
+) -> dict:
+    """The ``key=value`` arguments of the commands that are not Hydra apps (``selfsup-shards``, ``selfsup-subset``,
+    ``selfsup-export``), read as the Hydra ones are written: ``kinds`` maps each key to ``str``, ``int``, ``float`` or
+    ``bool`` (``true``/``false``). A value is everything after the first ``=`` (a sweep point's directory,
+    ``.../optim.lr=0.1``, needs no quotes); a value quoted for Hydra (``checkpoint='...'``) is read without its
+    quotes. An unknown key, a value of the wrong kind or outside ``choices``, or a ``required`` key missing raise a
+    one-line ValueError naming it."""
+    args = dict(defaults or {})
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in kinds:
+            raise ValueError(f"argument {arg!r}: expected key=value with key one of {list(kinds)}; {usage}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        kind = kinds[key]
+        try:
+            if kind is bool and value.lower() not in ("true", "false"):
+                raise ValueError
+            args[key] = value.lower() == "true" if kind is bool else kind(value)
+        except ValueError:
+            raise ValueError(f"{key}={value}: expected {'true or false' if kind is bool else kind.__name__}") from None
+        if choices and key in choices and value not in choices[key]:
+            raise ValueError(f"{key}={value}: expected one of {list(choices[key])}")
+    missing = [k for k in required if not args.get(k)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not set: {usage}")
+    return args
+
+
+def run_command(prog: str, usage: str, argv: list[str] | None, work):
+    """A key=value command's ``main``: ``-h``/``--help`` prints ``usage``; otherwise INFO logging to the terminal
+    and ``work(argv)`` (argv defaults to ``sys.argv[1:]``), whose input errors end in one line
+    (:func:`one_line_errors`). Returns what ``work`` returns (None after ``--help``)."""
+    import logging
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage)
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return one_line_errors(prog)(work)(argv)
+
+
 # Keys whose values are paths: a value Hydra's override grammar cannot read as one string (a sweep point's directory
 # holds "=" and ","; brackets, "#", "~") is passed to Hydra quoted.
 PATH_KEYS = frozenset(
