@@ -32,11 +32,10 @@ index  name            meaning
 
 The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation → rot90) on uint8 images
 with ``torchvision.transforms.v2.functional`` (the blur is ours: :func:`gaussian_blur`, float64), then are scaled to
-[0, 1] and normalised. Randomized Quantization
-(``selfsup.data.quantize``) runs last, on the normalised float image: its per-channel [min, max] construction
-commutes with the per-channel normalisation, and it needs float values, not uint8 levels. Its cut points and bin
-values are not recorded (3 x (2 x bins − 1) numbers); they are drawn from the view's generator right after the
-parameters, so a (seed, epoch, index, view) key still fixes the whole view.
+[0, 1] and normalised. Randomized Quantization (``selfsup.data.quantize``) runs last, on the normalised float image:
+its per-channel [min, max] construction commutes with the per-channel normalisation, and it needs float values, not
+uint8 levels. Its cut points and bin values are not recorded (3 x (2 x bins − 1) numbers); they are drawn from the
+view's generator right after the parameters, so a (seed, epoch, index, view) key still fixes the whole view.
 """
 
 from __future__ import annotations
