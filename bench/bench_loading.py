@@ -1,6 +1,7 @@
 """Images/s per CPU core from encoded image to two augmented views (bench/LOADING.md).
 
     .venv/bin/python bench/bench_loading.py [--images 1000] [--out bench/LOADING.md]
+    .venv/bin/python bench/bench_loading.py --blur-only
 
 Three paths, each in one process with one thread (images/s per core), over the same images in a shuffled order:
 
@@ -18,6 +19,7 @@ upsampling CIFAR-10 training images (bicubic, JPEG quality 90: not natural 224 p
 and decode faster than ImageNet's) to two 224 px views. A second table times the decoders alone on the 224 px set:
 PIL, PIL in draft mode (libjpeg's DCT scaling to 1/2: what a crop could use when the image is at least twice the
 view), ``torchvision.io.decode_jpeg``, and simplejpeg (if installed; ``pip install simplejpeg``) at full and half size.
+A third times the Gaussian blur alone (the costliest op at 224 px): torchvision's, our default, views.fast_blur.
 """
 
 from __future__ import annotations
@@ -160,17 +162,45 @@ def decoders(folder: Path, n: int) -> list[tuple[str, float]]:
     return [(name, rate(fn, idx) if fn else float("nan")) for name, fn in rows]
 
 
+def blurs(repeats: int = 50) -> list[tuple[str, float]]:
+    """Milliseconds per Gaussian blur of one uint8 3 x 224 x 224 image with the 224 px views' 23 x 23 kernel (sigma
+    1): torchvision's float32 2-D convolution, our default float64 passes, views.fast_blur's float32 passes."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from selfsup.data.views import gaussian_blur, separable_blur
+
+    x = torch.randint(0, 256, (3, 224, 224), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    rows = [
+        ("torchvision gaussian_blur (float32, 2-D)", lambda: TF.gaussian_blur(x, [23, 23], [1.0, 1.0])),
+        ("ours, default (float64, two 1-D passes)", lambda: gaussian_blur(x, 23, 1.0)),
+        ("ours, views.fast_blur (float32, two 1-D passes)", lambda: separable_blur(x, 23, 1.0)),
+    ]
+    out = []
+    for name, fn in rows:
+        for _ in range(5):  # warm-up (oneDNN builds its kernels on first use)
+            fn()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out.append((name, (time.perf_counter() - t) / repeats * 1e3))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images timed per row")
     parser.add_argument("--out", default=str(ROOT / "bench" / "LOADING.md"))
     parser.add_argument("--note", default="", help="a sentence for the table's header (e.g. what else ran)")
+    parser.add_argument("--blur-only", action="store_true", help="print the blur table only (writes nothing)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "ssl"))
+    torch.set_num_threads(1)
+    if args.blur_only:
+        print("| blur | ms |\n|---|---|\n" + "\n".join(f"| {label} | {ms:.1f} |" for label, ms in blurs()))
+        return
     from selfsup.data.shards import ShardImages
     from selfsup.data.sources import FileImages
 
-    torch.set_num_threads(1)
     big = upsampled_set(max(1, -(-args.images // 10)))
     sets = [
         ("CIFAR-10 (32 px JPEG)", CIFAR10, "test", 32, CIFAR_STATS, False),
@@ -202,6 +232,7 @@ def main() -> None:
             lines.append(f"| {name} | 2 x {size} px | {label} | {r:.0f} | {r / rates[0][1]:.2f}x |")
             print(lines[-1], flush=True)
     dec = decoders(big, args.images)
+    blur = blurs()
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -222,6 +253,12 @@ def main() -> None:
             "| decoder | images/s |",
             "|---|---|",
             *[f"| {label} | {r:.0f} |" for label, r in dec],
+            "",
+            "The Gaussian blur alone, one 3 x 224 x 224 uint8 image, 23 x 23 kernel, one thread:",
+            "",
+            "| blur | ms |",
+            "|---|---|",
+            *[f"| {label} | {ms:.1f} |" for label, ms in blur],
             "",
         ]
     )
