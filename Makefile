@@ -1,10 +1,10 @@
-# make install | test | train | lint — each installs what it needs first (a .venv/ in the repo root).
+# make install | test | test-slow | test-all | train | lint — each installs what it needs first (a .venv/ in the repo root).
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.selfsup-installed
 
-.PHONY: install test test-fast train lint
+.PHONY: install test test-slow test-all train lint
 
 install: $(STAMP)
 
@@ -14,15 +14,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The whole suite, slow/ddp tests included (what CI runs), in 2 pytest-xdist workers of one torch thread each (the
-# SLURM tests share one worker: one cluster); ends with the 20 slowest tests. PYTEST_WORKERS=0: in this process.
+# The suite but the `slow` tests, in 2 pytest-xdist workers of one torch thread each (the SLURM tests share one
+# worker: one cluster); ends with the 20 slowest tests. PYTEST_WORKERS=0: in this process. CI runs it, then test-slow.
 PYTEST_WORKERS ?= 2
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
+	$(PYTEST) -m "not slow"
 
-# Skip the slow and multi-process tests while iterating.
-test-fast: install
-	$(PY) -m pytest -q -m "not slow and not ddp"
+# The `slow` tests: runs that train twice to compare (resume, preemption, DDP/FSDP, SLURM), every recipe in chunks.
+test-slow: install
+	$(PYTEST) -m slow
+
+# Both in one pytest run (what CI checks, in less wall time than the two above one after the other).
+test-all: install
+	$(PYTEST)
 
 # The quickstart: SimCLR on scikit-learn's digits, CPU, offline; prints trained vs random-init kNN/RankMe.
 train: install

@@ -52,6 +52,26 @@ class SignalAt(L.Callback):
             signal.raise_signal(getattr(signal, self.signum))
 
 
+class PauseAt(L.Callback):
+    """Hold the run at the start of optimiser step ``step`` until the file ``release`` exists (at most ``timeout``
+    seconds, then fail): a live run for as long as a test needs one, without training for that long."""
+
+    def __init__(self, step: int, release: str, timeout: float = 300.0):
+        self.step, self.release, self.timeout = step, release, timeout
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        import os
+        import time
+
+        if trainer.global_step != self.step:
+            return
+        deadline = time.monotonic() + self.timeout
+        while not os.path.exists(self.release):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PauseAt: {self.release} did not appear within {self.timeout} s")
+            time.sleep(0.05)
+
+
 def losses(run_dir):
     with open(run_dir / "metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}

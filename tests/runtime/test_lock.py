@@ -12,6 +12,7 @@ import pytest
 from selfsup.config import ROOT
 from selfsup.runtime import lock as lock_mod
 from selfsup.runtime.lock import RunDirBusy, RunLock
+from tests.config_utils import TRUST_TESTS
 from tests.runs import TINY
 
 HOLD = (
@@ -79,26 +80,37 @@ def test_heartbeat_refreshes_the_lock(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_trainings_in_one_directory(tmp_path):
     """The second `selfsup-train` into a directory a live run holds (resume=true, so it would continue it) is
-    refused in one line, and the first finishes with an intact metrics.csv."""
+    refused in one line, and the first finishes with an intact metrics.csv. The first run waits at step 4 (after
+    its step-2 checkpoint) until the second has been refused."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
-    slow = ["trainer.max_epochs=20", "callbacks.last.every_n_train_steps=2"]
-    cmd = [sys.executable, "-m", "selfsup.train", *TINY, *slow, f"hydra.run.dir={tmp_path}"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    run_dir, release = tmp_path / "run", tmp_path / "release"
+    cmd = [sys.executable, "-m", "selfsup.train", *TINY, "callbacks.last.every_n_train_steps=2"]
+    cmd += [f"hydra.run.dir={run_dir}", TRUST_TESTS]
+    pause = [
+        "+callbacks.pause._target_=tests.runs.PauseAt",
+        "+callbacks.pause.step=4",
+        f"+callbacks.pause.release={release}",
+    ]
+    first = subprocess.Popen(
+        cmd + pause, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "checkpoints" / "last.ckpt").exists():
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
             time.sleep(0.2)
         second = subprocess.run(cmd + ["resume=true"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         assert second.returncode == 2, second.stderr[-2000:]
         last = second.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"selfsup-train: error: hydra.run.dir={tmp_path}: in use by pid {first.pid}"), last
+        assert last.startswith(f"selfsup-train: error: hydra.run.dir={run_dir}: in use by pid {first.pid}"), last
+        assert first.poll() is None  # still held at step 4
+        release.touch()
         assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
     finally:
         first.kill()
     import csv
 
-    with open(tmp_path / "metrics.csv") as f:
+    with open(run_dir / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert steps == list(range(200))
-    assert not (tmp_path / ".lock").exists()
+    assert steps == list(range(20))  # TINY: 2 epochs of 10 steps
+    assert not (run_dir / ".lock").exists()
