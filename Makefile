@@ -14,18 +14,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The suite but the `slow` tests, in 2 pytest-xdist workers of one torch thread each (the SLURM tests share one
-# worker: one cluster); ends with the 20 slowest tests. PYTEST_WORKERS=0: in this process. CI runs it, then test-slow.
+# The suite but the `slow` tests (7-8 minutes on 2 cores), in 2 pytest-xdist workers of one torch thread each; ends
+# with the 20 slowest tests. PYTEST_WORKERS=0: in this process. CI runs it, then test-slow.
 PYTEST_WORKERS ?= 2
 PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 test: install
 	$(PYTEST) -m "not slow"
 
-# The `slow` tests: runs that train twice to compare (resume, preemption, DDP/FSDP, SLURM), every recipe in chunks.
+# The `slow` tests (13 minutes): runs that train twice to compare (resume, preemption, DDP/FSDP/DeepSpeed, SLURM:
+# its tests share one worker, one cluster), every recipe in gradient-cache chunks.
 test-slow: install
 	$(PYTEST) -m slow
 
-# Both in one pytest run (what CI checks, in less wall time than the two above one after the other).
+# Both in one pytest run: what CI checks, without the pause between the two.
 test-all: install
 	$(PYTEST)
 
