@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_loading.py [--images 1000] [--out bench/LOADING.md]
     .venv/bin/python bench/bench_loading.py --blur-only
+    .venv/bin/python bench/bench_loading.py --ops [--images 300]
 
 Three paths, each in one process with one thread (images/s per core), over the same images in a shuffled order:
 
@@ -20,6 +21,8 @@ and decode faster than ImageNet's) to two 224 px views. A second table times the
 PIL, PIL in draft mode (libjpeg's DCT scaling to 1/2: what a crop could use when the image is at least twice the
 view), ``torchvision.io.decode_jpeg``, and simplejpeg (if installed; ``pip install simplejpeg``) at full and half size.
 A third times the Gaussian blur alone (the costliest op at 224 px): torchvision's, our default, views.fast_blur.
+``--ops`` prints what limits (c) at 224 px: the time of each step of the real code path (shard read and decode,
+parameter draw, each torchvision op, the blur), measured by wrapping each function with a timer.
 """
 
 from __future__ import annotations
@@ -186,17 +189,100 @@ def blurs(repeats: int = 50) -> list[tuple[str, float]]:
     return out
 
 
+class Timed:
+    """Wraps callables with timers: ``wrap(label, fn)`` returns ``fn`` that adds its seconds to ``seconds[label]``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, label: str, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t
+
+        return timed
+
+
+# torchvision's functional ops that ViewAugment.apply calls, as they are labelled in the table
+VIEW_OPS = {
+    "resized_crop": "random resized crop (antialiased)",
+    "horizontal_flip": "flip",
+    "adjust_brightness": "brightness",
+    "adjust_contrast": "contrast",
+    "adjust_saturation": "saturation",
+    "adjust_hue": "hue",
+    "rgb_to_grayscale": "grayscale",
+    "solarize": "solarize",
+    "normalize": "normalize",
+}
+
+
+def ops(images: int) -> list[tuple[str, float]]:
+    """Milliseconds per image (two 224 px views) of each step of path (c): the real code path with every step
+    wrapped by a timer; "the rest" is the total minus the steps (uint8 -> float, Python, the per-sample generator)."""
+    import types
+
+    from torchvision.transforms.v2 import functional as TF
+
+    from selfsup.data import views as views_mod
+    from selfsup.data.shards import ShardImages
+
+    big = upsampled_set(max(1, -(-images // 10)))
+    source = ShardImages(shards_of(big, "val"), "train")
+    step = ours_pipeline(source, 224, IMAGENET_STATS, blur=True)
+    indices = random.Random(0).sample(range(len(source)), min(images, len(source)))
+    timer = Timed()
+    patched = types.SimpleNamespace(**{name: getattr(TF, name) for name in dir(TF) if not name.startswith("_")})
+    for name, label in VIEW_OPS.items():
+        setattr(patched, name, timer.wrap(label, getattr(TF, name)))
+    originals = (views_mod.TF, views_mod.gaussian_blur, views_mod.ViewAugment.sample, source.image)
+    views_mod.TF = patched
+    views_mod.gaussian_blur = timer.wrap("Gaussian blur (float64 default)", views_mod.gaussian_blur)
+    views_mod.ViewAugment.sample = timer.wrap("draw the parameters", views_mod.ViewAugment.sample)
+    source.image = timer.wrap("read + decode (shard member)", source.image)
+    try:
+        for i in indices[:20]:  # warm-up
+            step(i)
+        timer.seconds.clear()
+        t = time.perf_counter()
+        for i in indices:
+            step(i)
+        total = time.perf_counter() - t
+    finally:
+        views_mod.TF, views_mod.gaussian_blur, views_mod.ViewAugment.sample = originals[:3]
+        del source.image
+    rows = sorted(timer.seconds.items(), key=lambda kv: -kv[1])
+    rows.append(("the rest", total - sum(timer.seconds.values())))
+    return [(label, s / len(indices) * 1e3) for label, s in rows] + [("total", total / len(indices) * 1e3)]
+
+
+def ops_table(rows: list[tuple[str, float]]) -> list[str]:
+    total = rows[-1][1]
+    return [
+        "| step (two 224 px views) | ms per image | share |",
+        "|---|---|---|",
+        *[f"| {label} | {ms:.2f} | {ms / total:.0%} |" for label, ms in rows],
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images timed per row")
     parser.add_argument("--out", default=str(ROOT / "bench" / "LOADING.md"))
     parser.add_argument("--note", default="", help="a sentence for the table's header (e.g. what else ran)")
     parser.add_argument("--blur-only", action="store_true", help="print the blur table only (writes nothing)")
+    parser.add_argument("--ops", action="store_true", help="print the time of each step of (c) at 224 px only")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "ssl"))
     torch.set_num_threads(1)
     if args.blur_only:
         print("| blur | ms |\n|---|---|\n" + "\n".join(f"| {label} | {ms:.1f} |" for label, ms in blurs()))
+        return
+    if args.ops:
+        print("\n".join(ops_table(ops(args.images))))
         return
     from selfsup.data.shards import ShardImages
     from selfsup.data.sources import FileImages
@@ -233,6 +319,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     dec = decoders(big, args.images)
     blur = blurs()
+    steps = ops(min(args.images, 300))
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -259,6 +346,10 @@ def main() -> None:
             "| blur | ms |",
             "|---|---|",
             *[f"| {label} | {ms:.1f} |" for label, ms in blur],
+            "",
+            "What limits (c) at 224 px: each step of its code path timed on 300 images (`--ops`), one thread:",
+            "",
+            *ops_table(steps),
             "",
         ]
     )
