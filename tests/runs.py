@@ -4,7 +4,9 @@ run directory holds (losses, metric rows, weights) to compare an interrupted run
 from __future__ import annotations
 
 import csv
+import os
 import signal
+import time
 
 import lightning as L
 import torch
@@ -60,9 +62,6 @@ class PauseAt(L.Callback):
         self.step, self.release, self.timeout = step, release, timeout
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        import os
-        import time
-
         if trainer.global_step != self.step:
             return
         deadline = time.monotonic() + self.timeout

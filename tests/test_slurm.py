@@ -21,11 +21,8 @@ from tests.runs import TINY, losses
 # No reruns: a requeue landing at an epoch boundary used to resume one epoch short (the loader read Lightning's
 # epoch counter before Lightning adjusted it); the loader position now comes from the step count, and
 # tests/runtime/test_resume.py resumes at every position of an epoch.
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.xdist_group("slurm"),
-]  # one cluster: its tests run in one worker
+# one cluster: its tests run in one worker
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 SLURM_DIR = Path(os.environ.get("SELFSUP_SLURM_DIR", "/tmp/selfsup-slurm"))
 TRAIN = f"{sys.executable} -m selfsup.train"
 CPU_JOB = ["--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5"]
