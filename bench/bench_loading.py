@@ -220,9 +220,10 @@ VIEW_OPS = {
 }
 
 
-def ops(images: int) -> list[tuple[str, float]]:
-    """Milliseconds per image (two 224 px views) of each step of path (c): the real code path with every step
-    wrapped by a timer; "the rest" is the total minus the steps (uint8 -> float, Python, the per-sample generator)."""
+def ops(images: int, folder: Path | None = None) -> list[tuple[str, float]]:
+    """Milliseconds per image (two 224 px views) of each step of path (c) over ``images`` images of ``folder`` (the
+    224 px set; made for ``images`` when None): the real code path with every step wrapped by a timer; "the rest" is
+    the total minus the steps (uint8 -> float, Python, the per-sample generator)."""
     import types
 
     from torchvision.transforms.v2 import functional as TF
@@ -230,8 +231,8 @@ def ops(images: int) -> list[tuple[str, float]]:
     from selfsup.data import views as views_mod
     from selfsup.data.shards import ShardImages
 
-    big = upsampled_set(max(1, -(-images // 10)))
-    source = ShardImages(shards_of(big, "val"), "train")
+    folder = folder or upsampled_set(max(1, -(-images // 10)))
+    source = ShardImages(shards_of(folder, "val"), "train")
     step = ours_pipeline(source, 224, IMAGENET_STATS, blur=True)
     indices = random.Random(0).sample(range(len(source)), min(images, len(source)))
     timer = Timed()
@@ -319,7 +320,8 @@ def main() -> None:
             print(lines[-1], flush=True)
     dec = decoders(big, args.images)
     blur = blurs()
-    steps = ops(min(args.images, 300))
+    op_images = min(args.images, 300)
+    steps = ops(op_images, big)  # the main table's 224 px set and shards, not a second one
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -347,7 +349,7 @@ def main() -> None:
             "|---|---|",
             *[f"| {label} | {ms:.1f} |" for label, ms in blur],
             "",
-            "What limits (c) at 224 px: each step of its code path timed on 300 images (`--ops`), one thread:",
+            f"What limits (c) at 224 px: each step of its code path timed on {op_images} images (`--ops`), one thread:",
             "",
             *ops_table(steps),
             "",
