@@ -54,6 +54,8 @@ MULTICROP = [
     "batch_views=true",
 ]
 THREE_LAYERS = "projector.num_layers=3"
+# PIRL's jigsaw of an 18 px crop (3 x 3 cells of 6 px, 5 px tiles), digit-safe like the quickstart's image view
+PIRL_VIEWS = [f"views.views.v2.{k}" for k in ("size=18", "flip_p=0.0", "saturation=0.0", "hue=0.0", "grayscale_p=0.0")]
 
 
 # The masked rows' encoder: the recipes' CIFAR ViT-Ti (192 wide, 3 heads) with 4 of its 12 blocks, its position
@@ -159,6 +161,32 @@ METHODS = {
     "swav (prototypes, multi-crop)": (
         "cifar10/swav",
         ["memory=swav", "memory.num_prototypes=300", "objective=swav", *MULTICROP],
+    ),
+    # the image (the quickstart's digit view) and its jigsaw (PIRL_VIEWS); the bank holds the 1,437 training
+    # images, 1,024 negatives a step
+    "pirl (jigsaw, memory bank)": (
+        "cifar10/pirl",
+        [
+            "views=pirl",
+            *PIRL_VIEWS,
+            "memory=sample_bank",
+            "memory.num_negatives=1024",
+            "objective=pirl",
+            "projector.num_layers=1",
+        ],
+    ),
+    # the same with vissl's other loss_type: the positive's cross-entropy among the 1 + K scores (InfoNCE), no Z
+    "pirl (jigsaw, memory bank, cross_entropy)": (
+        "cifar10/pirl",
+        [
+            "views=pirl",
+            *PIRL_VIEWS,
+            "memory=sample_bank",
+            "memory.num_negatives=1024",
+            "objective=pirl",
+            "objective.loss_type=cross_entropy",
+            "projector.num_layers=1",
+        ],
     ),
     # one view a step (views=diet, kept digit-safe by the quickstart's view overrides), no projector, weight decay
     # 0.05 as recipes/digits/diet.yaml

@@ -54,15 +54,19 @@ def vit_cpu_budget(cfg: DictConfig) -> list[str]:
 # the ResNet recipes that keep their own ResNet under cpu_budget (the ResNet path of a recipe stays covered)
 OWN_RESNET = ("cifar10/simclr", "imagenet/simclr")
 MAX_HEAD = 4096  # DINO's 65,536 prototypes in float64 were most of imagenet/dino_vit_small's 21 s
+BANK_NEGATIVES = 8  # a sample bank holds the recipe tests' images: 64 of CIFAR-10, 12 of the tiny ImageFolder
 
 
 def cpu_budget(cfg: DictConfig, recipe: str) -> list[str]:
     """Overrides that put ``recipe`` on the CPU budget of the recipe tests, its method unchanged: a ViT as in
     :func:`vit_cpu_budget`; a ResNet-18/50 swapped for a BatchNorm SmallCNN of width 8 (3 float64 steps in 1-3 s
-    instead of 10-30 s), except in ``OWN_RESNET``; a projector of more than ``MAX_HEAD`` outputs cut to that."""
+    instead of 10-30 s), except in ``OWN_RESNET``; a projector of more than ``MAX_HEAD`` outputs cut to that; a
+    sample bank's negatives cut to ``BANK_NEGATIVES`` (the recipe tests train on 12-64 images)."""
     out = vit_cpu_budget(cfg)
     if str(cfg.backbone.get("name", "")).startswith("resnet") and recipe not in OWN_RESNET:
         out += ["backbone.name=small_cnn", "++backbone.width=8"]
     if cfg.get("projector") is not None and cfg.projector.get("out_dim", 0) > MAX_HEAD:
         out.append(f"projector.out_dim={MAX_HEAD}")
+    if cfg.get("memory") is not None and cfg.memory.get("num_negatives", 0) > BANK_NEGATIVES:
+        out.append(f"memory.num_negatives={BANK_NEGATIVES}")
     return out

@@ -28,6 +28,8 @@ COMPANIONS = {
     ("views", "diet"): ["objective=diet"],
     ("objective", "rotation"): ["views=rotnet"],  # predicts a recorded rotation: the views must draw one
     ("objective", "lorot"): ["views=lorot"],
+    ("memory", "sample_bank"): ["memory.num_negatives=64"],  # PIRL's 32,000: more than digits' 1,437 images
+    ("objective", "pirl"): ["views=pirl", "memory=sample_bank", "memory.num_negatives=64"],
 }
 # masked methods: a 1-block CIFAR ViT with 2 px patches (an 8 x 8 grid on 16 px digits) and each method's parts
 VIT = ["backbone=vit_tiny_cifar", "backbone.patch_size=2", "+backbone.depth=1", "projector=identity", "views=masked"]

@@ -90,6 +90,7 @@ BELOW_THE_BAR = {
     "cifar10/mae",
     "cifar10/ijepa",
     "cifar10/sie",
+    "cifar10/pirl",
 }
 
 

@@ -17,6 +17,8 @@ from objectives_table import MASKED, METHODS, VIT_BASELINES, initial_backbone, q
 COMMON = ["recipes=quickstart"]
 # rows the README says do not beat random init on the 5-label probe yet (docs/evidence.md: iBOT + KoLeo)
 PROBE_BELOW_RANDOM_INIT = {"ibot + koleo (ViT, dinov2, multi-crop)"}
+# rows the README says collapse below random init on every score (docs/pirl.md: PIRL's NCE at this scale)
+BELOW_RANDOM_INIT = {"pirl (jigsaw, memory bank)"}
 
 
 def parts(cfg) -> dict:
@@ -74,6 +76,9 @@ def test_the_readme_shows_the_written_tables_and_every_method_beats_random_init(
     for name, (knn, knn20, probe, *_) in rows.items():
         # a masked row against the same ViT at random init, read with the same features
         baseline = baselines[vit_baseline(name) if name in MASKED else "random init (same CNN)"]
+        if name in BELOW_RANDOM_INIT:  # open, and said so in the README: fails once it is fixed, to be removed
+            assert knn <= baseline[0] and probe <= baseline[2], f"{name} now beats random init: drop it from the list"
+            continue
         assert knn > baseline[0] and knn20 > baseline[1], name
         if name in PROBE_BELOW_RANDOM_INIT:  # open, and said so in the README: fails once it is fixed, to be removed
             assert probe <= baseline[2], f"{name} now beats random init on the probe: drop it from the open list"

@@ -18,7 +18,9 @@ from selfsup.objectives import (
     INTLLoss,
     LDRegLoss,
     NegativeCosineLoss,
+    PIRLLoss,
     RotationPrediction,
+    RunFacts,
     SIELoss,
     SwAVLoss,
     VICRegLoss,
@@ -51,6 +53,8 @@ def make_objectives() -> dict[str, torch.nn.Module]:
         "ldreg_mom": LDRegLoss(0.2, 0.5, 64, "mom"),  # k clipped to 2N − 2 of the GLOBAL batch
         "ldreg_mle": LDRegLoss(0.2, 0.5, 7, "mle"),
         "negative_cosine": NegativeCosineLoss(2.0, 2.0),
+        "pirl": pirl(),  # per row against the (global) bank; Z from the global batch's scores
+        "pirl_cross_entropy": pirl(loss_type="cross_entropy"),
         "dino": DINOLoss(D, teacher_temp=0.05).double(),  # 2 global + 2 local crops; the centre from the global batch
         "swav": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # codes by Sinkhorn over the global batch
         "swav_queue": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # ... with a queue in front
@@ -68,6 +72,12 @@ def make_objectives() -> dict[str, torch.nn.Module]:
             }
         ),
     }
+
+
+def pirl(**kw) -> PIRLLoss:
+    loss = PIRLLoss(temperature=0.3, **kw)
+    loss.attach(RunFacts(embedding_dim=D, feature_dim=F, num_samples=50))
+    return loss
 
 
 def make_queue():
@@ -103,6 +113,10 @@ def evaluate(objectives, z, feats, params):
             queue = [torch.nn.functional.normalize(q, dim=1) for q in make_queue()] if name == "swav_queue" else None
             loss = objective(zs, queue)
             inputs = zs
+        elif isinstance(objective, PIRLLoss):  # positives: each row's bank row (z[2]); negatives: 8 global rows
+            bank = [torch.nn.functional.normalize(x, dim=1) for x in (z[2], make_queue()[0])]
+            loss = objective(zs[0], zs[1], positives=bank[0], negatives=bank[1])
+            inputs = zs[:2]
         elif name == "info_nce_queue":
             loss = objective(zs[0], zs[1], queue=make_queue()[0])
             inputs = zs[:2]

@@ -33,7 +33,7 @@ def test_the_recorded_square_is_turned_and_nothing_else(mode):
     for i, p in enumerate(params):
         assert torch.equal(p[: Slot.ROT_K], plain.sample(torch.Generator().manual_seed(i), 40, 44)[: Slot.ROT_K])
         k = int(p[Slot.ROT_K])
-        x0, y0, r = (round(float(v) * S) for v in p[Slot.ROT_X0 :])
+        x0, y0, r = (round(float(v) * S) for v in p[Slot.ROT_X0 : Slot.ROT_SIZE + 1])
         unturned = p.clone()
         unturned[Slot.ROT_K] = 0
         base = view.apply(img, unturned).numpy()
@@ -45,9 +45,9 @@ def test_the_recorded_square_is_turned_and_nothing_else(mode):
 
 def test_boxes_follow_each_variant():
     _, image = draws("image")
-    assert all(p[Slot.ROT_X0 :].tolist() == [0, 0, 1] for p in image)
+    assert all(p[Slot.ROT_X0 : Slot.ROT_SIZE + 1].tolist() == [0, 0, 1] for p in image)
     _, local = draws("lorot_i", 400)
-    boxes = [tuple(round(float(v) * S) for v in p[Slot.ROT_X0 :]) for p in local]
+    boxes = [tuple(round(float(v) * S) for v in p[Slot.ROT_X0 : Slot.ROT_SIZE + 1]) for p in local]
     sizes = {r for _, _, r in boxes}
     assert sizes == set(range(2, S // 2 + 1))  # r uniform in {2, ..., W // 2}
     assert all(0 <= x0 <= S - r - 1 and 0 <= y0 <= S - r - 1 for x0, y0, r in boxes)  # rand_bbox's corner range

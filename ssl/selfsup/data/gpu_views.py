@@ -598,6 +598,11 @@ def as_gpu_view(view: ViewAugment) -> GpuViewAugment:
             f"views.rot90={view.rot90}: the device path does not rotate squares; use the CPU views "
             "(data.views_on_device=false)"
         )
+    if getattr(view, "jigsaw", 0):
+        raise ValueError(
+            f"views.jigsaw={view.jigsaw}: the device path does not cut jigsaw tiles; use the CPU views "
+            "(data.views_on_device=false)"
+        )
     out = GpuViewAugment.__new__(GpuViewAugment)
     out.__dict__.update(view.__dict__)
     return out

@@ -28,11 +28,14 @@ index  name            meaning
 16     rot_k           quarter turns (counter-clockwise) of the rotated square: RotNet / LoRot's label
 17-19  rot_x0..rot_size  that square as fractions of the view: x0, y0, side (0 when ``rot90`` is off; the whole
                        view for RotNet, a random box for LoRot-I, a quadrant for LoRot-E)
+20     jigsaw_grid     g of the jigsaw's g x g tiles (0 when ``jigsaw`` is off)
+21     jigsaw_perm     the tiles' permutation as its lexicographic rank (:func:`permutation_of` reads it back)
 =====  ==============  ====================================================================
 
 The ops run in SimCLR's order (crop → flip → jitter → grayscale → blur → solarise → rotation → rot90) on uint8 images
 with ``torchvision.transforms.v2.functional`` (the blur is ours: :func:`gaussian_blur`, float64), then are scaled to
-[0, 1] and normalised. Randomized Quantization (``selfsup.data.quantize``) runs last, on the normalised float image:
+[0, 1] and normalised. The jigsaw (PIRL's view, docs/pirl.md) cuts the finished view into tiles, after everything
+else. Randomized Quantization (``selfsup.data.quantize``) runs after the normalisation, on the float image:
 its per-channel [min, max] construction commutes with the per-channel normalisation, and it needs float values, not
 uint8 levels. Its cut points and bin values are not recorded (3 x (2 x bins − 1) numbers); they are drawn from the
 view's generator right after the parameters, so a (seed, epoch, index, view) key still fixes the whole view.
@@ -72,6 +75,8 @@ PARAM_NAMES = (
     "rot_x0",
     "rot_y0",
     "rot_size",
+    "jigsaw_grid",
+    "jigsaw_perm",
 )
 NUM_PARAMS = len(PARAM_NAMES)
 
@@ -81,7 +86,7 @@ class Slot:
 
     CROP_X0, CROP_Y0, CROP_W, CROP_H, FLIP, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(9)
     JITTER_ORDER, GRAYSCALE, BLUR_SIGMA, SOLARIZE, ROTATION, QUANT, QUANT_BINS = range(9, 16)
-    ROT_K, ROT_X0, ROT_Y0, ROT_SIZE = range(16, NUM_PARAMS)
+    ROT_K, ROT_X0, ROT_Y0, ROT_SIZE, JIGSAW_GRID, JIGSAW_PERM = range(16, NUM_PARAMS)
     CROP = slice(CROP_X0, CROP_H + 1)  # x0, y0, w, h
     JITTER = slice(BRIGHTNESS, HUE + 1)  # brightness, contrast, saturation, hue: JITTER_ORDERS' op indices 0-3
 
@@ -146,6 +151,34 @@ def relative_transform(p_from: torch.Tensor, p_to: torch.Tensor) -> torch.Tensor
 
 
 ROT90 = ("none", "image", "lorot_i", "lorot_e")  # ViewAugment.rot90
+JIGSAW_GRIDS = (2, 3)  # ViewAugment.jigsaw: 9! < 2**24, so a 3 x 3 permutation's rank is exact in a float32 slot
+
+
+def permutation_rank(perm: Sequence[int]) -> int:
+    """The lexicographic rank of a permutation of 0..n-1 (its Lehmer code): 0 for the identity, n! - 1 reversed."""
+    perm, rank = list(perm), 0
+    for i, p in enumerate(perm):
+        rank = rank * (len(perm) - i) + sum(q < p for q in perm[i + 1 :])
+    return rank
+
+
+def permutation_of(rank: int, n: int) -> list[int]:
+    """The permutation of 0..n-1 of lexicographic rank ``rank`` (the inverse of :func:`permutation_rank`)."""
+    left, perm = list(range(n)), []
+    for i in range(n, 0, -1):
+        digit, rank = divmod(rank, math.factorial(i - 1))
+        perm.append(left.pop(digit))
+    return perm
+
+
+def jigsaw_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """A batch of jigsaw views (B, C, g·t, g·t) → its tiles (B·g², C, t, t), sample-major, each sample's tiles in
+    raster order of where they sit (the permuted order the view op placed them in)."""
+    b, c, h, w = x.shape
+    if h != w or h % grid:
+        raise ValueError(f"jigsaw view of {h} x {w} px: expected a square a {grid} x {grid} grid divides")
+    t = h // grid
+    return x.reshape(b, c, grid, t, grid, t).permute(0, 2, 4, 1, 3, 5).reshape(b * grid * grid, c, t, t)
 
 
 def blur_kernel1d(k: int, sigma: float) -> torch.Tensor:
@@ -235,6 +268,12 @@ class ViewAugment:
             (:func:`gaussian_blur`): ~4x faster at 224 px (blur is the costliest op there, bench/LOADING.md), equal
             up to float rounding — a few pixels in 10^5 end one grey level apart (tests/data/test_views.py) — but,
             like torchvision's blur, not the same pixels on every CPU. Off by default: the default views are.
+        jigsaw: PIRL's jigsaw (Misra & van der Maaten 2020; docs/pirl.md): 0 (off), or g — the finished view is
+            cut into g x g cells of ``size // g`` px, a tile of ``jigsaw_tile`` px is taken from each at a random
+            offset, and the tiles are laid out in a random permutation (recorded: ``Slot.JIGSAW_PERM``) as one
+            (3, g·t, g·t) image, which the training module encodes tile by tile. g is 2 or 3.
+        jigsaw_tile: the tile side t ≤ the cell side; null: 3/4 of the cell (PIRL's 64 px tiles of 85 px cells,
+            rounded down), so that tiles do not touch.
     """
 
     def __init__(
@@ -259,8 +298,11 @@ class ViewAugment:
         quant_bins: int | Sequence[int] = 8,
         rot90: str = "none",
         fast_blur: bool = False,
+        jigsaw: int = 0,
+        jigsaw_tile: int | None = None,
     ):
         checks.integer("views.size", size, minimum=1)
+        self.jigsaw, self.jigsaw_tile = _jigsaw_grid(jigsaw, jigsaw_tile, size, rot90)
         if rot90 not in ROT90:
             raise ValueError(f"views.rot90={rot90!r}: expected one of {list(ROT90)}")
         if rot90 == "lorot_i" and size < 5:
@@ -340,7 +382,30 @@ class ViewAugment:
         if self.rot90 != "none":  # drawn last: the stream of every view without it is unchanged
             p[Slot.ROT_X0 : Slot.ROT_SIZE + 1] = torch.tensor(self._rot_box(g)) / self.size
             p[Slot.ROT_K] = float(torch.randint(0, 4, (), generator=g))
+        if self.jigsaw:  # likewise last (rot90 and jigsaw exclude each other)
+            p[Slot.JIGSAW_GRID] = self.jigsaw
+            p[Slot.JIGSAW_PERM] = permutation_rank(torch.randperm(self.jigsaw**2, generator=g).tolist())
         return p
+
+    @property
+    def out_size(self) -> int:
+        """The side of the image this view yields: ``size``, or g·t for a jigsaw view."""
+        return self.jigsaw * self.jigsaw_tile if self.jigsaw else self.size
+
+    def _cut_jigsaw(self, x: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The finished view (3, size, size) → its tiles laid out in the recorded permutation (3, g·t, g·t): tile
+        j of the output is cell ``perm[j]`` (cells in raster order), cut at an offset drawn per cell in
+        {0, ..., cell − t − 1} each way (VISSL's ``ImgPatchesFromTensor``: ``randint(0, patch_jitter)``; 0 when
+        t = cell). The offsets are not recorded: they come from ``generator`` after every other draw."""
+        g, t, cell = self.jigsaw, self.jigsaw_tile, self.size // self.jigsaw
+        offsets = torch.randint(0, max(cell - t, 1), (g * g, 2), generator=generator).tolist()
+        tiles = []
+        for c, (dy, dx) in enumerate(offsets):
+            y0, x0 = (c // g) * cell + dy, (c % g) * cell + dx
+            tiles.append(x[:, y0 : y0 + t, x0 : x0 + t])
+        order = permutation_of(int(p[Slot.JIGSAW_PERM]), g * g)
+        rows = [torch.cat([tiles[order[r * g + col]] for col in range(g)], dim=2) for r in range(g)]
+        return torch.cat(rows, dim=1)
 
     def _rot_box(self, g: torch.Generator) -> tuple[int, int, int]:
         """The rotated square (x0, y0, side) in pixels of the view."""
@@ -391,11 +456,32 @@ class ViewAugment:
         x = TF.normalize(x.float().div_(255), self.mean, self.std)
         if p[Slot.QUANT] > 0:
             x = randomized_quantization(x, int(p[Slot.QUANT_BINS]), generator)
+        if p[Slot.JIGSAW_GRID] > 0:
+            x = self._cut_jigsaw(x, p, generator)
         return x
 
     def __call__(self, img: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.sample(g, img.shape[-2], img.shape[-1])
         return self.apply(img, p, g), p  # quantization's draws follow the parameters' on the same generator
+
+
+def _jigsaw_grid(grid, tile, size: int, rot90: str) -> tuple[int, int | None]:
+    """``views.jigsaw`` and ``views.jigsaw_tile`` checked against the view's size → (g, t); (0, None) when off."""
+    grid = checks.integer("views.jigsaw", grid, minimum=0)
+    if not grid:
+        return 0, None
+    if grid not in JIGSAW_GRIDS:
+        raise ValueError(f"views.jigsaw={grid}: expected 0 (off) or a grid side in {list(JIGSAW_GRIDS)}")
+    if size % grid:
+        raise ValueError(
+            f"views.jigsaw={grid}: views.size={size} is not a multiple of {grid} (the view is cut into {grid} x "
+            f"{grid} equal cells); e.g. views.size={size + grid - size % grid}"
+        )
+    if rot90 != "none":
+        raise ValueError(f"views.jigsaw={grid} with views.rot90={rot90}: a view is either a jigsaw or rotated")
+    cell = size // grid
+    tile = cell - cell // 4 if tile is None else tile
+    return grid, checks.integer("views.jigsaw_tile", tile, minimum=1, maximum=cell)
 
 
 def _bin_range(bins) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from selfsup.objectives.koleo import KoLeoLoss
 from selfsup.objectives.ldreg import LDRegLoss
 from selfsup.objectives.mae import MAELoss
 from selfsup.objectives.negative_cosine import NegativeCosineLoss
+from selfsup.objectives.pirl import PIRLLoss
 from selfsup.objectives.rotation import RotationPrediction
 from selfsup.objectives.sie import SIELoss
 from selfsup.objectives.swav import SwAVLoss
@@ -40,6 +41,7 @@ __all__ = [
     "LDRegLoss",
     "MAELoss",
     "NegativeCosineLoss",
+    "PIRLLoss",
     "RotationPrediction",
     "Objective",
     "RunFacts",

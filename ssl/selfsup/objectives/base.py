@@ -59,6 +59,8 @@ class ViewBatch:
         symmetric: score both orders of a pair when queries and keys come from different branches.
         extras: named tensors for the objective's ``forward`` (a memory part's queue, its scores).
         index: each row's global dataset index (B,) (``batch["index"]``; DIET's classes), None when not known.
+        tiles: per view, the backbone features of each tile of a jigsaw view (B, g², F), in the order the tiles
+            sit in the view (``views.jigsaw``; PIRL), None for other views; empty when no view is a jigsaw.
 
     Token level (masked methods, docs/tokens.md; empty otherwise), one entry per masked view (the leading views):
 
@@ -80,6 +82,7 @@ class ViewBatch:
     symmetric: bool = True
     extras: dict = field(default_factory=dict)
     index: torch.Tensor | None = None
+    tiles: list = field(default_factory=list)
     masks: list[dict] = field(default_factory=list)
     tokens: list = field(default_factory=list)
     predictions: list = field(default_factory=list)

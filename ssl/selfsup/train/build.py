@@ -166,7 +166,9 @@ def build_module(
 ) -> SSLModule:
     """The encoder, its heads, target and memory around ``objective``: the :class:`SSLModule` of the run."""
     backbone = instantiate(cfg.backbone)
-    check_input_sizes(backbone, {f"views.views.{name}.size": v.size for name, v in zip(views.names, views.views)})
+    check_input_sizes(backbone, input_sizes(views))
+    target = instantiate(cfg.target)
+    tiled = tiled_views(cfg, views, masking, target)
     if masking is not None and is_vit(backbone) and patch_size(backbone) != cfg.backbone.patch_size:
         raise ValueError(
             f"backbone.patch_size={cfg.backbone.patch_size}: the built ViT has patches of {patch_size(backbone)}"
@@ -178,7 +180,7 @@ def build_module(
         optim=instantiate(cfg.optim),
         num_classes=num_classes,
         predictor=instantiate(cfg.predictor) if cfg.predictor is not None else None,
-        target=instantiate(cfg.target),
+        target=target,
         memory=instantiate(cfg.memory),
         symmetric=cfg.symmetric,
         global_views=views.global_views,
@@ -191,7 +193,31 @@ def build_module(
         label_free=label_free,
         masking=masking,
         token_head=instantiate(cfg.token_head) if cfg.get("token_head") is not None else None,
+        tiled_views=tiled,
     )
+
+
+def input_sizes(views) -> dict[str, int]:
+    """Config key → the side of the images the backbone sees from each view (a jigsaw view's: its tiles)."""
+    return {
+        f"views.views.{name}.jigsaw_tile" if v.jigsaw else f"views.views.{name}.size": v.jigsaw_tile or v.size
+        for name, v in zip(views.names, views.views)
+    }
+
+
+def tiled_views(cfg: DictConfig, views, masking, target) -> dict[int, int]:
+    """View index → g of the jigsaw views, which the module encodes tile by tile; refused with a mask part or, for
+    a global view, a target network that encodes the views itself (both would see the shuffled view whole)."""
+    tiled = {i: v.jigsaw for i, v in enumerate(views.views) if v.jigsaw}
+    for i in tiled:
+        key = f"views.views.{views.names[i]}.jigsaw={views.views[i].jigsaw}"
+        if masking is not None:
+            raise ValueError(f"{key} with mask={cfg.mask._target_}: a masked method cannot take a jigsaw view")
+        if target.encodes_views and i < (views.global_views or len(views)):
+            raise ValueError(
+                f"{key} with target={cfg.target._target_}: the target network would encode the shuffled view whole"
+            )
+    return tiled
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -221,6 +247,7 @@ def check_grad_cache(cfg: DictConfig, module: SSLModule, trainer, plan: BatchPla
         (trainer.gradient_clip_val is not None, f"trainer.gradient_clip_val={trainer.gradient_clip_val}"),
         (module.memory.keeps_state, f"memory={cfg.memory._target_}"),
         (module.masking is not None, f"mask={cfg.get('mask', {}).get('_target_')}"),
+        (bool(module.tiled_views), f"jigsaw views {sorted(module.tiled_views)}"),
         (trainer.world_size > 1, f"{trainer.world_size} processes"),
     )
     for refused, setting in refusals:

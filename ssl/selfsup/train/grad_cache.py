@@ -96,7 +96,7 @@ def grad_cache_backward(
     for part, state in zip(parts, states, strict=True):
         rows = part["views"][0].shape[0]
         _set_rng_state(state)
-        tensors = _online(*module.online(part["views"]))  # keys are cached: no second target pass
+        tensors = _online(*module.online(part["views"])[:3])  # keys are cached: no second target pass
         grads = [None if leaf.grad is None else leaf.grad[start : start + rows] for leaf in leaves]
         used = [(t, g) for t, g in zip(tensors, grads, strict=True) if g is not None]
         if used:

@@ -15,15 +15,22 @@ hold the same rows and a 2-process run equals the 1-process run.
   (Caron et al. 2020, arXiv:2006.09882; facebookresearch/swav ``main_swav.py::train``): queries and keys become
   prototype scores, the queue's scores go to the objective as ``queue_scores``. (SwAV keeps one queue per GPU of
   that GPU's features; here one global queue of the same total length: every rank the same rows.)
+- ``sample_bank`` (:class:`SampleBank`): a memory bank of one row per training sample, a moving average of its
+  image embedding (Wu et al. 2018, arXiv:1805.01978; PIRL, Misra & van der Maaten 2020, arXiv:1912.01991 §3.3;
+  facebookresearch/vissl ``losses/nce_loss.py::NCEAverage``), handed to the objective as ``positives`` (the rows of
+  the batch's samples) and ``negatives`` (rows drawn at random). docs/pirl.md.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from selfsup import checks, distributed
+from selfsup.data.views import generator_for
 from selfsup.objectives.base import RunFacts, ViewBatch
 
 
@@ -180,3 +187,60 @@ class SwAVPrototypes(Memory):
             rows = distributed.gather(embedding[i].detach()).to(self.queue.dtype)  # (N_global, D)
             self.queue[n, rows.shape[0] :] = self.queue[n, : -rows.shape[0]].clone()
             self.queue[n, : rows.shape[0]] = rows
+
+
+class SampleBank(Memory):
+    """A memory bank with one L2-normalised row per training sample: before a step the objective gets the rows of
+    the batch's samples (``positives``, (B, D)) and ``num_negatives`` rows drawn uniformly from the whole bank
+    (``negatives``, (K, D)); after it each sample's row moves towards its new embedding,
+    ``m ← normalise(momentum · m + (1 − momentum) · normalise(z_view))``.
+
+    The bank starts as VISSL's (``NCEAverage.init_memory``): uniform in ±1/sqrt(D/3), rows normalised. The
+    negatives of a step are drawn from a generator keyed by (``seed``, steps taken) — the same rows on every rank,
+    after a resume, whatever the process count — and shared by the batch's rows. (VISSL draws K rows per sample;
+    at K = 32,000 and 256 rows that is a (256, 32000, 128) gather, 4 GB in float32. Each row's negatives are a
+    uniform draw from the bank either way; here they are shared.)
+
+    Args:
+        momentum: weight of the old row (PIRL: 0.5).
+        num_negatives: K, rows drawn per step (PIRL: 32,000 of ImageNet's 1.28 M; at most the bank size).
+        view: the view whose projections update the bank (PIRL: the image, view 0).
+        seed: the negatives' generator seed (conf: the run's ``seed``).
+    """
+
+    keeps_state = True
+
+    def __init__(self, momentum: float = 0.5, num_negatives: int = 32000, view: int = 0, seed: int = 0):
+        super().__init__()
+        self.momentum = checks.number("memory.momentum", momentum, minimum=0, below=1)
+        self.num_negatives = checks.integer("memory.num_negatives", num_negatives, minimum=1)
+        self.view = checks.integer("memory.view", view, minimum=0)
+        self.seed = checks.integer("memory.seed", seed, minimum=0)
+
+    def attach(self, facts: RunFacts) -> None:
+        size = facts.num_samples if facts.num_samples is not None else self.num_negatives  # no data: a pre-check
+        if self.num_negatives > size:
+            raise ValueError(
+                f"memory.num_negatives={self.num_negatives}: more than the {size} training samples the bank holds; "
+                f"expected at most {size}"
+            )
+        dim = facts.embedding_dim
+        bound = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("bank", F.normalize(torch.rand(size, dim).mul_(2 * bound).sub_(bound), dim=1))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def prepare(self, batch, epoch):
+        if batch.index is None:
+            raise ValueError("memory=SampleBank needs each row's dataset index (batch['index']), which was not given")
+        g = generator_for(self.seed, int(self.steps))
+        draw = torch.randint(0, self.bank.shape[0], (self.num_negatives,), generator=g)
+        batch.extras["positives"] = self.bank[batch.index.to(self.bank.device)]
+        batch.extras["negatives"] = self.bank[draw.to(self.bank.device)]
+        return batch
+
+    @torch.no_grad()
+    def update(self, batch, epoch):
+        rows = distributed.gather(F.normalize(batch.z[self.view].detach(), dim=1)).to(self.bank.dtype)
+        index = distributed.gather(batch.index.to(self.bank.device))
+        self.bank[index] = F.normalize(self.momentum * self.bank[index] + (1 - self.momentum) * rows, dim=1)
+        self.steps += 1

@@ -15,8 +15,8 @@ token_head=projector + composite(dino, ibot, koleo).
 A method is a recipe that picks the parts: SimCLR = projector + info_nce; SimSiam = projector + predictor +
 stopgrad + negative_cosine; BYOL = ... + ema; MoCo v2 = projector + ema + key_queue + info_nce (queue negatives);
 NNCLR = projector + predictor + support_set + info_nce; DINO = DINO head + ema + multi-crop + dino; SwAV = projector
-+ swav memory + multi-crop + swav. Everything else — optimiser groups, schedules, the online probe, validation,
-checkpoint metadata — lives here once.
++ swav memory + multi-crop + swav; PIRL = a jigsaw view (encoded tile by tile) + sample_bank memory + pirl.
+Everything else — optimiser groups, schedules, the online probe, validation, checkpoint metadata — lives here once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from torch import nn
 
 import selfsup
 from selfsup import distributed
+from selfsup.data.views import jigsaw_tiles
 from selfsup.metrics import alpha_req, knn_top1, lidar, rankme
 from selfsup.models.token_heads import ProjectorOnTokens
 from selfsup.models.tokens import Tokens, encode, is_vit
@@ -79,6 +80,9 @@ class SSLModule(L.LightningModule):
         token_head: builder ``in_dim -> nn.Module`` of the head over tokens (``conf/token_head/``); a
             :class:`~selfsup.models.token_heads.ProjectorOnTokens` means the projector on the masked patch tokens
             (iBOT's head shared with DINO's); None: no head.
+        tiled_views: view index → g for the jigsaw views (``views.jigsaw``): each of their g² tiles goes through
+            the backbone alone; the tiles' features reach the objective as ``ViewBatch.tiles`` and their mean as
+            the view's features. None: no jigsaw view.
     """
 
     def __init__(
@@ -102,8 +106,10 @@ class SSLModule(L.LightningModule):
         label_free: LabelFree | None = None,
         masking=None,
         token_head: Callable[[int], nn.Module] | None = None,
+        tiled_views: dict[int, int] | None = None,
     ):
         super().__init__()
+        self.tiled_views = dict(tiled_views or {})
         self.backbone = backbone
         self.projector = projector(in_dim=backbone.num_features)
         self.embedding_dim = proj_dim = _out_dim(self.projector, backbone.num_features)  # D of the projections
@@ -154,7 +160,20 @@ class SSLModule(L.LightningModule):
         """Backbone features (B, F) — what evaluation and export use."""
         return self.backbone(x)
 
-    def _features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _features(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list]:
+        """Backbone features of every view V x (B, F), and the tile features of the jigsaw views (B, g², F) (None
+        for the others; [] without jigsaw views), whose features are the mean over their tiles."""
+        if not self.tiled_views:
+            return self._pooled_features(views), []
+        plain = iter(self._pooled_features([x for v, x in enumerate(views) if v not in self.tiled_views]))
+        feats, tiles = [], []
+        for v, x in enumerate(views):
+            grid = self.tiled_views.get(v)
+            tiles.append(None if grid is None else self.backbone(jigsaw_tiles(x, grid)).unflatten(0, (x.shape[0], -1)))
+            feats.append(next(plain) if grid is None else tiles[-1].mean(dim=1))
+        return feats, tiles
+
+    def _pooled_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Backbone features of every view: one call per view, or per run of equal-sized views (``batch_views``)."""
         if not self.batch_views:
             return [self.backbone(v) for v in views]
@@ -167,13 +186,14 @@ class SSLModule(L.LightningModule):
             start = end
         return feats
 
-    def online(self, views: list[torch.Tensor]) -> tuple[list, list, list]:
-        """The online branch on every view: backbone features V x (B, F), projections V x (B, D) and queries (the
-        predictor's outputs, or the projections themselves — the same tensors — without a predictor)."""
-        feats = self._features(views)
+    def online(self, views: list[torch.Tensor]) -> tuple[list, list, list, list]:
+        """The online branch on every view: backbone features V x (B, F), projections V x (B, D), queries (the
+        predictor's outputs, or the projections themselves — the same tensors — without a predictor) and the
+        jigsaw views' tile features (:meth:`_features`)."""
+        feats, tiles = self._features(views)
         z = [self.projector(f) for f in feats]
         q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
-        return feats, z, q
+        return feats, z, q, tiles
 
     def step_outputs(self, batch: dict) -> ViewBatch:
         """The parts applied to a training batch: what the objective's ``forward_views`` receives."""
@@ -181,9 +201,9 @@ class SSLModule(L.LightningModule):
         n_global = self.global_views or len(views)
         if batch.get("masks"):
             return self._masked_step_outputs(batch, n_global)
-        feats, z, q = self.online(views)
+        feats, z, q, tiles = self.online(views)
         k = self.target.keys(views[:n_global], z[:n_global])  # G x (B, D)
-        out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric, index=batch.get("index"))
+        out = ViewBatch(z, q, k, feats, params, n_global, self.symmetric, index=batch.get("index"), tiles=tiles)
         return self.memory.prepare(out, self.current_epoch)
 
     def _encode_masked(self, x: torch.Tensor, masks: dict) -> Tokens:
@@ -199,7 +219,7 @@ class SSLModule(L.LightningModule):
         usual; the token head on each masked view; the target network's tokens of the unmasked global views."""
         views, masks = batch["views"], batch["masks"]
         tokens = [self._encode_masked(x, m) for x, m in zip(views, masks)]
-        feats = [t.pooled for t in tokens] + self._features(views[len(masks) :])
+        feats = [t.pooled for t in tokens] + self._pooled_features(views[len(masks) :])
         z = [self.projector(f) for f in feats]
         q = [self.predictor(zi) for zi in z] if self.predictor is not None else z
         k, teacher = self.target.token_keys(views[:n_global], z[:n_global], self.objective.teacher_blocks)

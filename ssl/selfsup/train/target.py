@@ -19,7 +19,13 @@ from selfsup.models.tokens import Tokens, encode
 
 
 class Target(nn.Module):
-    """No target network: the keys are the online projections of the global views (module docstring)."""
+    """No target network: the keys are the online projections of the global views (module docstring).
+
+    ``encodes_views``: whether :meth:`keys` runs a network of its own on the view images (False: it reads the
+    online projections); such a target cannot take a jigsaw view, which must be encoded tile by tile.
+    """
+
+    encodes_views: bool = False
 
     def attach(self, backbone: nn.Module, projector: nn.Module) -> None:
         """Called once by the module with its online networks."""
@@ -58,6 +64,8 @@ class EMATarget(Target):
         base: momentum at step 0 (BYOL 0.996, MoCo v3 0.99, DINO 0.996).
         final: momentum at the last step (1.0: the target freezes at the end).
     """
+
+    encodes_views = True
 
     def __init__(self, base: float = 0.996, final: float = 1.0):
         super().__init__()
