@@ -9,7 +9,7 @@ from selfsup.objectives import RunFacts, ViewBatch
 from selfsup.train import build, run
 from selfsup.train.memory import SampleBank
 from tests.config_utils import compose_train
-from tests.runs import TINY, assert_same_run, losses
+from tests.runs import TINY, assert_same_run, losses, weights
 
 PIRL = TINY + [
     "views=pirl",
@@ -124,10 +124,7 @@ def test_a_pirl_run_resumes_bit_for_bit(tmp_path):
         run(compose_train(three + stop, tmp_path / "cut"))
     run(compose_train(three + ["resume=true"], tmp_path / "cut"))
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
-    states = [
-        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        for d in (tmp_path / "whole", tmp_path / "cut")
-    ]
+    states = [weights(d) for d in (tmp_path / "whole", tmp_path / "cut")]
     for key in ("memory.bank", "memory.steps", "objective.norm_constant"):
         assert torch.equal(states[0][key], states[1][key]), key
     assert int(states[0]["memory.steps"]) == 30
@@ -141,10 +138,7 @@ def test_two_processes_keep_the_same_bank_as_one(tmp_path):
     one_epoch = PIRL + ["trainer.max_epochs=1"]
     run(compose_train(one_epoch, tmp_path / "one"))
     run(compose_train(one_epoch + ["trainer=ddp_cpu", "data.batch_size=16"], tmp_path / "two"))
-    states = [
-        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        for d in (tmp_path / "one", tmp_path / "two")
-    ]
+    states = [weights(d) for d in (tmp_path / "one", tmp_path / "two")]
     torch.testing.assert_close(states[1]["memory.bank"], states[0]["memory.bank"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(states[1]["objective.norm_constant"], states[0]["objective.norm_constant"])
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
