@@ -172,6 +172,20 @@ METHODS = {
             "memory=sample_bank",
             "memory.num_negatives=1024",
             "objective=pirl",
+            "objective.norm_constant=every_step",
+            "projector.num_layers=1",
+        ],
+    ),
+    # the paper's Z: one, fixed on the first step from the jigsaw term (vissl); it collapses here (docs/pirl.md)
+    "pirl (jigsaw, memory bank, the paper's fixed Z)": (
+        "cifar10/pirl",
+        [
+            "views=pirl",
+            *PIRL_VIEWS,
+            "memory=sample_bank",
+            "memory.num_negatives=1024",
+            "objective=pirl",
+            "objective.norm_constant=first_step",
             "projector.num_layers=1",
         ],
     ),

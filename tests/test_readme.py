@@ -224,7 +224,7 @@ PROMISES = {
         "tests/bench/test_objectives_table.py::test_each_row_uses_the_parts_of_its_recipe",  # broken on purpose
     ],
     "Every method beats random init on kNN (both k) and on the 5-label probe (a masked row: its own ViT at random "
-    "init), except PIRL with the paper's NCE loss, which collapses at this scale": [
+    "init), except PIRL with the paper's fixed Z, which collapses at this scale": [
         "tests/bench/test_objectives_table.py::test_the_readme_shows_the_written_tables_and_every_method_beats_random_init",
     ],
     # -- bad input

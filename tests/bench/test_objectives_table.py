@@ -17,8 +17,8 @@ from objectives_table import MASKED, METHODS, VIT_BASELINES, initial_backbone, q
 COMMON = ["recipes=quickstart"]
 # rows the README says do not beat random init on the 5-label probe yet (docs/evidence.md: iBOT + KoLeo)
 PROBE_BELOW_RANDOM_INIT = {"ibot + koleo (ViT, dinov2, multi-crop)"}
-# rows the README says collapse below random init on every score (docs/pirl.md: PIRL's NCE at this scale)
-BELOW_RANDOM_INIT = {"pirl (jigsaw, memory bank)"}
+# rows the README says collapse below random init on every score (docs/pirl.md: PIRL's fixed Z at this scale)
+BELOW_RANDOM_INIT = {"pirl (jigsaw, memory bank, the paper's fixed Z)"}
 
 
 def parts(cfg) -> dict:

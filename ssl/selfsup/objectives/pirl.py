@@ -14,8 +14,9 @@ m_I (``memory=sample_bank``, the moving average of f(v_I)) against K bank rows (
 with P(v, m) = exp(cos(v, m)/τ) / Z, n the samples in the bank, and Z the normalising constant estimated once, on
 the first step, as n × the mean of exp(cos/τ) over the jigsaw term's scored pairs (Wu et al. 2018's NCE, as
 vissl ``losses/nce_loss.py``: ``NCEAverage.compute_partition_function``, ``NCECriterion`` with its float32 eps in
-the denominators). ``loss_type: cross_entropy`` replaces L_NCE by the cross-entropy of the positive among the
-K + 1 scores (vissl's other ``loss_type``, InfoNCE).
+the denominators). ``norm_constant: every_step`` gives each term its own Z, re-estimated on every step from that
+term's scores (a self-normalised NCE; docs/pirl.md says why small datasets need it). ``loss_type: cross_entropy``
+replaces L_NCE by the cross-entropy of the positive among the K + 1 scores (vissl's other ``loss_type``, InfoNCE).
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ class PIRLLoss(Objective):
         temperature: τ (PIRL: 0.07).
         weight: λ, the jigsaw term's weight (PIRL: 0.5).
         loss_type: ``nce`` (PIRL) or ``cross_entropy``.
+        norm_constant: ``first_step`` (PIRL, vissl: one Z, from the first step's jigsaw term) or ``every_step`` (each
+            term's Z from its own scores, every step).
 
     Reads the memory part's ``positives`` and ``negatives`` (``memory=sample_bank``). ``terms()`` logs
     ``jigsaw_nce`` and ``image_nce``. The constant Z is a buffer (−1 until the first step sets it): saved in
-    checkpoints, so a resumed run keeps the Z it started with.
+    checkpoints, so a resumed run keeps the Z it started with (``every_step``: the last term's, re-estimated anyway).
     """
 
     num_views = 2
@@ -76,6 +79,7 @@ class PIRLLoss(Objective):
         temperature: float = 0.07,
         weight: float = 0.5,
         loss_type: str = "nce",
+        norm_constant: str = "first_step",
     ):
         super().__init__()
         self.image_view = checks.integer("objective.image_view", image_view, minimum=0)
@@ -89,6 +93,9 @@ class PIRLLoss(Objective):
         if loss_type not in ("nce", "cross_entropy"):
             raise ValueError(f"objective.loss_type={loss_type!r}: expected 'nce' or 'cross_entropy'")
         self.loss_type = loss_type
+        if norm_constant not in ("first_step", "every_step"):
+            raise ValueError(f"objective.norm_constant={norm_constant!r}: expected 'first_step' or 'every_step'")
+        self.every_step = norm_constant == "every_step"
         self.tile_head: nn.Linear | None = None
         self.jigsaw_head: nn.Linear | None = None
         self.num_samples: int | None = None
@@ -111,17 +118,19 @@ class PIRLLoss(Objective):
             )
         return self.jigsaw_head(self.tile_head(tiles).flatten(1))
 
-    def term(self, v: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """L_NCE (or the cross-entropy) of embeddings v (B, D) against the bank; the first call sets Z."""
+    def term(self, v: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, first: bool) -> torch.Tensor:
+        """L_NCE (or the cross-entropy) of embeddings v (B, D) against the bank. Z is estimated from this call's
+        scores on every call (``every_step``), or on the first call of the run (``first``: the jigsaw term)."""
         scores = nce_memory_scores(v, positives, negatives, self.temperature)
         if self.loss_type == "cross_entropy":
             labels = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
             return F.cross_entropy(torch.log(scores), labels)
-        if self.norm_constant < 0:
+        if self.every_step or (first and self.norm_constant < 0):
             with torch.no_grad():  # mean over ranks of the rank means: the global mean (equal batches)
                 mean = distributed.gather(scores.mean().to(torch.float64)[None]).mean()
                 self.norm_constant.fill_(mean.item() * self.num_samples)
-        return nce_criterion(scores / self.norm_constant.to(scores.dtype), self.num_samples)
+        z = self.norm_constant.to(scores.dtype, copy=True)  # a copy: every_step refills the buffer after this
+        return nce_criterion(scores / z, self.num_samples)
 
     def forward(
         self, z_a: torch.Tensor, z_b: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
@@ -129,8 +138,8 @@ class PIRLLoss(Objective):
         """``z_a``: f(v_I) of the images (B, D); ``z_b``: g(v_{I^t}) of their jigsaws (B, D)."""
         if self.num_samples is None:
             raise ValueError("PIRLLoss: the bank's sample count is not known: train through selfsup.train.build")
-        jigsaw = self.term(z_b, positives, negatives)  # first: vissl sets Z on its first embedding, the patches'
-        image = self.term(z_a, positives, negatives)
+        jigsaw = self.term(z_b, positives, negatives, True)  # first: vissl sets Z on its first embedding, the patches'
+        image = self.term(z_a, positives, negatives, False)
         self._terms = {"jigsaw_nce": jigsaw.detach(), "image_nce": image.detach()}
         return self.weight * jigsaw + (1 - self.weight) * image
 
