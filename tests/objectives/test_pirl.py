@@ -76,7 +76,7 @@ def test_the_loss_is_lambda_mixed_nce_against_the_bank_with_z_from_the_first_cal
 
 def test_every_step_gives_each_term_its_own_z_from_its_own_scores_on_each_call():
     positives, negatives = unit(B, D, seed=7), unit(K, D, seed=8)
-    loss = pirl(norm_constant="every_step", temperature=0.2)
+    loss = pirl(norm_constant_update="every_step", temperature=0.2)
     for _ in range(2):  # each call, each term: Z from that term's scores of that call
         image, jigsaw = torch.randn(B, D, dtype=torch.float64), torch.randn(B, D, dtype=torch.float64)
         got = loss(image, jigsaw, positives, negatives)
@@ -141,7 +141,10 @@ def test_forward_views_reads_the_tiles_and_the_bank_and_says_what_is_missing():
         ({"temperature": 0}, r"objective.temperature=0"),
         ({"weight": 1.5}, r"objective.weight=1.5"),
         ({"loss_type": "nce2"}, r"objective.loss_type='nce2': expected 'nce' or 'cross_entropy'"),
-        ({"norm_constant": "once"}, r"objective.norm_constant='once': expected 'first_step' or 'every_step'"),
+        (
+            {"norm_constant_update": "once"},
+            r"objective.norm_constant_update='once': expected 'first_step' or 'every_step'",
+        ),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(kw, message):

@@ -14,9 +14,10 @@ m_I (``memory=sample_bank``, the moving average of f(v_I)) against K bank rows (
 with P(v, m) = exp(cos(v, m)/τ) / Z, n the samples in the bank, and Z the normalising constant estimated once, on
 the first step, as n × the mean of exp(cos/τ) over the jigsaw term's scored pairs (Wu et al. 2018's NCE, as
 vissl ``losses/nce_loss.py``: ``NCEAverage.compute_partition_function``, ``NCECriterion`` with its float32 eps in
-the denominators). ``norm_constant: every_step`` gives each term its own Z, re-estimated on every step from that
-term's scores (a self-normalised NCE; docs/pirl.md says why small datasets need it). ``loss_type: cross_entropy``
-replaces L_NCE by the cross-entropy of the positive among the K + 1 scores (vissl's other ``loss_type``, InfoNCE).
+the denominators). ``norm_constant_update: every_step`` gives each term its own Z, re-estimated on every step
+from that term's scores (a self-normalised NCE; docs/pirl.md says why small datasets need it).
+``loss_type: cross_entropy`` replaces L_NCE by the cross-entropy of the positive among the K + 1 scores (vissl's
+other ``loss_type``, InfoNCE).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class PIRLLoss(Objective):
         temperature: τ (PIRL: 0.07).
         weight: λ, the jigsaw term's weight (PIRL: 0.5).
         loss_type: ``nce`` (PIRL) or ``cross_entropy``.
-        norm_constant: ``first_step`` (PIRL, vissl: one Z, from the first step's jigsaw term) or ``every_step`` (each
-            term's Z from its own scores, every step).
+        norm_constant_update: ``first_step`` (PIRL, vissl: one Z, from the first step's jigsaw term) or
+            ``every_step`` (each term's Z from its own scores, every step).
 
     Reads the memory part's ``positives`` and ``negatives`` (``memory=sample_bank``). ``terms()`` logs
     ``jigsaw_nce`` and ``image_nce``. The constant Z is a buffer (−1 until the first step sets it): saved in
@@ -79,7 +80,7 @@ class PIRLLoss(Objective):
         temperature: float = 0.07,
         weight: float = 0.5,
         loss_type: str = "nce",
-        norm_constant: str = "first_step",
+        norm_constant_update: str = "first_step",
     ):
         super().__init__()
         self.image_view = checks.integer("objective.image_view", image_view, minimum=0)
@@ -93,9 +94,11 @@ class PIRLLoss(Objective):
         if loss_type not in ("nce", "cross_entropy"):
             raise ValueError(f"objective.loss_type={loss_type!r}: expected 'nce' or 'cross_entropy'")
         self.loss_type = loss_type
-        if norm_constant not in ("first_step", "every_step"):
-            raise ValueError(f"objective.norm_constant={norm_constant!r}: expected 'first_step' or 'every_step'")
-        self.every_step = norm_constant == "every_step"
+        if norm_constant_update not in ("first_step", "every_step"):
+            raise ValueError(
+                f"objective.norm_constant_update={norm_constant_update!r}: expected 'first_step' or 'every_step'"
+            )
+        self.norm_constant_update = norm_constant_update
         self.tile_head: nn.Linear | None = None
         self.jigsaw_head: nn.Linear | None = None
         self.num_samples: int | None = None
@@ -125,7 +128,7 @@ class PIRLLoss(Objective):
         if self.loss_type == "cross_entropy":
             labels = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
             return F.cross_entropy(torch.log(scores), labels)
-        if self.every_step or (first and self.norm_constant < 0):
+        if self.norm_constant_update == "every_step" or (first and self.norm_constant < 0):
             with torch.no_grad():  # mean over ranks of the rank means: the global mean (equal batches)
                 mean = distributed.gather(scores.mean().to(torch.float64)[None]).mean()
                 self.norm_constant.fill_(mean.item() * self.num_samples)
