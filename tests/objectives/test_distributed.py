@@ -55,9 +55,8 @@ def make_objectives() -> dict[str, torch.nn.Module]:
         "negative_cosine": NegativeCosineLoss(2.0, 2.0),
         "pirl": pirl(),  # per row against the (global) bank; Z from the global batch's scores
         "pirl_cross_entropy": pirl(loss_type="cross_entropy"),
-        "pirl_every_step": pirl(
-            norm_constant_update="every_step"
-        ),  # each term's Z every call: also from the global batch
+        # each term's Z on every call, each from the global batch's scores
+        "pirl_every_step": pirl(norm_constant_update="every_step"),
         "dino": DINOLoss(D, teacher_temp=0.05).double(),  # 2 global + 2 local crops; the centre from the global batch
         "swav": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # codes by Sinkhorn over the global batch
         "swav_queue": SwAVLoss(0.1, 0.05, 3, (0, 1)),  # ... with a queue in front
