@@ -9,6 +9,7 @@ import signal
 import time
 
 import lightning as L
+import pytest
 import torch
 
 # digits, a BatchNorm-free CNN and projector, 32 pairs a step: ~0.1 s a step on the CPU; 10 steps an epoch
@@ -100,6 +101,19 @@ def weights(run_dir):
 
 def saved_step(run_dir) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def signal_then_resume(overrides, run_dir, step):
+    """Preempt a run of ``overrides`` in ``step`` (SIGTERM: last.ckpt at step + 1), then resume it to the end."""
+    from selfsup.runtime.preemption import Preempted
+    from selfsup.train import run
+    from tests.config_utils import compose_train
+
+    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", f"+callbacks.signal.step={step}"]
+    with pytest.raises(Preempted):
+        run(compose_train(overrides + stop, run_dir))
+    assert saved_step(run_dir) == step + 1
+    run(compose_train(overrides + ["resume=true"], run_dir), ["resume=true"])
 
 
 def assert_same_run(a, b):

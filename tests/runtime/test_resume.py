@@ -7,15 +7,7 @@ import torch
 from selfsup.runtime.preemption import Preempted
 from selfsup.train import run
 from tests.config_utils import compose_train
-from tests.runs import THREE_EPOCHS, TINY, assert_same_run, losses, saved_step
-
-
-def signal_then_resume(overrides, run_dir, step):
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", f"+callbacks.signal.step={step}"]
-    with pytest.raises(Preempted):
-        run(compose_train(overrides + stop, run_dir))
-    assert saved_step(run_dir) == step + 1
-    run(compose_train(overrides + ["resume=true"], run_dir), ["resume=true"])
+from tests.runs import THREE_EPOCHS, TINY, assert_same_run, losses, saved_step, signal_then_resume
 
 
 @pytest.fixture(scope="module")

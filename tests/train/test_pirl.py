@@ -9,7 +9,7 @@ from selfsup.objectives import RunFacts, ViewBatch
 from selfsup.train import build, run
 from selfsup.train.memory import SampleBank
 from tests.config_utils import compose_train
-from tests.runs import TINY, assert_same_run, losses, weights
+from tests.runs import TINY, assert_same_run, losses, signal_then_resume, weights
 
 PIRL = TINY + [
     "views=pirl",
@@ -115,14 +115,9 @@ def test_pirl_without_a_bank_or_a_jigsaw_says_so(tmp_path):
 def test_a_pirl_run_resumes_bit_for_bit(tmp_path):
     """Preempted mid-epoch 2: bank, its step count (the negatives' key) and Z come back; the resumed run's losses
     and bank equal the uninterrupted run's."""
-    from selfsup.runtime.preemption import Preempted
-
     three = PIRL + ["trainer.max_epochs=3"]
     run(compose_train(three, tmp_path / "whole"))
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14"]
-    with pytest.raises(Preempted):
-        run(compose_train(three + stop, tmp_path / "cut"))
-    run(compose_train(three + ["resume=true"], tmp_path / "cut"))
+    signal_then_resume(three, tmp_path / "cut", 14)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     states = [weights(d) for d in (tmp_path / "whole", tmp_path / "cut")]
     for key in ("memory.bank", "memory.steps", "objective.norm_constant"):
