@@ -3,6 +3,7 @@ CIFAR-10 at the budget of bench/cifar_table.py.
 
     .venv/bin/pip install -e '.[bench]'          # lightly: a benchmark dependency only
     .venv/bin/python bench/peer_table.py [--data digits|cifar10] [--epochs N] [--seeds 0,1,2] [--only simsiam,byol]
+    .venv/bin/python bench/peer_table.py --data cifar10 --cached   # the table of what is trained so far
 
 Both columns of a row train the same backbone from the same initial weights (per seed) on the same batches of the
 same views, with the same optimiser, schedule and gradient clipping, and are scored the same way. What differs is
@@ -324,13 +325,16 @@ def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list
     return [*cifar_table.budget(name, epochs, run_dir.parent), f"seed={seed}", "resume=auto"]
 
 
-def run_once(name: str, cfg, who: str, path: Path, score_backbone) -> dict:
+def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool = True) -> dict | None:
     """One side of one row, trained and scored; read back from ``path`` while the config is unchanged (the hash of
-    ``cfg`` as composed: training gets a copy, since a run completes its config in place)."""
+    ``cfg`` as composed: training gets a copy, since a run completes its config in place). None when it is not
+    cached and ``train`` is false."""
     key = config_hash(cfg) + ":" + who
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("config") == key:
         return saved
+    if not train:
+        return None
     start = time.time()
     cfg = copy.deepcopy(cfg)
     backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
@@ -346,9 +350,16 @@ def scorer(data: str, cfg, cifar_images: dict):
     if data == "digits":
         train_ds, test_ds = build(cfg)[0].eval_datasets()
         return lambda b: score(*extract(b, train_ds), *extract(b, test_ds))
-    if not cifar_images:
-        cifar_images["train"], cifar_images["test"] = cifar_table.eval_images()
-    return lambda b: cifar_table.score_encoder(b, cifar_images["train"], cifar_images["test"])
+
+    def score_cifar(backbone):  # the 60,000 images are read on the first row to score, not for cached rows
+        if not cifar_images:
+            cifar_images["train"], cifar_images["test"] = cifar_table.eval_images()
+        return cifar_table.score_encoder(backbone, cifar_images["train"], cifar_images["test"])
+
+    return score_cifar
+
+
+WHO = ("ours", "lightly")
 
 
 def main() -> None:
@@ -359,6 +370,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the table shows mean ± std)")
     parser.add_argument("--out", default=None, help="default: bench/PEERS.md (digits), bench/PEERS_CIFAR.md")
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "peer_table"))
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="train nothing: the table of the cached runs (a method-seed pair lacking "
+        "a side is left out, and the table says how many seeds each row has)",
+    )
     args = parser.parse_args()
     epochs = args.epochs or (20 if args.data == "digits" else 5)
     out = Path(args.out or ROOT / "bench" / ("PEERS.md" if args.data == "digits" else "PEERS_CIFAR.md"))
@@ -371,11 +388,14 @@ def main() -> None:
             run_dir = run_root / f"{name}_seed{seed}"
             cfg = compose_train(setting(name, args.data, epochs, seed, run_dir), run_dir)
             score_backbone = scorer(args.data, cfg, cifar_images)
-            for who in ("ours", "lightly"):
-                result = run_once(name, cfg, who, run_dir / f"{who}.json", score_backbone)
+            pair = {w: run_once(name, cfg, w, run_dir / f"{w}.json", score_backbone, not args.cached) for w in WHO}
+            if None in pair.values():
+                print(name, seed, "not cached: left out", flush=True)
+                continue
+            for who, result in pair.items():
                 rows.setdefault((name, who), []).append(result)
                 print(name, who, seed, result, flush=True)
-    write_table(out, rows, names, args.data, epochs, args.seeds)
+    write_table(out, rows, [n for n in names if (n, "ours") in rows], args.data, epochs, args.seeds)
 
 
 def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int, seeds: str) -> None:
@@ -397,13 +417,13 @@ def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int,
         f"{intro}, seeds {seeds} (mean ± std over seeds), 2-core CPU; ours vs lightly {_lightly_version()}. "
         f"Command: `.venv/bin/python bench/peer_table.py --data {data} --epochs {epochs} --seeds {seeds}`",
         "",
-        "| method | " + " | ".join(f"{label} {who}" for *_, label in columns for who in ("ours", "lightly")) + " |",
-        "|---|" + "---|" * (2 * len(columns)),
+        "| method | seeds | " + " | ".join(f"{label} {who}" for *_, label in columns for who in WHO) + " |",
+        "|---|---|" + "---|" * (2 * len(columns)),
     ]
     for name in names:
-        cells = [name]
+        cells = [name, str(len(rows[name, "ours"]))]
         for key, scale, fmt, _ in columns:
-            for who in ("ours", "lightly"):
+            for who in WHO:
                 values = torch.tensor([scale * r[key] for r in rows[name, who]], dtype=torch.float64)
                 cell = fmt.format(values.mean().item())
                 if scale == 100 and len(values) > 1:

@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -26,11 +27,20 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "
 
 @pytest.fixture(autouse=True)
 def fresh_rendezvous_env():
+    """Also closes a process group a test left behind (Lightning leaves a one-process DeepSpeed run's open): a later
+    trainer=ddp_cpu forks the test process, and check_fork_start refuses a fork that would inherit it. DeepSpeed's
+    own destroy_process_group also drops the groups it cached, which its next run would otherwise reuse."""
     for var in DIST_VARS:
         os.environ.pop(var, None)
     yield
     for var in DIST_VARS:
         os.environ.pop(var, None)
+    import torch.distributed as dist
+
+    if "deepspeed.comm" in sys.modules and sys.modules["deepspeed.comm"].is_initialized():
+        sys.modules["deepspeed.comm"].destroy_process_group()
+    elif dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(autouse=True)

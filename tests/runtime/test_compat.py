@@ -232,3 +232,11 @@ def test_vit_pos_embed_is_the_step_forward_features_takes_after_patch_embed():
         h = vit.norm_pre(vit.patch_drop(vit_pos_embed(vit, vit.patch_embed(x))))
         assert torch.equal(vit.norm(vit.blocks(h)), vit.forward_features(x))
         assert h.shape == (2, 1 + (side // 4) ** 2, 192)
+
+
+def test_launcher_start_method_reads_the_multiprocessing_launcher():
+    import lightning as L
+
+    for strategy, expected in (("ddp_fork", "fork"), ("ddp_spawn", "spawn"), ("ddp", None), ("auto", None)):
+        trainer = L.Trainer(accelerator="cpu", devices=2 if strategy != "auto" else 1, strategy=strategy, logger=False)
+        assert compat.launcher_start_method(trainer.strategy) == expected, strategy

@@ -98,3 +98,21 @@ def test_deepspeed_zero_resume_equals_the_uninterrupted_run(stage, tmp_path):
 def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trainer.sync_batchnorm=true with accelerator=cpu and 2 processes"):
         build(compose_train(TINY + ["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], tmp_path))
+
+
+def test_forking_from_a_process_that_holds_a_process_group_is_refused(tmp_path):
+    """trainer=ddp_cpu and fsdp_cpu fork the calling process: a process group it already holds (here a one-process
+    gloo group) would be inherited without its threads, and the ranks would hang in their first collective."""
+    import torch.distributed as dist
+
+    from tests.distributed_utils import _free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        for trainer in ("ddp_cpu", "fsdp_cpu"):
+            with pytest.raises(ValueError, match=r"^trainer.strategy forks 2 processes from this one, which already"):
+                build(compose_train(TINY + [f"trainer={trainer}"], tmp_path / trainer))
+        build(compose_train(TINY + ["trainer=ddp_cpu", "trainer.strategy=ddp_spawn"], tmp_path / "spawn"))  # spawned
+    finally:
+        dist.destroy_process_group()
+    build(compose_train(TINY + ["trainer=ddp_cpu"], tmp_path / "after"))

@@ -96,6 +96,15 @@ def log_at_global_step(trainer) -> None:
         loop._batches_that_stepped = trainer.global_step
 
 
+# lightning 2.x (checked on 2.6.6): the spawn/fork launcher keeps its ``start_method`` argument only as
+# ``_start_method``; a strategy's ``launcher`` is set when the Trainer is built.
+def launcher_start_method(strategy) -> str | None:
+    """``"spawn"``, ``"fork"`` or ``"forkserver"`` where the strategy starts its processes with multiprocessing, else
+    None (one process, or processes started by the command or the cluster)."""
+    launcher = strategy.launcher
+    return launcher._start_method if isinstance(launcher, _MultiProcessingLauncher) else None
+
+
 # lightning 2.x (checked on 2.6.6): a WandbLogger's run exists once ``_experiment`` is set; ``logger.experiment`` would
 # start one.
 def wandb_run_started(logger) -> bool:

@@ -2,12 +2,15 @@
 
 - ``FSDPStrategy``: Lightning's FSDP (``torch.distributed.fsdp.FullyShardedDataParallel``) that also runs on the
   CPU (gloo): Lightning refuses ``strategy="fsdp"`` with ``accelerator="cpu"`` and wraps with ``device_id=None``;
-  here the wrap gets ``device_id=cpu``. ``start_method="spawn"`` starts the processes with multiprocessing instead
-  of re-running the command (what ``ddp_spawn`` does for DDP) — for tests and notebooks.
+  here the wrap gets ``device_id=cpu``. ``start_method="fork"``/``"spawn"`` starts the processes with
+  multiprocessing instead of re-running the command (what ``ddp_fork``/``ddp_spawn`` do for DDP) — for tests and
+  notebooks.
 - ``DeepSpeedStrategy``: Lightning's, with ``allow_cpu=true`` lifting its CUDA-only check (ZeRO runs on gloo with
   DeepSpeed's CPU accelerator; for tests). ``pip install selfsup[deepspeed]``.
 - ``check_sync_batchnorm``: torch's SyncBatchNorm refuses CPU tensors, so ``trainer.sync_batchnorm=true`` on the
   CPU with several processes is refused before training (we do not fall back silently).
+- ``check_fork_start``: processes forked from one that already holds a ``torch.distributed`` process group would
+  inherit it without its threads and wait in their first collective forever; refused before training.
 """
 
 from __future__ import annotations
@@ -123,4 +126,16 @@ def check_sync_batchnorm(sync_batchnorm: bool, trainer) -> None:
             "SyncBatchNorm runs on CUDA only; set trainer.sync_batchnorm=false (BatchNorm statistics then stay per "
             "process, so results differ from one process) or use a BatchNorm-free model (+backbone.norm=none "
             "projector.batch_norm=false)"
+        )
+
+
+def check_fork_start(trainer) -> None:
+    """Refuse to fork the training processes (``trainer=ddp_cpu``, ``fsdp_cpu``) from a process that already holds
+    a ``torch.distributed`` process group: Lightning would reuse the copy, whose gloo threads died in the fork."""
+    if compat.launcher_start_method(trainer.strategy) == "fork" and torch.distributed.is_initialized():
+        raise ValueError(
+            f"trainer.strategy forks {trainer.world_size} processes from this one, which already holds a "
+            f"torch.distributed process group (world size {torch.distributed.get_world_size()}): they would wait in "
+            "its first collective forever; call torch.distributed.destroy_process_group() first, or start them with "
+            "trainer.strategy=ddp_spawn"
         )

@@ -15,7 +15,7 @@ from selfsup.models.backbones import check_input_sizes
 from selfsup.models.tokens import is_vit, patch_size
 from selfsup.runtime import checkpoint as ckpt_io
 from selfsup.runtime.autosave import LastCheckpoint
-from selfsup.runtime.strategies import check_sync_batchnorm
+from selfsup.runtime.strategies import check_fork_start, check_sync_batchnorm
 from selfsup.train import init_from
 from selfsup.train.label_free import LabelFree
 from selfsup.train.module import SSLModule
@@ -97,6 +97,7 @@ def build_trainer(cfg: DictConfig):
         use_distributed_sampler=False,  # GlobalBatchSampler shards the global batch itself
     )
     check_sync_batchnorm(cfg.trainer.get("sync_batchnorm", False), trainer)
+    check_fork_start(trainer)
     return trainer
 
 
