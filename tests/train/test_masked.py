@@ -17,10 +17,9 @@ from selfsup.data.datasets import GlobalBatchSampler, MaskDraw, MultiViewDataset
 from selfsup.data.masks import MultiBlockMask, RandomMask
 from selfsup.export import export
 from selfsup.runtime.errors import user_error
-from selfsup.runtime.preemption import Preempted
 from selfsup.train import build, run
 from tests.config_utils import compose_train
-from tests.runs import assert_same_run, losses, saved_step
+from tests.runs import assert_same_run, losses, signal_then_resume
 
 # digits at 16 px, a 1-block ViT-Ti with 2 px patches (an 8 x 8 grid), 16 images a step, 10 steps an epoch, no
 # validation (resume with validation rows: tests/runtime/test_resume.py)
@@ -109,11 +108,7 @@ def test_a_masked_run_resumed_mid_epoch_equals_the_uninterrupted_run(parts, tmp_
     """SIGTERM in step 14 (epoch 1): the resumed run redraws the same masks and ends with the same losses, rows and
     weights — the EMA target and the mask token included — as the run that was not interrupted."""
     run(compose_train(parts, tmp_path / "whole"))
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14"]
-    with pytest.raises(Preempted):
-        run(compose_train(parts + stop, tmp_path / "cut"))
-    assert saved_step(tmp_path / "cut") == 15
-    run(compose_train(parts + ["resume=true"], tmp_path / "cut"), ["resume=true"])
+    signal_then_resume(parts, tmp_path / "cut", 14)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 

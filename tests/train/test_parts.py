@@ -13,7 +13,7 @@ from selfsup.train import build, run
 from selfsup.train.memory import KeyQueue, SupportSet, SwAVPrototypes
 from selfsup.train.target import EMATarget, StopGradTarget, Target
 from tests.config_utils import compose_train
-from tests.runs import TINY, SignalAt, assert_same_run, saved_step  # noqa: F401  (SignalAt: a callback target)
+from tests.runs import TINY, assert_same_run, signal_then_resume
 
 
 def test_ema_target_follows_byols_update_and_schedule():
@@ -110,12 +110,7 @@ def test_a_run_with_a_full_queue_resumes_bit_for_bit(tmp_path):
     """MoCo v2's parts on digits; preempted mid-epoch 2 when the 64-row queue has long been full: the resumed run
     equals the uninterrupted one, queue included."""
     run(compose_train(QUEUE, tmp_path / "whole"))
-    stop = ["+callbacks.signal._target_=tests.runs.SignalAt", "+callbacks.signal.step=14"]
-    from selfsup.runtime.preemption import Preempted
-
-    with pytest.raises(Preempted):
-        run(compose_train(QUEUE + stop, tmp_path / "cut"))
-    run(compose_train(QUEUE + ["resume=true"], tmp_path / "cut"))
+    signal_then_resume(QUEUE, tmp_path / "cut", 14)
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     queues = [
         torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["memory.bank"]
