@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-# The suite but the `slow` tests (7-8 minutes on 2 cores), in 2 pytest-xdist workers of one torch thread each; ends
+# The suite but the `slow` tests (about 9 minutes on 2 cores), in 2 pytest-xdist workers of one torch thread each; ends
 # with the 20 slowest tests. PYTEST_WORKERS=0: in this process. CI runs it, then test-slow.
 PYTEST_WORKERS ?= 2
 PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 test: install
 	$(PYTEST) -m "not slow"
 
-# The `slow` tests (13 minutes): runs that train twice to compare (resume, preemption, DDP/FSDP/DeepSpeed, SLURM:
+# The `slow` tests (about 15 minutes): runs that train twice to compare (resume, preemption, DDP/FSDP/DeepSpeed, SLURM:
 # its tests share one worker, one cluster), every recipe in gradient-cache chunks.
 test-slow: install
 	$(PYTEST) -m slow
