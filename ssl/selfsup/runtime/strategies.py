@@ -20,7 +20,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy as _DeepSpeedStrategy
 from lightning.pytorch.strategies import FSDPStrategy as _FSDPStrategy
 
-from selfsup import checks
+from selfsup import checks, distributed
 from selfsup.runtime import compat
 
 START_METHODS = ("popen", "spawn", "fork")
@@ -132,10 +132,10 @@ def check_sync_batchnorm(sync_batchnorm: bool, trainer) -> None:
 def check_fork_start(trainer) -> None:
     """Refuse to fork the training processes (``trainer=ddp_cpu``, ``fsdp_cpu``) from a process that already holds
     a ``torch.distributed`` process group: Lightning would reuse the copy, whose gloo threads died in the fork."""
-    if compat.launcher_start_method(trainer.strategy) == "fork" and torch.distributed.is_initialized():
+    if compat.launcher_start_method(trainer.strategy) == "fork" and distributed.is_initialized():
         raise ValueError(
             f"trainer.strategy forks {trainer.world_size} processes from this one, which already holds a "
-            f"torch.distributed process group (world size {torch.distributed.get_world_size()}): they would wait in "
+            f"torch.distributed process group (world size {distributed.world_size()}): they would wait in "
             "its first collective forever; call torch.distributed.destroy_process_group() first, or start them with "
             "trainer.strategy=ddp_spawn"
         )
