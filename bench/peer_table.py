@@ -139,9 +139,9 @@ class DINO(nn.Module):
     ``DINOProjectionHead``) on the global views, the student on every view, ``DINOLoss``; the student head's last
     layer frozen for its first epochs (``cancel_last_layer_gradients``); each gradient clipped as our recipe's."""
 
-    def __init__(self, backbone, make_head, loss, momentum: float, clip: float | None):
+    def __init__(self, backbone, make_head, loss, momentum: float, clip: float | None, frozen_epochs: int):
         super().__init__()
-        self.backbone, self.projection, self.criterion = backbone, make_head(freeze_last_layer=1), loss
+        self.backbone, self.projection, self.criterion = backbone, make_head(freeze_last_layer=frozen_epochs), loss
         self.backbone_momentum, self.projection_momentum = frozen_copy(backbone), make_head().requires_grad_(False)
         self.momentum, self.clip = momentum, clip
 
@@ -252,7 +252,8 @@ def lightly_dino(backbone, dim, cfg):
         student_temp=cfg.objective.student_temp,
         center_momentum=cfg.objective.center_momentum,
     )
-    return DINO(backbone, make_head, loss, cfg.target.base, cfg.callbacks.clip.max_norm)
+    frozen = int(cfg.callbacks.freeze_last_layer.epochs)
+    return DINO(backbone, make_head, loss, cfg.target.base, cfg.callbacks.clip.max_norm, frozen)
 
 
 def lightly_swav(backbone, dim, cfg):
