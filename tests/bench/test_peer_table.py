@@ -38,3 +38,32 @@ def test_each_lightly_model_starts_from_our_backbone_and_trains_on_our_cifar_bat
     assert moved, f"{name}: lightly's model did not move the backbone"
     heads = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert heads, name
+
+
+def test_a_table_of_the_runs_so_far_says_how_many_seeds_each_row_has(tmp_path):
+    """``--cached`` tables what is trained: a row of 2 seeds shows mean ± std, a row of 1 seed its value alone."""
+
+    def scores(knn):
+        return {"knn": knn, "knn20": knn, "probe": knn, "fewshot5": knn, "map_at_r": knn, "rankme": 10.0, "seconds": 60}
+
+    rows = {
+        ("simclr", "ours"): [scores(0.40), scores(0.42)],
+        ("simclr", "lightly"): [scores(0.41), scores(0.43)],
+        ("byol", "ours"): [scores(0.30)],
+        ("byol", "lightly"): [scores(0.31)],
+    }
+    peer_table.write_table(tmp_path / "t.md", rows, ["simclr", "byol"], "cifar10", 5, "0,1,2")
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[2].startswith("| method | seeds | kNN ours | kNN lightly |")
+    assert lines[4].startswith("| simclr | 2 | 41.0% ± 1.4 | 42.0% ± 1.4 |")
+    assert lines[5].startswith("| byol | 1 | 30.0% | 31.0% |")
+
+
+def test_the_readme_shows_the_cifar_side_by_side_as_written():
+    text = (ROOT / "bench" / "PEERS_CIFAR.md").read_text()
+    table = text.split("\n", 2)[2].strip()
+    assert table in (ROOT / "README.md").read_text(), "paste bench/PEERS_CIFAR.md into README.md"
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] in peer_table.LIGHTLY and 1 <= int(cells[1]) <= 3, line
+        assert ("±" in cells[2]) == (int(cells[1]) > 1), line
