@@ -264,6 +264,7 @@ def lightly_swav(backbone, dim, cfg):
     return SwaV(backbone, heads.SwaVProjectionHead(dim, hidden, out), prototypes, loss)
 
 
+WHO = ("ours", "lightly")  # the two sides of a row
 LIGHTLY = {
     "simclr": lightly_simclr,
     "byol": lightly_byol,
@@ -358,9 +359,6 @@ def scorer(data: str, cfg, cifar_images: dict):
         return cifar_table.score_encoder(backbone, cifar_images["train"], cifar_images["test"])
 
     return score_cifar
-
-
-WHO = ("ours", "lightly")
 
 
 def main() -> None:

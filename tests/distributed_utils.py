@@ -34,6 +34,6 @@ def run_distributed(fn, world_size: int = 2, *args):
     ``fn`` must return something ``torch.save`` can write.
     """
     with tempfile.TemporaryDirectory() as out_dir:
-        args = (world_size, _free_port(), fn, args, out_dir)
-        mp.start_processes(_worker, args=args, nprocs=world_size, join=True, start_method="fork")
+        worker_args = (world_size, _free_port(), fn, args, out_dir)
+        mp.start_processes(_worker, args=worker_args, nprocs=world_size, join=True, start_method="fork")
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
