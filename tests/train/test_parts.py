@@ -330,9 +330,19 @@ def test_byol_module_equals_the_symmetrised_loss_and_update():
     assert not torch.allclose(ours[0], module.backbone[0].weight)  # the target lags the online network
 
 
-def test_the_online_probe_does_not_train_the_encoder(tmp_path):
-    """The probe reads detached features: with and without it, the encoder and heads take the same steps."""
-    steps = ["trainer.max_steps=4", "trainer.limit_val_batches=0"]
+@pytest.mark.parametrize(
+    "clip",
+    [
+        [],
+        ["trainer.gradient_clip_val=0.01"],
+        ["trainer.gradient_clip_val=0.01", "+trainer.gradient_clip_algorithm=value"],
+    ],
+    ids=["no clipping", "clip norm", "clip value"],
+)
+def test_the_online_probe_does_not_train_the_encoder(clip, tmp_path):
+    """The probe reads detached features, and gradient clipping leaves its gradients out of the encoder's norm: with
+    and without it, the encoder and heads take the same steps."""
+    steps = ["trainer.max_steps=4", "trainer.limit_val_batches=0", *clip]
     run(compose_train(TINY + steps + ["online_probe=true"], tmp_path / "probe"))
     run(compose_train(TINY + steps + ["online_probe=false"], tmp_path / "none"))
     with_probe, without = (

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
 import selfsup
@@ -293,6 +294,21 @@ class SSLModule(L.LightningModule):
         self.log("train/probe_loss", probe_loss, sync_dist=True)
         self.log("train/probe_top1", (logits.argmax(1) == labels[known]).float().mean(), sync_dist=True)
         return probe_loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` clips the online parameters only: the online probe's gradients never change
+        how far the encoder moves, with or without ``online_probe``. Under FSDP and DeepSpeed, which shard the
+        gradients and clip them themselves, Lightning's own clipping applies."""
+        if self.probe is None or isinstance(self.trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not gradient_clip_val:
+            return None
+        probe = {id(p) for p in self.probe.parameters()}
+        online = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in probe and p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            return torch.nn.utils.clip_grad_value_(online, gradient_clip_val)
+        torch.nn.utils.clip_grad_norm_(online, gradient_clip_val)
+        return None
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
