@@ -12,7 +12,8 @@ memory, predictor, mask, token head) unchanged and the budget swapped in (:func:
   data2vec's targets average the top 2 blocks, half of them as the paper's 6 of 12);
 - optimiser: the same for every row: AdamW, lr 2e-3 (no batch scaling), weight decay 1e-4 off biases and norms,
   one warm-up epoch then a cosine to 0; EMA targets start at momentum 0.99 (the recipes' 0.996 hardly moves the
-  target in 200 steps);
+  target in 200 steps); VICReg's gradients clipped to a global norm of 3 (``STABILISE``: without it, its covariance
+  term spikes at the peak learning rate from some initial heads, lightly's VICReg alike — docs/evidence.md);
 - ``--epochs`` epochs (5: 195 steps), seed 0, the 2-core CPU; ``cifar10/e2mc`` continues the SimCLR row's
   checkpoint for as many epochs, as the recipe continues a trained SimCLR run.
 
@@ -72,6 +73,9 @@ OPTIM = [
     "optim.min_lr_ratio=0.0",
     "optim.weight_decay_end=null",
 ]
+# per-method additions to the budget, each with its evidence in docs/evidence.md (peer_table.py applies them to lightly
+# too: it clips lightly's gradients the same way)
+STABILISE = {"vicreg": ["trainer.gradient_clip_val=3.0"]}
 HEADER = [
     "| encoder | kNN top-1 | kNN k=20 | linear probe | 5-way 5-shot | MAP@R | RankMe | train s |",
     "|---|---|---|---|---|---|---|---|",
@@ -98,7 +102,7 @@ def run_settings(epochs: int, root: Path = CIFAR10, subset: int = 10_000) -> lis
 
 def budget(name: str, epochs: int, run_root: Path, root: Path = CIFAR10, subset: int = 10_000) -> list[str]:
     """The overrides of the row of ``recipes/cifar10/<name>.yaml`` (module docstring)."""
-    out = [f"recipes=cifar10/{name}", *run_settings(epochs, root, subset)]
+    out = [f"recipes=cifar10/{name}", *run_settings(epochs, root, subset), *STABILISE.get(name, [])]
     cfg = compose_train(out, run_root / "probe")
     if cfg.get("mask") is not None:
         out.append(f"++backbone.depth={VIT_DEPTH}")

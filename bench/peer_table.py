@@ -28,8 +28,9 @@ Settings (``--data``):
   training split: kNN, linear probe, 5-way 5-shot, MAP@R, RankMe).
 
 Each side of each run is cached in ``<run root>/<data>/<method>_seed<k>/{ours,lightly}.json`` under a hash of the
-composed config: a rerun trains only what changed, and our side resumes a run cut short. Prints a markdown table
-(and writes it to ``--out``) with both numbers, mean ± std over seeds, and the wall time of each run.
+composed config: a rerun trains only what changed, and our side resumes a run cut short (or, once the config changed,
+starts again). Prints a markdown table (and writes it to ``--out``) with both numbers, mean ± std over seeds, and the
+wall time of each run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -310,6 +312,7 @@ def train_lightly(cfg, name: str) -> nn.Module:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             model.after_backward(epoch)
+            clip_gradients(model.parameters(), cfg.trainer)
             opt.step()
             sched.step()
             step += 1
@@ -317,6 +320,18 @@ def train_lightly(cfg, name: str) -> nn.Module:
     if not torch.isfinite(loss):
         raise RuntimeError(f"lightly's model ended with loss {loss.item()}")
     return model.backbone
+
+
+def clip_gradients(params, trainer_cfg) -> None:
+    """``trainer.gradient_clip_val`` (and ``gradient_clip_algorithm``, Lightning's default "norm") as Lightning applies
+    it to our run, on lightly's parameters."""
+    value = trainer_cfg.get("gradient_clip_val")
+    if not value:
+        return
+    if trainer_cfg.get("gradient_clip_algorithm") == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
 
 
 def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list[str]:
@@ -337,6 +352,10 @@ def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool =
         return saved
     if not train:
         return None
+    if who == "ours" and saved:  # scored under another config: our run starts again rather than resume that one
+        for item in path.parent.iterdir():
+            if item.suffix != ".json":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
     start = time.time()
     cfg = copy.deepcopy(cfg)
     backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)

@@ -67,3 +67,24 @@ def test_the_readme_shows_the_cifar_side_by_side_as_written():
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] in peer_table.LIGHTLY and 1 <= int(cells[1]) <= 3, line
         assert ("±" in cells[2]) == (int(cells[1]) > 1), line
+
+
+def test_our_side_scored_under_another_config_starts_again_instead_of_resuming(tmp_path, monkeypatch):
+    """Resuming our run of an older config would be refused (a resumed run keeps its config): once the config has
+    changed, the run directory is cleared — lightly's cached side kept — and our side trains from scratch."""
+    run_dir = tmp_path / "vicreg_seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an older config's run")
+    (run_dir / "metrics.csv").write_text("step,train/loss\n")
+    (run_dir / "lightly.json").write_text('{"config": "kept"}')
+    (run_dir / "ours.json").write_text('{"config": "stale:ours"}')
+    cfg = compose_train(["recipes=quickstart", "trainer.max_steps=1"], run_dir)
+
+    def trained_backbone(cfg):
+        assert sorted(p.name for p in run_dir.iterdir()) == ["lightly.json", "ours.json"]
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(peer_table, "trained_backbone", trained_backbone)
+    row = peer_table.run_once("vicreg", cfg, "ours", run_dir / "ours.json", lambda b: {"knn": 0.5})
+    assert row["knn"] == 0.5 and row["config"].endswith(":ours") and row["config"] != "stale:ours"
+    assert (run_dir / "lightly.json").read_text() == '{"config": "kept"}'
