@@ -1,8 +1,8 @@
 """Ours vs lightly's loss, step by step, from the same initial weights — the heads' too: tells a difference in a
 method's implementation from an unlucky initial draw of its heads.
 
-    .venv/bin/python bench/peer_losses.py --method vicreg --seeds 0,1 --steps 50
-    .venv/bin/python bench/peer_losses.py --method vicreg --seeds 0,1 --override trainer.gradient_clip_val=null
+    .venv/bin/python bench/peer_losses.py [--method vicreg] [--seeds 0,1] [--steps 50]   # clipped, as the tables run
+    .venv/bin/python bench/peer_losses.py --override trainer.gradient_clip_val=null   # unclipped
 
 ``bench/peer_table.py`` starts both sides from the same backbone, but each side draws its own heads. Here, per seed,
 three runs train on the same batches of ``bench/peer_table.py``'s CIFAR-10 setting (the recipe at
@@ -105,8 +105,8 @@ def row(seed: int, run: str, values: list[float], warmup: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", choices=METHODS, default="vicreg")
-    parser.add_argument("--seeds", default="0,1,2,3")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", default=None, help="default: bench/PEER_LOSSES_<method>.md")
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "peer_losses"))
     parser.add_argument(
