@@ -60,7 +60,7 @@ def losses(method: str, seed: int, steps: int, run: str, run_root: Path, overrid
         if model.prediction is not None:
             copy_head(module.predictor, model.prediction, "predictor")
     if run == "ours":
-        params = [p for n, p in module.named_parameters() if not n.startswith(("probe.", "target."))]
+        params = module.online_parameters()
         module.train()
     else:
         params = list(model.parameters())

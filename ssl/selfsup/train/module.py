@@ -295,6 +295,10 @@ class SSLModule(L.LightningModule):
         self.log("train/probe_top1", (logits.argmax(1) == labels[known]).float().mean(), sync_dist=True)
         return probe_loss
 
+    def online_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains besides the online probe: the target network follows them, it is not trained."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target."))]
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """``trainer.gradient_clip_val`` clips the online parameters only: the online probe's gradients never change
         how far the encoder moves, with or without ``online_probe``. Under FSDP and DeepSpeed, which shard the
@@ -303,8 +307,7 @@ class SSLModule(L.LightningModule):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if not gradient_clip_val:
             return None
-        probe = {id(p) for p in self.probe.parameters()}
-        online = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in probe and p.grad is not None]
+        online = [p for p in self.online_parameters() if p.grad is not None]
         if gradient_clip_algorithm == "value":
             return torch.nn.utils.clip_grad_value_(online, gradient_clip_val)
         torch.nn.utils.clip_grad_norm_(online, gradient_clip_val)
@@ -377,7 +380,7 @@ class SSLModule(L.LightningModule):
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def configure_optimizers(self):
         plan = self.trainer.datamodule.batch_plan()  # selfsup.data.batches.BatchPlan: the run's batch facts
-        online = [p for n, p in self.named_parameters() if not n.startswith(("probe.", "target."))]
+        online = self.online_parameters()
         probe = list(self.probe.parameters()) if self.probe is not None else []
         opt, sched = self.optim.build(online, probe, plan.global_batch, plan.total_steps, plan.steps_per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
