@@ -1,7 +1,9 @@
 """Every CIFAR-10 recipe at one CPU budget, scored on the full CIFAR-10 test set, next to raw pixels and random init.
 
     .venv/bin/python bench/cifar_table.py [--only simclr,byol] [--epochs 5] [--out bench/CIFAR.md]
-    .venv/bin/python bench/cifar_table.py --only byol --override target.base=0.9 --run-root runs/ablation --out a.md
+    .venv/bin/python bench/cifar_table.py --only byol --override target.base=0.9 --run-root runs/ablation --out a.md \
+        --baselines runs/cifar_table
+    .venv/bin/python bench/cifar_table.py --only mae --read-as avg --out /tmp/mae_avg.md   # trains nothing
 
 Each row is ``selfsup-train recipes=cifar10/<name>`` with the recipe's parts (objective, views, projector, target,
 memory, predictor, mask, token head) unchanged and the budget swapped in (:func:`budget`):
@@ -27,7 +29,9 @@ with the same features: class token or patch mean).
 
 Rows are cached: ``<run root>/<name>/table_row.json`` holds the scores and a hash of the composed training config;
 a rerun trains only the rows whose config changed (or ``--redo``), and a run cut short resumes where it stopped. A row
-scored before a score was added is scored again from its checkpoint, not trained again.
+scored before a score was added is scored again from its checkpoint, not trained again. ``--read-as token|avg`` trains
+nothing: it reads the trained ViT rows' encoders (and the ViT at random init) by the class token or the mean of the
+patch tokens, whatever their recipe declares.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from selfsup.evaluate.features import extract  # noqa: E402
 from selfsup.evaluate.protocols import fewshot  # noqa: E402
 from selfsup.metrics import knn_top1, linear_probe, rankme  # noqa: E402
 from selfsup.neighbours import map_at_r  # noqa: E402
+from selfsup.runtime import checkpoint  # noqa: E402
 
 CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", ROOT.parent / "shared" / "data" / "cifar10"))
 # the nine methods lightly also ships first (bench/peer_table.py), then the others; SimCLR before E2MC, which
@@ -200,7 +205,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated recipe names (default: all of recipes/cifar10)")
     parser.add_argument("--redo", action="store_true", help="train the chosen rows again even if cached")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "CIFAR.md"))
+    parser.add_argument("--out", default=None, help="default: bench/CIFAR.md (with --read-as: required)")
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "cifar_table"))
     parser.add_argument(
         "--override",
@@ -208,8 +213,25 @@ def main() -> None:
         default=[],
         help="a Hydra override added to every chosen row (ablations: use another --run-root and --out)",
     )
+    parser.add_argument(
+        "--baselines",
+        default=None,
+        help="where the scores of raw pixels and of the random-init encoders are cached (default: --run-root); "
+        "--override does not change them, so an ablation reuses the table's: --baselines runs/cifar_table",
+    )
+    parser.add_argument(
+        "--read-as",
+        choices=("token", "avg"),
+        default=None,
+        help="train nothing: score the chosen ViT rows' trained encoders, and the ViT at random init, by the class "
+        "token or the patch mean instead of their recipe's features",
+    )
     args = parser.parse_args()
+    if args.read_as and args.out is None:
+        raise SystemExit("--read-as: give --out (its table is not bench/CIFAR.md's)")
+    out = Path(args.out or ROOT / "bench" / "CIFAR.md")
     run_root = Path(args.run_root)
+    base_root = Path(args.baselines) if args.baselines else run_root
     chosen = [n for n in RECIPES if not args.only or n in args.only.split(",")]
     unknown = set(args.only.split(",")) - set(RECIPES) - {""}
     if unknown:
@@ -218,25 +240,53 @@ def main() -> None:
         raise SystemExit(f"no CIFAR-10 ImageFolder at {CIFAR10} (set SELFSUP_CIFAR10 to root/{{train,test}}/<class>/)")
 
     train_ds, test_ds = eval_images()
+    if args.read_as:
+        read_as(args.read_as, chosen, run_root, args.epochs, train_ds, test_ds, out)
+        return
     rows: dict[str, str] = {}
     (pixels, y), (test_pixels, test_y) = (ds.tensors for ds in (train_ds, test_ds))
     rows["raw pixels (32x32x3)"] = format_row(
         "raw pixels (32x32x3)",
-        cached(run_root / "raw_pixels.json", "", lambda: score(pixels.flatten(1), y, test_pixels.flatten(1), test_y)),
+        cached(base_root / "raw_pixels.json", "", lambda: score(pixels.flatten(1), y, test_pixels.flatten(1), test_y)),
     )
-    for label, overrides in baselines(args.epochs, run_root).items():
-        key = config_hash(compose_train(overrides, run_root / "init"))
-        path = run_root / f"{label.replace(' ', '_')}.json"
+    for label, overrides in baselines(args.epochs, base_root).items():
+        key = config_hash(compose_train(overrides, base_root / "init"))
+        path = base_root / f"{label.replace(' ', '_')}.json"
         scores = cached(
-            path, key, lambda o=overrides: score_encoder(initial_backbone(o, run_root / "init")[0], train_ds, test_ds)
+            path, key, lambda o=overrides: score_encoder(initial_backbone(o, base_root / "init")[0], train_ds, test_ds)
         )
         rows[label] = format_row(label, scores)
     for name in chosen:
         overrides = [*budget(name, args.epochs, run_root), *args.override]
         row = table_row(name, overrides, run_root / name, train_ds, test_ds, args.redo)
         rows[f"cifar10/{name}"] = format_row(f"cifar10/{name}", row)
-        write_table(rows, args.epochs, Path(args.out))  # after every row: a long run shows its progress
-    print(Path(args.out).read_text())
+        write_table(rows, args.epochs, out)  # after every row: a long run shows its progress
+    print(out.read_text())
+
+
+def read_as(
+    pool: str, names: list[str], run_root: Path, epochs: int, train_ds, test_ds, out: Path, root: Path = CIFAR10
+) -> dict[str, dict]:
+    """``--read-as``: the scores of the trained ViT rows of ``names`` and of the ViT at random init, read with timm's
+    ``global_pool`` set to ``pool`` on the encoder as built (its norms unchanged); written to ``out`` as a table."""
+    missing = [n for n in names if not (run_root / n / "checkpoints" / "last.ckpt").is_file()]
+    if missing:
+        raise SystemExit(f"--read-as: {run_root / missing[0]} holds no trained row (train it first)")
+    init = initial_backbone(baselines(epochs, run_root, root)["random init (ViT, class token)"], run_root / "init")[0]
+    encoders = {"random init (ViT)": init}
+    encoders |= {f"cifar10/{n}": checkpoint.backbone_from(checkpoint.load(run_root / n)) for n in names}
+    scores = {}
+    for label, encoder in encoders.items():
+        if not hasattr(encoder, "global_pool"):
+            raise SystemExit(f"--read-as: {label} is not a ViT row (its encoder has no global_pool)")
+        encoder.global_pool = pool
+        scores[f"{label}, read as {pool}"] = score_encoder(encoder.eval(), train_ds, test_ds) | {"seconds": 0}
+    lines = [format_row(label, m) for label, m in scores.items()]
+    out.write_text(
+        "\n".join([f"CIFAR-10 ViT rows read as {pool} ({datetime.date.today()})", "", *HEADER, *lines]) + "\n"
+    )
+    print(out.read_text())
+    return scores
 
 
 def format_row(name: str, m: dict) -> str:

@@ -121,3 +121,28 @@ def test_each_vit_row_trains_a_step_at_the_budget(name, tmp_path, cifar10_root):
     cfg = compose_train([*overrides, *tiny], tmp_path / name)
     backbone = trained_backbone(cfg)
     assert len(backbone.blocks) == cifar_table.VIT_DEPTH
+
+
+@pytest.mark.slow
+def test_read_as_reads_the_trained_row_and_random_init_with_other_features(tmp_path, cifar10_root):
+    """``--read-as`` trains nothing: it scores the row's own checkpoint (read as the recipe's features it equals the
+    row's scores) and the ViT at random init, by the class token or the patch mean; a CNN row is refused."""
+    from objectives_table import trained_backbone
+
+    train_ds, test_ds = cifar_table.eval_images(cifar10_root, train_cap=200, test_cap=200)  # 5-shot: 20 a class
+    tiny = ["data.batch_size=16", "trainer.max_steps=2", "data.num_workers=0"]
+    for name in ("mae", "simclr"):
+        overrides = cifar_table.budget(name, 1, tmp_path, root=cifar10_root, subset=32)
+        trained_backbone(compose_train([*overrides, *tiny], tmp_path / name))
+    token = cifar_table.read_as("token", ["mae"], tmp_path, 1, train_ds, test_ds, tmp_path / "t.md", cifar10_root)
+    avg = cifar_table.read_as("avg", ["mae"], tmp_path, 1, train_ds, test_ds, tmp_path / "a.md", cifar10_root)
+    trained = cifar_table.checkpoint.backbone_from(cifar_table.checkpoint.load(tmp_path / "mae"))
+    assert trained.global_pool == "token"  # the recipe's features
+    assert token["cifar10/mae, read as token"] == cifar_table.score_encoder(trained, train_ds, test_ds) | {"seconds": 0}
+    assert token.keys() == {"random init (ViT), read as token", "cifar10/mae, read as token"}
+    assert avg["cifar10/mae, read as avg"]["rankme"] != token["cifar10/mae, read as token"]["rankme"]
+    assert "cifar10/mae, read as avg" in (tmp_path / "a.md").read_text()
+    with pytest.raises(SystemExit, match="cifar10/simclr is not a ViT row"):
+        cifar_table.read_as("avg", ["simclr"], tmp_path, 1, train_ds, test_ds, tmp_path / "c.md", cifar10_root)
+    with pytest.raises(SystemExit, match="holds no trained row"):
+        cifar_table.read_as("avg", ["ijepa"], tmp_path, 1, train_ds, test_ds, tmp_path / "c.md", cifar10_root)
