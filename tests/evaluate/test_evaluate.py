@@ -36,8 +36,11 @@ DIGITS = {
 FAST = ["eval.probe.l2_grid=[1e-4,1e-2]", "eval.probe.max_iter=50", "eval.plots=false"]
 
 
-def make_run(run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem: bool = False, overrides=()) -> Path:
-    """A run dir with a selfsup checkpoint of a tiny timm encoder + MLP projector (random weights, digits config)."""
+def make_run(
+    run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem: bool = False, overrides=(), **backbone
+) -> Path:
+    """A run dir with a selfsup checkpoint of a tiny timm encoder (``backbone``: more build_backbone arguments) + MLP
+    projector (random weights, digits config)."""
     config = {
         "backbone": {
             "_target_": "selfsup.models.build_backbone",
@@ -45,6 +48,7 @@ def make_run(run_dir: Path, seed: int = 0, name: str = "test_resnet", cifar_stem
             "cifar_stem": cifar_stem,
             "pretrained": False,
             "in_chans": 3,
+            **backbone,
         },
         "projector": {
             "_target_": "selfsup.models.mlp",

@@ -42,6 +42,24 @@ def test_cifar_stem_export_reloads_with_load_encoder(tmp_path):
         assert torch.equal(load_encoder(out)(x), original_backbone("resnet18", cifar_stem=True)(x))
 
 
+def test_a_vit_built_otherwise_than_timms_default_reloads_with_load_encoder(tmp_path):
+    """I-JEPA's ViT (no class token, every token normalised, patch-mean features) at another size and depth: the
+    metadata carries what timm needs to build it, and load_encoder gives the trained encoder's features."""
+    vit = dict(img_size=16, patch_size=4, depth=2, global_pool="avg", class_token=False, fc_norm=False)
+    run = make_run(tmp_path / "run", name="vit_tiny_patch16_224", **vit)
+    out = export(run, tmp_path / "enc.safetensors")
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert {k: meta[k] for k in vit} == {k: str(v) for k, v in vit.items()}
+    encoder = load_encoder(out)
+    assert not encoder.has_class_token and len(encoder.blocks) == 2 and encoder.global_pool == "avg"
+    torch.manual_seed(0)
+    reference = build_backbone("vit_tiny_patch16_224", pretrained=False, **vit).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(encoder(x), reference(x))
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         export(tmp_path / "missing", tmp_path / "e.safetensors")

@@ -47,8 +47,10 @@ def test_vision_transformers_take_small_and_multi_crop_inputs():
     for side in (32, 16):
         assert vit(torch.zeros(2, 3, side, side)).shape == (2, vit.num_features) == (2, 192)
     assert build_backbone("torchvision/vit_b_16").num_features == 768
-    with pytest.raises(ValueError, match="timm models only"):
+    with pytest.raises(ValueError, match=r"^backbone.patch_size: timm models only"):
         build_backbone("torchvision/resnet18", patch_size=4)
+    with pytest.raises(ValueError, match=r"^backbone.class_token/fc_norm: timm models only"):
+        build_backbone("torchvision/vit_b_16", class_token=False, fc_norm=False)
 
 
 def test_dino_head_normalises_and_fixes_the_last_layer_norm():

@@ -141,7 +141,40 @@ def test_mae_decoder_places_tokens_as_maes_unshuffle(vit):
     assert bool((grad.abs().sum(-1) > 0).all())
 
 
-def test_jepa_predictor_padded_equals_each_sample_alone(vit):
+@pytest.fixture(scope="module")
+def ijepa_vit():
+    """I-JEPA's ViT (facebookresearch/ijepa src/models/vision_transformer.py): no class token, the last LayerNorm
+    on every output token, features the mean of the normalised patch tokens."""
+    torch.manual_seed(0)
+    vit = build_backbone(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, global_pool="avg", class_token=False, fc_norm=False
+    )
+    return vit.double().eval()
+
+
+def test_ijepa_vit_normalises_every_token_and_pools_them_padded_or_not(ijepa_vit):
+    vit, x = ijepa_vit, images(2)
+    assert vit.num_prefix_tokens == 0
+    t = encode(vit, x)
+    assert t.prefix.shape == (2, 0, 192)
+    raw = vit.blocks(vit.norm_pre(vit._pos_embed(vit.patch_embed(x))))
+    torch.testing.assert_close(
+        t.patches, torch.nn.functional.layer_norm(raw, (192,), vit.norm.weight, vit.norm.bias, 1e-6)
+    )
+    torch.testing.assert_close(t.pooled, t.patches.mean(1), rtol=0, atol=0)
+    torch.testing.assert_close(t.pooled, vit(x))
+    keep = torch.zeros(2, 16, dtype=torch.bool)
+    keep[0, :10], keep[1, 3:6] = True, True
+    padded = encode(vit, x, keep=keep)
+    for b in range(2):
+        alone = encode(vit, x[b : b + 1], keep=keep[b : b + 1])
+        torch.testing.assert_close(padded.pooled[b], alone.pooled[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(alone.pooled[0], alone.patches[0].mean(0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("encoder", ["vit", "ijepa_vit"])
+def test_jepa_predictor_padded_equals_each_sample_alone(encoder, request):
+    vit = request.getfixturevalue(encoder)
     torch.manual_seed(0)
     pred = JEPAPredictor(192, dim=32, depth=2, heads=4).double().eval()
     x = images(2)

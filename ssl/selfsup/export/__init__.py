@@ -6,8 +6,9 @@ Writes the backbone's weights under timm's own key names (our backbones *are* ti
     timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file="encoder.safetensors"), num_classes=0)
 
 rebuilds the encoder. The safetensors metadata records ``timm_name``, ``in_chans``, ``cifar_stem``,
-``num_features`` and, for vision transformers built for other sizes, ``img_size``, ``patch_size`` and
-``dynamic_img_size`` (pass them to ``timm.create_model`` too, or use :func:`load_encoder`). A backbone trained with
+``num_features`` and, for vision transformers built otherwise than timm's default, ``img_size``, ``patch_size``,
+``dynamic_img_size``, ``depth``, ``global_pool`` (the recipe's evaluation features), ``class_token`` and ``fc_norm``
+(pass them to ``timm.create_model`` too, or use :func:`load_encoder`). A backbone trained with
 ``cifar_stem=true`` has a 3x3 first conv that plain timm does not build: use :func:`load_encoder`, which swaps the
 stem before loading.
 """
@@ -30,7 +31,16 @@ from selfsup.runtime.files import atomic_write
 log = logging.getLogger(__name__)
 
 USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>"
-VIT_ARGS = ("img_size", "patch_size", "dynamic_img_size")
+# timm.create_model's own arguments of a vision transformer, as build_backbone takes them, and how to read them back
+VIT_ARGS = {
+    "img_size": int,
+    "patch_size": int,
+    "dynamic_img_size": lambda v: v == "True",
+    "depth": int,
+    "global_pool": str,
+    "class_token": lambda v: v == "True",
+    "fc_norm": lambda v: v == "True",
+}
 
 
 def timm_name(backbone_cfg: dict, key: str = "checkpoint") -> str:
@@ -66,7 +76,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
         "cifar_stem": str(bool(backbone_cfg.get("cifar_stem", False))).lower(),
         "num_features": str(backbone.num_features),
         "selfsup_version": selfsup.__version__,
-        # vision transformers built for another input size or patch (timm.create_model's own arguments)
+        # vision transformers built otherwise than timm's default (timm.create_model's own arguments)
         **{k: str(backbone_cfg[k]) for k in VIT_ARGS if backbone_cfg.get(k) is not None},
     }
     atomic_write(out, lambda f: f.write(save(state, metadata=metadata)))  # the usual file mode, not 0600
@@ -82,7 +92,7 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     meta = ckpt_io.safetensors_metadata(path, "timm_name", "selfsup-export")
     in_chans = int(meta.get("in_chans", 3))
-    vit = {k: (meta[k] == "True") if k == "dynamic_img_size" else int(meta[k]) for k in VIT_ARGS if k in meta}
+    vit = {k: read(meta[k]) for k, read in VIT_ARGS.items() if k in meta}
     model = timm.create_model(meta["timm_name"], num_classes=0, in_chans=in_chans, **vit)
     if meta.get("cifar_stem") == "true":
         replace_cifar_stem(model, meta["timm_name"], in_chans)

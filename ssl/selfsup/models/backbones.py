@@ -36,6 +36,8 @@ def build_backbone(
     dynamic_img_size: bool | None = None,
     global_pool: str | None = None,
     depth: int | None = None,
+    class_token: bool | None = None,
+    fc_norm: bool | None = None,
 ) -> nn.Module:
     """Build an encoder without classification head.
 
@@ -53,6 +55,9 @@ def build_backbone(
         global_pool: timm models: what the features are — for ViTs ``"token"`` (the class token) or ``"avg"`` (the
             mean of the patch tokens); each masked recipe declares the one its paper evaluates (docs/tokens.md).
         depth: timm vision transformers: the number of blocks (a shallower ViT of the same width: CPU budgets).
+        class_token, fc_norm: timm vision transformers: whether the ViT has a class token, and whether its final
+            LayerNorm normalises the pooled features only (timm's default with ``global_pool="avg"``) instead of
+            every output token. I-JEPA's ViT has no class token and normalises every token (docs/tokens.md).
     """
     if name == "small_cnn":
         if pretrained:
@@ -60,6 +65,19 @@ def build_backbone(
         return SmallCNN(width=width or 32, norm=norm or "batch", in_chans=in_chans)
     if width is not None or norm is not None:
         raise ValueError(f"backbone.width/backbone.norm apply to small_cnn only, not backbone.name={name}")
+    vit = {
+        k: v
+        for k, v in dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            dynamic_img_size=dynamic_img_size,
+            global_pool=global_pool,
+            depth=depth,
+            class_token=class_token,
+            fc_norm=fc_norm,
+        ).items()
+        if v is not None
+    }
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
 
@@ -68,11 +86,8 @@ def build_backbone(
             raise ValueError(f"backbone.name={name}: {tv_name!r} is not in torchvision.models.list_models()")
         if in_chans != 3:
             raise ValueError(f"backbone.in_chans={in_chans}: torchvision backbones take 3 channels")
-        if any(v is not None for v in (img_size, patch_size, dynamic_img_size, global_pool, depth)):
-            raise ValueError(
-                f"backbone.img_size/patch_size/dynamic_img_size/global_pool/depth: timm models only, not "
-                f"backbone.name={name}"
-            )
+        if vit:
+            raise ValueError(f"backbone.{'/'.join(vit)}: timm models only, not backbone.name={name}")
         model = torchvision.models.get_model(tv_name, weights="DEFAULT" if pretrained else None)
         for head in ("fc", "classifier", "heads", "head"):
             if hasattr(model, head):
@@ -87,17 +102,6 @@ def build_backbone(
         return model.train()
     if not timm.is_model(name):
         raise ValueError(f"backbone.name={name}: not a timm model (see timm.list_models()) nor torchvision/<name>")
-    vit = {
-        k: v
-        for k, v in dict(
-            img_size=img_size,
-            patch_size=patch_size,
-            dynamic_img_size=dynamic_img_size,
-            global_pool=global_pool,
-            depth=depth,
-        ).items()
-        if v is not None
-    }
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **vit)
     except TypeError as e:  # a model whose constructor has no such argument
