@@ -25,7 +25,7 @@ regression, ``selfsup.metrics.linear_probe``), 5-way 5-shot episodes of the test
 against the training bank (``selfsup-eval``'s ``fewshot`` and ``retrieval`` protocols) and RankMe of the test
 features — next to raw pixels and each
 encoder at random init (the weights every run of that encoder starts from; a ViT row is compared with the ViT read
-with the same features: class token or patch mean).
+with the same features: class token, patch mean, or — I-JEPA's ViT — no class token and every token normalised).
 
 Rows are cached: ``<run root>/<name>/table_row.json`` holds the scores and a hash of the composed training config;
 a rerun trains only the rows whose config changed (or ``--redo``), and a run cut short resumes where it stopped. A row
@@ -126,6 +126,8 @@ def baseline_label(cfg) -> str:
     """The random-init row a row is compared with: its encoder at init, read with its features."""
     if cfg.backbone.name == "small_cnn":
         return "random init (small CNN)"
+    if cfg.backbone.get("class_token", True) is False:  # I-JEPA's ViT: every output token normalised
+        return "random init (ViT, no class token, normalised patch mean)"
     return f"random init (ViT, {'class token' if cfg.backbone.get('global_pool') == 'token' else 'patch mean'})"
 
 
@@ -137,6 +139,12 @@ def baselines(epochs: int, run_root: Path, root: Path = CIFAR10) -> dict[str, li
         "random init (small CNN)": ["recipes=cifar10/simclr", *common, "backbone=small_cnn"],
         "random init (ViT, class token)": [*vit, "++backbone.global_pool=token"],
         "random init (ViT, patch mean)": [*vit, "++backbone.global_pool=avg"],
+        "random init (ViT, no class token, normalised patch mean)": [
+            *vit,
+            "++backbone.global_pool=avg",
+            "++backbone.class_token=false",
+            "++backbone.fc_norm=false",
+        ],
     }
 
 
@@ -279,6 +287,8 @@ def read_as(
     for label, encoder in encoders.items():
         if not hasattr(encoder, "global_pool"):
             raise SystemExit(f"--read-as: {label} is not a ViT row (its encoder has no global_pool)")
+        if pool == "token" and not encoder.has_class_token:
+            raise SystemExit(f"--read-as token: {label}'s ViT has no class token (backbone.class_token=false)")
         encoder.global_pool = pool
         scores[f"{label}, read as {pool}"] = score_encoder(encoder.eval(), train_ds, test_ds) | {"seconds": 0}
     lines = [format_row(label, m) for label, m in scores.items()]

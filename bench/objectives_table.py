@@ -74,6 +74,8 @@ VIT_EPOCHS = 150
 SLOW_VIT_EPOCHS = 60  # I-JEPA (an 8 x 8 grid) and iBOT (multi-crop): 3-4x the cost of a step
 CLS = "+backbone.global_pool=token"  # features: the class token (MAE's linear probe, DINOv2)
 PATCH_MEAN = "+backbone.global_pool=avg"  # features: the mean of the patch tokens (I-JEPA, data2vec)
+# I-JEPA's own ViT: no class token, its last LayerNorm on every output token (docs/tokens.md)
+IJEPA_VIT = ["+backbone.class_token=false", "+backbone.fc_norm=false"]
 # name: (the recipe whose parts the row uses — objective, target, memory, predictor, the projector's structure; at
 # the quickstart's widths, data and optimiser —, the overrides on top of recipes=quickstart)
 METHODS = {
@@ -235,6 +237,7 @@ MASKED = {
         "cifar10/ijepa",
         [
             *vit(2),
+            *IJEPA_VIT,
             f"trainer.max_epochs={SLOW_VIT_EPOCHS}",
             PATCH_MEAN,
             "views=masked",
@@ -294,21 +297,23 @@ MASKED = {
     ),
 }
 METHODS.update(MASKED)
-# The same ViT at random init, read with each of the masked rows' features (a row is compared with the one of its
-# own features): the weights every masked row starts from (seed 0; build() creates the backbone first).
 
 
 def encoder_of(overrides: list[str]) -> tuple[list[str], str]:
-    """A masked row's ViT overrides (patch size and depth) and its features (CLS or PATCH_MEAN)."""
-    return [o for o in overrides if o.startswith(("backbone=", "backbone.", "+backbone.depth"))], (
-        CLS if CLS in overrides else PATCH_MEAN
-    )
+    """A masked row's ViT overrides (patch size, depth, class token, norms) and its features (CLS or PATCH_MEAN)."""
+    pool = CLS if CLS in overrides else PATCH_MEAN
+    vit = [
+        o for o in overrides if o.startswith(("backbone=", "backbone.", "+backbone.")) and o not in (CLS, PATCH_MEAN)
+    ]
+    return vit, pool
 
 
 def vit_baseline(name: str) -> str:
     """The random-init row a masked row is compared with: the same ViT read with the same features."""
     encoder, pool = encoder_of(METHODS[name][1])
     patch = next(o.split("=")[1] for o in encoder if o.startswith("backbone.patch_size="))
+    if set(IJEPA_VIT) <= set(encoder):
+        return f"random init (same ViT, {patch} px patches, no class token, normalised patch mean)"
     return f"random init (same ViT, {patch} px patches, {'class token' if pool == CLS else 'patch mean'})"
 
 

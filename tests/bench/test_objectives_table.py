@@ -17,8 +17,9 @@ from objectives_table import MASKED, METHODS, VIT_BASELINES, initial_backbone, q
 COMMON = ["recipes=quickstart"]
 # rows the README says do not beat random init on the 5-label probe yet (docs/evidence.md: iBOT + KoLeo)
 PROBE_BELOW_RANDOM_INIT = {"ibot + koleo (ViT, dinov2, multi-crop)"}
-# rows the README says collapse below random init on every score (docs/pirl.md: PIRL's fixed Z at this scale)
-BELOW_RANDOM_INIT = {"pirl (jigsaw, memory bank, the paper's fixed Z)"}
+# rows the README says collapse below random init on every score (docs/pirl.md: PIRL's fixed Z at this scale;
+# docs/evidence.md: I-JEPA with its own ViT on digits)
+BELOW_RANDOM_INIT = {"pirl (jigsaw, memory bank, the paper's fixed Z)", "i-jepa (ViT, EMA target blocks)"}
 
 
 def parts(cfg) -> dict:
@@ -38,7 +39,7 @@ def parts(cfg) -> dict:
         "mask": None if cfg.get("mask") is None else (cfg.mask._target_, cfg.mask.views),
         "token_head": None if cfg.get("token_head") is None else cfg.token_head._target_,
         "terms": {k: (t.loss._target_, t.weight) for k, t in cfg.objective.get("terms", {}).items()},
-        "features": cfg.backbone.get("global_pool"),
+        "features": tuple(cfg.backbone.get(k) for k in ("global_pool", "class_token", "fc_norm")),
         "rot90": sorted({v.get("rot90", "none") for v in cfg.views.views.values()}),  # the rotation task's views
     }
 
