@@ -32,6 +32,10 @@ def test_mlp_shapes():
         (dict(name="torchvision/nope"), "not in torchvision.models"),
         (dict(name="vit_tiny_patch16_224", cifar_stem=True), "no ResNet-style conv1"),
         (dict(name="resnet18", width=8), "apply to small_cnn only"),
+        (
+            dict(name="vit_tiny_patch16_224", class_token="maybe"),
+            r"^backbone.class_token='maybe': expected one of True",
+        ),
     ],
 )
 def test_bad_backbones_are_refused(kwargs, match):
