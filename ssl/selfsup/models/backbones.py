@@ -67,9 +67,6 @@ def build_backbone(
         return SmallCNN(width=width or 32, norm=norm or "batch", in_chans=in_chans)
     if width is not None or norm is not None:
         raise ValueError(f"backbone.width/backbone.norm apply to small_cnn only, not backbone.name={name}")
-    for key, flag in (("class_token", class_token), ("fc_norm", fc_norm), ("dynamic_img_size", dynamic_img_size)):
-        if flag is not None:
-            checks.one_of(f"backbone.{key}", flag, (True, False))
     vit = {
         k: v
         for k, v in dict(
@@ -83,6 +80,9 @@ def build_backbone(
         ).items()
         if v is not None
     }
+    for key in ("dynamic_img_size", "class_token", "fc_norm"):
+        if key in vit:
+            checks.one_of(f"backbone.{key}", vit[key], (True, False))
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
 
