@@ -4,6 +4,7 @@ MAE decoder puts every token where MAE's unshuffle does; the position embedding 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -199,6 +200,25 @@ def test_jepa_predictor_padded_equals_each_sample_alone(encoder, request):
     pos, _ = positions_of(targets.reshape(4, 16))
     picked = target_tokens(teacher, pos.reshape(2, 2, -1))
     assert torch.equal(picked[0, 1, :4], teacher.patches[0, 12:16])
+
+
+def test_each_token_head_starts_as_its_official_code():
+    """I-JEPA's predictor: linear weights truncated-normal of std 0.02 (facebookresearch/ijepa
+    ``src/models/vision_transformer.py``, ``VisionTransformerPredictor._init_weights``), the residual projections
+    divided by sqrt(2·layer) (``fix_init_weight``); MAE's decoder: Xavier-uniform (facebookresearch/mae
+    ``models_mae.py``, ``_init_weights``). Biases zero in both."""
+    torch.manual_seed(0)
+    pred = JEPAPredictor(192, dim=384, depth=3, heads=4)
+    assert abs(pred.embed.weight.std().item() - 0.02) < 1e-3 and pred.embed.weight.abs().max() < 0.1
+    for layer, block in enumerate(pred.blocks, start=1):
+        assert abs(block.attn.qkv.weight.std().item() - 0.02) < 1e-3
+        for w in (block.attn.proj.weight, block.mlp.fc2.weight):
+            assert abs(w.std().item() * math.sqrt(2.0 * layer) - 0.02) < 1e-3
+    dec = MAEDecoder(192, patch_size=4, dim=384, depth=1, heads=4)
+    bound = math.sqrt(6.0 / (192 + 384))  # xavier_uniform_ of the (384, 192) embedding
+    assert dec.embed.weight.abs().max() <= bound and dec.embed.weight.abs().max() > 0.95 * bound
+    for head in (pred, dec):
+        assert all(m.bias.abs().max() == 0 for m in head.modules() if isinstance(m, torch.nn.Linear))
 
 
 def test_token_linear_maps_every_token(vit):

@@ -44,11 +44,15 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth))
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Xavier-uniform linear layers, zero biases, unit LayerNorms (both official codes' ``_init_weights``)."""
+def _init_weights(module: nn.Module, std: float | None) -> None:
+    """Linear layers Xavier-uniform (``std=None``: MAE's ``_init_weights``) or truncated normal of ``std`` (I-JEPA's:
+    ``trunc_normal_(std=init_std)``, 0.02), zero biases, unit LayerNorms."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
+            if std is None:
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -59,7 +63,9 @@ def _init_weights(module: nn.Module) -> None:
 class _TokenViT(nn.Module):
     """Embed → blocks → norm → project: the body both MAE's decoder and I-JEPA's predictor share."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, out_dim: int):
+    def __init__(
+        self, in_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, out_dim: int, init_std: float | None
+    ):
         super().__init__()
         checks.integer("token_head.dim", dim, minimum=4)
         checks.integer("token_head.depth", depth, minimum=1)
@@ -72,8 +78,11 @@ class _TokenViT(nn.Module):
         self.blocks = _blocks(dim, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, out_dim)
-        _init_weights(self)
-        nn.init.normal_(self.mask_token, std=0.02)
+        _init_weights(self, init_std)
+        if init_std is None:  # MAE: normal_(std=.02); I-JEPA: trunc_normal_(std=init_std)
+            nn.init.normal_(self.mask_token, std=0.02)
+        else:
+            nn.init.trunc_normal_(self.mask_token, std=init_std, a=-2.0, b=2.0)
 
     def run(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         bias = None if valid is None or bool(valid.all()) else key_padding_bias(valid, x.dtype)
@@ -111,7 +120,7 @@ class MAEDecoder(_TokenViT):
         mlp_ratio: float = 4.0,
     ):
         checks.integer("token_head.patch_size", patch_size, minimum=1)
-        super().__init__(in_dim, dim, depth, heads, mlp_ratio, patch_size * patch_size * in_chans)
+        super().__init__(in_dim, dim, depth, heads, mlp_ratio, patch_size * patch_size * in_chans, init_std=None)
 
     def forward(self, tokens: Tokens, masks: dict, grid: tuple[int, int]) -> torch.Tensor:
         x = self.embed(tokens.patches)  # (B, T, dim): the kept patches
@@ -132,8 +141,9 @@ class JEPAPredictor(_TokenViT):
     ``VisionTransformerPredictor``): the context tokens are embedded and given their position embedding; for each
     target block, mask tokens at the block's positions (plus their position embedding) are appended; ``depth`` ViT
     blocks see context and block together; the block's outputs are projected back to the encoder width.
-    The official code repeats the context once per target block along the batch; so do we. Residual projections
-    are rescaled by 1/sqrt(2·layer) at init (``fix_init_weight``).
+    The official code repeats the context once per target block along the batch; so do we. Linear layers start
+    truncated-normal of std 0.02 (``_init_weights``, ``init_std``; MAE's decoder is Xavier-uniform) and the residual
+    projections are rescaled by 1/sqrt(2·layer) (``fix_init_weight``).
 
     Returns (B, n, M, in_dim): target block k of sample b at ``positions_of(masks["targets"][:, k])`` order, padded
     to the largest block of the batch.
@@ -145,7 +155,7 @@ class JEPAPredictor(_TokenViT):
     """
 
     def __init__(self, in_dim: int, dim: int = 384, depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0):
-        super().__init__(in_dim, dim, depth, heads, mlp_ratio, in_dim)
+        super().__init__(in_dim, dim, depth, heads, mlp_ratio, in_dim, init_std=0.02)
         with torch.no_grad():
             for layer, block in enumerate(self.blocks, start=1):
                 block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
