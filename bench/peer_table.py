@@ -27,10 +27,13 @@ Settings (``--data``):
   AdamW 2e-3, ``--epochs`` 5; multi-crop for DINO and SwAV), scored as there (full test split against the full
   training split: kNN, linear probe, 5-way 5-shot, MAP@R, RankMe).
 
-Each side of each run is cached in ``<run root>/<data>/<method>_seed<k>/{ours,lightly}.json`` under a hash of the
-composed config: a rerun trains only what changed, and our side resumes a run cut short (or, once the config changed,
-starts again). Prints a markdown table (and writes it to ``--out``) with both numbers, mean ± std over seeds, and the
-wall time of each run.
+Each side of each run's scores are recorded in ``bench/records/peer_table/<data>/<method>_seed<k>_{ours,lightly}.json``
+(committed: a later session, or a clone, adds seeds to what is recorded instead of training them all again) under a
+hash of the composed config: a rerun trains only what changed; our side's run directory
+(``<run root>/<data>/<method>_seed<k>``) resumes a run cut short, or, once the config changed, starts again. Prints a
+markdown table (and writes it to ``--out``) with both numbers, mean ± std over seeds, and the wall time of each run. A
+row of the table already written that has more seeds than the records hold (measured before the records were
+committed) is kept, its seed count marked ``*``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "bench" / "records" / "peer_table"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -343,25 +347,27 @@ def setting(name: str, data: str, epochs: int, seed: int, run_dir: Path) -> list
 
 
 def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool = True) -> dict | None:
-    """One side of one row, trained and scored; read back from ``path`` while the config is unchanged (the hash of
-    ``cfg`` as composed: training gets a copy, since a run completes its config in place). None when it is not
-    cached and ``train`` is false."""
+    """One side of one row, trained and scored; read back from the record ``path`` while the config is unchanged
+    (the hash of ``cfg`` as composed: training gets a copy, since a run completes its config in place). None when it
+    is not recorded and ``train`` is false."""
     key = config_hash(cfg) + ":" + who
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("config") == key:
         return saved
     if not train:
         return None
-    if who == "ours" and saved:  # scored under another config: our run starts again rather than resume that one
-        for item in path.parent.iterdir():
-            if item.suffix != ".json":
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    run_dir = Path(cfg.run_dir)
+    if who == "ours" and saved and run_dir.is_dir():  # scored under another config: start again, not resume that
+        for item in run_dir.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
     start = time.time()
     cfg = copy.deepcopy(cfg)
     backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
     result = score_backbone(backbone) | {"seconds": time.time() - start, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    part.replace(path)  # a record is whole or absent
     return result
 
 
@@ -388,6 +394,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the table shows mean ± std)")
     parser.add_argument("--out", default=None, help="default: bench/PEERS.md (digits), bench/PEERS_CIFAR.md")
     parser.add_argument("--run-root", default=str(ROOT / "runs" / "peer_table"))
+    parser.add_argument("--records", default=str(RECORDS), help="where each side's scores are recorded")
     parser.add_argument(
         "--cached",
         action="store_true",
@@ -399,24 +406,41 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / ("PEERS.md" if args.data == "digits" else "PEERS_CIFAR.md"))
     names = [m for m in (DIGITS if args.data == "digits" else LIGHTLY) if not args.only or m in args.only.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    run_root = Path(args.run_root) / args.data
+    run_root, records = Path(args.run_root) / args.data, Path(args.records) / args.data
     rows, cifar_images = {}, {}
     for name in names:
         for seed in seeds:
             run_dir = run_root / f"{name}_seed{seed}"
             cfg = compose_train(setting(name, args.data, epochs, seed, run_dir), run_dir)
             score_backbone = scorer(args.data, cfg, cifar_images)
-            pair = {w: run_once(name, cfg, w, run_dir / f"{w}.json", score_backbone, not args.cached) for w in WHO}
+            pair = {
+                w: run_once(name, cfg, w, records / f"{name}_seed{seed}_{w}.json", score_backbone, not args.cached)
+                for w in WHO
+            }
             if None in pair.values():
-                print(name, seed, "not cached: left out", flush=True)
+                print(name, seed, "not recorded: left out", flush=True)
                 continue
             for who, result in pair.items():
                 rows.setdefault((name, who), []).append(result)
                 print(name, who, seed, result, flush=True)
-    write_table(out, rows, [n for n in names if (n, "ours") in rows], args.data, epochs, args.seeds)
+    write_table(out, rows, names, args.data, epochs, args.seeds)
+
+
+def earlier_rows(out: Path) -> dict[str, list[str]]:
+    """The rows of the table already at ``out``: method → its cells, the seed count without its ``*``."""
+    if not out.is_file():
+        return {}
+    rows = {}
+    for line in out.read_text().splitlines()[4:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[1].rstrip("*").isdigit():
+            rows[cells[0]] = [cells[0], cells[1].rstrip("*"), *cells[2:]]
+    return rows
 
 
 def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int, seeds: str) -> None:
+    """The table of the recorded ``rows`` in the order of ``names``; a method whose row at ``out`` has more seeds
+    than its records keeps that row, its seed count marked ``*`` (measured before the records were committed)."""
     probe = "probe5" if data == "digits" else "probe"
     scores = [("knn", "kNN"), ("knn20", "kNN k=20"), (probe, "probe")]
     if data == "digits":
@@ -438,8 +462,16 @@ def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int,
         "| method | seeds | " + " | ".join(f"{label} {who}" for *_, label in columns for who in WHO) + " |",
         "|---|---|" + "---|" * (2 * len(columns)),
     ]
+    earlier = earlier_rows(out)
     for name in names:
-        cells = [name, str(len(rows[name, "ours"]))]
+        count = len(rows.get((name, "ours"), []))
+        if name in earlier and int(earlier[name][1]) > count:
+            _, seeds_written, *written = earlier[name]
+            lines.append("| " + " | ".join([name, f"{seeds_written}*", *written]) + " |")
+            continue
+        if not count:
+            continue
+        cells = [name, str(count)]
         for key, scale, fmt, _ in columns:
             for who in WHO:
                 values = torch.tensor([scale * r[key] for r in rows[name, who]], dtype=torch.float64)
@@ -448,6 +480,8 @@ def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int,
                     cell += f" ± {values.std().item():.1f}"
                 cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    if any(line.split("|")[2].strip().endswith("*") for line in lines[4:]):
+        lines[0] += " Seeds marked * were measured before bench/records/ kept each seed's scores: kept as written."
     table = "\n".join(lines)
     print(table)
     out.write_text(table + "\n")

@@ -2,6 +2,7 @@
 trains on our CIFAR-10 batches (multi-crop for DINO and SwAV) and moves its backbone; its heads take the widths of
 our recipe. lightly is a benchmark and test dependency only (never imported by the library)."""
 
+import json
 import sys
 
 import pytest
@@ -65,26 +66,55 @@ def test_the_readme_shows_the_cifar_side_by_side_as_written():
     assert table in (ROOT / "README.md").read_text(), "paste bench/PEERS_CIFAR.md into README.md"
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] in peer_table.LIGHTLY and 1 <= int(cells[1]) <= 3, line
-        assert ("±" in cells[2]) == (int(cells[1]) > 1), line
+        seeds = int(cells[1].rstrip("*"))
+        assert cells[0] in peer_table.LIGHTLY and 1 <= seeds <= 3, line
+        assert ("±" in cells[2]) == (seeds > 1), line
 
 
 def test_our_side_scored_under_another_config_starts_again_instead_of_resuming(tmp_path, monkeypatch):
     """Resuming our run of an older config would be refused (a resumed run keeps its config): once the config has
-    changed, the run directory is cleared — lightly's cached side kept — and our side trains from scratch."""
-    run_dir = tmp_path / "vicreg_seed0"
+    changed, the run directory is cleared — lightly's record kept — and our side trains from scratch; its record is
+    written whole, as JSON."""
+    run_dir, records = tmp_path / "runs" / "vicreg_seed0", tmp_path / "records"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an older config's run")
     (run_dir / "metrics.csv").write_text("step,train/loss\n")
-    (run_dir / "lightly.json").write_text('{"config": "kept"}')
-    (run_dir / "ours.json").write_text('{"config": "stale:ours"}')
+    records.mkdir()
+    (records / "vicreg_seed0_lightly.json").write_text('{"config": "kept"}')
+    (records / "vicreg_seed0_ours.json").write_text('{"config": "stale:ours"}')
     cfg = compose_train(["recipes=quickstart", "trainer.max_steps=1"], run_dir)
 
     def trained_backbone(cfg):
-        assert sorted(p.name for p in run_dir.iterdir()) == ["lightly.json", "ours.json"]
+        assert list(run_dir.iterdir()) == []
         return torch.nn.Linear(2, 2)
 
     monkeypatch.setattr(peer_table, "trained_backbone", trained_backbone)
-    row = peer_table.run_once("vicreg", cfg, "ours", run_dir / "ours.json", lambda b: {"knn": 0.5})
+    row = peer_table.run_once("vicreg", cfg, "ours", records / "vicreg_seed0_ours.json", lambda b: {"knn": 0.5})
     assert row["knn"] == 0.5 and row["config"].endswith(":ours") and row["config"] != "stale:ours"
-    assert (run_dir / "lightly.json").read_text() == '{"config": "kept"}'
+    assert json.loads((records / "vicreg_seed0_ours.json").read_text()) == row
+    assert (records / "vicreg_seed0_lightly.json").read_text() == '{"config": "kept"}'
+    assert sorted(p.name for p in records.iterdir()) == ["vicreg_seed0_lightly.json", "vicreg_seed0_ours.json"]
+    monkeypatch.setattr(peer_table, "trained_backbone", None)  # recorded under this config: read back, not trained
+    assert peer_table.run_once("vicreg", cfg, "ours", records / "vicreg_seed0_ours.json", None, train=False) == row
+
+
+def test_a_row_written_before_its_seeds_were_recorded_is_kept_until_the_records_hold_as_many(tmp_path):
+    """Records hold 1 seed of SimCLR and 2 of BYOL; the table already written has 3 of SimCLR and 1 of BYOL: SimCLR's
+    row stays as written, its count marked *, BYOL's is rebuilt from its records, and a second rebuild is the same."""
+
+    def scores(knn):
+        return {"knn": knn, "knn20": knn, "probe": knn, "fewshot5": knn, "map_at_r": knn, "rankme": 10.0, "seconds": 60}
+
+    out = tmp_path / "t.md"
+    earlier = {(m, w): [scores(0.40)] * n for m, n in (("simclr", 3), ("byol", 1)) for w in peer_table.WHO}
+    peer_table.write_table(out, earlier, ["simclr", "byol"], "cifar10", 5, "0,1,2")
+    simclr_row = out.read_text().splitlines()[4]
+    rows = {("simclr", w): [scores(0.30)] for w in peer_table.WHO} | {
+        ("byol", w): [scores(0.30), scores(0.32)] for w in peer_table.WHO
+    }
+    for _ in range(2):
+        peer_table.write_table(out, rows, ["simclr", "byol", "swav"], "cifar10", 5, "0,1,2")
+        lines = out.read_text().splitlines()
+        assert "Seeds marked *" in lines[0]
+        assert lines[4] == simclr_row.replace("| simclr | 3 |", "| simclr | 3* |")
+        assert lines[5].startswith("| byol | 2 | 31.0% ± 1.4 |") and len(lines) == 6
