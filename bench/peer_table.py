@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import sys
 import time
@@ -351,7 +352,10 @@ def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool =
     (the hash of ``cfg`` as composed: training gets a copy, since a run completes its config in place). None when it
     is not recorded and ``train`` is false."""
     key = config_hash(cfg) + ":" + who
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"record={path}: not JSON ({e}); delete it to train that side again") from None
     if saved.get("config") == key:
         return saved
     if not train:
@@ -365,7 +369,7 @@ def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool =
     backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
     result = score_backbone(backbone) | {"seconds": time.time() - start, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".part")
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")  # two runs at once never share a part file
     part.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     part.replace(path)  # a record is whole or absent
     return result

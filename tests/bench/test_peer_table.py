@@ -96,6 +96,9 @@ def test_our_side_scored_under_another_config_starts_again_instead_of_resuming(t
     assert sorted(p.name for p in records.iterdir()) == ["vicreg_seed0_lightly.json", "vicreg_seed0_ours.json"]
     monkeypatch.setattr(peer_table, "trained_backbone", None)  # recorded under this config: read back, not trained
     assert peer_table.run_once("vicreg", cfg, "ours", records / "vicreg_seed0_ours.json", None, train=False) == row
+    (records / "vicreg_seed0_ours.json").write_text('{"knn": 0.5, "conf')  # a record damaged by hand
+    with pytest.raises(SystemExit, match=r"record=.*vicreg_seed0_ours.json: not JSON"):
+        peer_table.run_once("vicreg", cfg, "ours", records / "vicreg_seed0_ours.json", None)
 
 
 def test_a_row_written_before_its_seeds_were_recorded_is_kept_until_the_records_hold_as_many(tmp_path):
