@@ -41,11 +41,13 @@ def test_each_lightly_model_starts_from_our_backbone_and_trains_on_our_cifar_bat
     assert heads, name
 
 
+def scores(knn: float) -> dict:
+    """One side's scores, every percentage ``knn``."""
+    return {"knn": knn, "knn20": knn, "probe": knn, "fewshot5": knn, "map_at_r": knn, "rankme": 10.0, "seconds": 60}
+
+
 def test_a_table_of_the_runs_so_far_says_how_many_seeds_each_row_has(tmp_path):
     """``--cached`` tables what is trained: a row of 2 seeds shows mean ± std, a row of 1 seed its value alone."""
-
-    def scores(knn):
-        return {"knn": knn, "knn20": knn, "probe": knn, "fewshot5": knn, "map_at_r": knn, "rankme": 10.0, "seconds": 60}
 
     rows = {
         ("simclr", "ours"): [scores(0.40), scores(0.42)],
@@ -104,9 +106,6 @@ def test_our_side_scored_under_another_config_starts_again_instead_of_resuming(t
 def test_a_row_written_before_its_seeds_were_recorded_is_kept_until_the_records_hold_as_many(tmp_path):
     """Records hold 1 seed of SimCLR and 2 of BYOL; the table already written has 3 of SimCLR and 1 of BYOL: SimCLR's
     row stays as written, its count marked *, BYOL's is rebuilt from its records, and a second rebuild is the same."""
-
-    def scores(knn):
-        return {"knn": knn, "knn20": knn, "probe": knn, "fewshot5": knn, "map_at_r": knn, "rankme": 10.0, "seconds": 60}
 
     out = tmp_path / "t.md"
     earlier = {(m, w): [scores(0.40)] * n for m, n in (("simclr", 3), ("byol", 1)) for w in peer_table.WHO}
