@@ -36,7 +36,7 @@ from tests.config_utils import compose_train  # noqa: E402
 import selfsup.models as models  # noqa: E402
 from selfsup.models.token_heads import sincos_2d  # noqa: E402
 from selfsup.runtime import checkpoint  # noqa: E402
-from selfsup.train import build, run  # noqa: E402
+from selfsup.train import run  # noqa: E402
 
 
 def ijepa_init(vit: torch.nn.Module) -> torch.nn.Module:
@@ -83,8 +83,8 @@ def main() -> None:
         raise SystemExit(f"--row={args.row}: no row of bench/objectives_table.py starts so")
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a probe starts from step 0
-    overrides = [*quickstart(VIT_EPOCHS), *METHODS[name][1], f"trainer.max_steps={args.steps}"]
-    cfg = compose_train([*overrides, "trainer.log_every_n_steps=1", *args.override], run_dir)
+    overrides = [*quickstart(VIT_EPOCHS), *METHODS[name][1], f"trainer.max_steps={args.steps}", *args.override]
+    cfg = compose_train([*overrides, "trainer.log_every_n_steps=1"], run_dir)
     if args.init == "ijepa":
         build_backbone = models.build_backbone
         models.build_backbone = lambda *a, **k: ijepa_init(build_backbone(*a, **k))  # what the config instantiates
@@ -101,9 +101,9 @@ def main() -> None:
         if "train/embed_std" in m:
             loss = m.get("train/loss", by_step.get(step + 1, {}).get("train/loss", float("nan")))
             print(f"| {step} | {m['train/embed_std']:.3f} | {m['train/rankme']:.2f} | {loss:.3f} |")
-    train_ds, _ = build(cfg)[0].eval_datasets()
+    start, datamodule = initial_backbone(overrides, run_dir.with_name(run_dir.name + "_init"))
+    train_ds, _ = datamodule.eval_datasets()
     x = torch.stack([train_ds[i][0] for i in range(min(512, len(train_ds)))])
-    start, _ = initial_backbone([*overrides, *args.override], run_dir.with_name(run_dir.name + "_init"))
     print("non-constant share of the token energy after each block, then the last norm:")
     for when, vit in (
         ("step 0", start.eval()),
