@@ -141,6 +141,7 @@ METHODS = {
             "memory.size=1024",
             "objective.negatives=cross",
             "objective.temperature=0.2",
+            "projector.num_layers=3",
             "projector.last_batch_norm=true",
         ],
     ),
