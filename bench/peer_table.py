@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cifar_table  # noqa: E402
-from objectives_table import METHODS, config_hash, quickstart, score, trained_backbone  # noqa: E402
+from objectives_table import METHODS, config_hash, quickstart, score, timed, trained_backbone  # noqa: E402
 from tests.config_utils import compose_train  # noqa: E402
 
 from selfsup.evaluate.features import extract  # noqa: E402
@@ -364,10 +364,17 @@ def run_once(name: str, cfg, who: str, path: Path, score_backbone, train: bool =
     if who == "ours" and saved and run_dir.is_dir():  # scored under another config: start again, not resume that
         for item in run_dir.iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
-    start = time.time()
     cfg = copy.deepcopy(cfg)
-    backbone = trained_backbone(cfg) if who == "ours" else train_lightly(cfg, name)
-    result = score_backbone(backbone) | {"seconds": time.time() - start, "config": key}
+    if who == "ours":  # a run cut short resumes its run dir: its seconds are every call's, as in objectives_table
+        backbone = timed(run_dir / "train_seconds", lambda: trained_backbone(cfg))
+        seconds = float((run_dir / "train_seconds").read_text())
+    else:  # lightly's side has no run dir to resume: a call cut short is trained again from scratch
+        start = time.time()
+        backbone = train_lightly(cfg, name)
+        seconds = time.time() - start
+    start = time.time()  # scoring counts on both sides, as it always has
+    scores = score_backbone(backbone)
+    result = scores | {"seconds": seconds + time.time() - start, "config": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.{os.getpid()}.part")  # two runs at once never share a part file
     part.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -4,6 +4,7 @@ our recipe. lightly is a benchmark and test dependency only (never imported by t
 
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -101,6 +102,41 @@ def test_our_side_scored_under_another_config_starts_again_instead_of_resuming(t
     (records / "vicreg_seed0_ours.json").write_text('{"knn": 0.5, "conf')  # a record damaged by hand
     with pytest.raises(SystemExit, match=r"record=.*vicreg_seed0_ours.json: not JSON"):
         peer_table.run_once("vicreg", cfg, "ours", records / "vicreg_seed0_ours.json", None)
+
+
+def test_our_side_cut_short_and_resumed_reports_the_seconds_of_every_call(tmp_path, monkeypatch):
+    """Our side resumes its run dir, so its seconds add up every call that trained it (lightly's side, which starts
+    again from scratch, counts its last call); scoring counts on both sides."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    run_dir, record = tmp_path / "runs" / "vicreg_seed0", tmp_path / "records" / "vicreg_seed0_ours.json"
+    cfg = compose_train(["recipes=quickstart", "trainer.max_steps=1"], run_dir)
+    calls = []
+
+    def trained_backbone(cfg):
+        clock[0] += 30.0  # each call trains for 30 s; the first is killed
+        calls.append(cfg.run_dir)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return torch.nn.Linear(2, 2)
+
+    def score_backbone(backbone):
+        clock[0] += 5.0
+        return {"knn": 0.5}
+
+    monkeypatch.setattr(peer_table, "trained_backbone", trained_backbone)
+    with pytest.raises(KeyboardInterrupt):
+        peer_table.run_once("vicreg", cfg, "ours", record, score_backbone)
+    assert not record.exists()
+    assert peer_table.run_once("vicreg", cfg, "ours", record, score_backbone)["seconds"] == pytest.approx(65.0)
+
+    def train_lightly(cfg, name):
+        clock[0] += 20.0
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(peer_table, "train_lightly", train_lightly)
+    lightly_record = record.with_name("vicreg_seed0_lightly.json")
+    assert peer_table.run_once("vicreg", cfg, "lightly", lightly_record, score_backbone)["seconds"] == pytest.approx(25)
 
 
 def test_a_row_written_before_its_seeds_were_recorded_is_kept_until_the_records_hold_as_many(tmp_path):
