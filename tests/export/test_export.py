@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from selfsup.export import export, load_encoder, main
 from selfsup.models import build_backbone
 from tests.evaluate.test_evaluate import make_run
+from tests.evaluate.test_jobs import with_target
 
 
 def original_backbone(name: str, cifar_stem: bool = False, seed: int = 0):
@@ -75,6 +76,26 @@ def test_export_errors(tmp_path):
     assert not list(tmp_path.glob("*.safetensors")) and not (tmp_path / "e.pt").exists()
 
 
+def test_branch_target_exports_the_ema_teacher_and_a_run_without_one_is_a_one_line_error(tmp_path, capsys):
+    run = with_target(make_run(tmp_path / "run", seed=0), make_run(tmp_path / "teacher", seed=1))
+    main([f"checkpoint={run}", f"out={tmp_path / 'teacher.safetensors'}", "branch=target"])
+    out = export(run, tmp_path / "student.safetensors")
+    x = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(
+            load_encoder(tmp_path / "teacher.safetensors")(x), original_backbone("test_resnet", seed=1)(x)
+        )
+        assert torch.equal(load_encoder(out)(x), original_backbone("test_resnet", seed=0)(x))
+    with safe_open(str(tmp_path / "teacher.safetensors"), "pt") as f:
+        assert f.metadata()["branch"] == "target"
+    plain = make_run(tmp_path / "plain")
+    for branch, message in (("target", "holds no EMA target network"), ("teacher", "expected one of")):
+        with pytest.raises(SystemExit) as e:
+            main([f"checkpoint={plain}", f"out={tmp_path / 'x.safetensors'}", f"branch={branch}"])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_cli(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     main([f"checkpoint={run}", f"out={tmp_path / 'cli.safetensors'}"])
@@ -85,7 +106,7 @@ def test_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "selfsup-export: error: out not set: usage: selfsup-export checkpoint=<file.ckpt | run dir> "
-        "out=<encoder.safetensors>"
+        "out=<encoder.safetensors> [branch=online|target]"
     ]
 
 

@@ -34,7 +34,7 @@ from selfsup.devices import device_of
 from selfsup.evaluate import corruptions, report
 from selfsup.evaluate.features import build_eval_datasets, eval_data_config, extract, features, lidar_dataset
 from selfsup.evaluate.finetune import check_settings, finetune
-from selfsup.evaluate.jobs import EvalJob, checkpoint_job, resolve_jobs, run_dir_of
+from selfsup.evaluate.jobs import EvalJob, beside, checkpoint_job, resolve_jobs, run_dir_of
 from selfsup.evaluate.memorization import memorization, write_table
 from selfsup.evaluate.probes import AugmentedImages, sgd_probe_augmented
 from selfsup.evaluate.protocols import check_fewshot, clustering, fewshot
@@ -225,7 +225,8 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
     if "memorization" in protocols:  # SSLMem against the reference run (docs/memorization.md)
         t = time.perf_counter()
         ref_path = ckpt_io.resolve(Path(str(e.memorization.reference)).expanduser(), "eval.memorization.reference")
-        reference = checkpoint_job(ref_path, "reference", job.out_dir, list(cfg.get("trusted_targets") or ()))
+        trusted = list(cfg.get("trusted_targets") or ())
+        reference = checkpoint_job(ref_path, "reference", job.out_dir, trusted, e.branch)  # the same branch of g
         device = device_of(e.device, "eval.device")
         mem, table = memorization(job, reference, e.memorization, device, e.seed)
         metrics.update(mem, memorization_reference=str(ref_path))
@@ -247,6 +248,7 @@ def evaluate_job(job: EvalJob, cfg: DictConfig) -> tuple[dict, dict]:
         embedding_dim=tr["embedding"].shape[1],
         rankme_samples=len(rows),
         checkpoint=job.source,
+        branch=e.branch,
         data=data.get("_target_"),
         data_root=data.get("root"),
         seconds=timings,
@@ -302,7 +304,7 @@ def evaluate(cfg: DictConfig) -> dict:
         results.append({"name": job.name, "overrides": job.overrides, **metrics})
     if sweep_dir is None:
         return metrics
-    out = Path(cfg.out) if cfg.out is not None else sweep_dir
+    out = Path(cfg.out) if cfg.out is not None else beside(sweep_dir, cfg.eval.branch)
     summary = report.sweep_summary(results)
     reports = report.write_sweep_report(out, f"selfsup-eval sweep: {sweep_dir}", summary)
     report.write_json(out / "sweep.json", summary)

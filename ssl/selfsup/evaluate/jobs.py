@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from selfsup import checks
 from selfsup.runtime import checkpoint as ckpt_io
 
 
@@ -50,20 +51,27 @@ def _read_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
 
 
-def checkpoint_job(path: Path, name: str, out_dir: Path, trusted: Sequence[str] = ()) -> EvalJob:
+def checkpoint_job(
+    path: Path, name: str, out_dir: Path, trusted: Sequence[str] = (), branch: str = "online"
+) -> EvalJob:
     """Rebuild backbone + projector of a selfsup checkpoint (one-line errors for other files and for weights that do
-    not fit the saved architecture; its saved config may name only selfsup's own constructors and ``trusted``)."""
+    not fit the saved architecture; its saved config may name only selfsup's own constructors and ``trusted``).
+    ``branch="target"``: its EMA target's backbone + projector (``selfsup.runtime.checkpoint.BRANCHES``)."""
     ckpt = ckpt_io.load(path, "checkpoint", trusted)
     config = ckpt["selfsup"]["config"]
     if not isinstance(config, dict) or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: the saved training config has no 'backbone' entry")
-    backbone = ckpt_io.backbone_from(ckpt, path)
+    prefix = ckpt_io.branch_prefix(ckpt, branch, path, "eval.branch")
+    backbone = ckpt_io.backbone_from(ckpt, path, prefix + "backbone.")
     projector = None
     if config.get("projector") is not None:
         projector = instantiate(config["projector"])(in_dim=backbone.num_features)
-        ckpt_io.load_part(projector, ckpt, "projector.", path)
+        ckpt_io.load_part(projector, ckpt, prefix + "projector.", path)
     stat = path.stat()
     cache_id = {"checkpoint": str(path.resolve()), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
+    if prefix:  # the online branch's key is unchanged, so features cached before the option existed stay valid
+        cache_id["branch"] = branch
+        name = f"{name} (target)"
     run_dir = run_dir_of(path)
     return EvalJob(name, out_dir, backbone, projector, config, str(path), cache_id, _read_overrides(run_dir))
 
@@ -87,7 +95,12 @@ def resolve_jobs(cfg: DictConfig) -> tuple[list[EvalJob], Path | None]:
         raise ValueError("checkpoint is not set: expected checkpoint=<file.ckpt | run dir | sweep dir | random>")
     out = Path(cfg.out) if cfg.out is not None else None
     trusted = list(cfg.get("trusted_targets") or ())
+    branch = checks.one_of("eval.branch", cfg.eval.get("branch", "online"), ckpt_io.BRANCHES)
     if str(cfg.checkpoint) == "random":
+        if branch != "online":
+            raise ValueError(
+                "eval.branch=target: checkpoint=random has no EMA target network; expected eval.branch=online"
+            )
         name = str(OmegaConf.select(cfg, "backbone.name", default="encoder")).replace("/", "_")
         return [random_init_job(cfg, out or Path("runs") / f"random-{name}")], None
     path = Path(str(cfg.checkpoint)).expanduser()
@@ -95,7 +108,9 @@ def resolve_jobs(cfg: DictConfig) -> tuple[list[EvalJob], Path | None]:
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     if path.is_file() or ckpt_io.is_sharded(path) or (path / "checkpoints" / "last.ckpt").exists():
         ckpt = ckpt_io.resolve(path, "checkpoint")
-        return [checkpoint_job(ckpt, run_dir_of(ckpt).name, out or run_dir_of(ckpt), trusted)], None
+        return [
+            checkpoint_job(ckpt, run_dir_of(ckpt).name, out or beside(run_dir_of(ckpt), branch), trusted, branch)
+        ], None
     runs = find_runs(path)
     if not runs:
         raise FileNotFoundError(
@@ -105,6 +120,12 @@ def resolve_jobs(cfg: DictConfig) -> tuple[list[EvalJob], Path | None]:
     jobs = []
     for run in runs:
         name = str(run.relative_to(path))
-        run_out = out / name if out is not None else run
-        jobs.append(checkpoint_job(run / "checkpoints" / "last.ckpt", name, run_out, trusted))
+        run_out = out / name if out is not None else beside(run, branch)
+        jobs.append(checkpoint_job(run / "checkpoints" / "last.ckpt", name, run_out, trusted, branch))
     return jobs, path
+
+
+def beside(run_dir: Path, branch: str) -> Path:
+    """Where a run's results go by default: the run dir; the target branch's in ``<run>/target/``, so that they never
+    overwrite the online encoder's."""
+    return run_dir / "target" if branch == "target" else run_dir

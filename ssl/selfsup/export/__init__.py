@@ -30,7 +30,7 @@ from selfsup.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors>"
+USAGE = "usage: selfsup-export checkpoint=<file.ckpt | run dir> out=<encoder.safetensors> [branch=online|target]"
 # timm.create_model's own arguments of a vision transformer, as build_backbone takes them, and how to read them back
 VIT_ARGS = {
     "img_size": int,
@@ -58,8 +58,9 @@ def timm_name(backbone_cfg: dict, key: str = "checkpoint") -> str:
     return name
 
 
-def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the backbone of ``checkpoint`` to ``out`` (safetensors, timm key names); returns the output path."""
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike, branch: str = "online") -> Path:
+    """Write the backbone of ``checkpoint`` to ``out`` (safetensors, timm key names); returns the output path.
+    ``branch="target"``: its EMA target's backbone (DINO's teacher) in place of the trained one."""
     ckpt = ckpt_io.load(checkpoint, "checkpoint")
     config = ckpt["selfsup"].get("config") or {}
     backbone_cfg = config.get("backbone") or {}
@@ -67,7 +68,8 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"out={out}: expected a file name ending in .safetensors")
-    backbone = ckpt_io.backbone_from(ckpt, checkpoint)  # strict load: the state dict is exactly the backbone's
+    prefix = ckpt_io.branch_prefix(ckpt, branch, checkpoint)
+    backbone = ckpt_io.backbone_from(ckpt, checkpoint, prefix + "backbone.")  # strict: exactly the backbone's weights
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
     metadata = {
         "format": "pt",
@@ -76,6 +78,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
         "cifar_stem": str(bool(backbone_cfg.get("cifar_stem", False))).lower(),
         "num_features": str(backbone.num_features),
         "selfsup_version": selfsup.__version__,
+        "branch": branch,
         # vision transformers built otherwise than timm's default (timm.create_model's own arguments)
         **{k: str(backbone_cfg[k]) for k in VIT_ARGS if backbone_cfg.get(k) is not None},
     }
@@ -103,9 +106,11 @@ def load_encoder(path: str | os.PathLike) -> nn.Module:
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
-    """``checkpoint=`` and ``out=`` (``selfsup.runtime.errors.key_values``: a sweep point's directory as it is, or
-    quoted for Hydra)."""
-    return key_values(argv, {"checkpoint": str, "out": str}, USAGE, required=("checkpoint", "out"))
+    """``checkpoint=``, ``out=`` and ``branch=`` (``selfsup.runtime.errors.key_values``: a sweep point's directory as
+    it is, or quoted for Hydra)."""
+    kinds = {"checkpoint": str, "out": str, "branch": str}
+    choices = {"branch": ckpt_io.BRANCHES}
+    return key_values(argv, kinds, USAGE, ("checkpoint", "out"), {"branch": "online"}, choices)
 
 
 def main(argv: list[str] | None = None) -> None:

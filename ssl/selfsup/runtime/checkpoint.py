@@ -204,12 +204,32 @@ def non_finite(state_dict: dict) -> list[str]:
     ]
 
 
-def backbone_from(ckpt: dict, path="checkpoint") -> nn.Module:
-    """The trained encoder of a checkpoint, rebuilt from its saved config, in eval mode."""
+def backbone_from(ckpt: dict, path="checkpoint", prefix: str = "backbone.") -> nn.Module:
+    """The trained encoder of a checkpoint, rebuilt from its saved config, in eval mode; ``prefix="target.backbone."``:
+    its EMA target's (:func:`branch_prefix`)."""
     config = ckpt["selfsup"].get("config")
     if not config or "backbone" not in config:
         raise ValueError(f"checkpoint={path}: holds no backbone config to rebuild the encoder from")
-    return load_part(instantiate(OmegaConf.create(config).backbone), ckpt, "backbone.", path)
+    return load_part(instantiate(OmegaConf.create(config).backbone), ckpt, prefix, path)
+
+
+BRANCHES = ("online", "target")  # the trained encoder, or its EMA target (DINO evaluates its teacher)
+
+
+def branch_prefix(ckpt: dict, branch: str, path, key: str = "branch") -> str:
+    """The state-dict prefix of a checkpoint's ``branch`` (:data:`BRANCHES`): ``""`` for the trained networks,
+    ``"target."`` for the EMA target (``target=ema``: BYOL, MoCo, DINO's teacher, iBOT, I-JEPA); a one-line error
+    naming ``key`` for another name, or for a target the checkpoint does not hold."""
+    if branch not in BRANCHES:
+        raise ValueError(f"{key}={branch!r}: expected one of {', '.join(repr(b) for b in BRANCHES)}")
+    if branch == "online":
+        return ""
+    if not any(k.startswith("target.backbone.") for k in ckpt["state_dict"]):
+        target = ((ckpt["selfsup"].get("config") or {}).get("target") or {}).get("_target_", "none")
+        raise ValueError(
+            f"{key}=target: checkpoint={path} holds no EMA target network (its target: {target}); expected {key}=online"
+        )
+    return "target."
 
 
 def safetensors_metadata(path: Path, key: str, writer: str) -> dict:
