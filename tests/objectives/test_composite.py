@@ -1,4 +1,5 @@
 import pathlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from selfsup.objectives import (
     ViewBatch,
     call_objective,
 )
+from selfsup.train.callbacks import ObjectiveSchedule
 from tests.objectives.helpers import batch_of, randn
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "objective"
@@ -50,6 +52,26 @@ def test_gradients_flow_to_each_view_with_its_weight():
     (0.5 * VICRegLoss()(ref[0], ref[1]) + VICRegLoss()(ref[1], ref[2])).backward()
     for x, r in zip(z, ref, strict=True):
         torch.testing.assert_close(x.grad, r.grad)
+
+
+def test_a_schedule_sets_a_terms_weight_and_refuses_a_negative_one_before_training():
+    """``<term>.weight`` is schedulable (e.g. DINOv2's KoLeo term ramped down): ``ObjectiveSchedule`` sets it at each
+    epoch's start, linearly from ``start`` to ``end``."""
+    objective = CompositeObjective(
+        {"a": {"loss": VICRegLoss(), "views": [0, 1]}, "b": {"loss": VICRegLoss(), "weight": 0.1, "views": [1, 2]}}
+    )
+    assert objective.schedulable == ("a.weight", "b.weight")
+    module, z = SimpleNamespace(objective=objective), [randn(6, 4, seed=i) for i in range(3)]
+    schedule = ObjectiveSchedule("b.weight", start=0.1, end=0.0, warmup_epochs=3)
+    schedule.setup(None, module, "fit")
+    for epoch, weight in enumerate([0.1, 0.05, 0.0, 0.0]):
+        schedule.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), module)
+        expected = VICRegLoss()(z[0], z[1]) + weight * VICRegLoss()(z[1], z[2])
+        torch.testing.assert_close(objective.forward_views(batch_of(z)), expected)
+    with pytest.raises(ValueError, match=r"^objective.terms.b.weight=-0.5"):
+        ObjectiveSchedule("b.weight", start=0.1, end=-0.5, warmup_epochs=3).setup(None, module, "fit")
+    with pytest.raises(ValueError, match=r"has no attribute 'c.weight' to schedule"):
+        ObjectiveSchedule("c.weight", start=0.1, end=0.0).setup(None, module, "fit")
 
 
 def test_extras_are_routed_per_term():

@@ -35,7 +35,8 @@ class CompositeObjective(Objective):
             "all"}``.
 
     What it declares (``Objective``) is what its terms declare: any term's token inputs, the union of their
-    schedulable attributes (a schedule sets every term that has the attribute).
+    schedulable attributes (a schedule sets every term that has the attribute); and each term's weight, as
+    ``<term>.weight`` (``callbacks: ObjectiveSchedule`` with ``attribute: koleo.weight``).
     """
 
     def __init__(self, terms: Mapping[str, Mapping]):
@@ -80,7 +81,8 @@ class CompositeObjective(Objective):
         self.teacher_blocks = max(loss.teacher_blocks for loss in self.losses.values())
         self.masked = any(loss.masked for loss in self.losses.values())
         self.predicts_tokens = any(loss.predicts_tokens for loss in self.losses.values())
-        self.schedulable = tuple(dict.fromkeys(a for loss in self.losses.values() for a in loss.schedulable))
+        inner = (a for loss in self.losses.values() for a in loss.schedulable)
+        self.schedulable = tuple(dict.fromkeys([*inner, *(f"{name}.weight" for name in self.losses)]))
 
     @property
     def takes_local_views(self) -> bool:
@@ -92,6 +94,11 @@ class CompositeObjective(Objective):
         return any(loss.continues_trained_model for loss in self.losses.values())
 
     def set_scheduled(self, name: str, value: float) -> None:
+        term, _, attribute = name.rpartition(".")
+        if attribute == "weight" and term in self.weights:  # "<term>.weight": e.g. a KoLeo term ramped down
+            checks.number(f"objective.terms.{term}.weight", value, minimum=0)
+            self.weights[term] = float(value)
+            return
         for loss in self.losses.values():
             if name in loss.schedulable:
                 loss.set_scheduled(name, value)

@@ -43,6 +43,8 @@ class ObjectiveSchedule(L.Callback):
                 f"callbacks: objective {type(pl_module.objective).__name__} has no attribute {self.attribute!r} to "
                 f"schedule; it declares {list(pl_module.objective.schedulable)} (Objective.schedulable)"
             )
+        for value in (self.end, self.start):  # a value the objective refuses fails now, not at a later epoch
+            pl_module.objective.set_scheduled(self.attribute, value)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         pl_module.objective.set_scheduled(self.attribute, self.value(trainer.current_epoch))
