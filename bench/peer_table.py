@@ -142,14 +142,17 @@ class NNCLR(Siamese):
 
 
 class DINO(nn.Module):
-    """lightly's benchmarks/imagenet/resnet50/dino.py: a teacher (momentum backbone copy, its own
-    ``DINOProjectionHead``) on the global views, the student on every view, ``DINOLoss``; the student head's last
-    layer frozen for its first epochs (``cancel_last_layer_gradients``); each gradient clipped as our recipe's."""
+    """lightly's benchmarks/imagenet/resnet50/dino.py: a teacher (momentum copies of the student's backbone and
+    ``DINOProjectionHead``, so it starts with the student's weights, as there and in DINO's main_dino.py) on the
+    global views, the student on every view, ``DINOLoss``; the student head's last layer frozen for its first epochs
+    (``cancel_last_layer_gradients``); each gradient clipped as our recipe's."""
 
     def __init__(self, backbone, make_head, loss, momentum: float, clip: float | None, frozen_epochs: int):
         super().__init__()
         self.backbone, self.projection, self.criterion = backbone, make_head(freeze_last_layer=frozen_epochs), loss
         self.backbone_momentum, self.projection_momentum = frozen_copy(backbone), make_head().requires_grad_(False)
+        # the head's weight norm cannot be deep-copied: its weights are loaded instead, as main_dino.py does
+        self.projection_momentum.load_state_dict(self.projection.state_dict())
         self.momentum, self.clip = momentum, clip
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:

@@ -31,6 +31,10 @@ def test_each_lightly_model_starts_from_our_backbone_and_trains_on_our_cifar_bat
     ours = cifar_table.initial_backbone(overrides, tmp_path / "ours")[0].state_dict()
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     assert start.keys() == ours.keys() and all(torch.equal(start[k], ours[k]) for k in ours), name
+    for online, momentum in (("backbone", "backbone_momentum"), ("projection", "projection_momentum")):
+        if getattr(model, momentum, None) is not None:  # a teacher starts as the student, as our EMA target does
+            a, b = getattr(model, online).state_dict(), getattr(model, momentum).state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, momentum)
     if name in ("dino", "swav"):
         batch = next(iter(datamodule.train_dataloader()))
         assert len(batch["views"]) == 8  # 2 global + 6 local crops, as our run sees them
