@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import os
 import shutil
@@ -470,7 +471,8 @@ def write_table(out: Path, rows: dict, names: list[str], data: str, epochs: int,
         ("seconds", 1, "{:.0f}", "s"),
     ]
     lines = [
-        f"{intro}, seeds {seeds} (mean ± std over seeds), 2-core CPU; ours vs lightly {_lightly_version()}. "
+        f"{intro}, seeds {seeds} (mean ± std over seeds), 2-core CPU; ours vs lightly {_lightly_version()}; "
+        f"written {datetime.date.today().isoformat()} from the records. "
         f"Command: `.venv/bin/python bench/peer_table.py --data {data} --epochs {epochs} --seeds {seeds}`",
         "",
         "| method | seeds | " + " | ".join(f"{label} {who}" for *_, label in columns for who in WHO) + " |",
