@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from torch import nn
 
+from selfsup import checks
 from selfsup.config import check_saved_config
 from selfsup.runtime.files import atomic_write
 
@@ -220,9 +221,7 @@ def branch_prefix(ckpt: dict, branch: str, path, key: str = "branch") -> str:
     """The state-dict prefix of a checkpoint's ``branch`` (:data:`BRANCHES`): ``""`` for the trained networks,
     ``"target."`` for the EMA target (``target=ema``: BYOL, MoCo, DINO's teacher, iBOT, I-JEPA); a one-line error
     naming ``key`` for another name, or for a target the checkpoint does not hold."""
-    if branch not in BRANCHES:
-        raise ValueError(f"{key}={branch!r}: expected one of {', '.join(repr(b) for b in BRANCHES)}")
-    if branch == "online":
+    if checks.one_of(key, branch, BRANCHES) == "online":
         return ""
     if not any(k.startswith("target.backbone.") for k in ckpt["state_dict"]):
         target = ((ckpt["selfsup"].get("config") or {}).get("target") or {}).get("_target_", "none")
